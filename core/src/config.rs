@@ -1,0 +1,155 @@
+//! The plugin configuration as written by operators (one JSON document), before compilation.
+//!
+//! Unknown fields are errors so that a typo never silently disables a check, and every error names
+//! its JSON path (`issuers[1].audiences`), because the operator only sees a log line.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use crate::error::ConfigError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub mode: Mode,
+    pub issuers: Vec<IssuerConfig>,
+    pub schema: String,
+    pub policies: PolicySource,
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub forward: ForwardConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials are sent to the client.
+    #[default]
+    Enforce,
+    /// Decisions are made, counted and logged, but every request is forwarded.
+    Shadow,
+}
+
+/// Cedar policy text: one string, or named documents (file name → text) so that errors can name the
+/// file they come from.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PolicySource {
+    Text(String),
+    Files(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// base64url (or standard base64) HMAC secret; the only way HS256 tokens are accepted.
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_s: u64,
+    #[serde(default)]
+    pub max_ttl_s: Option<u64>,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    pub principal: PrincipalConfig,
+    /// Claims copied into `context.token.claims`.
+    #[serde(default)]
+    pub claims: Vec<String>,
+}
+
+fn default_clock_skew() -> u64 {
+    // Envoy's jwt_authn default.
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Cedar entity type of the principal: `User`, `Agent` or `Workload` (any type the schema has).
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// Claim whose value is the entity id.
+    #[serde(default = "default_principal_claim")]
+    pub claim: String,
+    /// Claim holding group names; each becomes a `Group` parent of the principal.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Entity attribute name → claim name.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn default_principal_claim() -> String {
+    "sub".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    pub prefix: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub auth: Auth,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// A verified token and a Cedar permit are required.
+    #[default]
+    Required,
+    /// Public route (health checks): no token, no Cedar decision.
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Header name → source (`principal`, `principal_id`, `principal_type`, `issuer`, `subject`,
+    /// `scopes`, `claim:<name>`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub drop_authorization: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_token_bytes: default_max_token_bytes(),
+        }
+    }
+}
+
+fn default_max_token_bytes() -> usize {
+    8 * 1024
+}
+
+impl Config {
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(
+                if path == "." { String::new() } else { path },
+                e.into_inner().to_string(),
+            )
+        })
+    }
+}

@@ -1,0 +1,635 @@
+//! The compiled configuration and the request path: route → credential → verify → Cedar → act.
+//! Built once per configuration; every request only reads it.
+
+use std::collections::HashSet;
+
+use cedar_policy::{Entity, RestrictedExpression};
+use serde_json::{json, Value};
+
+use crate::authz::{json_to_cedar, uid, Evaluation, Policies};
+use crate::config::{Auth, Config, Mode};
+use crate::error::{ConfigError, TokenError};
+use crate::reply::LocalReply;
+use crate::token::{self, Issuer, VerifiedToken};
+
+#[derive(Debug)]
+struct Route {
+    name: String,
+    prefix: String,
+    host: Option<String>,
+    auth: Auth,
+}
+
+impl Route {
+    fn matches(&self, host: &str, path: &str) -> bool {
+        if let Some(h) = &self.host {
+            // Compare without a port, case-insensitively, as hosts are.
+            let host = host
+                .rsplit_once(':')
+                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                .map_or(host, |(h, _)| h);
+            if !h.eq_ignore_ascii_case(host) {
+                return false;
+            }
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            None => false,
+            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HeaderSource {
+    Principal,
+    PrincipalId,
+    PrincipalType,
+    Issuer,
+    Subject,
+    Scopes,
+    Claim(String),
+}
+
+/// What the proxy tells the engine about one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// `:path` as the proxy has it, query included.
+    pub path: &'a str,
+    pub host: &'a str,
+    pub authorization: Option<&'a str>,
+    pub request_id: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A Cedar permit, no forbid.
+    Allow,
+    /// A public route (`auth: none`).
+    Public,
+    /// Cedar denied, or no route matched.
+    Deny,
+    /// No token, or a token that did not verify.
+    Unauthenticated,
+    /// The filter could not judge the request (schema mismatch, evaluation error): denied.
+    Error,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Public => "public",
+            Verdict::Deny => "deny",
+            Verdict::Unauthenticated => "unauthenticated",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub route: Option<String>,
+    pub principal: Option<String>,
+    pub policies: Vec<String>,
+    /// Why (for the log line); empty on allow.
+    pub reason: String,
+    /// The reply to send instead of forwarding; `None` forwards (always `None` in shadow mode).
+    pub reply: Option<LocalReply>,
+    /// Headers to set on the forwarded request.
+    pub set_headers: Vec<(String, String)>,
+}
+
+impl Decision {
+    /// One line for the proxy's debug log.
+    pub fn log_line(&self, method: &str, path: &str, request_id: &str) -> String {
+        format!(
+            "tessera decision={} route={} principal={} method={} path={} policies=[{}] request_id={}{}",
+            self.verdict.name(),
+            self.route.as_deref().unwrap_or("-"),
+            self.principal.as_deref().unwrap_or("-"),
+            method,
+            path,
+            self.policies.join(","),
+            request_id,
+            if self.reason.is_empty() { String::new() } else { format!(" reason=\"{}\"", self.reason) }
+        )
+    }
+}
+
+pub struct Engine {
+    mode: Mode,
+    issuers: Vec<Issuer>,
+    policies: Policies,
+    routes: Vec<Route>,
+    forward: Vec<(String, HeaderSource)>,
+    /// Every header name the filter owns: removed from client requests before any is set.
+    owned_headers: Vec<String>,
+    drop_authorization: bool,
+    max_token_bytes: usize,
+}
+
+impl Engine {
+    pub fn from_json(json: &[u8]) -> Result<Engine, ConfigError> {
+        Engine::compile(Config::parse(json)?)
+    }
+
+    pub fn compile(c: Config) -> Result<Engine, ConfigError> {
+        let policies = Policies::compile(&c.schema, &c.policies)?;
+        if c.issuers.is_empty() {
+            return Err(ConfigError::new("issuers", "at least one issuer is needed"));
+        }
+        let mut issuers = Vec::with_capacity(c.issuers.len());
+        let mut seen = HashSet::new();
+        for (i, ic) in c.issuers.iter().enumerate() {
+            let path = format!("issuers[{i}]");
+            if !seen.insert(ic.issuer.clone()) {
+                return Err(ConfigError::new(
+                    format!("{path}.issuer"),
+                    "duplicate issuer",
+                ));
+            }
+            let issuer = Issuer::compile(ic, &path)?;
+            if !policies.has_entity_type(&issuer.principal_type) {
+                return Err(ConfigError::new(
+                    format!("{path}.principal.type"),
+                    format!("the schema has no entity type `{}`", issuer.principal_type),
+                ));
+            }
+            if issuer.groups_claim.is_some() && !policies.has_entity_type("Group") {
+                return Err(ConfigError::new(
+                    format!("{path}.principal.groups_claim"),
+                    "the schema has no entity type `Group`",
+                ));
+            }
+            issuers.push(issuer);
+        }
+        if c.routes.is_empty() {
+            return Err(ConfigError::new("routes", "at least one route is needed"));
+        }
+        let mut routes = Vec::with_capacity(c.routes.len());
+        for (i, r) in c.routes.iter().enumerate() {
+            if !r.prefix.starts_with('/') {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].prefix"),
+                    "must start with `/`",
+                ));
+            }
+            if r.name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            routes.push(Route {
+                name: r.name.clone(),
+                prefix: r.prefix.clone(),
+                host: r.host.clone(),
+                auth: r.auth,
+            });
+        }
+        if routes.iter().any(|r| r.auth == Auth::Required) && !policies.has_entity_type("Route") {
+            return Err(ConfigError::new(
+                "schema",
+                "the schema has no entity type `Route`",
+            ));
+        }
+        let mut forward = Vec::new();
+        for (name, source) in &c.forward.headers {
+            let path = format!("forward.headers.{name}");
+            let lower = name.to_ascii_lowercase();
+            if lower.is_empty()
+                || lower.starts_with(':')
+                || !lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::new(path, "not a valid header name"));
+            }
+            if lower == "authorization" || lower == "host" {
+                return Err(ConfigError::new(
+                    path,
+                    "this header cannot be set by the filter",
+                ));
+            }
+            let s = match source.as_str() {
+                "principal" => HeaderSource::Principal,
+                "principal_id" => HeaderSource::PrincipalId,
+                "principal_type" => HeaderSource::PrincipalType,
+                "issuer" => HeaderSource::Issuer,
+                "subject" => HeaderSource::Subject,
+                "scopes" => HeaderSource::Scopes,
+                other => match other.strip_prefix("claim:") {
+                    Some(claim) if !claim.is_empty() => HeaderSource::Claim(claim.to_string()),
+                    _ => {
+                        return Err(ConfigError::new(
+                            path,
+                            "unknown source: use principal, principal_id, principal_type, issuer, subject, scopes or claim:<name>",
+                        ))
+                    }
+                },
+            };
+            forward.push((lower, s));
+        }
+        let owned_headers = forward.iter().map(|(n, _)| n.clone()).collect();
+        if c.limits.max_token_bytes < 256 {
+            return Err(ConfigError::new(
+                "limits.max_token_bytes",
+                "must be at least 256",
+            ));
+        }
+        let engine = Engine {
+            mode: c.mode,
+            issuers,
+            policies,
+            routes,
+            forward,
+            owned_headers,
+            drop_authorization: c.forward.drop_authorization,
+            max_token_bytes: c.limits.max_token_bytes,
+        };
+        engine.check_schema_accepts_requests()?;
+        Ok(engine)
+    }
+
+    /// Builds one request per issuer and evaluates it, so that (a) a schema whose context types do
+    /// not accept what Tessera builds is a configuration error, not a denial per request, and (b)
+    /// Cedar's lazy initialisation is paid at configure time, not by the first request.
+    fn check_schema_accepts_requests(&self) -> Result<(), ConfigError> {
+        let Some(route) = self.routes.iter().find(|r| r.auth == Auth::Required) else {
+            return Ok(());
+        };
+        let Some(method) = ["GET", "POST"]
+            .into_iter()
+            .find(|m| self.policies.has_action(m))
+        else {
+            return Err(ConfigError::new(
+                "schema",
+                "the schema declares no HTTP method actions (e.g. `action \"GET\"`)",
+            ));
+        };
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let mut payload = serde_json::Map::new();
+            payload.insert(
+                issuer.principal_claim.clone(),
+                json!("tessera-configure-check"),
+            );
+            let token = VerifiedToken {
+                issuer_index: i,
+                issuer: issuer.issuer.clone(),
+                subject: Some("tessera-configure-check".into()),
+                audience: vec![],
+                scopes: vec![],
+                client_id: None,
+                issued_at: Some(0),
+                expires_at: 0,
+                jti: None,
+                payload,
+            };
+            let req = HttpRequest {
+                method,
+                path: &route.prefix,
+                host: "",
+                authorization: None,
+                request_id: "",
+            };
+            match self.evaluate(&token, route, &req, 0) {
+                Ok(Evaluation::Error { reason }) | Err(reason) => return Err(ConfigError::new(
+                    format!("issuers[{i}]"),
+                    format!(
+                        "the schema does not accept Tessera's request for this issuer: {reason}"
+                    ),
+                )),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Header names the filter owns; the proxy removes client-sent copies on every request.
+    pub fn owned_headers(&self) -> &[String] {
+        &self.owned_headers
+    }
+
+    pub fn drop_authorization(&self) -> bool {
+        self.drop_authorization
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.policy_count()
+    }
+
+    /// Decides one request. `now_s` is the proxy's clock in Unix seconds.
+    pub fn check(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
+        let mut d = self.decide(req, now_s);
+        if self.mode == Mode::Shadow {
+            d.reply = None;
+        }
+        d
+    }
+
+    fn decide(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
+        let path = req.path.split(['?', '#']).next().unwrap_or("");
+        if !is_normalized(path) {
+            return deny_reply(
+                Verdict::Deny,
+                None,
+                "path is not normalized",
+                req.request_id,
+                400,
+            );
+        }
+        let Some(route) = self.routes.iter().find(|r| r.matches(req.host, path)) else {
+            return deny_reply(Verdict::Deny, None, "no route", req.request_id, 403);
+        };
+        if route.auth == Auth::None {
+            return Decision {
+                verdict: Verdict::Public,
+                route: Some(route.name.clone()),
+                principal: None,
+                policies: vec![],
+                reason: String::new(),
+                reply: None,
+                set_headers: vec![],
+            };
+        }
+        let Some(token) = req.authorization.and_then(bearer) else {
+            let reason = if req.authorization.is_some() {
+                "authorization is not a bearer token"
+            } else {
+                "no token"
+            };
+            return Decision {
+                verdict: Verdict::Unauthenticated,
+                route: Some(route.name.clone()),
+                principal: None,
+                policies: vec![],
+                reason: reason.into(),
+                reply: Some(LocalReply::missing_token()),
+                set_headers: vec![],
+            };
+        };
+        let verified = match token::verify(&self.issuers, token, now_s, self.max_token_bytes) {
+            Ok(v) => v,
+            Err(e) => return unauthenticated(route, &e, req.request_id),
+        };
+        let principal = match self.principal_uid(&verified) {
+            Ok(p) => p,
+            Err(e) => return unauthenticated(route, &e, req.request_id),
+        };
+        let evaluation = match self.evaluate(&verified, route, req, now_s) {
+            Ok(e) => e,
+            Err(e) => {
+                return unauthenticated(
+                    route,
+                    &TokenError::BadClaim(e, "has no Cedar value"),
+                    req.request_id,
+                )
+            }
+        };
+        let mut d = Decision {
+            verdict: Verdict::Allow,
+            route: Some(route.name.clone()),
+            principal: Some(principal.clone()),
+            policies: vec![],
+            reason: String::new(),
+            reply: None,
+            set_headers: vec![],
+        };
+        match evaluation {
+            Evaluation::Allow { policies } => {
+                d.policies = policies;
+                d.set_headers = self.identity_headers(&verified, &principal);
+            }
+            Evaluation::Deny { policies } => {
+                d.verdict = Verdict::Deny;
+                d.reason = if policies.is_empty() {
+                    "no permit".into()
+                } else {
+                    "forbidden by policy".into()
+                };
+                d.reply = Some(LocalReply::forbidden(&policies, req.request_id));
+                d.policies = policies;
+            }
+            Evaluation::Error { reason } => {
+                d.verdict = Verdict::Error;
+                d.reply = Some(LocalReply::cannot_judge(req.request_id));
+                d.reason = reason;
+            }
+        }
+        d
+    }
+
+    fn principal_id<'t>(&self, t: &'t VerifiedToken) -> Result<&'t str, TokenError> {
+        let issuer = &self.issuers[t.issuer_index];
+        t.claim(&issuer.principal_claim)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| TokenError::MissingClaim(issuer.principal_claim.clone()))
+    }
+
+    fn principal_uid(&self, t: &VerifiedToken) -> Result<String, TokenError> {
+        let issuer = &self.issuers[t.issuer_index];
+        let id = self.principal_id(t)?;
+        Ok(format!(
+            "{}::{}",
+            issuer.principal_type,
+            Value::String(id.to_string())
+        ))
+    }
+
+    /// Builds and evaluates the Cedar request. `Err` names a token claim with no Cedar value.
+    fn evaluate(
+        &self,
+        t: &VerifiedToken,
+        route: &Route,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+    ) -> Result<Evaluation, String> {
+        let issuer = &self.issuers[t.issuer_index];
+        let id = self
+            .principal_id(t)
+            .map_err(|_| issuer.principal_claim.clone())?;
+        let principal_uid =
+            uid(&issuer.principal_type, id).map_err(|_| issuer.principal_claim.clone())?;
+        let mut parents = HashSet::new();
+        if let Some(gc) = &issuer.groups_claim {
+            for g in string_list(t.claim(gc)) {
+                parents.insert(uid("Group", g).map_err(|_| gc.clone())?);
+            }
+        }
+        let mut attrs = std::collections::HashMap::new();
+        for (attr, claim) in &issuer.principal_attributes {
+            if let Some(v) = t.claim(claim) {
+                attrs.insert(attr.clone(), json_to_cedar(v).map_err(|_| claim.clone())?);
+            }
+        }
+        let principal = Entity::new(principal_uid, attrs, parents).map_err(|e| e.to_string())?;
+        let resource = uid("Route", &route.name).map_err(|e| e.to_string())?;
+
+        let set = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            )
+        };
+        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut claims = Vec::new();
+        for c in &issuer.claims {
+            if let Some(v) = t.claim(c).filter(|v| !v.is_null()) {
+                claims.push((c.clone(), json_to_cedar(v).map_err(|_| c.clone())?));
+            }
+        }
+        let record = |fields: Vec<(String, RestrictedExpression)>| {
+            RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
+        };
+        let mut token = vec![
+            (
+                "issuer".to_string(),
+                RestrictedExpression::new_string(t.issuer.clone()),
+            ),
+            (
+                "subject".to_string(),
+                RestrictedExpression::new_string(t.subject.clone().unwrap_or_default()),
+            ),
+            ("audience".to_string(), set(&t.audience)),
+            ("scopes".to_string(), set(&t.scopes)),
+            ("expires_at".to_string(), long(t.expires_at)),
+            ("claims".to_string(), record(claims)?),
+        ];
+        if let Some(c) = &t.client_id {
+            token.push((
+                "client_id".to_string(),
+                RestrictedExpression::new_string(c.clone()),
+            ));
+        }
+        if let Some(iat) = t.issued_at {
+            token.push(("issued_at".to_string(), long(iat)));
+        }
+        let path = req.path.split(['?', '#']).next().unwrap_or("");
+        let request = vec![
+            (
+                "method".to_string(),
+                RestrictedExpression::new_string(req.method.to_string()),
+            ),
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(path.to_string()),
+            ),
+            (
+                "host".to_string(),
+                RestrictedExpression::new_string(req.host.to_string()),
+            ),
+        ];
+        let context = vec![
+            ("token".to_string(), record(token)?),
+            ("request".to_string(), record(request)?),
+            ("now".to_string(), long(now_s)),
+        ];
+        Ok(self
+            .policies
+            .evaluate(principal, req.method, resource, context))
+    }
+
+    fn identity_headers(&self, t: &VerifiedToken, principal: &str) -> Vec<(String, String)> {
+        let issuer = &self.issuers[t.issuer_index];
+        let mut out = Vec::with_capacity(self.forward.len());
+        for (name, source) in &self.forward {
+            let value = match source {
+                HeaderSource::Principal => Some(principal.to_string()),
+                HeaderSource::PrincipalId => self.principal_id(t).ok().map(str::to_string),
+                HeaderSource::PrincipalType => Some(issuer.principal_type.clone()),
+                HeaderSource::Issuer => Some(t.issuer.clone()),
+                HeaderSource::Subject => t.subject.clone(),
+                HeaderSource::Scopes => Some(t.scopes.join(" ")),
+                HeaderSource::Claim(c) => t.claim(c).map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }),
+            };
+            // Header values must not carry control characters (CR/LF would split headers).
+            if let Some(v) = value.filter(|v| !v.chars().any(char::is_control)) {
+                out.push((name.clone(), v));
+            }
+        }
+        out
+    }
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235 §2.1).
+fn bearer(h: &str) -> Option<&str> {
+    let (scheme, rest) = h.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Groups may come as an array of strings or one space-separated string.
+fn string_list(v: Option<&Value>) -> Vec<&str> {
+    match v {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A path the filter can judge: absolute, no dot segments, no encoded separators or dots, no
+/// backslashes. Envoy normalises paths when configured to; this is the last line of defence
+/// against a route prefix being bypassed with `/public/../admin`.
+fn is_normalized(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains('\\') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f")
+        || lower.contains("%2e")
+        || lower.contains("%5c")
+        || lower.contains("%00")
+    {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -> Decision {
+    Decision {
+        verdict: Verdict::Unauthenticated,
+        route: Some(route.name.clone()),
+        principal: None,
+        policies: vec![],
+        reason: e.to_string(),
+        reply: Some(LocalReply::invalid_token(&e.to_string(), request_id)),
+        set_headers: vec![],
+    }
+}
+
+fn deny_reply(
+    verdict: Verdict,
+    route: Option<String>,
+    reason: &str,
+    request_id: &str,
+    status: u32,
+) -> Decision {
+    Decision {
+        verdict,
+        route,
+        principal: None,
+        policies: vec![],
+        reason: reason.to_string(),
+        reply: Some(LocalReply::json_error(
+            status,
+            "forbidden",
+            Some(reason),
+            &[],
+            request_id,
+        )),
+        set_headers: vec![],
+    }
+}

@@ -1,0 +1,79 @@
+//! Errors of configuration and of requests, with short lowercase messages.
+
+use std::fmt;
+
+/// A configuration problem: the JSON path of the offending field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "invalid configuration: {}", self.message)
+        } else {
+            write!(
+                f,
+                "invalid configuration at `{}`: {}",
+                self.path, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why a token was rejected. The message is the RFC 6750 `error_description` a client sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token too large")]
+    TooLarge,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("algorithm none is not accepted")]
+    AlgNone,
+    #[error("token header parameter `{0}` is not accepted: keys come only from configuration")]
+    ForbiddenHeader(&'static str),
+    #[error("token header has critical extensions that are not understood")]
+    CriticalHeader,
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    #[error("no key for kid `{0}`")]
+    UnknownKid(String),
+    #[error("no key of the issuer matches the token's algorithm `{0}`")]
+    NoKeyForAlgorithm(String),
+    #[error("algorithm `{found}` does not match the key's algorithm `{expected}`")]
+    AlgorithmMismatch {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("signature invalid")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid (nbf)")]
+    NotYetValid,
+    #[error("token issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("token has no exp claim")]
+    MissingExp,
+    #[error("audience not accepted")]
+    Audience,
+    #[error("token lifetime exceeds the issuer's max_ttl_s")]
+    LifetimeTooLong,
+    #[error("missing required claim `{0}`")]
+    MissingClaim(String),
+    #[error("claim `{0}` cannot be used: {1}")]
+    BadClaim(String, &'static str),
+}

@@ -1,0 +1,269 @@
+//! Verification keys from RFC 7517 JWK sets (and an explicit HMAC secret), each with the one
+//! algorithm it may verify. The algorithm comes from the key, never from a token's header.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use jwt_simple::prelude::*;
+use serde_json::Value;
+
+use crate::error::ConfigError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    EdDSA,
+    ES256,
+    ES384,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    HS256,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::HS256 => "HS256",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Algorithm> {
+        Some(match name {
+            "EdDSA" | "Ed25519" => Algorithm::EdDSA,
+            "ES256" => Algorithm::ES256,
+            "ES384" => Algorithm::ES384,
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "PS256" => Algorithm::PS256,
+            "PS384" => Algorithm::PS384,
+            "PS512" => Algorithm::PS512,
+            "HS256" => Algorithm::HS256,
+            _ => return None,
+        })
+    }
+
+    /// Whether a token header's `alg` names this algorithm. `Ed25519` is the fully specified
+    /// name for EdDSA over Ed25519 (RFC 9864).
+    pub fn matches_header(self, alg: &str) -> bool {
+        alg == self.name() || (self == Algorithm::EdDSA && alg == "Ed25519")
+    }
+}
+
+/// A public key (or HMAC secret) bound to one algorithm.
+pub enum Verifier {
+    Ed25519(Ed25519PublicKey),
+    Es256(ES256PublicKey),
+    Es384(ES384PublicKey),
+    Rs256(RS256PublicKey),
+    Rs384(RS384PublicKey),
+    Rs512(RS512PublicKey),
+    Ps256(PS256PublicKey),
+    Ps384(PS384PublicKey),
+    Ps512(PS512PublicKey),
+    Hs256(HS256Key),
+}
+
+pub struct Key {
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    pub verifier: Verifier,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+impl Key {
+    /// Verifies the signature and the registered claims that `options` asks for.
+    pub fn verify(
+        &self,
+        token: &str,
+        options: VerificationOptions,
+    ) -> Result<JWTClaims<serde_json::Map<String, Value>>, jwt_simple::Error> {
+        type C = serde_json::Map<String, Value>;
+        let o = Some(options);
+        match &self.verifier {
+            Verifier::Ed25519(k) => k.verify_token::<C>(token, o),
+            Verifier::Es256(k) => k.verify_token::<C>(token, o),
+            Verifier::Es384(k) => k.verify_token::<C>(token, o),
+            Verifier::Rs256(k) => k.verify_token::<C>(token, o),
+            Verifier::Rs384(k) => k.verify_token::<C>(token, o),
+            Verifier::Rs512(k) => k.verify_token::<C>(token, o),
+            Verifier::Ps256(k) => k.verify_token::<C>(token, o),
+            Verifier::Ps384(k) => k.verify_token::<C>(token, o),
+            Verifier::Ps512(k) => k.verify_token::<C>(token, o),
+            Verifier::Hs256(k) => k.verify_token::<C>(token, o),
+        }
+    }
+}
+
+/// Parses a JWK set. `path` is the JSON path of the set in the configuration, for errors.
+pub fn parse_jwks(jwks: &Value, path: &str) -> Result<Vec<Key>, ConfigError> {
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ConfigError::new(path, "a JWK set needs a `keys` array"))?;
+    let mut out = Vec::with_capacity(keys.len());
+    for (i, jwk) in keys.iter().enumerate() {
+        let p = format!("{path}.keys[{i}]");
+        if let Some(key) = parse_jwk(jwk, &p)? {
+            if key.kid.is_some() && out.iter().any(|k: &Key| k.kid == key.kid) {
+                return Err(ConfigError::new(format!("{p}.kid"), "duplicate kid"));
+            }
+            out.push(key);
+        }
+    }
+    Ok(out)
+}
+
+/// One JWK. Keys marked for encryption (`use: enc`) are skipped, as a JWKS may hold both kinds.
+fn parse_jwk(jwk: &Value, path: &str) -> Result<Option<Key>, ConfigError> {
+    let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+    let err = |name: &str, msg: &str| ConfigError::new(format!("{path}.{name}"), msg.to_string());
+    if field("use") == Some("enc") {
+        return Ok(None);
+    }
+    if let Some(ops) = jwk.get("key_ops").and_then(Value::as_array) {
+        if !ops.iter().any(|o| o.as_str() == Some("verify")) {
+            return Ok(None);
+        }
+    }
+    let kty = field("kty").ok_or_else(|| err("kty", "missing"))?;
+    let declared = match field("alg") {
+        Some(a) => {
+            Some(Algorithm::from_name(a).ok_or_else(|| err("alg", "unsupported algorithm"))?)
+        }
+        None => None,
+    };
+    let kid = field("kid").map(str::to_string);
+    let b64 = |name: &str| -> Result<Vec<u8>, ConfigError> {
+        let s = field(name).ok_or_else(|| err(name, "missing"))?;
+        URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| err(name, "not base64url without padding"))
+    };
+    let bad_key = |e: jwt_simple::Error| ConfigError::new(path, format!("invalid key: {e}"));
+    let (algorithm, verifier) = match kty {
+        "OKP" => {
+            if field("crv") != Some("Ed25519") {
+                return Err(err("crv", "only Ed25519 is supported for OKP keys"));
+            }
+            let alg = declared.unwrap_or(Algorithm::EdDSA);
+            if alg != Algorithm::EdDSA {
+                return Err(err("alg", "an Ed25519 key verifies only EdDSA"));
+            }
+            let x = b64("x")?;
+            (
+                alg,
+                Verifier::Ed25519(Ed25519PublicKey::from_bytes(&x).map_err(bad_key)?),
+            )
+        }
+        "EC" => {
+            let (alg, len) = match field("crv") {
+                Some("P-256") => (Algorithm::ES256, 32),
+                Some("P-384") => (Algorithm::ES384, 48),
+                _ => return Err(err("crv", "only P-256 and P-384 are supported for EC keys")),
+            };
+            if declared.is_some_and(|d| d != alg) {
+                return Err(err("alg", "does not match the curve"));
+            }
+            let (x, y) = (b64("x")?, b64("y")?);
+            if x.len() != len || y.len() != len {
+                return Err(ConfigError::new(
+                    path,
+                    "x and y must have the curve's length",
+                ));
+            }
+            let mut sec1 = Vec::with_capacity(1 + 2 * len);
+            sec1.push(0x04);
+            sec1.extend_from_slice(&x);
+            sec1.extend_from_slice(&y);
+            let v = if alg == Algorithm::ES256 {
+                Verifier::Es256(ES256PublicKey::from_bytes(&sec1).map_err(bad_key)?)
+            } else {
+                Verifier::Es384(ES384PublicKey::from_bytes(&sec1).map_err(bad_key)?)
+            };
+            (alg, v)
+        }
+        "RSA" => {
+            let alg = declared.unwrap_or(Algorithm::RS256);
+            let (n, e) = (b64("n")?, b64("e")?);
+            let v = match alg {
+                Algorithm::RS256 => {
+                    Verifier::Rs256(RS256PublicKey::from_components(&n, &e).map_err(bad_key)?)
+                }
+                Algorithm::RS384 => {
+                    Verifier::Rs384(RS384PublicKey::from_components(&n, &e).map_err(bad_key)?)
+                }
+                Algorithm::RS512 => {
+                    Verifier::Rs512(RS512PublicKey::from_components(&n, &e).map_err(bad_key)?)
+                }
+                Algorithm::PS256 => {
+                    Verifier::Ps256(PS256PublicKey::from_components(&n, &e).map_err(bad_key)?)
+                }
+                Algorithm::PS384 => {
+                    Verifier::Ps384(PS384PublicKey::from_components(&n, &e).map_err(bad_key)?)
+                }
+                Algorithm::PS512 => {
+                    Verifier::Ps512(PS512PublicKey::from_components(&n, &e).map_err(bad_key)?)
+                }
+                _ => {
+                    return Err(err(
+                        "alg",
+                        "an RSA key verifies only RS256/384/512 or PS256/384/512",
+                    ))
+                }
+            };
+            (alg, v)
+        }
+        "oct" => {
+            return Err(err(
+                "kty",
+                "symmetric keys are not accepted in jwks; configure the issuer's hmac_secret",
+            ))
+        }
+        _ => return Err(err("kty", "unsupported key type")),
+    };
+    Ok(Some(Key {
+        kid,
+        algorithm,
+        verifier,
+    }))
+}
+
+/// The HS256 key of an issuer's explicit `hmac_secret` (base64url or standard base64).
+pub fn hmac_key(secret: &str, path: &str) -> Result<Key, ConfigError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(secret.trim_end_matches('='))
+        .or_else(|_| STANDARD.decode(secret))
+        .map_err(|_| ConfigError::new(path, "not base64"))?;
+    // RFC 7518 §3.2: the key must be at least as long as the hash output.
+    if bytes.len() < 32 {
+        return Err(ConfigError::new(
+            path,
+            "an HS256 secret needs at least 32 bytes",
+        ));
+    }
+    Ok(Key {
+        kid: None,
+        algorithm: Algorithm::HS256,
+        verifier: Verifier::Hs256(HS256Key::from_bytes(&bytes)),
+    })
+}

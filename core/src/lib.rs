@@ -1,0 +1,16 @@
+//! Tessera's decision logic, with no proxy-wasm dependency: configuration, token verification,
+//! Cedar evaluation and the replies a client sees. The plugin crate is thin glue over this; tests
+//! and benchmarks run it natively.
+
+pub mod authz;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod jwks;
+pub mod reply;
+pub mod token;
+
+pub use config::Mode;
+pub use engine::{Decision, Engine, HttpRequest, Verdict};
+pub use error::{ConfigError, TokenError};
+pub use reply::LocalReply;

@@ -1,0 +1,115 @@
+//! Local replies a client can act on: RFC 6750 `WWW-Authenticate` challenges for token problems,
+//! small JSON bodies naming the policies for denials.
+
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Short reason for the proxy's response details / access log.
+    pub details: &'static str,
+}
+
+/// RFC 7230 quoted-string content: the description comes from our own messages, but a kid or
+/// algorithm from the token is echoed in them, so quotes and backslashes are escaped and
+/// non-printable characters dropped.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl LocalReply {
+    /// No credentials on a protected route: a bare challenge (RFC 6750 §3.1: no error code).
+    pub fn missing_token() -> LocalReply {
+        LocalReply {
+            status: 401,
+            headers: vec![
+                ("www-authenticate".into(), "Bearer".into()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body:
+                json!({"error": "unauthorized", "error_description": "a bearer token is required"})
+                    .to_string(),
+            details: "tessera_no_token",
+        }
+    }
+
+    pub fn invalid_token(description: &str, request_id: &str) -> LocalReply {
+        let d = quoted(description);
+        LocalReply {
+            status: 401,
+            headers: vec![
+                (
+                    "www-authenticate".into(),
+                    format!("Bearer error=\"invalid_token\", error_description=\"{d}\""),
+                ),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body:
+                json!({"error": "invalid_token", "error_description": d, "request_id": request_id})
+                    .to_string(),
+            details: "tessera_invalid_token",
+        }
+    }
+
+    pub fn forbidden(policies: &[String], request_id: &str) -> LocalReply {
+        LocalReply::json_error(403, "forbidden", None, policies, request_id)
+    }
+
+    /// The filter cannot judge the request: denied (fail closed) with a reason.
+    pub fn cannot_judge(request_id: &str) -> LocalReply {
+        let mut r = LocalReply::json_error(
+            403,
+            "forbidden",
+            Some("the request could not be evaluated"),
+            &[],
+            request_id,
+        );
+        r.details = "tessera_cannot_judge";
+        r
+    }
+
+    /// Not configured, or configuration failed: 503, never a pass.
+    pub fn unavailable(request_id: &str) -> LocalReply {
+        let mut r = LocalReply::json_error(
+            503,
+            "unavailable",
+            Some("authorization is not configured"),
+            &[],
+            request_id,
+        );
+        r.details = "tessera_unavailable";
+        r
+    }
+
+    pub fn json_error(
+        status: u32,
+        error: &str,
+        reason: Option<&str>,
+        policies: &[String],
+        request_id: &str,
+    ) -> LocalReply {
+        let mut body = json!({"error": error, "policies": policies, "request_id": request_id});
+        if let Some(r) = reason {
+            body["reason"] = json!(r);
+        }
+        LocalReply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+            details: "tessera_denied",
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The proxy-wasm module: root and HTTP contexts over `tessera-core`. Nothing here decides; it
+//! reads the request from the proxy, asks the engine, and applies the answer.
+//!
+//! Fail closed: until a configuration compiled, every request gets a 503.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use tessera_core::{Engine, HttpRequest, LocalReply, Verdict};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    // A panic aborts the VM (panic = "abort"); make sure its message reaches the proxy's log.
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("tessera: panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Counter ids, defined once per VM.
+#[derive(Default)]
+struct Metrics {
+    allow: u32,
+    deny: u32,
+    unauthenticated: u32,
+    error: u32,
+    public: u32,
+    unavailable: u32,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let def = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
+        Metrics {
+            allow: def("tessera.decisions.allow"),
+            deny: def("tessera.decisions.deny"),
+            unauthenticated: def("tessera.decisions.unauthenticated"),
+            error: def("tessera.decisions.error"),
+            public: def("tessera.decisions.public"),
+            unavailable: def("tessera.decisions.unavailable"),
+        }
+    }
+
+    fn count(&self, id: u32) {
+        if id != 0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    engine: Option<Rc<Engine>>,
+    metrics: Rc<Metrics>,
+    /// For request ids when the proxy did not set `x-request-id`.
+    next_id: Rc<Cell<u64>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        self.metrics = Rc::new(Metrics::define());
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        // A failed reconfiguration must not leave the previous policies in force unnoticed:
+        // drop them, so that requests are refused until a valid configuration arrives.
+        self.engine = None;
+        let Some(config) = self.get_plugin_configuration() else {
+            log(LogLevel::Critical, "tessera: no plugin configuration");
+            return false;
+        };
+        match Engine::from_json(&config) {
+            Ok(engine) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "tessera: configured with {} policies",
+                        engine.policy_count()
+                    ),
+                );
+                self.engine = Some(Rc::new(engine));
+                true
+            }
+            Err(e) => {
+                log(LogLevel::Critical, &format!("tessera: {e}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter {
+            engine: self.engine.clone(),
+            metrics: self.metrics.clone(),
+            next_id: self.next_id.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Filter {
+    engine: Option<Rc<Engine>>,
+    metrics: Rc<Metrics>,
+    next_id: Rc<Cell<u64>>,
+}
+
+impl Context for Filter {}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+impl Filter {
+    fn send(&self, reply: &LocalReply) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    }
+
+    fn request_id(&self) -> String {
+        match self.get_http_request_header("x-request-id") {
+            Some(id) if !id.is_empty() => id,
+            _ => {
+                let n = self.next_id.get().wrapping_add(1);
+                self.next_id.set(n);
+                let t = self
+                    .get_current_time()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                format!("tessera-{t:x}-{n}")
+            }
+        }
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let request_id = self.request_id();
+        let Some(engine) = self.engine.clone() else {
+            self.metrics.count(self.metrics.unavailable);
+            log(
+                LogLevel::Warn,
+                &format!("tessera decision=unavailable request_id={request_id}"),
+            );
+            self.send(&LocalReply::unavailable(&request_id));
+            return Action::Pause;
+        };
+        // Client-sent copies of the identity headers never reach the upstream.
+        for name in engine.owned_headers() {
+            self.set_http_request_header(name, None);
+        }
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let host = self
+            .get_http_request_header(":authority")
+            .unwrap_or_default();
+        let authorization = self.get_http_request_header("authorization");
+        let now = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let request = HttpRequest {
+            method: &method,
+            path: &path,
+            host: &host,
+            authorization: authorization.as_deref(),
+            request_id: &request_id,
+        };
+        let decision = engine.check(&request, now);
+        let m = &self.metrics;
+        m.count(match decision.verdict {
+            Verdict::Allow => m.allow,
+            Verdict::Public => m.public,
+            Verdict::Deny => m.deny,
+            Verdict::Unauthenticated => m.unauthenticated,
+            Verdict::Error => m.error,
+        });
+        let mut line = decision.log_line(&method, &path, &request_id);
+        if engine.mode() == tessera_core::Mode::Shadow {
+            line.push_str(" mode=shadow");
+        }
+        log(LogLevel::Debug, &line);
+        if let Some(reply) = &decision.reply {
+            self.send(reply);
+            return Action::Pause;
+        }
+        for (name, value) in &decision.set_headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        if engine.drop_authorization() && decision.verdict == Verdict::Allow {
+            self.set_http_request_header("authorization", None);
+        }
+        Action::Continue
+    }
+}

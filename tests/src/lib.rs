@@ -1,0 +1,165 @@
+//! Shared support for Tessera's integration tests and benchmarks: the test configuration (the
+//! example policies with the demo issuers), token minting with an independent JOSE library
+//! (`jsonwebtoken`, not the jwt-simple the filter verifies with), and the built `.wasm`.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+pub const IDP: &str = "https://idp.demo.tessera.dev";
+pub const AGENTS: &str = "https://agents.demo.tessera.dev";
+pub const LEGACY: &str = "https://legacy.demo.tessera.dev";
+pub const AUDIENCE: &str = "orders-api";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn read(rel: &str) -> Result<String> {
+    let p = repo_root().join(rel);
+    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// `policies/*.cedar` as named documents, the way the xtask bundles them.
+pub fn policy_files() -> Result<Value> {
+    let mut files = serde_json::Map::new();
+    let mut entries: Vec<_> = std::fs::read_dir(repo_root().join("policies"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        files.insert(name, Value::String(std::fs::read_to_string(&p)?));
+    }
+    Ok(Value::Object(files))
+}
+
+/// The plugin configuration the tests use: the example policies and schema, the three demo
+/// issuers of `envoy-examples/envoy-http.yaml` with the keys in `tests/keys/`.
+pub fn test_config() -> Result<Value> {
+    let jwks: Value = serde_json::from_str(&read("tests/keys/jwks.json")?)?;
+    let hmac = read("tests/keys/hmac.b64")?.trim().to_string();
+    Ok(json!({
+        "issuers": [
+            {
+                "issuer": IDP, "audiences": [AUDIENCE], "jwks": jwks,
+                "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
+                "principal": {"type": "User", "claim": "sub", "groups_claim": "groups"},
+                "claims": ["email"]
+            },
+            {
+                "issuer": AGENTS, "audiences": [AUDIENCE], "jwks": jwks,
+                "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
+                "principal": {"type": "Agent", "claim": "sub"}
+            },
+            {
+                "issuer": LEGACY, "audiences": [AUDIENCE], "hmac_secret": hmac,
+                "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
+                "principal": {"type": "Agent", "claim": "sub"}
+            }
+        ],
+        "schema": read("policies/tessera.cedarschema")?,
+        "policies": policy_files()?,
+        "routes": [
+            {"name": "health", "prefix": "/healthz", "auth": "none"},
+            {"name": "orders", "prefix": "/orders"},
+            {"name": "admin", "prefix": "/admin"}
+        ],
+        "forward": {
+            "headers": {
+                "x-tessera-principal": "principal",
+                "x-tessera-issuer": "issuer",
+                "x-tessera-subject": "subject"
+            }
+        }
+    }))
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The demo key and kid for an algorithm name.
+fn key_for(alg: &str) -> Result<(Algorithm, EncodingKey, Option<&'static str>)> {
+    let pem = |f: &str| -> Result<Vec<u8>> { Ok(read(&format!("tests/keys/{f}"))?.into_bytes()) };
+    Ok(match alg {
+        "EdDSA" => (
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&pem("ed25519.pem")?)?,
+            Some("demo-ed25519"),
+        ),
+        "ES256" => (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&pem("p256.pem")?)?,
+            Some("demo-p256"),
+        ),
+        "ES384" => (
+            Algorithm::ES384,
+            EncodingKey::from_ec_pem(&pem("p384.pem")?)?,
+            Some("demo-p384"),
+        ),
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => {
+            let a = match alg {
+                "RS256" => (Algorithm::RS256, "demo-rs256"),
+                "RS384" => (Algorithm::RS384, "demo-rs384"),
+                "RS512" => (Algorithm::RS512, "demo-rs512"),
+                "PS256" => (Algorithm::PS256, "demo-ps256"),
+                "PS384" => (Algorithm::PS384, "demo-ps384"),
+                _ => (Algorithm::PS512, "demo-ps512"),
+            };
+            (
+                a.0,
+                EncodingKey::from_rsa_pem(&pem("rsa2048.pem")?)?,
+                Some(a.1),
+            )
+        }
+        "HS256" => {
+            use base64::Engine as _;
+            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(read("tests/keys/hmac.b64")?.trim())?;
+            (Algorithm::HS256, EncodingKey::from_secret(&secret), None)
+        }
+        other => anyhow::bail!("no demo key for {other}"),
+    })
+}
+
+/// Mints a token signed with the demo key for `alg`. `iat`, `exp` (now + 300 s) and `aud` are
+/// filled in unless `claims` has them (`null` removes one).
+pub fn mint(alg: &str, claims: &Value) -> Result<String> {
+    let (algorithm, key, kid) = key_for(alg)?;
+    let mut header = Header::new(algorithm);
+    header.kid = kid.map(str::to_string);
+    let now = now_s();
+    let mut c = json!({"iat": now, "exp": now + 300, "aud": AUDIENCE});
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), claims.as_object()) {
+        for (k, v) in extra {
+            if v.is_null() {
+                c.remove(k);
+            } else {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(jsonwebtoken::encode(&header, &c, &key)?)
+}
+
+/// The release `.wasm` (`TESSERA_WASM`, else the workspace's build output).
+pub fn wasm_path() -> PathBuf {
+    std::env::var_os("TESSERA_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/tessera_plugin.wasm"))
+}

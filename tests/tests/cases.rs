@@ -1,0 +1,269 @@
+//! The decision cases in `policies/cases/*.json`, each run through the native engine and through
+//! the release `.wasm` in the wasmtime harness. Both must give the case's expected outcome.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tessera_core::{Engine, HttpRequest};
+use tessera_harness::Harness;
+use tessera_tests::{mint, now_s, repo_root, test_config, wasm_path};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(default)]
+    token: Option<TokenSpec>,
+    request: RequestSpec,
+    expect: Expect,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenSpec {
+    alg: String,
+    claims: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestSpec {
+    method: String,
+    path: String,
+    #[serde(default = "default_host")]
+    host: String,
+}
+
+fn default_host() -> String {
+    "api.example.com".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    decision: String,
+    status: u32,
+    #[serde(default)]
+    policies: Option<Vec<String>>,
+    #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
+    error_description_contains: Option<String>,
+}
+
+/// What one run of a case produced, from either engine.
+#[derive(Debug)]
+struct Outcome {
+    decision: String,
+    status: u32,
+    policies: Vec<String>,
+    principal: Option<String>,
+    www_authenticate: Option<String>,
+    forwarded_principal: Option<String>,
+}
+
+fn load_cases() -> Result<Vec<(PathBuf, Case)>> {
+    let dir = repo_root().join("policies/cases");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f)?;
+        let cases: Vec<Case> =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+        out.extend(cases.into_iter().map(|c| (f.clone(), c)));
+    }
+    Ok(out)
+}
+
+/// Mints the case's token; numeric `iat`/`exp`/`nbf` are offsets from now.
+fn token_for(spec: &TokenSpec) -> Result<String> {
+    let now = now_s() as i64;
+    let mut claims = spec.claims.clone();
+    for k in ["iat", "exp", "nbf"] {
+        if let Some(off) = claims.get(k).and_then(Value::as_i64) {
+            claims.insert(k.into(), Value::from(now + off));
+        }
+    }
+    mint(&spec.alg, &Value::Object(claims))
+}
+
+/// Reads `policies=[a,b]` and `principal=…` back from the module's decision log line.
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    if rest.starts_with('[') {
+        return rest.find(']').map(|end| &rest[1..end]);
+    }
+    Some(rest.split(' ').next().unwrap_or(""))
+}
+
+fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
+    let req = HttpRequest {
+        method: &case.request.method,
+        path: &case.request.path,
+        host: &case.request.host,
+        authorization: auth,
+        request_id: "case",
+    };
+    let d = engine.check(&req, now_s());
+    let reply = d.reply.as_ref();
+    Outcome {
+        decision: d.verdict.name().to_string(),
+        status: reply.map_or(200, |r| r.status),
+        policies: d.policies.clone(),
+        principal: d.principal.clone(),
+        www_authenticate: reply.and_then(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "www-authenticate")
+                .map(|(_, v)| v.clone())
+        }),
+        forwarded_principal: d
+            .set_headers
+            .iter()
+            .find(|(k, _)| k == "x-tessera-principal")
+            .map(|(_, v)| v.clone()),
+    }
+}
+
+fn run_wasm(h: &mut Harness, case: &Case, auth: Option<&str>) -> Result<Outcome> {
+    h.clear_logs();
+    let ctx = h.new_http()?;
+    let mut headers = vec![
+        (":method", case.request.method.as_str()),
+        (":path", case.request.path.as_str()),
+        (":authority", case.request.host.as_str()),
+        (":scheme", "http"),
+        ("x-request-id", "case"),
+        // A client trying to spoof the identity the filter forwards.
+        ("x-tessera-principal", "User::\"spoofed\""),
+    ];
+    if let Some(a) = auth {
+        headers.push(("authorization", a));
+    }
+    h.request_headers(ctx, &headers, true)?;
+    let line = h
+        .find_log("tessera decision=")
+        .map(|l| l.message.clone())
+        .context("the module logged no decision line")?;
+    let reply = h.local_reply(ctx);
+    let forwarded = h.request_header(ctx, "x-tessera-principal");
+    h.done(ctx)?;
+    let policies = log_field(&line, "policies")
+        .map(|p| {
+            p.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let principal = log_field(&line, "principal")
+        .filter(|p| *p != "-")
+        .map(str::to_string);
+    Ok(Outcome {
+        decision: log_field(&line, "decision").unwrap_or("").to_string(),
+        status: reply.as_ref().map_or(200, |r| r.status),
+        policies,
+        principal,
+        www_authenticate: reply
+            .as_ref()
+            .and_then(|r| r.header("www-authenticate").map(str::to_string)),
+        forwarded_principal: if reply.is_some() { None } else { forwarded },
+    })
+}
+
+fn check(case: &Case, o: &Outcome) -> Result<()> {
+    let e = &case.expect;
+    if o.decision != e.decision || o.status != e.status {
+        bail!(
+            "expected {} / {}, got {} / {} ({o:?})",
+            e.decision,
+            e.status,
+            o.decision,
+            o.status
+        );
+    }
+    if let Some(p) = &e.policies {
+        if &o.policies != p {
+            bail!("expected policies {p:?}, got {:?}", o.policies);
+        }
+    }
+    if let Some(p) = &e.principal {
+        if o.principal.as_ref() != Some(p) {
+            bail!("expected principal {p}, got {:?}", o.principal);
+        }
+    }
+    if let Some(words) = &e.error_description_contains {
+        let w = o.www_authenticate.as_deref().unwrap_or("");
+        if !w.contains("error=\"invalid_token\"") || !w.contains(words.as_str()) {
+            bail!("expected an invalid_token challenge mentioning {words:?}, got {w:?}");
+        }
+    }
+    if e.status == 200 && e.decision == "allow" {
+        // The filter's identity header replaced the client's spoofed one.
+        let expected = o.principal.clone();
+        if o.forwarded_principal != expected {
+            bail!(
+                "forwarded x-tessera-principal {:?}, expected {expected:?}",
+                o.forwarded_principal
+            );
+        }
+    } else if o.forwarded_principal.as_deref() == Some("User::\"spoofed\"") {
+        bail!("a client-sent identity header was forwarded");
+    }
+    Ok(())
+}
+
+#[test]
+fn decision_cases_hold_natively_and_in_wasm() -> Result<()> {
+    let cases = load_cases()?;
+    assert!(
+        cases.len() >= 10,
+        "expected the example cases, found {}",
+        cases.len()
+    );
+    let config = test_config()?.to_string();
+    let engine = Engine::from_json(config.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wasm = wasm_path();
+    let mut h = Harness::load(&wasm).with_context(|| {
+        format!(
+            "loading {} (build it with `cargo xtask wasm`)",
+            wasm.display()
+        )
+    })?;
+    assert!(
+        h.configure(&config)?,
+        "the module refused the test configuration: {:?}",
+        h.logs()
+    );
+
+    let mut failures = Vec::new();
+    for (file, case) in &cases {
+        let auth = match &case.token {
+            Some(t) => Some(format!("Bearer {}", token_for(t)?)),
+            None => None,
+        };
+        let native = run_native(&engine, case, auth.as_deref());
+        if let Err(e) = check(case, &native) {
+            failures.push(format!("{} — {} [native]: {e}", file.display(), case.name));
+        }
+        let wasm = run_wasm(&mut h, case, auth.as_deref())?;
+        if let Err(e) = check(case, &wasm) {
+            failures.push(format!("{} — {} [wasm]: {e}", file.display(), case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case runs failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    println!("{} decision cases held natively and in wasm", cases.len());
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! A bad configuration is refused with an error naming the JSON path and the problem.
+
+use serde_json::{json, Value};
+use tessera_core::Engine;
+use tessera_tests::test_config;
+
+fn error_for(edit: impl FnOnce(&mut Value)) -> String {
+    let mut c = test_config().expect("test config");
+    edit(&mut c);
+    match Engine::from_json(c.to_string().as_bytes()) {
+        Ok(_) => panic!("the configuration was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_test_configuration_compiles() {
+    let c = test_config().expect("test config");
+    let engine = Engine::from_json(c.to_string().as_bytes()).expect("compiles");
+    assert_eq!(engine.policy_count(), 6);
+}
+
+#[test]
+fn missing_audiences_names_the_field() {
+    let e = error_for(|c| {
+        c["issuers"][1]
+            .as_object_mut()
+            .map(|o| o.remove("audiences"));
+    });
+    assert!(e.contains("issuers[1]") && e.contains("audiences"), "{e}");
+}
+
+#[test]
+fn empty_audiences_are_refused() {
+    let e = error_for(|c| c["issuers"][0]["audiences"] = json!([]));
+    assert!(e.contains("issuers[0].audiences"), "{e}");
+}
+
+#[test]
+fn unknown_fields_are_refused_so_typos_do_not_disable_checks() {
+    let e = error_for(|c| c["issuers"][0]["max_tll_s"] = json!(60));
+    assert!(e.contains("issuers[0]") && e.contains("max_tll_s"), "{e}");
+}
+
+#[test]
+fn symmetric_keys_in_jwks_are_refused() {
+    let e = error_for(|c| {
+        c["issuers"][0]["jwks"]["keys"].as_array_mut().map(|k| {
+            k.push(json!({"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}))
+        });
+    });
+    assert!(
+        e.contains("issuers[0].jwks.keys[") && e.contains("kty") && e.contains("hmac_secret"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_jwk_whose_alg_contradicts_its_curve_is_refused() {
+    let e = error_for(|c| c["issuers"][0]["jwks"]["keys"][1]["alg"] = json!("ES384"));
+    assert!(e.contains("issuers[0].jwks.keys[1].alg"), "{e}");
+}
+
+#[test]
+fn a_short_hmac_secret_is_refused() {
+    let e = error_for(|c| c["issuers"][2]["hmac_secret"] = json!("c2hvcnQ"));
+    assert!(
+        e.contains("issuers[2].hmac_secret") && e.contains("32 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_policy_syntax_error_names_file_line_and_column() {
+    let e = error_for(|c| {
+        c["policies"]["orders.cedar"] =
+            json!("permit (principal, action, resource)\nwhen { context.now > };")
+    });
+    assert!(
+        e.contains("policies[\"orders.cedar\"]") && e.contains("line 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_policy_that_does_not_validate_names_the_policy_and_line() {
+    let e = error_for(|c| {
+        c["policies"]["extra.cedar"] = json!("\n@id(\"bad-attr\")\npermit (principal, action, resource) when { context.token.nope == 1 };")
+    });
+    assert!(
+        e.contains("bad-attr") && e.contains("extra.cedar") && e.contains("line 3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_schema_error_is_located() {
+    let e = error_for(|c| c["schema"] = json!("entity User;\nentity Agent in [Nope];"));
+    assert!(e.starts_with("invalid configuration at `schema`"), "{e}");
+}
+
+#[test]
+fn a_principal_type_missing_from_the_schema_is_refused() {
+    let e = error_for(|c| c["issuers"][1]["principal"]["type"] = json!("Robot"));
+    assert!(
+        e.contains("issuers[1].principal.type") && e.contains("Robot"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_schema_whose_context_does_not_fit_tessera_is_refused_at_configure_time() {
+    let e = error_for(|c| {
+        let s = c["schema"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("now: Long,", "now: Long, tenant: String,");
+        c["schema"] = json!(s);
+    });
+    assert!(e.contains("does not accept Tessera's request"), "{e}");
+}
+
+#[test]
+fn invalid_json_is_refused() {
+    let e = match Engine::from_json(b"{ not json") {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.starts_with("invalid configuration"), "{e}");
+}
+
+#[test]
+fn bad_forward_header_source_names_the_header() {
+    let e = error_for(|c| c["forward"]["headers"]["x-who"] = json!("whoever"));
+    assert!(e.contains("forward.headers.x-who"), "{e}");
+}
