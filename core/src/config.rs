@@ -127,14 +127,30 @@ pub struct ForwardConfig {
 pub struct Limits {
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Verified tokens kept (0 turns the cache off).
+    #[serde(default = "default_token_cache_entries")]
+    pub token_cache_entries: usize,
+    /// Estimated bytes the cached tokens may hold.
+    #[serde(default = "default_token_cache_bytes")]
+    pub token_cache_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_token_bytes: default_max_token_bytes(),
+            token_cache_entries: default_token_cache_entries(),
+            token_cache_bytes: default_token_cache_bytes(),
         }
     }
+}
+
+fn default_token_cache_entries() -> usize {
+    10_000
+}
+
+fn default_token_cache_bytes() -> usize {
+    8 * 1024 * 1024
 }
 
 fn default_max_token_bytes() -> usize {

@@ -2,11 +2,13 @@
 //! Built once per configuration; every request only reads it.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::{json, Value};
 
 use crate::authz::{json_to_cedar, uid, Evaluation, Policies};
+use crate::cache::{self, TokenCache};
 use crate::config::{Auth, Config, Mode};
 use crate::error::{ConfigError, TokenError};
 use crate::reply::LocalReply;
@@ -128,6 +130,7 @@ pub struct Engine {
     owned_headers: Vec<String>,
     drop_authorization: bool,
     max_token_bytes: usize,
+    cache: Mutex<TokenCache>,
 }
 
 impl Engine {
@@ -248,6 +251,10 @@ impl Engine {
             owned_headers,
             drop_authorization: c.forward.drop_authorization,
             max_token_bytes: c.limits.max_token_bytes,
+            cache: Mutex::new(TokenCache::new(
+                c.limits.token_cache_entries,
+                c.limits.token_cache_bytes,
+            )),
         };
         engine.check_schema_accepts_requests()?;
         Ok(engine)
@@ -295,12 +302,14 @@ impl Engine {
                 request_id: "",
             };
             match self.evaluate(&token, route, &req, 0) {
-                Ok(Evaluation::Error { reason }) | Err(reason) => return Err(ConfigError::new(
-                    format!("issuers[{i}]"),
-                    format!(
+                Ok(Evaluation::Error { reason }) | Err(reason) => {
+                    return Err(ConfigError::new(
+                        format!("issuers[{i}]"),
+                        format!(
                         "the schema does not accept Tessera's request for this issuer: {reason}"
                     ),
-                )),
+                    ))
+                }
                 Ok(_) => {}
             }
         }
@@ -374,7 +383,7 @@ impl Engine {
                 set_headers: vec![],
             };
         };
-        let verified = match token::verify(&self.issuers, token, now_s, self.max_token_bytes) {
+        let verified = match self.verify_cached(token, now_s) {
             Ok(v) => v,
             Err(e) => return unauthenticated(route, &e, req.request_id),
         };
@@ -423,6 +432,35 @@ impl Engine {
             }
         }
         d
+    }
+
+    /// Verifies a token, or finds its earlier verification in the cache.
+    fn verify_cached(&self, token: &str, now_s: u64) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        let key = cache::digest(token);
+        // A poisoned lock only means a panic elsewhere; the cache holds no invariant a panic can
+        // break that matters for safety (entries are immutable verifications), so keep using it.
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = c.get(&key, now_s) {
+            return Ok(hit);
+        }
+        drop(c);
+        let verified = Arc::new(token::verify(
+            &self.issuers,
+            token,
+            now_s,
+            self.max_token_bytes,
+        )?);
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.insert(key, verified.clone(), token.len(), now_s);
+        Ok(verified)
+    }
+
+    /// Number of verified tokens in the cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.len())
     }
 
     fn principal_id<'t>(&self, t: &'t VerifiedToken) -> Result<&'t str, TokenError> {

@@ -3,6 +3,7 @@
 //! and benchmarks run it natively.
 
 pub mod authz;
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;

