@@ -99,6 +99,18 @@ pub struct RouteConfig {
     pub host: Option<String>,
     #[serde(default)]
     pub auth: Auth,
+    #[serde(default)]
+    pub kind: RouteKind,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// A plain API: the HTTP method is the Cedar action on the `Route`.
+    #[default]
+    Http,
+    /// An MCP Streamable HTTP endpoint: every JSON-RPC message of a POST is decided on its own.
+    Mcp,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +145,12 @@ pub struct Limits {
     /// Estimated bytes the cached tokens may hold.
     #[serde(default = "default_token_cache_bytes")]
     pub token_cache_bytes: usize,
+    /// MCP request bodies are buffered up to this size; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in an MCP body.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
 }
 
 impl Default for Limits {
@@ -141,12 +159,22 @@ impl Default for Limits {
             max_token_bytes: default_max_token_bytes(),
             token_cache_entries: default_token_cache_entries(),
             token_cache_bytes: default_token_cache_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            max_json_depth: default_max_json_depth(),
         }
     }
 }
 
 fn default_token_cache_entries() -> usize {
     10_000
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+fn default_max_json_depth() -> usize {
+    32
 }
 
 fn default_token_cache_bytes() -> usize {

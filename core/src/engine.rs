@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 
 use crate::authz::{json_to_cedar, uid, Evaluation, Policies};
 use crate::cache::{self, TokenCache};
-use crate::config::{Auth, Config, Mode};
+use crate::config::{Auth, Config, Mode, RouteKind};
 use crate::error::{ConfigError, TokenError};
+use crate::mcp;
 use crate::reply::LocalReply;
 use crate::token::{self, Issuer, VerifiedToken};
 
@@ -20,6 +21,7 @@ struct Route {
     prefix: String,
     host: Option<String>,
     auth: Auth,
+    kind: RouteKind,
 }
 
 impl Route {
@@ -61,6 +63,7 @@ pub struct HttpRequest<'a> {
     pub host: &'a str,
     pub authorization: Option<&'a str>,
     pub request_id: &'a str,
+    pub content_type: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +104,17 @@ pub struct Decision {
     pub reply: Option<LocalReply>,
     /// Headers to set on the forwarded request.
     pub set_headers: Vec<(String, String)>,
+    /// Set on an MCP POST whose token verified: the body decides (`Engine::check_mcp`). The
+    /// proxy buffers the body and forwards nothing until then.
+    pub pending: Option<Pending>,
+}
+
+/// An authenticated MCP request waiting for its body.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    route: usize,
+    token: Arc<VerifiedToken>,
+    principal: String,
 }
 
 impl Decision {
@@ -130,6 +144,8 @@ pub struct Engine {
     owned_headers: Vec<String>,
     drop_authorization: bool,
     max_token_bytes: usize,
+    max_body_bytes: usize,
+    max_json_depth: usize,
     cache: Mutex<TokenCache>,
 }
 
@@ -190,7 +206,18 @@ impl Engine {
                 prefix: r.prefix.clone(),
                 host: r.host.clone(),
                 auth: r.auth,
+                kind: r.kind,
             });
+        }
+        if routes.iter().any(|r| r.kind == RouteKind::Mcp) {
+            for t in ["McpServer", "Tool", "Resource", "Prompt"] {
+                if !policies.has_entity_type(t) {
+                    return Err(ConfigError::new(
+                        "schema",
+                        format!("an mcp route needs entity type `{t}` in the schema"),
+                    ));
+                }
+            }
         }
         if routes.iter().any(|r| r.auth == Auth::Required) && !policies.has_entity_type("Route") {
             return Err(ConfigError::new(
@@ -251,6 +278,8 @@ impl Engine {
             owned_headers,
             drop_authorization: c.forward.drop_authorization,
             max_token_bytes: c.limits.max_token_bytes,
+            max_body_bytes: c.limits.max_body_bytes,
+            max_json_depth: c.limits.max_json_depth.max(2),
             cache: Mutex::new(TokenCache::new(
                 c.limits.token_cache_entries,
                 c.limits.token_cache_bytes,
@@ -297,11 +326,10 @@ impl Engine {
             let req = HttpRequest {
                 method,
                 path: &route.prefix,
-                host: "",
-                authorization: None,
-                request_id: "",
+                ..HttpRequest::default()
             };
-            match self.evaluate(&token, route, &req, 0) {
+            let resource = uid("Route", &route.name).map_err(|e| ConfigError::new("routes", e))?;
+            match self.evaluate(&token, method, resource, &req, 0, None) {
                 Ok(Evaluation::Error { reason }) | Err(reason) => {
                     return Err(ConfigError::new(
                         format!("issuers[{i}]"),
@@ -327,6 +355,10 @@ impl Engine {
 
     pub fn drop_authorization(&self) -> bool {
         self.drop_authorization
+    }
+    /// Largest MCP body buffered.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
     }
 
     pub fn policy_count(&self) -> usize {
@@ -365,6 +397,7 @@ impl Engine {
                 reason: String::new(),
                 reply: None,
                 set_headers: vec![],
+                pending: None,
             };
         }
         let Some(token) = req.authorization.and_then(bearer) else {
@@ -379,8 +412,9 @@ impl Engine {
                 principal: None,
                 policies: vec![],
                 reason: reason.into(),
-                reply: Some(LocalReply::missing_token()),
+                reply: Some(LocalReply::missing_token(req.request_id)),
                 set_headers: vec![],
+                pending: None,
             };
         };
         let verified = match self.verify_cached(token, now_s) {
@@ -391,7 +425,14 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return unauthenticated(route, &e, req.request_id),
         };
-        let evaluation = match self.evaluate(&verified, route, req, now_s) {
+        if route.kind == RouteKind::Mcp && req.method == "POST" {
+            return self.await_mcp_body(route, verified, principal, req);
+        }
+        let resource = match uid("Route", &route.name) {
+            Ok(r) => r,
+            Err(reason) => return cannot_judge(route, reason, req.request_id),
+        };
+        let evaluation = match self.evaluate(&verified, req.method, resource, req, now_s, None) {
             Ok(e) => e,
             Err(e) => {
                 return unauthenticated(
@@ -409,6 +450,7 @@ impl Engine {
             reason: String::new(),
             reply: None,
             set_headers: vec![],
+            pending: None,
         };
         match evaluation {
             Evaluation::Allow { policies } => {
@@ -432,6 +474,293 @@ impl Engine {
             }
         }
         d
+    }
+    /// An MCP POST: JSON content is required; the body decides.
+    fn await_mcp_body(
+        &self,
+        route: &Route,
+        token: Arc<VerifiedToken>,
+        principal: String,
+        req: &HttpRequest<'_>,
+    ) -> Decision {
+        let json = req.content_type.is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            let mut d = deny_reply(
+                Verdict::Deny,
+                Some(route.name.clone()),
+                "an MCP POST must be application/json",
+                req.request_id,
+                415,
+            );
+            d.principal = Some(principal);
+            return d;
+        }
+        Decision {
+            verdict: Verdict::Allow,
+            route: Some(route.name.clone()),
+            principal: Some(principal.clone()),
+            policies: vec![],
+            reason: String::new(),
+            reply: None,
+            set_headers: vec![],
+            pending: Some(Pending {
+                route: self
+                    .routes
+                    .iter()
+                    .position(|r| std::ptr::eq(r, route))
+                    .unwrap_or(0),
+                token,
+                principal,
+            }),
+        }
+    }
+
+    /// Decides an MCP POST body: every JSON-RPC message on its own. All allowed: forward. Any
+    /// refused: nothing is forwarded, and each request in the body gets a JSON-RPC error (a
+    /// batch is refused whole, so that the server never sees part of it).
+    pub fn check_mcp(
+        &self,
+        pending: &Pending,
+        req: &HttpRequest<'_>,
+        body: &[u8],
+        now_s: u64,
+    ) -> Decision {
+        let d = self.decide_mcp(pending, req, body, now_s);
+        if self.mode == Mode::Shadow {
+            return Decision { reply: None, ..d };
+        }
+        d
+    }
+
+    fn decide_mcp(
+        &self,
+        pending: &Pending,
+        req: &HttpRequest<'_>,
+        body: &[u8],
+        now_s: u64,
+    ) -> Decision {
+        let route = &self.routes[pending.route.min(self.routes.len() - 1)];
+        let mut d = Decision {
+            verdict: Verdict::Allow,
+            route: Some(route.name.clone()),
+            principal: Some(pending.principal.clone()),
+            policies: vec![],
+            reason: String::new(),
+            reply: None,
+            set_headers: vec![],
+            pending: None,
+        };
+        let rpc_reply = |status: u32, body: Value| LocalReply::json_rpc(status, body.to_string());
+        if body.len() > self.max_body_bytes {
+            d.verdict = Verdict::Deny;
+            d.reason = "body too large".into();
+            d.reply = Some(LocalReply::json_error(
+                413,
+                "payload_too_large",
+                Some("the MCP request body exceeds the limit"),
+                &[],
+                req.request_id,
+            ));
+            return d;
+        }
+        let parsed = match crate::json::parse_strict(body, self.max_json_depth) {
+            Ok(v) => v,
+            Err(e) => {
+                d.verdict = Verdict::Deny;
+                d.reason = format!("parse error: {e}");
+                d.reply = Some(rpc_reply(
+                    400,
+                    mcp::error_object(
+                        &Value::Null,
+                        mcp::PARSE_ERROR,
+                        &format!("parse error: {e}"),
+                        None,
+                    ),
+                ));
+                return d;
+            }
+        };
+        let (messages, batch) = match mcp::messages(&parsed) {
+            Ok(m) => m,
+            Err((code, msg)) => {
+                d.verdict = Verdict::Deny;
+                d.reason = msg.clone();
+                d.reply = Some(rpc_reply(
+                    400,
+                    mcp::error_object(&Value::Null, code, &msg, None),
+                ));
+                return d;
+            }
+        };
+        // Per message: None = allowed; Some((id, code, message, policies)) = refused.
+        let mut refused: Vec<Option<(Value, i64, String, Vec<String>)>> =
+            Vec::with_capacity(messages.len());
+        let mut ids: Vec<Option<Value>> = Vec::with_capacity(messages.len());
+        let mut verdict = Verdict::Allow;
+        let mut policies_all = Vec::new();
+        for m in &messages {
+            let m = match m {
+                Ok(m) => m,
+                Err((id, (code, msg))) => {
+                    ids.push(Some(id.clone()));
+                    refused.push(Some((id.clone(), *code, msg.clone(), vec![])));
+                    d.reason = msg.clone();
+                    verdict = Verdict::Deny;
+                    continue;
+                }
+            };
+            let id = match &m.kind {
+                mcp::Kind::Request { id } => Some(id.clone()),
+                _ => None,
+            };
+            ids.push(id.clone());
+            if m.kind == mcp::Kind::Response {
+                // A client's answer to a server request carries no new request to judge.
+                refused.push(None);
+                continue;
+            }
+            let outcome = match mcp::target(m, &route.name) {
+                Err((code, msg)) => Err((code, msg, vec![], Verdict::Deny)),
+                Ok(t) => self.evaluate_mcp(&pending.token, &t, req, now_s),
+            };
+            match outcome {
+                Ok(p) => {
+                    policies_all.extend(p);
+                    refused.push(None);
+                }
+                Err((code, msg, p, v)) => {
+                    if verdict != Verdict::Error {
+                        verdict = v;
+                    }
+                    d.reason = format!("{}: {msg}", m.method);
+                    policies_all.extend(p.clone());
+                    refused.push(Some((id.unwrap_or(Value::Null), code, msg, p)));
+                }
+            }
+        }
+        policies_all.sort();
+        policies_all.dedup();
+        d.policies = policies_all;
+        if refused.iter().all(Option::is_none) {
+            d.set_headers = self.identity_headers(&pending.token, &pending.principal);
+            return d;
+        }
+        d.verdict = verdict;
+        let data = |p: &[String]| json!({"policies": p, "request_id": req.request_id});
+        let mut answers = Vec::new();
+        for (r, id) in refused.iter().zip(&ids) {
+            match (r, id) {
+                (Some((id, code, msg, p)), _) => {
+                    answers.push(mcp::error_object(id, *code, msg, Some(data(p))))
+                }
+                (None, Some(id)) => answers.push(mcp::error_object(
+                    id,
+                    mcp::NOT_FORWARDED,
+                    "not forwarded: another message in the batch was refused",
+                    Some(data(&[])),
+                )),
+                (None, None) => {}
+            }
+        }
+        let reply = if batch {
+            Value::Array(answers)
+        } else {
+            match answers.pop() {
+                Some(a) => a,
+                // A refused notification has no id to answer: a plain 403.
+                None => {
+                    d.reply = Some(LocalReply::forbidden(&d.policies, req.request_id));
+                    return d;
+                }
+            }
+        };
+        // Invalid messages are the client's error (400); policy refusals are answers (200), so the
+        // MCP client fails that one call and the session goes on.
+        let invalid = refused
+            .iter()
+            .flatten()
+            .all(|(_, code, _, _)| *code != mcp::FORBIDDEN && *code != mcp::NOT_FORWARDED);
+        d.reply = Some(rpc_reply(if invalid { 400 } else { 200 }, reply));
+        d
+    }
+
+    /// One MCP message through Cedar. `Ok(policies)` allowed; `Err((code, message, policies, verdict))`.
+    #[allow(clippy::type_complexity)]
+    fn evaluate_mcp(
+        &self,
+        token: &VerifiedToken,
+        t: &mcp::Target,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+    ) -> Result<Vec<String>, (i64, String, Vec<String>, Verdict)> {
+        let per_tool = t
+            .tool
+            .as_ref()
+            .map(|n| format!("call:{n}"))
+            .filter(|a| self.policies.has_action(a));
+        let action = per_tool.clone().unwrap_or_else(|| t.action.clone());
+        if !self.policies.has_action(&action) {
+            return Err((
+                mcp::FORBIDDEN,
+                format!("method `{}` is not declared in the schema", t.action),
+                vec![],
+                Verdict::Error,
+            ));
+        }
+        let resource = uid(t.resource_type, &t.resource_id)
+            .map_err(|e| (mcp::FORBIDDEN, e, vec![], Verdict::Error))?;
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let mut fields = vec![("method".to_string(), s(&t.action))];
+        if let Some(v) = &t.tool {
+            fields.push(("tool".to_string(), s(v)));
+        }
+        if let Some(v) = &t.uri {
+            fields.push(("uri".to_string(), s(v)));
+        }
+        if let Some(v) = &t.prompt {
+            fields.push(("prompt".to_string(), s(v)));
+        }
+        // Arguments are typed only by a per-tool action's schema; the generic action has none.
+        if let (Some(_), Some(args)) = (&per_tool, &t.arguments) {
+            let a = json_to_cedar(args).map_err(|e| {
+                (
+                    mcp::INVALID_PARAMS,
+                    format!("arguments: {e}"),
+                    vec![],
+                    Verdict::Deny,
+                )
+            })?;
+            fields.push(("arguments".to_string(), a));
+        }
+        let mcp_record = RestrictedExpression::new_record(fields)
+            .map_err(|e| (mcp::FORBIDDEN, e.to_string(), vec![], Verdict::Error))?;
+        match self.evaluate(token, &action, resource, req, now_s, Some(mcp_record)) {
+            Err(claim) => Err((
+                mcp::FORBIDDEN,
+                format!("claim `{claim}` has no Cedar value"),
+                vec![],
+                Verdict::Error,
+            )),
+            Ok(Evaluation::Allow { policies }) => Ok(policies),
+            Ok(Evaluation::Deny { policies }) => {
+                let msg = if policies.is_empty() {
+                    "forbidden: no policy permits this call".to_string()
+                } else {
+                    format!("forbidden by policy {}", policies.join(", "))
+                };
+                Err((mcp::FORBIDDEN, msg, policies, Verdict::Deny))
+            }
+            Ok(Evaluation::Error { reason }) => Err((
+                mcp::FORBIDDEN,
+                format!("the call could not be evaluated: {reason}"),
+                vec![],
+                Verdict::Error,
+            )),
+        }
     }
 
     /// Verifies a token, or finds its earlier verification in the cache.
@@ -480,14 +809,15 @@ impl Engine {
             Value::String(id.to_string())
         ))
     }
-
     /// Builds and evaluates the Cedar request. `Err` names a token claim with no Cedar value.
     fn evaluate(
         &self,
         t: &VerifiedToken,
-        route: &Route,
+        action: &str,
+        resource: cedar_policy::EntityUid,
         req: &HttpRequest<'_>,
         now_s: u64,
+        mcp: Option<RestrictedExpression>,
     ) -> Result<Evaluation, String> {
         let issuer = &self.issuers[t.issuer_index];
         let id = self
@@ -508,7 +838,6 @@ impl Engine {
             }
         }
         let principal = Entity::new(principal_uid, attrs, parents).map_err(|e| e.to_string())?;
-        let resource = uid("Route", &route.name).map_err(|e| e.to_string())?;
 
         let set = |v: &[String]| {
             RestrictedExpression::new_set(
@@ -564,14 +893,15 @@ impl Engine {
                 RestrictedExpression::new_string(req.host.to_string()),
             ),
         ];
-        let context = vec![
+        let mut context = vec![
             ("token".to_string(), record(token)?),
             ("request".to_string(), record(request)?),
             ("now".to_string(), long(now_s)),
         ];
-        Ok(self
-            .policies
-            .evaluate(principal, req.method, resource, context))
+        if let Some(m) = mcp {
+            context.push(("mcp".to_string(), m));
+        }
+        Ok(self.policies.evaluate(principal, action, resource, context))
     }
 
     fn identity_headers(&self, t: &VerifiedToken, principal: &str) -> Vec<(String, String)> {
@@ -636,6 +966,19 @@ fn is_normalized(path: &str) -> bool {
     !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
+fn cannot_judge(route: &Route, reason: String, request_id: &str) -> Decision {
+    Decision {
+        verdict: Verdict::Error,
+        route: Some(route.name.clone()),
+        principal: None,
+        policies: vec![],
+        reason,
+        reply: Some(LocalReply::cannot_judge(request_id)),
+        set_headers: vec![],
+        pending: None,
+    }
+}
+
 fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -> Decision {
     Decision {
         verdict: Verdict::Unauthenticated,
@@ -645,6 +988,7 @@ fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -> Decision 
         reason: e.to_string(),
         reply: Some(LocalReply::invalid_token(&e.to_string(), request_id)),
         set_headers: vec![],
+        pending: None,
     }
 }
 
@@ -669,5 +1013,6 @@ fn deny_reply(
             request_id,
         )),
         set_headers: vec![],
+        pending: None,
     }
 }

@@ -7,11 +7,13 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod json;
 pub mod jwks;
+pub mod mcp;
 pub mod reply;
 pub mod token;
 
 pub use config::Mode;
-pub use engine::{Decision, Engine, HttpRequest, Verdict};
+pub use engine::{Decision, Engine, HttpRequest, Pending, Verdict};
 pub use error::{ConfigError, TokenError};
 pub use reply::LocalReply;

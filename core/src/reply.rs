@@ -32,7 +32,7 @@ fn quoted(s: &str) -> String {
 
 impl LocalReply {
     /// No credentials on a protected route: a bare challenge (RFC 6750 §3.1: no error code).
-    pub fn missing_token() -> LocalReply {
+    pub fn missing_token(request_id: &str) -> LocalReply {
         LocalReply {
             status: 401,
             headers: vec![
@@ -40,7 +40,7 @@ impl LocalReply {
                 ("content-type".into(), "application/json".into()),
             ],
             body:
-                json!({"error": "unauthorized", "error_description": "a bearer token is required"})
+                json!({"error": "unauthorized", "error_description": "a bearer token is required", "request_id": request_id})
                     .to_string(),
             details: "tessera_no_token",
         }
@@ -92,6 +92,15 @@ impl LocalReply {
         );
         r.details = "tessera_unavailable";
         r
+    }
+    /// A JSON-RPC answer (a single error object or a batch of them).
+    pub fn json_rpc(status: u32, body: String) -> LocalReply {
+        LocalReply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+            details: "tessera_mcp_refused",
+        }
     }
 
     pub fn json_error(

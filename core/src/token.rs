@@ -177,12 +177,13 @@ pub fn verify(
             vec![key]
         }
         None => {
-            // Keys without a kid (and the HMAC secret) are tried by algorithm; a token naming a kid
-            // we do not have is not verified by a key that has another kid.
+            // A token without a kid is tried against every key of its algorithm (as Envoy's
+            // jwt_authn does); a token naming a kid we do not have is only tried against keys
+            // without a kid (the HMAC secret), never against a key that has another kid.
             let c: Vec<&Key> = issuer
                 .keys
                 .iter()
-                .filter(|k| k.kid.is_none() && k.algorithm.matches_header(alg))
+                .filter(|k| (kid.is_none() || k.kid.is_none()) && k.algorithm.matches_header(alg))
                 .collect();
             if c.is_empty() {
                 return Err(match kid {

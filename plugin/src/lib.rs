@@ -10,7 +10,7 @@ use std::time::UNIX_EPOCH;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
-use tessera_core::{Engine, HttpRequest, LocalReply, Verdict};
+use tessera_core::{Decision, Engine, HttpRequest, LocalReply, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -100,6 +100,7 @@ impl RootContext for Root {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             next_id: self.next_id.clone(),
+            pending: None,
         }))
     }
 
@@ -112,6 +113,16 @@ struct Filter {
     engine: Option<Rc<Engine>>,
     metrics: Rc<Metrics>,
     next_id: Rc<Cell<u64>>,
+    /// An MCP POST waiting for its whole body.
+    pending: Option<PendingBody>,
+}
+
+struct PendingBody {
+    pending: tessera_core::Pending,
+    method: String,
+    path: String,
+    host: String,
+    request_id: String,
 }
 
 impl Context for Filter {}
@@ -146,8 +157,68 @@ impl Filter {
     }
 }
 
+impl Filter {
+    fn now_s(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Counts, logs and applies a final decision.
+    fn finish(
+        &mut self,
+        engine: &Engine,
+        decision: &Decision,
+        method: &str,
+        path: &str,
+        request_id: &str,
+    ) -> Action {
+        let m = &self.metrics;
+        m.count(match decision.verdict {
+            Verdict::Allow => m.allow,
+            Verdict::Public => m.public,
+            Verdict::Deny => m.deny,
+            Verdict::Unauthenticated => m.unauthenticated,
+            Verdict::Error => m.error,
+        });
+        let mut line = decision.log_line(method, path, request_id);
+        if engine.mode() == tessera_core::Mode::Shadow {
+            line.push_str(" mode=shadow");
+        }
+        log(LogLevel::Debug, &line);
+        if let Some(reply) = &decision.reply {
+            self.send(reply);
+            return Action::Pause;
+        }
+        for (name, value) in &decision.set_headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        if engine.drop_authorization() && decision.verdict == Verdict::Allow {
+            self.set_http_request_header("authorization", None);
+        }
+        Action::Continue
+    }
+
+    /// Decides a buffered MCP body (or an absent one).
+    fn decide_body(&mut self, body: &[u8]) -> Action {
+        let (Some(engine), Some(p)) = (self.engine.clone(), self.pending.take()) else {
+            return Action::Continue;
+        };
+        let request = HttpRequest {
+            method: &p.method,
+            path: &p.path,
+            host: &p.host,
+            authorization: None,
+            request_id: &p.request_id,
+            content_type: None,
+        };
+        let decision = engine.check_mcp(&p.pending, &request, body, self.now_s());
+        self.finish(&engine, &decision, &p.method, &p.path, &p.request_id)
+    }
+}
+
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let request_id = self.request_id();
         let Some(engine) = self.engine.clone() else {
             self.metrics.count(self.metrics.unavailable);
@@ -168,41 +239,66 @@ impl HttpContext for Filter {
             .get_http_request_header(":authority")
             .unwrap_or_default();
         let authorization = self.get_http_request_header("authorization");
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let content_type = self.get_http_request_header("content-type");
         let request = HttpRequest {
             method: &method,
             path: &path,
             host: &host,
             authorization: authorization.as_deref(),
             request_id: &request_id,
+            content_type: content_type.as_deref(),
         };
-        let decision = engine.check(&request, now);
-        let m = &self.metrics;
-        m.count(match decision.verdict {
-            Verdict::Allow => m.allow,
-            Verdict::Public => m.public,
-            Verdict::Deny => m.deny,
-            Verdict::Unauthenticated => m.unauthenticated,
-            Verdict::Error => m.error,
-        });
-        let mut line = decision.log_line(&method, &path, &request_id);
-        if engine.mode() == tessera_core::Mode::Shadow {
-            line.push_str(" mode=shadow");
-        }
-        log(LogLevel::Debug, &line);
-        if let Some(reply) = &decision.reply {
-            self.send(reply);
+        let mut decision = engine.check(&request, self.now_s());
+        if let Some(pending) = decision.pending.take() {
+            let declared = self
+                .get_http_request_header("content-length")
+                .and_then(|l| l.trim().parse::<usize>().ok());
+            self.pending = Some(PendingBody {
+                pending,
+                method,
+                path,
+                host,
+                request_id,
+            });
+            if declared.is_some_and(|l| l > engine.max_body_bytes()) {
+                // Refuse before buffering anything: the decision sees an over-size body.
+                return self.refuse_oversize();
+            }
+            if end_of_stream {
+                return self.decide_body(&[]);
+            }
+            // Nothing is forwarded until the body has been judged.
             return Action::Pause;
         }
-        for (name, value) in &decision.set_headers {
-            self.set_http_request_header(name, Some(value));
+        self.finish(&engine, &decision, &method, &path, &request_id)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(engine) = self.engine.clone() else {
+            return Action::Pause;
+        };
+        if self.pending.is_none() {
+            return Action::Continue;
         }
-        if engine.drop_authorization() && decision.verdict == Verdict::Allow {
-            self.set_http_request_header("authorization", None);
+        if body_size > engine.max_body_bytes() {
+            return self.refuse_oversize();
         }
-        Action::Continue
+        if !end_of_stream {
+            // Buffer: the proxy holds the chunks until we answer at end of stream.
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.decide_body(&body)
+    }
+}
+
+impl Filter {
+    fn refuse_oversize(&mut self) -> Action {
+        let (Some(engine), Some(_)) = (self.engine.clone(), self.pending.as_ref()) else {
+            return Action::Pause;
+        };
+        // The engine's own size check produces the 413 and the log line.
+        let oversize = vec![b' '; engine.max_body_bytes() + 1];
+        self.decide_body(&oversize)
     }
 }

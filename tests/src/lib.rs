@@ -75,7 +75,8 @@ pub fn test_config() -> Result<Value> {
         "routes": [
             {"name": "health", "prefix": "/healthz", "auth": "none"},
             {"name": "orders", "prefix": "/orders"},
-            {"name": "admin", "prefix": "/admin"}
+            {"name": "admin", "prefix": "/admin"},
+            {"name": "tools", "prefix": "/mcp", "kind": "mcp"}
         ],
         "forward": {
             "headers": {

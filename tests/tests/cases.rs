@@ -34,6 +34,30 @@ struct RequestSpec {
     path: String,
     #[serde(default = "default_host")]
     host: String,
+    /// A JSON body (sent as `application/json` unless `content_type` says otherwise).
+    #[serde(default)]
+    body: Option<Value>,
+    /// A body sent as is, for malformed input.
+    #[serde(default)]
+    raw_body: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+impl RequestSpec {
+    fn body(&self) -> Option<Vec<u8>> {
+        match (&self.raw_body, &self.body) {
+            (Some(raw), _) => Some(raw.clone().into_bytes()),
+            (None, Some(v)) => Some(v.to_string().into_bytes()),
+            _ => None,
+        }
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        self.content_type
+            .as_deref()
+            .or(self.body().map(|_| "application/json"))
+    }
 }
 
 fn default_host() -> String {
@@ -51,6 +75,9 @@ struct Expect {
     principal: Option<String>,
     #[serde(default)]
     error_description_contains: Option<String>,
+    /// JSON-RPC error codes in the reply, in order (one per answered request).
+    #[serde(default)]
+    jsonrpc_errors: Option<Vec<i64>>,
 }
 
 /// What one run of a case produced, from either engine.
@@ -62,6 +89,17 @@ struct Outcome {
     principal: Option<String>,
     www_authenticate: Option<String>,
     forwarded_principal: Option<String>,
+    reply_body: Option<String>,
+}
+
+/// The JSON-RPC error codes of a reply body: one object or a batch.
+fn jsonrpc_codes(body: &str) -> Vec<i64> {
+    let code = |v: &Value| v.pointer("/error/code").and_then(Value::as_i64);
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::Array(a)) => a.iter().filter_map(code).collect(),
+        Ok(v) => code(&v).into_iter().collect(),
+        Err(_) => vec![],
+    }
 }
 
 fn load_cases() -> Result<Vec<(PathBuf, Case)>> {
@@ -110,8 +148,12 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
         host: &case.request.host,
         authorization: auth,
         request_id: "case",
+        content_type: case.request.content_type(),
     };
-    let d = engine.check(&req, now_s());
+    let mut d = engine.check(&req, now_s());
+    if let Some(p) = d.pending.take() {
+        d = engine.check_mcp(&p, &req, &case.request.body().unwrap_or_default(), now_s());
+    }
     let reply = d.reply.as_ref();
     Outcome {
         decision: d.verdict.name().to_string(),
@@ -129,6 +171,7 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
             .iter()
             .find(|(k, _)| k == "x-tessera-principal")
             .map(|(_, v)| v.clone()),
+        reply_body: reply.map(|r| r.body.clone()),
     }
 }
 
@@ -147,7 +190,16 @@ fn run_wasm(h: &mut Harness, case: &Case, auth: Option<&str>) -> Result<Outcome>
     if let Some(a) = auth {
         headers.push(("authorization", a));
     }
-    h.request_headers(ctx, &headers, true)?;
+    let body = case.request.body();
+    let length = body.as_ref().map(|b| b.len().to_string());
+    if let (Some(ct), Some(len)) = (case.request.content_type(), length.as_deref()) {
+        headers.push(("content-type", ct));
+        headers.push(("content-length", len));
+    }
+    h.request_headers(ctx, &headers, body.is_none())?;
+    if let (Some(b), None) = (&body, h.local_reply(ctx)) {
+        h.request_body(ctx, b, true)?;
+    }
     let line = h
         .find_log("tessera decision=")
         .map(|l| l.message.clone())
@@ -175,6 +227,7 @@ fn run_wasm(h: &mut Harness, case: &Case, auth: Option<&str>) -> Result<Outcome>
             .as_ref()
             .and_then(|r| r.header("www-authenticate").map(str::to_string)),
         forwarded_principal: if reply.is_some() { None } else { forwarded },
+        reply_body: reply.as_ref().map(|r| r.body_text()),
     })
 }
 
@@ -203,6 +256,15 @@ fn check(case: &Case, o: &Outcome) -> Result<()> {
         let w = o.www_authenticate.as_deref().unwrap_or("");
         if !w.contains("error=\"invalid_token\"") || !w.contains(words.as_str()) {
             bail!("expected an invalid_token challenge mentioning {words:?}, got {w:?}");
+        }
+    }
+    if let Some(codes) = &e.jsonrpc_errors {
+        let got = jsonrpc_codes(o.reply_body.as_deref().unwrap_or(""));
+        if &got != codes {
+            bail!(
+                "expected JSON-RPC errors {codes:?}, got {got:?} in {:?}",
+                o.reply_body
+            );
         }
     }
     if e.status == 200 && e.decision == "allow" {

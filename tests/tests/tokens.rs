@@ -19,6 +19,7 @@ fn check(engine: &Engine, token: &str) -> (Verdict, u32, String) {
         host: "h",
         authorization: Some(&auth),
         request_id: "t",
+        content_type: None,
     };
     let d = engine.check(&req, now_s());
     let status = d.reply.as_ref().map_or(200, |r| r.status);
@@ -236,6 +237,7 @@ fn a_bearer_scheme_is_required() {
         host: "h",
         authorization: Some("Basic dXNlcjpwdw=="),
         request_id: "t",
+        content_type: None,
     };
     let d = e.check(&req, now_s());
     assert_eq!(d.verdict, Verdict::Unauthenticated);
@@ -248,6 +250,7 @@ fn a_bearer_scheme_is_required() {
         host: "h",
         authorization: Some(&auth),
         request_id: "t",
+        content_type: None,
     };
     assert_eq!(
         e.check(&req, now_s()).verdict,
@@ -264,6 +267,7 @@ fn check_at(engine: &Engine, token: &str, now: u64) -> u32 {
         host: "h",
         authorization: Some(&auth),
         request_id: "t",
+        content_type: None,
     };
     engine.check(&req, now).reply.map_or(200, |r| r.status)
 }
@@ -311,4 +315,29 @@ fn the_cache_is_bounded_in_entries() {
         );
     }
     assert_eq!(e.cached_tokens(), 3);
+}
+
+#[test]
+fn a_token_without_kid_is_tried_against_the_keys_of_its_algorithm() {
+    let e = engine();
+    let t = mint("ES256", &reader()).expect("mint");
+    let p = parts(&t);
+    let header = b64(&json!({"alg": "ES256", "typ": "JWT"}));
+    // The header changed, so the signature no longer matches: proves the key was tried.
+    assert_rejected(&e, &format!("{header}.{}.{}", p[1], p[2]), "signature");
+    // A properly signed kid-less token verifies.
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(tessera_tests::repo_root().join("tests/keys/p256.pem")).expect("pem"),
+    )
+    .expect("key");
+    let mut claims = reader();
+    claims["aud"] = json!("orders-api");
+    claims["exp"] = json!(now_s() + 60);
+    let t = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .expect("sign");
+    assert_eq!(check(&e, &t).1, 200);
 }

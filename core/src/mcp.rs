@@ -1,0 +1,209 @@
+//! MCP over Streamable HTTP: the JSON-RPC 2.0 messages of a POST body, what Cedar request each one
+//! is, and the JSON-RPC errors a client sees when one is refused.
+
+use serde_json::{json, Value};
+
+/// JSON-RPC 2.0 error codes.
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_PARAMS: i64 = -32602;
+/// Implementation-defined server error (JSON-RPC reserves -32000..-32099): refused by policy.
+pub const FORBIDDEN: i64 = -32003;
+/// A batch with a refused message is not forwarded; its other requests get this.
+pub const NOT_FORWARDED: i64 = -32004;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// Has an `id`: the client waits for an answer.
+    Request { id: Value },
+    /// No `id`.
+    Notification,
+    /// A client's answer to a server request (`result` or `error`, no `method`).
+    Response,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: Kind,
+    pub method: String,
+    pub params: Value,
+}
+
+/// What a message asks Cedar: action, resource type and id, and the `context.mcp` record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The generic action (the MCP method); a per-tool action `call:<tool>` is preferred when the
+    /// schema declares it.
+    pub action: String,
+    pub resource_type: &'static str,
+    pub resource_id: String,
+    pub tool: Option<String>,
+    pub uri: Option<String>,
+    pub prompt: Option<String>,
+    pub arguments: Option<Value>,
+}
+
+/// A message the filter refuses before Cedar: (code, message).
+pub type RpcError = (i64, String);
+
+/// Splits a parsed body into messages. `Err` is the JSON-RPC error for the whole body.
+pub fn messages(body: &Value) -> Result<(Vec<Result<Message, (Value, RpcError)>>, bool), RpcError> {
+    match body {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err((INVALID_REQUEST, "empty batch".into()));
+            }
+            Ok((items.iter().map(message).collect(), true))
+        }
+        other => Ok((vec![message(other)], false)),
+    }
+}
+
+/// One message, or (its id, the error) when it is not a valid JSON-RPC 2.0 message.
+fn message(v: &Value) -> Result<Message, (Value, RpcError)> {
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let invalid = |msg: &str| (id.clone(), (INVALID_REQUEST, msg.to_string()));
+    let Some(obj) = v.as_object() else {
+        return Err(invalid("a JSON-RPC message must be an object"));
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid("jsonrpc must be \"2.0\""));
+    }
+    if let Some(id) = obj.get("id") {
+        if !(id.is_string() || id.is_i64() || id.is_u64()) {
+            return Err(invalid("id must be a string or an integer"));
+        }
+    }
+    let params = obj
+        .get("params")
+        .cloned()
+        .unwrap_or(Value::Object(Default::default()));
+    if !(params.is_object() || params.is_array()) {
+        return Err(invalid("params must be an object or an array"));
+    }
+    match obj.get("method") {
+        Some(Value::String(m)) => Ok(Message {
+            kind: match obj.get("id") {
+                Some(id) => Kind::Request { id: id.clone() },
+                None => Kind::Notification,
+            },
+            method: m.clone(),
+            params,
+        }),
+        Some(_) => Err(invalid("method must be a string")),
+        None if obj.contains_key("result") || obj.contains_key("error") => Ok(Message {
+            kind: Kind::Response,
+            method: String::new(),
+            params: Value::Null,
+        }),
+        None => Err(invalid("a request needs a method")),
+    }
+}
+
+/// The Cedar target of a request or notification. `server` is the route name (the `McpServer`).
+pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
+    let string_param = |name: &str| -> Result<String, RpcError> {
+        m.params
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                (
+                    INVALID_PARAMS,
+                    format!("params.{name} must be a non-empty string"),
+                )
+            })
+    };
+    let mut t = Target {
+        action: m.method.clone(),
+        resource_type: "McpServer",
+        resource_id: server.to_string(),
+        tool: None,
+        uri: None,
+        prompt: None,
+        arguments: None,
+    };
+    match m.method.as_str() {
+        "tools/call" => {
+            let name = string_param("name")?;
+            let args = m.params.get("arguments").cloned().unwrap_or(json!({}));
+            if !args.is_object() {
+                return Err((INVALID_PARAMS, "params.arguments must be an object".into()));
+            }
+            t.resource_type = "Tool";
+            t.resource_id = name.clone();
+            t.tool = Some(name);
+            t.arguments = Some(args);
+        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let uri = string_param("uri")?;
+            t.resource_type = "Resource";
+            t.resource_id = uri.clone();
+            t.uri = Some(uri);
+        }
+        "prompts/get" => {
+            let name = string_param("name")?;
+            t.resource_type = "Prompt";
+            t.resource_id = name.clone();
+            t.prompt = Some(name);
+        }
+        _ => {}
+    }
+    Ok(t)
+}
+
+pub fn error_object(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(d) = data {
+        error["data"] = d;
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": error})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_call_targets_the_tool_with_its_arguments() {
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "transfer_funds", "arguments": {"amount": 5}}});
+        let (msgs, batch) = messages(&body).expect("valid");
+        assert!(!batch);
+        let m = msgs[0].clone().expect("message");
+        assert_eq!(m.kind, Kind::Request { id: json!(7) });
+        let t = target(&m, "mcp").expect("target");
+        assert_eq!(
+            (t.resource_type, t.resource_id.as_str()),
+            ("Tool", "transfer_funds")
+        );
+        assert_eq!(t.arguments, Some(json!({"amount": 5})));
+    }
+
+    #[test]
+    fn invalid_messages_keep_their_id() {
+        let body = json!([{"jsonrpc": "1.0", "id": "a", "method": "ping"}, {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
+        let (msgs, batch) = messages(&body).expect("batch");
+        assert!(batch);
+        assert_eq!(
+            msgs[0].clone().err().map(|(id, e)| (id, e.0)),
+            Some((json!("a"), INVALID_REQUEST))
+        );
+        assert_eq!(
+            msgs[1].clone().map(|m| m.kind).ok(),
+            Some(Kind::Notification)
+        );
+        assert!(messages(&json!([])).is_err());
+    }
+
+    #[test]
+    fn a_tool_call_without_a_name_is_invalid_params() {
+        let m = Message {
+            kind: Kind::Notification,
+            method: "tools/call".into(),
+            params: json!({}),
+        };
+        assert_eq!(target(&m, "mcp").err().map(|e| e.0), Some(INVALID_PARAMS));
+    }
+}

