@@ -7,12 +7,12 @@
 
 use crate::wire::{self, Headers};
 use crate::{HttpCall, LocalReply, LogEntry, LogLevel, MetricKind};
-use wasmtime::error::Context as _;
-use wasmtime::{bail, format_err, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use wasmtime::error::Context as _;
+use wasmtime::{bail, format_err, Result};
 use wasmtime::{Caller, Linker, Memory, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
@@ -112,7 +112,8 @@ impl Clock {
     }
     pub(crate) fn advance(&self, d: Duration) {
         let now = self.now_nanos();
-        self.fixed_nanos.store(now.saturating_add(nanos(d)).max(1), Ordering::Relaxed);
+        self.fixed_nanos
+            .store(now.saturating_add(nanos(d)).max(1), Ordering::Relaxed);
         self.skew_nanos.fetch_add(nanos(d), Ordering::Relaxed);
     }
 }
@@ -122,7 +123,9 @@ fn nanos(d: Duration) -> u64 {
 }
 
 fn real_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, nanos)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, nanos)
 }
 
 pub(crate) struct WallClock(pub(crate) Arc<Clock>);
@@ -254,28 +257,28 @@ impl Host {
 
     fn stream(&self) -> Result<&Stream> {
         let id = self.current;
-        self.streams
-            .get(&id)
-            .ok_or_else(|| format_err!("HTTP stream data used outside an HTTP context (effective context {id})"))
+        self.streams.get(&id).ok_or_else(|| {
+            format_err!("HTTP stream data used outside an HTTP context (effective context {id})")
+        })
     }
 
     fn stream_mut(&mut self) -> Result<&mut Stream> {
         let id = self.current;
-        self.streams
-            .get_mut(&id)
-            .ok_or_else(|| format_err!("HTTP stream data used outside an HTTP context (effective context {id})"))
+        self.streams.get_mut(&id).ok_or_else(|| {
+            format_err!("HTTP stream data used outside an HTTP context (effective context {id})")
+        })
     }
 
     fn call_response(&self) -> Result<&CallResponse> {
-        self.call_response
-            .as_ref()
-            .ok_or_else(|| format_err!("HTTP call response read outside proxy_on_http_call_response"))
+        self.call_response.as_ref().ok_or_else(|| {
+            format_err!("HTTP call response read outside proxy_on_http_call_response")
+        })
     }
 
     fn call_response_mut(&mut self) -> Result<&mut CallResponse> {
-        self.call_response
-            .as_mut()
-            .ok_or_else(|| format_err!("HTTP call response used outside proxy_on_http_call_response"))
+        self.call_response.as_mut().ok_or_else(|| {
+            format_err!("HTTP call response used outside proxy_on_http_call_response")
+        })
     }
 
     fn map(&self, map_type: u32) -> Result<&Headers> {
@@ -334,7 +337,8 @@ impl Host {
     }
 
     fn metric_mut(&mut self, id: u32) -> Option<&mut Metric> {
-        self.metrics.get_mut(usize::try_from(id).ok()?.checked_sub(1)?)
+        self.metrics
+            .get_mut(usize::try_from(id).ok()?.checked_sub(1)?)
     }
 }
 
@@ -384,19 +388,24 @@ fn put_u64(caller: &mut Caller<'_, State>, ptr: u32, value: u64) -> Result<()> {
 /// Copies `bytes` into memory the module allocates (it frees it with `Vec::from_raw_parts`), and
 /// writes its address and size to the two return pointers. Empty values are returned as a null
 /// pointer, like proxy-wasm-cpp-host does.
-fn hand_over(caller: &mut Caller<'_, State>, bytes: &[u8], ptr_ptr: u32, size_ptr: u32) -> Result<()> {
+fn hand_over(
+    caller: &mut Caller<'_, State>,
+    bytes: &[u8],
+    ptr_ptr: u32,
+    size_ptr: u32,
+) -> Result<()> {
     let mem = memory(caller)?;
     let len = u32::try_from(bytes.len()).context("value too large for wasm32")?;
     let addr = if bytes.is_empty() {
         0
     } else {
-        let alloc = caller
-            .data()
-            .host
-            .alloc
-            .clone()
-            .ok_or_else(|| format_err!("the module exports neither proxy_on_memory_allocate nor malloc"))?;
-        let addr = alloc.call(&mut *caller, len).context("proxy_on_memory_allocate")?;
+        // Moved out and back rather than cloned: cloning a TypedFunc costs several atomics.
+        let alloc = caller.data_mut().host.alloc.take().ok_or_else(|| {
+            format_err!("the module exports neither proxy_on_memory_allocate nor malloc")
+        })?;
+        let result = alloc.call(&mut *caller, len);
+        caller.data_mut().host.alloc = Some(alloc);
+        let addr = result.context("proxy_on_memory_allocate")?;
         if addr == 0 {
             bail!("proxy_on_memory_allocate({len}) returned null");
         }
@@ -468,38 +477,60 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> Result<()> {
     const ENV: &str = "env";
 
     // --- logging -------------------------------------------------------------------------
-    linker.func_wrap(ENV, "proxy_log", |mut c: C, level: u32, ptr: u32, len: u32| -> Result<u32> {
-        let level = log_level(level)?;
-        with_host(&mut c, |data, host| {
-            if level >= host.log_level {
-                let message = text(data, ptr, len)?;
-                host.push_log(level, message);
-            }
+    linker.func_wrap(
+        ENV,
+        "proxy_log",
+        |mut c: C, level: u32, ptr: u32, len: u32| -> Result<u32> {
+            let level = log_level(level)?;
+            with_host(&mut c, |data, host| {
+                if level >= host.log_level {
+                    let message = text(data, ptr, len)?;
+                    host.push_log(level, message);
+                }
+                Ok(OK)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_get_log_level",
+        |mut c: C, ret: u32| -> Result<u32> {
+            let level = c.data().host.log_level as u32;
+            put_u32(&mut c, ret, level)?;
             Ok(OK)
-        })
-    })?;
-    linker.func_wrap(ENV, "proxy_get_log_level", |mut c: C, ret: u32| -> Result<u32> {
-        let level = c.data().host.log_level as u32;
-        put_u32(&mut c, ret, level)?;
-        Ok(OK)
-    })?;
+        },
+    )?;
 
     // --- time and timers -----------------------------------------------------------------
-    linker.func_wrap(ENV, "proxy_get_current_time_nanoseconds", |mut c: C, ret: u32| -> Result<u32> {
-        let now = c.data().host.clock.now_nanos();
-        put_u64(&mut c, ret, now)?;
-        Ok(OK)
-    })?;
-    linker.func_wrap(ENV, "proxy_set_tick_period_milliseconds", |mut c: C, ms: u32| -> Result<u32> {
-        c.data_mut().host.tick_period = (ms > 0).then(|| Duration::from_millis(ms.into()));
-        Ok(OK)
-    })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_get_current_time_nanoseconds",
+        |mut c: C, ret: u32| -> Result<u32> {
+            let now = c.data().host.clock.now_nanos();
+            put_u64(&mut c, ret, now)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C, ms: u32| -> Result<u32> {
+            c.data_mut().host.tick_period = (ms > 0).then(|| Duration::from_millis(ms.into()));
+            Ok(OK)
+        },
+    )?;
 
     // --- buffers -------------------------------------------------------------------------
     linker.func_wrap(
         ENV,
         "proxy_get_buffer_bytes",
-        |mut c: C, buffer_type: u32, start: u32, max: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+        |mut c: C,
+         buffer_type: u32,
+         start: u32,
+         max: u32,
+         ptr_ptr: u32,
+         size_ptr: u32|
+         -> Result<u32> {
             respond(&mut c, ptr_ptr, size_ptr, |_, host, out| {
                 let buf = host.buffer(buffer_type)?;
                 let start = (start as usize).min(buf.len());
@@ -556,7 +587,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         ENV,
         "proxy_get_header_map_value",
-        |mut c: C, map_type: u32, kptr: u32, klen: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+        |mut c: C,
+         map_type: u32,
+         kptr: u32,
+         klen: u32,
+         ptr_ptr: u32,
+         size_ptr: u32|
+         -> Result<u32> {
             respond(&mut c, ptr_ptr, size_ptr, |data, host, out| {
                 let key = std::str::from_utf8(slice(data, kptr, klen)?).unwrap_or_default();
                 match find(host.map(map_type)?, key) {
@@ -622,7 +659,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> Result<()> {
         ENV,
         "proxy_get_header_map_size",
         |mut c: C, map_type: u32, ret: u32| -> Result<u32> {
-            let size: usize = c.data().host.map(map_type)?.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let size: usize = c
+                .data()
+                .host
+                .map(map_type)?
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
             put_u32(&mut c, ret, wire::len32(size))?;
             Ok(OK)
         },
@@ -661,7 +704,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         ENV,
         "proxy_get_shared_data",
-        |mut c: C, kptr: u32, klen: u32, ptr_ptr: u32, size_ptr: u32, cas_ptr: u32| -> Result<u32> {
+        |mut c: C,
+         kptr: u32,
+         klen: u32,
+         ptr_ptr: u32,
+         size_ptr: u32,
+         cas_ptr: u32|
+         -> Result<u32> {
             let mut cas = 0;
             let status = respond(&mut c, ptr_ptr, size_ptr, |data, host, out| {
                 match host.shared.get(slice(data, kptr, klen)?) {
@@ -731,72 +780,114 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> Result<()> {
             Ok(OK)
         },
     )?;
-    linker.func_wrap(ENV, "proxy_increment_metric", |mut c: C, id: u32, offset: i64| -> Result<u32> {
-        let Some(m) = c.data_mut().host.metric_mut(id) else {
-            return Ok(NOT_FOUND);
-        };
-        match m.kind {
-            MetricKind::Counter if offset < 0 => Ok(BAD_ARGUMENT),
-            MetricKind::Counter | MetricKind::Gauge => {
-                m.value = m.value.saturating_add(offset);
-                Ok(OK)
+    linker.func_wrap(
+        ENV,
+        "proxy_increment_metric",
+        |mut c: C, id: u32, offset: i64| -> Result<u32> {
+            let Some(m) = c.data_mut().host.metric_mut(id) else {
+                return Ok(NOT_FOUND);
+            };
+            match m.kind {
+                MetricKind::Counter if offset < 0 => Ok(BAD_ARGUMENT),
+                MetricKind::Counter | MetricKind::Gauge => {
+                    m.value = m.value.saturating_add(offset);
+                    Ok(OK)
+                }
+                MetricKind::Histogram => Ok(BAD_ARGUMENT),
             }
-            MetricKind::Histogram => Ok(BAD_ARGUMENT),
-        }
-    })?;
-    linker.func_wrap(ENV, "proxy_record_metric", |mut c: C, id: u32, value: u64| -> Result<u32> {
-        let Some(m) = c.data_mut().host.metric_mut(id) else {
-            return Ok(NOT_FOUND);
-        };
-        let v = i64::try_from(value).unwrap_or(i64::MAX);
-        match m.kind {
-            // Envoy adds a recorded value to a counter and sets a gauge.
-            MetricKind::Counter => m.value = m.value.saturating_add(v),
-            MetricKind::Gauge => m.value = v,
-            MetricKind::Histogram => {
-                m.value = m.value.saturating_add(1);
-                if m.samples.len() < MAX_SAMPLES {
-                    m.samples.push(value);
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_record_metric",
+        |mut c: C, id: u32, value: u64| -> Result<u32> {
+            let Some(m) = c.data_mut().host.metric_mut(id) else {
+                return Ok(NOT_FOUND);
+            };
+            let v = i64::try_from(value).unwrap_or(i64::MAX);
+            match m.kind {
+                // Envoy adds a recorded value to a counter and sets a gauge.
+                MetricKind::Counter => m.value = m.value.saturating_add(v),
+                MetricKind::Gauge => m.value = v,
+                MetricKind::Histogram => {
+                    m.value = m.value.saturating_add(1);
+                    if m.samples.len() < MAX_SAMPLES {
+                        m.samples.push(value);
+                    }
                 }
             }
-        }
-        Ok(OK)
-    })?;
-    linker.func_wrap(ENV, "proxy_get_metric", |mut c: C, id: u32, ret: u32| -> Result<u32> {
-        let value = match c.data_mut().host.metric_mut(id) {
-            None => return Ok(NOT_FOUND),
-            Some(m) if m.kind == MetricKind::Histogram => return Ok(BAD_ARGUMENT),
-            Some(m) => m.value as u64,
-        };
-        put_u64(&mut c, ret, value)?;
-        Ok(OK)
-    })?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_get_metric",
+        |mut c: C, id: u32, ret: u32| -> Result<u32> {
+            let value = match c.data_mut().host.metric_mut(id) {
+                None => return Ok(NOT_FOUND),
+                Some(m) if m.kind == MetricKind::Histogram => return Ok(BAD_ARGUMENT),
+                Some(m) => m.value as u64,
+            };
+            put_u64(&mut c, ret, value)?;
+            Ok(OK)
+        },
+    )?;
 
     // --- stream control ------------------------------------------------------------------
-    linker.func_wrap(ENV, "proxy_continue_stream", |mut c: C, stream: u32| -> Result<u32> {
-        let s = c.data_mut().host.stream_mut().context("proxy_continue_stream")?;
-        match stream {
-            0 => s.request_resumed += 1,
-            1 => s.response_resumed += 1,
-            other => bail!("proxy_continue_stream({}) is not implemented by tessera-harness", stream_name(other)),
-        }
-        Ok(OK)
-    })?;
-    linker.func_wrap(ENV, "proxy_close_stream", |mut c: C, stream: u32| -> Result<u32> {
-        let s = c.data_mut().host.stream_mut().context("proxy_close_stream")?;
-        match stream {
-            0 | 1 => s.reset = true,
-            other => bail!("proxy_close_stream({}) is not implemented by tessera-harness", stream_name(other)),
-        }
-        Ok(OK)
-    })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_continue_stream",
+        |mut c: C, stream: u32| -> Result<u32> {
+            let s = c
+                .data_mut()
+                .host
+                .stream_mut()
+                .context("proxy_continue_stream")?;
+            match stream {
+                0 => s.request_resumed += 1,
+                1 => s.response_resumed += 1,
+                other => bail!(
+                    "proxy_continue_stream({}) is not implemented by tessera-harness",
+                    stream_name(other)
+                ),
+            }
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_close_stream",
+        |mut c: C, stream: u32| -> Result<u32> {
+            let s = c
+                .data_mut()
+                .host
+                .stream_mut()
+                .context("proxy_close_stream")?;
+            match stream {
+                0 | 1 => s.reset = true,
+                other => bail!(
+                    "proxy_close_stream({}) is not implemented by tessera-harness",
+                    stream_name(other)
+                ),
+            }
+            Ok(OK)
+        },
+    )?;
     // ABI 0.1 spellings; harmless to define, and some SDK builds still import them.
     linker.func_wrap(ENV, "proxy_continue_request", |mut c: C| -> Result<u32> {
-        c.data_mut().host.stream_mut().context("proxy_continue_request")?.request_resumed += 1;
+        c.data_mut()
+            .host
+            .stream_mut()
+            .context("proxy_continue_request")?
+            .request_resumed += 1;
         Ok(OK)
     })?;
     linker.func_wrap(ENV, "proxy_continue_response", |mut c: C| -> Result<u32> {
-        c.data_mut().host.stream_mut().context("proxy_continue_response")?.response_resumed += 1;
+        c.data_mut()
+            .host
+            .stream_mut()
+            .context("proxy_continue_response")?
+            .response_resumed += 1;
         Ok(OK)
     })?;
     linker.func_wrap(
@@ -821,7 +912,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> Result<()> {
                         .context("proxy_send_local_response headers")?,
                     grpc_status,
                 };
-                host.stream_mut().context("proxy_send_local_response")?.local_reply = Some(reply);
+                host.stream_mut()
+                    .context("proxy_send_local_response")?
+                    .local_reply = Some(reply);
                 Ok(OK)
             })
         },
@@ -877,15 +970,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> Result<()> {
     )?;
 
     // --- contexts ------------------------------------------------------------------------
-    linker.func_wrap(ENV, "proxy_set_effective_context", |mut c: C, id: u32| -> Result<u32> {
-        let host = &mut c.data_mut().host;
-        if id == host.root_id || host.streams.contains_key(&id) {
-            host.current = id;
-            Ok(OK)
-        } else {
-            Ok(BAD_ARGUMENT)
-        }
-    })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_set_effective_context",
+        |mut c: C, id: u32| -> Result<u32> {
+            let host = &mut c.data_mut().host;
+            if id == host.root_id || host.streams.contains_key(&id) {
+                host.current = id;
+                Ok(OK)
+            } else {
+                Ok(BAD_ARGUMENT)
+            }
+        },
+    )?;
     linker.func_wrap(ENV, "proxy_done", |mut c: C| -> Result<u32> {
         c.data_mut().host.done_called = true;
         Ok(OK)

@@ -15,7 +15,10 @@
 //! module logged; the harness then refuses further calls, as Envoy would discard the VM.
 //!
 //! One wasmtime `Store` and instance live as long as the [`Harness`], and compiled modules are
-//! cached per process, so benchmarks measure the module, not the host.
+//! cached per process and on disk (`<target>/tessera-harness-cache`), so benchmarks measure the
+//! module, not the host, and tests do not recompile an unchanged module.
+//!
+//! Set `TESSERA_HARNESS_LOG=1` to echo the module's log lines to stderr while debugging a test.
 //!
 //! [`configure`]: Harness::configure
 //! [`new_http`]: Harness::new_http
@@ -41,9 +44,17 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use wasmtime::{Engine, ExternType, Instance, Linker, Module, Store, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{
+    Engine, ExternType, Instance, Linker, Module, Store, TypedFunc, WasmParams, WasmResults,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::WasiCtxBuilder;
+
+// Tests and benchmarks may move a harness to another thread; keep that possible.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Harness>();
+};
 
 /// The id of the (single) root context the harness creates in [`Harness::configure`].
 pub const ROOT_CONTEXT_ID: u32 = 1;
@@ -140,19 +151,28 @@ fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str>
 }
 
 /// Where the Tessera module is expected: `$TESSERA_WASM` if set, else
-/// `<target dir>/wasm32-wasip1/release/tessera_plugin.wasm` (honouring `$CARGO_TARGET_DIR`).
+/// `<target dir>/wasm32-wasip1/release/tessera_plugin.wasm`.
 pub fn tessera_wasm_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("TESSERA_WASM") {
-        return PathBuf::from(path);
+    match std::env::var_os("TESSERA_WASM") {
+        Some(path) => PathBuf::from(path),
+        None => target_dir().join("wasm32-wasip1/release/tessera_plugin.wasm"),
     }
+}
+
+/// The workspace's target directory, honouring `$CARGO_TARGET_DIR`.
+fn target_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let workspace = manifest.parent().unwrap_or(manifest);
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+    match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => workspace.join(dir),
         None => workspace.join("target"),
-    };
-    target.join("wasm32-wasip1/release/tessera_plugin.wasm")
+    }
 }
+
+/// `proxy_on_{request,response}_{headers,body}(context, size, end_of_stream) -> Action`.
+type StreamFn = TypedFunc<(u32, u32, u32), u32>;
+/// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
+type CallResponseFn = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// The exports the harness calls, looked up once so a call costs no name lookup.
 struct Exports {
@@ -163,13 +183,14 @@ struct Exports {
     log: Option<TypedFunc<u32, ()>>,
     delete: Option<TypedFunc<u32, ()>>,
     tick: Option<TypedFunc<u32, ()>>,
-    request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    request_headers: Option<StreamFn>,
+    request_body: Option<StreamFn>,
     request_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    response_headers: Option<StreamFn>,
+    response_body: Option<StreamFn>,
     response_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    http_call_response: Option<CallResponseFn>,
+    initialize: Option<TypedFunc<(), ()>>,
 }
 
 /// A loaded proxy-wasm module plus the host state it sees. See the crate docs.
@@ -184,40 +205,43 @@ pub struct Harness {
     poisoned: Option<String>,
     output: MemoryOutputPipe,
     output_seen: usize,
+    stubbed: Vec<String>,
 }
 
+/// The process-wide engine. Compiled code is also cached on disk under the target directory
+/// (`tessera-harness-cache`), so a test run does not recompile an unchanged module; if that
+/// directory cannot be used the engine simply compiles every time.
 fn engine() -> Result<Engine> {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     if let Some(engine) = ENGINE.get() {
         return Ok(engine.clone());
     }
-    let engine = Engine::new(&wasmtime::Config::new())?;
+    let mut config = wasmtime::Config::new();
+    let mut cache = wasmtime::CacheConfig::new();
+    cache.with_directory(target_dir().join("tessera-harness-cache"));
+    if let Ok(cache) = wasmtime::Cache::new(cache) {
+        config.cache(Some(cache));
+    }
+    let engine = Engine::new(&config)?;
     Ok(ENGINE.get_or_init(|| engine).clone())
 }
 
 /// Compiles `wasm`, reusing an earlier compilation of the same bytes in this process: every
-/// test builds its own `Harness`, and compiling the Tessera module takes far longer than a test.
+/// test builds its own `Harness`. The lock is held while compiling so that tests starting in
+/// parallel wait for one compilation instead of each doing their own.
 fn compile(wasm: &[u8]) -> Result<Module> {
     static CACHE: Mutex<Vec<((u64, usize), Module)>> = Mutex::new(Vec::new());
     let mut hasher = DefaultHasher::new();
     wasm.hash(&mut hasher);
     let key = (hasher.finish(), wasm.len());
-    let cached = CACHE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, m)| m.clone());
-    if let Some(module) = cached {
-        return Ok(module);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, module)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(module.clone());
     }
     let module = Module::new(&engine()?, wasm)
         .map_err(anyhow::Error::from)
         .context("compiling the wasm module")?;
-    CACHE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((key, module.clone()));
+    cache.push((key, module.clone()));
     Ok(module)
 }
 
@@ -255,7 +279,11 @@ fn action(name: &str, value: u32) -> Result<Action> {
 /// Fills a header map from test input, lower-casing names as Envoy does.
 fn fill(map: &mut Headers, headers: &[(&str, &str)]) {
     map.clear();
-    map.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string())));
+    map.extend(
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string())),
+    );
 }
 
 fn property_key(path: &[&str]) -> Vec<u8> {
@@ -298,13 +326,15 @@ impl Harness {
             .wall_clock(WallClock(clock.clone()))
             .monotonic_clock(MonotonicClock(clock.clone(), Instant::now()))
             .build_p1();
-        let echo = std::env::var_os("TESSERA_HARNESS_LOG").is_some_and(|v| !v.is_empty() && v != "0");
+        let echo =
+            std::env::var_os("TESSERA_HARNESS_LOG").is_some_and(|v| !v.is_empty() && v != "0");
         let host = Host::new(clock, ROOT_CONTEXT_ID, echo);
         let mut store = Store::new(&engine, State { wasi, host });
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)?;
         host::add_to_linker(&mut linker)?;
+        let mut stubbed = Vec::new();
         for import in module.imports() {
             if linker.get_by_import(&mut store, &import).is_some() {
                 continue;
@@ -314,6 +344,7 @@ impl Harness {
                 ExternType::Func(ty) => {
                     let message = format!("hostcall {m}::{n} is not implemented by tessera-harness");
                     linker.func_new(&m, &n, ty, move |_, _, _| Err(wasmtime::format_err!("{message}")))?;
+                    stubbed.push(format!("{m}::{n}"));
                 }
                 other => bail!("the module imports {m}::{n} ({other:?}), which tessera-harness does not provide"),
             }
@@ -323,10 +354,16 @@ impl Harness {
             .map_err(anyhow::Error::from)
             .context("instantiating the module")?;
 
-        if instance.get_func(&mut store, "proxy_abi_version_0_2_1").is_none()
-            && instance.get_func(&mut store, "proxy_abi_version_0_2_0").is_none()
+        if instance
+            .get_func(&mut store, "proxy_abi_version_0_2_1")
+            .is_none()
+            && instance
+                .get_func(&mut store, "proxy_abi_version_0_2_0")
+                .is_none()
         {
-            bail!("the module does not export proxy_abi_version_0_2_1: not a proxy-wasm 0.2 module");
+            bail!(
+                "the module does not export proxy_abi_version_0_2_1: not a proxy-wasm 0.2 module"
+            );
         }
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -353,8 +390,8 @@ impl Harness {
             response_body: typed(&instance, &mut store, "proxy_on_response_body")?,
             response_trailers: typed(&instance, &mut store, "proxy_on_response_trailers")?,
             http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response")?,
+            initialize: typed(&instance, &mut store, "_initialize")?,
         };
-        let initialize = typed::<(), ()>(&instance, &mut store, "_initialize")?;
         let start = typed::<(), ()>(&instance, &mut store, "_start")?;
 
         let mut harness = Harness {
@@ -368,11 +405,17 @@ impl Harness {
             poisoned: None,
             output,
             output_seen: 0,
+            stubbed,
         };
         // A reactor (cdylib) runs its constructors and `main!` block in `_initialize`; a command
         // module runs `_start`, which ends in proc_exit(0).
-        if initialize.is_some() {
-            harness.invoke(ROOT_CONTEXT_ID, "_initialize", initialize, ())?;
+        if harness.exports.initialize.is_some() {
+            harness.invoke(
+                ROOT_CONTEXT_ID,
+                "_initialize",
+                |e| e.initialize.as_ref(),
+                (),
+            )?;
         } else if let Some(start) = start {
             if let Err(e) = start.call(&mut harness.store, ()) {
                 if e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|x| x.0) != Some(0) {
@@ -391,19 +434,22 @@ impl Harness {
         &mut self.store.data_mut().host
     }
 
-    /// Calls an export for context `ctx` (made the effective context first).
+    /// Calls the export `pick` selects, for context `ctx` (made the effective context first).
+    /// `pick` borrows the export instead of cloning it: a `TypedFunc` clone costs atomics.
     fn invoke<P: WasmParams, R: WasmResults>(
         &mut self,
         ctx: u32,
         name: &'static str,
-        func: Option<TypedFunc<P, R>>,
+        pick: fn(&Exports) -> Option<&TypedFunc<P, R>>,
         params: P,
     ) -> Result<R> {
         if let Some(reason) = &self.poisoned {
             bail!("the module trapped earlier, so the harness refuses {name}: {reason}");
         }
-        let func = func.ok_or_else(|| anyhow!("the module does not export {name}"))?;
-        let host = self.host_mut();
+        let Some(func) = pick(&self.exports) else {
+            bail!("the module does not export {name}");
+        };
+        let host = &mut self.store.data_mut().host;
         host.current = ctx;
         let mark = host.logs_total;
         match func.call(&mut self.store, params) {
@@ -432,9 +478,11 @@ impl Harness {
             let new = String::from_utf8_lossy(new);
             let new = new.trim();
             if !new.is_empty() {
-                let tail: String = new.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                // Keep the end: that is where a panic message or the last words are.
+                let start = new.char_indices().rev().nth(1999).map_or(0, |(i, _)| i);
+                let tail = &new[start..];
                 message.push_str("; module output: ");
-                message.push_str(&tail);
+                message.push_str(tail);
             }
         }
         self.output_seen = output.len();
@@ -474,19 +522,33 @@ impl Harness {
     pub fn configure_bytes(&mut self, plugin_config: &[u8]) -> Result<bool> {
         let root = ROOT_CONTEXT_ID;
         if !self.root_created {
-            let create = Some(self.exports.context_create.clone());
-            self.invoke(root, "proxy_on_context_create", create, (root, 0))?;
+            self.invoke(
+                root,
+                "proxy_on_context_create",
+                |e| Some(&e.context_create),
+                (root, 0),
+            )?;
             self.root_created = true;
             let size = wire::len32(self.host().vm_config.len());
-            let vm_start = Some(self.exports.vm_start.clone());
-            if self.invoke(root, "proxy_on_vm_start", vm_start, (root, size))? == 0 {
+            if self.invoke(
+                root,
+                "proxy_on_vm_start",
+                |e| Some(&e.vm_start),
+                (root, size),
+            )? == 0
+            {
                 self.configured = Some(false);
                 return Ok(false);
             }
         }
         self.host_mut().plugin_config = plugin_config.to_vec();
-        let configure = Some(self.exports.configure.clone());
-        let ok = self.invoke(root, "proxy_on_configure", configure, (root, wire::len32(plugin_config.len())))? != 0;
+        let size = wire::len32(plugin_config.len());
+        let ok = self.invoke(
+            root,
+            "proxy_on_configure",
+            |e| Some(&e.configure),
+            (root, size),
+        )? != 0;
         self.configured = Some(ok);
         Ok(ok)
     }
@@ -511,17 +573,26 @@ impl Harness {
     /// written (`"source.address"`, `"plugin_root_id"`).
     pub fn set_property(&mut self, path: &str, value: impl AsRef<[u8]>) {
         let key = property_key(&path.split('.').collect::<Vec<_>>());
-        self.host_mut().properties.insert(key, value.as_ref().to_vec());
+        self.host_mut()
+            .properties
+            .insert(key, value.as_ref().to_vec());
     }
 
     /// Sets a property by explicit segments, for names that contain dots.
     pub fn set_property_path(&mut self, path: &[&str], value: impl AsRef<[u8]>) {
-        self.host_mut().properties.insert(property_key(path), value.as_ref().to_vec());
+        self.host_mut()
+            .properties
+            .insert(property_key(path), value.as_ref().to_vec());
     }
 
     /// Sets a property seen only while context `ctx` is effective (e.g. a per-request
     /// `source.address`); it overrides the global one.
-    pub fn set_stream_property(&mut self, ctx: u32, path: &str, value: impl AsRef<[u8]>) -> Result<()> {
+    pub fn set_stream_property(
+        &mut self,
+        ctx: u32,
+        path: &str,
+        value: impl AsRef<[u8]>,
+    ) -> Result<()> {
         let key = property_key(&path.split('.').collect::<Vec<_>>());
         let stream = self.live_stream(ctx)?;
         stream.properties.retain(|(k, _)| *k != key);
@@ -561,21 +632,37 @@ impl Harness {
             bail!("call configure() before new_http()");
         }
         let id = self.next_id;
-        self.next_id = self.next_id.checked_add(1).ok_or_else(|| anyhow!("context ids exhausted"))?;
+        self.next_id = self
+            .next_id
+            .checked_add(1)
+            .ok_or_else(|| anyhow!("context ids exhausted"))?;
         let mut stream = self.free.pop().unwrap_or_default();
         stream.reset();
         self.host_mut().streams.insert(id, stream);
-        let create = Some(self.exports.context_create.clone());
-        self.invoke(id, "proxy_on_context_create", create, (id, ROOT_CONTEXT_ID))?;
+        self.invoke(
+            id,
+            "proxy_on_context_create",
+            |e| Some(&e.context_create),
+            (id, ROOT_CONTEXT_ID),
+        )?;
         Ok(id)
     }
 
     /// Delivers request headers (`proxy_on_request_headers`).
-    pub fn request_headers(&mut self, ctx: u32, headers: &[(&str, &str)], end_of_stream: bool) -> Result<Action> {
+    pub fn request_headers(
+        &mut self,
+        ctx: u32,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
+    ) -> Result<Action> {
         fill(&mut self.live_stream(ctx)?.request_headers, headers);
-        let f = self.exports.request_headers.clone();
         let n = wire::len32(headers.len());
-        let r = self.invoke(ctx, "proxy_on_request_headers", f, (ctx, n, u32::from(end_of_stream)))?;
+        let r = self.invoke(
+            ctx,
+            "proxy_on_request_headers",
+            |e| e.request_headers.as_ref(),
+            (ctx, n, u32::from(end_of_stream)),
+        )?;
         action("proxy_on_request_headers", r)
     }
 
@@ -589,8 +676,12 @@ impl Harness {
         }
         stream.request_body.extend_from_slice(chunk);
         let size = wire::len32(stream.request_body.len());
-        let f = self.exports.request_body.clone();
-        let r = self.invoke(ctx, "proxy_on_request_body", f, (ctx, size, u32::from(end_of_stream)))?;
+        let r = self.invoke(
+            ctx,
+            "proxy_on_request_body",
+            |e| e.request_body.as_ref(),
+            (ctx, size, u32::from(end_of_stream)),
+        )?;
         let a = action("proxy_on_request_body", r)?;
         self.live_stream(ctx)?.request_buffering = a == Action::Pause;
         Ok(a)
@@ -599,17 +690,30 @@ impl Harness {
     /// Delivers request trailers (`proxy_on_request_trailers`).
     pub fn request_trailers(&mut self, ctx: u32, trailers: &[(&str, &str)]) -> Result<Action> {
         fill(&mut self.live_stream(ctx)?.request_trailers, trailers);
-        let f = self.exports.request_trailers.clone();
-        let r = self.invoke(ctx, "proxy_on_request_trailers", f, (ctx, wire::len32(trailers.len())))?;
+        let r = self.invoke(
+            ctx,
+            "proxy_on_request_trailers",
+            |e| e.request_trailers.as_ref(),
+            (ctx, wire::len32(trailers.len())),
+        )?;
         action("proxy_on_request_trailers", r)
     }
 
     /// Delivers response headers (`proxy_on_response_headers`).
-    pub fn response_headers(&mut self, ctx: u32, headers: &[(&str, &str)], end_of_stream: bool) -> Result<Action> {
+    pub fn response_headers(
+        &mut self,
+        ctx: u32,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
+    ) -> Result<Action> {
         fill(&mut self.live_stream(ctx)?.response_headers, headers);
-        let f = self.exports.response_headers.clone();
         let n = wire::len32(headers.len());
-        let r = self.invoke(ctx, "proxy_on_response_headers", f, (ctx, n, u32::from(end_of_stream)))?;
+        let r = self.invoke(
+            ctx,
+            "proxy_on_response_headers",
+            |e| e.response_headers.as_ref(),
+            (ctx, n, u32::from(end_of_stream)),
+        )?;
         action("proxy_on_response_headers", r)
     }
 
@@ -622,8 +726,12 @@ impl Harness {
         }
         stream.response_body.extend_from_slice(chunk);
         let size = wire::len32(stream.response_body.len());
-        let f = self.exports.response_body.clone();
-        let r = self.invoke(ctx, "proxy_on_response_body", f, (ctx, size, u32::from(end_of_stream)))?;
+        let r = self.invoke(
+            ctx,
+            "proxy_on_response_body",
+            |e| e.response_body.as_ref(),
+            (ctx, size, u32::from(end_of_stream)),
+        )?;
         let a = action("proxy_on_response_body", r)?;
         self.live_stream(ctx)?.response_buffering = a == Action::Pause;
         Ok(a)
@@ -632,8 +740,12 @@ impl Harness {
     /// Delivers response trailers (`proxy_on_response_trailers`).
     pub fn response_trailers(&mut self, ctx: u32, trailers: &[(&str, &str)]) -> Result<Action> {
         fill(&mut self.live_stream(ctx)?.response_trailers, trailers);
-        let f = self.exports.response_trailers.clone();
-        let r = self.invoke(ctx, "proxy_on_response_trailers", f, (ctx, wire::len32(trailers.len())))?;
+        let r = self.invoke(
+            ctx,
+            "proxy_on_response_trailers",
+            |e| e.response_trailers.as_ref(),
+            (ctx, wire::len32(trailers.len())),
+        )?;
         action("proxy_on_response_trailers", r)
     }
 
@@ -642,12 +754,9 @@ impl Harness {
     /// `KEEP_FINISHED` (64) later streams have finished.
     pub fn done(&mut self, ctx: u32) -> Result<()> {
         self.live_stream(ctx)?;
-        let f = self.exports.done.clone();
-        self.invoke(ctx, "proxy_on_done", f, ctx)?;
-        let f = self.exports.log.clone();
-        self.invoke(ctx, "proxy_on_log", f, ctx)?;
-        let f = self.exports.delete.clone();
-        self.invoke(ctx, "proxy_on_delete", f, ctx)?;
+        self.invoke(ctx, "proxy_on_done", |e| e.done.as_ref(), ctx)?;
+        self.invoke(ctx, "proxy_on_log", |e| e.log.as_ref(), ctx)?;
+        self.invoke(ctx, "proxy_on_delete", |e| e.delete.as_ref(), ctx)?;
         self.live_stream(ctx)?.finished = true;
         let host = self.host_mut();
         host.calls.retain(|c| c.context_id != ctx);
@@ -665,12 +774,22 @@ impl Harness {
 
     /// Answers the pending HTTP call `token`: `:status` plus `headers`, `body`, no trailers;
     /// runs `proxy_on_http_call_response` in the calling context.
-    pub fn respond_to_call(&mut self, token: u32, status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<()> {
+    pub fn respond_to_call(
+        &mut self,
+        token: u32,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<()> {
         let mut response = host::CallResponse::default();
-        response.headers.push((":status".to_string(), status.to_string()));
         response
             .headers
-            .extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string())));
+            .push((":status".to_string(), status.to_string()));
+        response.headers.extend(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string())),
+        );
         response.body = body.to_vec();
         self.deliver_call(token, response)
     }
@@ -695,17 +814,25 @@ impl Harness {
             wire::len32(response.trailers.len()),
         );
         host.call_response = Some(response);
-        let f = self.exports.http_call_response.clone();
         let ctx = call.context_id;
-        let result = self.invoke(ctx, "proxy_on_http_call_response", f, (ctx, token, sizes.0, sizes.1, sizes.2));
+        let result = self.invoke(
+            ctx,
+            "proxy_on_http_call_response",
+            |e| e.http_call_response.as_ref(),
+            (ctx, token, sizes.0, sizes.1, sizes.2),
+        );
         self.host_mut().call_response = None;
         result
     }
 
     /// Fires the root context's timer (`proxy_on_tick`), whatever the period.
     pub fn tick(&mut self) -> Result<()> {
-        let f = self.exports.tick.clone();
-        self.invoke(ROOT_CONTEXT_ID, "proxy_on_tick", f, ROOT_CONTEXT_ID)
+        self.invoke(
+            ROOT_CONTEXT_ID,
+            "proxy_on_tick",
+            |e| e.tick.as_ref(),
+            ROOT_CONTEXT_ID,
+        )
     }
 
     /// The period the module asked for with `proxy_set_tick_period_milliseconds` (None = off).
@@ -729,7 +856,9 @@ impl Harness {
 
     /// Request headers as the module left them (empty for an unknown context).
     pub fn request_headers_of(&self, ctx: u32) -> Headers {
-        self.stream(ctx).map(|s| s.request_headers.clone()).unwrap_or_default()
+        self.stream(ctx)
+            .map(|s| s.request_headers.clone())
+            .unwrap_or_default()
     }
 
     /// One request header as the module left it (first value, case-insensitive name).
@@ -739,7 +868,9 @@ impl Harness {
 
     /// Response headers as the module left them.
     pub fn response_headers_of(&self, ctx: u32) -> Headers {
-        self.stream(ctx).map(|s| s.response_headers.clone()).unwrap_or_default()
+        self.stream(ctx)
+            .map(|s| s.response_headers.clone())
+            .unwrap_or_default()
     }
 
     /// One response header as the module left it.
@@ -749,22 +880,30 @@ impl Harness {
 
     /// Request trailers as the module left them.
     pub fn request_trailers_of(&self, ctx: u32) -> Headers {
-        self.stream(ctx).map(|s| s.request_trailers.clone()).unwrap_or_default()
+        self.stream(ctx)
+            .map(|s| s.request_trailers.clone())
+            .unwrap_or_default()
     }
 
     /// Response trailers as the module left them.
     pub fn response_trailers_of(&self, ctx: u32) -> Headers {
-        self.stream(ctx).map(|s| s.response_trailers.clone()).unwrap_or_default()
+        self.stream(ctx)
+            .map(|s| s.response_trailers.clone())
+            .unwrap_or_default()
     }
 
     /// The request body buffer after the last body callback (what goes upstream on Continue).
     pub fn request_body_of(&self, ctx: u32) -> Vec<u8> {
-        self.stream(ctx).map(|s| s.request_body.clone()).unwrap_or_default()
+        self.stream(ctx)
+            .map(|s| s.request_body.clone())
+            .unwrap_or_default()
     }
 
     /// The response body buffer after the last body callback.
     pub fn response_body_of(&self, ctx: u32) -> Vec<u8> {
-        self.stream(ctx).map(|s| s.response_body.clone()).unwrap_or_default()
+        self.stream(ctx)
+            .map(|s| s.response_body.clone())
+            .unwrap_or_default()
     }
 
     /// Whether the module resumed the paused request (`proxy_continue_stream(HttpRequest)`).
@@ -799,7 +938,9 @@ impl Harness {
 
     /// Whether a line at exactly `level` contains `needle`.
     pub fn has_log(&self, level: LogLevel, needle: &str) -> bool {
-        self.logs().iter().any(|l| l.level == level && l.message.contains(needle))
+        self.logs()
+            .iter()
+            .any(|l| l.level == level && l.message.contains(needle))
     }
 
     /// Messages logged at exactly `level`.
@@ -814,7 +955,10 @@ impl Harness {
     /// A counter's or gauge's value; for a histogram, how many values were recorded.
     pub fn metric(&self, name: &str) -> Option<i64> {
         let id = *self.host().metric_ids.get(name)?;
-        self.host().metrics.get((id as usize).checked_sub(1)?).map(|m| m.value)
+        self.host()
+            .metrics
+            .get((id as usize).checked_sub(1)?)
+            .map(|m| m.value)
     }
 
     /// The values recorded in a histogram (the first 65 536).
@@ -835,7 +979,10 @@ impl Harness {
 
     /// A shared-data value.
     pub fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
-        self.host().shared.get(key.as_bytes()).map(|(v, _)| v.clone())
+        self.host()
+            .shared
+            .get(key.as_bytes())
+            .map(|(v, _)| v.clone())
     }
 
     /// A shared-data value with its CAS version.
@@ -851,6 +998,12 @@ impl Harness {
     /// HTTP callouts not yet answered, oldest first.
     pub fn http_calls(&self) -> &[HttpCall] {
         &self.host().calls
+    }
+
+    /// The module's imports that the harness linked to trapping stubs (`module::name`): the
+    /// hostcalls it would need to implement before the module could use them.
+    pub fn stubbed_imports(&self) -> &[String] {
+        &self.stubbed
     }
 
     /// Everything the module wrote to stdout/stderr (the first MiB).
