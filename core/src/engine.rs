@@ -109,6 +109,37 @@ pub struct Decision {
     pub pending: Option<Pending>,
 }
 
+/// Why one MCP message is refused: its JSON-RPC error and how it is counted.
+#[derive(Debug)]
+struct Refusal {
+    code: i64,
+    message: String,
+    policies: Vec<String>,
+    verdict: Verdict,
+}
+
+impl Refusal {
+    /// Not a valid message (the client's error).
+    fn invalid(code: i64, message: String) -> Refusal {
+        Refusal {
+            code,
+            message,
+            policies: vec![],
+            verdict: Verdict::Deny,
+        }
+    }
+
+    /// The filter cannot judge the message: refused (fail closed).
+    fn cannot_judge(message: String) -> Refusal {
+        Refusal {
+            code: mcp::FORBIDDEN,
+            message,
+            policies: vec![],
+            verdict: Verdict::Error,
+        }
+    }
+}
+
 /// An authenticated MCP request waiting for its body.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -596,9 +627,8 @@ impl Engine {
                 return d;
             }
         };
-        // Per message: None = allowed; Some((id, code, message, policies)) = refused.
-        let mut refused: Vec<Option<(Value, i64, String, Vec<String>)>> =
-            Vec::with_capacity(messages.len());
+        // Per message: None = allowed; Some((id, refusal)) = refused.
+        let mut refused: Vec<Option<(Value, Refusal)>> = Vec::with_capacity(messages.len());
         let mut ids: Vec<Option<Value>> = Vec::with_capacity(messages.len());
         let mut verdict = Verdict::Allow;
         let mut policies_all = Vec::new();
@@ -607,8 +637,8 @@ impl Engine {
                 Ok(m) => m,
                 Err((id, (code, msg))) => {
                     ids.push(Some(id.clone()));
-                    refused.push(Some((id.clone(), *code, msg.clone(), vec![])));
                     d.reason = msg.clone();
+                    refused.push(Some((id.clone(), Refusal::invalid(*code, msg.clone()))));
                     verdict = Verdict::Deny;
                     continue;
                 }
@@ -624,7 +654,7 @@ impl Engine {
                 continue;
             }
             let outcome = match mcp::target(m, &route.name) {
-                Err((code, msg)) => Err((code, msg, vec![], Verdict::Deny)),
+                Err((code, msg)) => Err(Refusal::invalid(code, msg)),
                 Ok(t) => self.evaluate_mcp(&pending.token, &t, req, now_s),
             };
             match outcome {
@@ -632,13 +662,13 @@ impl Engine {
                     policies_all.extend(p);
                     refused.push(None);
                 }
-                Err((code, msg, p, v)) => {
+                Err(r) => {
                     if verdict != Verdict::Error {
-                        verdict = v;
+                        verdict = r.verdict;
                     }
-                    d.reason = format!("{}: {msg}", m.method);
-                    policies_all.extend(p.clone());
-                    refused.push(Some((id.unwrap_or(Value::Null), code, msg, p)));
+                    d.reason = format!("{}: {}", m.method, r.message);
+                    policies_all.extend(r.policies.iter().cloned());
+                    refused.push(Some((id.unwrap_or(Value::Null), r)));
                 }
             }
         }
@@ -654,9 +684,12 @@ impl Engine {
         let mut answers = Vec::new();
         for (r, id) in refused.iter().zip(&ids) {
             match (r, id) {
-                (Some((id, code, msg, p)), _) => {
-                    answers.push(mcp::error_object(id, *code, msg, Some(data(p))))
-                }
+                (Some((id, r)), _) => answers.push(mcp::error_object(
+                    id,
+                    r.code,
+                    &r.message,
+                    Some(data(&r.policies)),
+                )),
                 (None, Some(id)) => answers.push(mcp::error_object(
                     id,
                     mcp::NOT_FORWARDED,
@@ -683,20 +716,19 @@ impl Engine {
         let invalid = refused
             .iter()
             .flatten()
-            .all(|(_, code, _, _)| *code != mcp::FORBIDDEN && *code != mcp::NOT_FORWARDED);
+            .all(|(_, r)| r.code != mcp::FORBIDDEN && r.code != mcp::NOT_FORWARDED);
         d.reply = Some(rpc_reply(if invalid { 400 } else { 200 }, reply));
         d
     }
 
-    /// One MCP message through Cedar. `Ok(policies)` allowed; `Err((code, message, policies, verdict))`.
-    #[allow(clippy::type_complexity)]
+    /// One MCP message through Cedar: the determining policies when allowed.
     fn evaluate_mcp(
         &self,
         token: &VerifiedToken,
         t: &mcp::Target,
         req: &HttpRequest<'_>,
         now_s: u64,
-    ) -> Result<Vec<String>, (i64, String, Vec<String>, Verdict)> {
+    ) -> Result<Vec<String>, Refusal> {
         let per_tool = t
             .tool
             .as_ref()
@@ -704,15 +736,12 @@ impl Engine {
             .filter(|a| self.policies.has_action(a));
         let action = per_tool.clone().unwrap_or_else(|| t.action.clone());
         if !self.policies.has_action(&action) {
-            return Err((
-                mcp::FORBIDDEN,
-                format!("method `{}` is not declared in the schema", t.action),
-                vec![],
-                Verdict::Error,
-            ));
+            return Err(Refusal::cannot_judge(format!(
+                "method `{}` is not declared in the schema",
+                t.action
+            )));
         }
-        let resource = uid(t.resource_type, &t.resource_id)
-            .map_err(|e| (mcp::FORBIDDEN, e, vec![], Verdict::Error))?;
+        let resource = uid(t.resource_type, &t.resource_id).map_err(Refusal::cannot_judge)?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let mut fields = vec![("method".to_string(), s(&t.action))];
         if let Some(v) = &t.tool {
@@ -726,40 +755,30 @@ impl Engine {
         }
         // Arguments are typed only by a per-tool action's schema; the generic action has none.
         if let (Some(_), Some(args)) = (&per_tool, &t.arguments) {
-            let a = json_to_cedar(args).map_err(|e| {
-                (
-                    mcp::INVALID_PARAMS,
-                    format!("arguments: {e}"),
-                    vec![],
-                    Verdict::Deny,
-                )
-            })?;
+            let a = json_to_cedar(args)
+                .map_err(|e| Refusal::invalid(mcp::INVALID_PARAMS, format!("arguments: {e}")))?;
             fields.push(("arguments".to_string(), a));
         }
         let mcp_record = RestrictedExpression::new_record(fields)
-            .map_err(|e| (mcp::FORBIDDEN, e.to_string(), vec![], Verdict::Error))?;
+            .map_err(|e| Refusal::cannot_judge(e.to_string()))?;
         match self.evaluate(token, &action, resource, req, now_s, Some(mcp_record)) {
-            Err(claim) => Err((
-                mcp::FORBIDDEN,
-                format!("claim `{claim}` has no Cedar value"),
-                vec![],
-                Verdict::Error,
-            )),
+            Err(claim) => Err(Refusal::cannot_judge(format!(
+                "claim `{claim}` has no Cedar value"
+            ))),
             Ok(Evaluation::Allow { policies }) => Ok(policies),
-            Ok(Evaluation::Deny { policies }) => {
-                let msg = if policies.is_empty() {
+            Ok(Evaluation::Deny { policies }) => Err(Refusal {
+                code: mcp::FORBIDDEN,
+                message: if policies.is_empty() {
                     "forbidden: no policy permits this call".to_string()
                 } else {
                     format!("forbidden by policy {}", policies.join(", "))
-                };
-                Err((mcp::FORBIDDEN, msg, policies, Verdict::Deny))
-            }
-            Ok(Evaluation::Error { reason }) => Err((
-                mcp::FORBIDDEN,
-                format!("the call could not be evaluated: {reason}"),
-                vec![],
-                Verdict::Error,
-            )),
+                },
+                policies,
+                verdict: Verdict::Deny,
+            }),
+            Ok(Evaluation::Error { reason }) => Err(Refusal::cannot_judge(format!(
+                "the call could not be evaluated: {reason}"
+            ))),
         }
     }
 

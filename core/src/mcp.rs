@@ -46,8 +46,11 @@ pub struct Target {
 /// A message the filter refuses before Cedar: (code, message).
 pub type RpcError = (i64, String);
 
+/// One message of a body, or (its id, why it is not a valid message).
+pub type Parsed = Result<Message, (Value, RpcError)>;
+
 /// Splits a parsed body into messages. `Err` is the JSON-RPC error for the whole body.
-pub fn messages(body: &Value) -> Result<(Vec<Result<Message, (Value, RpcError)>>, bool), RpcError> {
+pub fn messages(body: &Value) -> Result<(Vec<Parsed>, bool), RpcError> {
     match body {
         Value::Array(items) => {
             if items.is_empty() {
@@ -60,7 +63,7 @@ pub fn messages(body: &Value) -> Result<(Vec<Result<Message, (Value, RpcError)>>
 }
 
 /// One message, or (its id, the error) when it is not a valid JSON-RPC 2.0 message.
-fn message(v: &Value) -> Result<Message, (Value, RpcError)> {
+fn message(v: &Value) -> Parsed {
     let id = v.get("id").cloned().unwrap_or(Value::Null);
     let invalid = |msg: &str| (id.clone(), (INVALID_REQUEST, msg.to_string()));
     let Some(obj) = v.as_object() else {
