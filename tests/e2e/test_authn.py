@@ -1,4 +1,4 @@
-"""Token verification as a client sees it through Envoy (docs/CONTRACT.md, "Responses")."""
+"""Token verification as a client sees it through Envoy (README.md, "What happens to a request")."""
 from __future__ import annotations
 
 import time
@@ -79,7 +79,7 @@ def _oversize() -> str:
     return t
 
 
-# name → (token factory, reason words from CONTRACT.md)
+# name → (token factory, reason words the README lists)
 INVALID = {
     "expired": (lambda: agent(iat=_now() - 1000, exp=_now() - 400), ["expired"]),
     "nbf_in_future": (lambda: agent(nbf=_now() + 600, exp=_now() + 900), ["not yet valid", "future"]),

@@ -68,7 +68,7 @@ def test_unrouted_path_gets_403_and_never_reaches_upstream(api, echo, path):
     before = echo.count()
     r = api.get(path, user("root", ["admins"]))
     assert r.status_code == 403, f"{path}: {r.status_code} {r.text}"
-    assert "no route" in r.text, f"CONTRACT: no match -> 403 `no route`; got {r.text}"
+    assert "no route" in r.text, f"README: no match -> 403 `no route`; got {r.text}"
     assert echo.count() == before
 
 

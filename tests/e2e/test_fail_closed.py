@@ -75,4 +75,4 @@ def test_broken_plugin_config_is_refused_or_lets_nothing_through(broken_envoys, 
     log = tail(e.log)
     assert all(not 200 <= s < 300 for _, _, s in statuses), f"2xx with a broken config: {statuses}\n{log}"
     assert echo.count() == before, f"the upstream saw requests with a broken config: {statuses}\n{log}"
-    assert all(s >= 500 for _, _, s in statuses), f"CONTRACT: config invalid -> 503/5xx, got {statuses}\n{log}"
+    assert all(s >= 500 for _, _, s in statuses), f"README: config invalid -> 503/5xx, got {statuses}\n{log}"

@@ -1,4 +1,4 @@
-"""Decisions are counted in Envoy's stats (CONTRACT.md, "Metrics")."""
+"""Decisions are counted in Envoy's stats (README.md: the tessera.decisions.* counters)."""
 from __future__ import annotations
 
 from helpers import agent, upstream_saw

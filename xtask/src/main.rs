@@ -163,9 +163,11 @@ fn test(root: &Path) -> Result<()> {
     ]))?;
     step("build the module for wasm32-wasip1 (release)");
     let wasm = build_wasm(root)?;
-    step("unit tests, decision cases (native and .wasm in the harness), harness scenarios");
+    // --all-targets also builds the criterion benches in the test profile (sharing the tests'
+    // dependency builds) and runs each benchmark once as a smoke test: nothing is timed here.
+    step("unit tests, decision cases (native and .wasm in the harness), harness scenarios, benches once");
     run(cargo()
-        .args(["test", "--workspace", "--exclude", "tessera-plugin"])
+        .args(["test", "--workspace", "--exclude", "tessera-plugin", "--all-targets"])
         .env("TESSERA_WASM", &wasm))?;
     step("end-to-end through a real Envoy");
     let venv = match venv(root) {
