@@ -260,8 +260,10 @@ pub fn json_to_cedar(v: &Value) -> Result<RestrictedExpression, &'static str> {
         Value::Array(a) => RestrictedExpression::new_set(
             a.iter().map(json_to_cedar).collect::<Result<Vec<_>, _>>()?,
         ),
+        // A null member is an absent one: clients write optional arguments as `null`.
         Value::Object(m) => RestrictedExpression::new_record(
             m.iter()
+                .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| Ok((k.clone(), json_to_cedar(v)?)))
                 .collect::<Result<Vec<_>, &'static str>>()?,
         )

@@ -21,6 +21,21 @@ pub struct Config {
     pub forward: ForwardConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// RFC 9728 protected-resource metadata the filter serves and advertises in 401s.
+    #[serde(default)]
+    pub resource_metadata: Option<ResourceMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceMetadata {
+    /// The protected resource's identifier, e.g. `https://mcp.example.com/mcp`.
+    pub resource: String,
+    pub authorization_servers: Vec<String>,
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    #[serde(default)]
+    pub resource_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -113,7 +113,10 @@ pub struct Decision {
 #[derive(Debug)]
 struct Refusal {
     code: i64,
+    /// What the client reads.
     message: String,
+    /// What the log says, when more than `message`.
+    detail: String,
     policies: Vec<String>,
     verdict: Verdict,
 }
@@ -124,6 +127,7 @@ impl Refusal {
         Refusal {
             code,
             message,
+            detail: String::new(),
             policies: vec![],
             verdict: Verdict::Deny,
         }
@@ -134,6 +138,7 @@ impl Refusal {
         Refusal {
             code: mcp::FORBIDDEN,
             message,
+            detail: String::new(),
             policies: vec![],
             verdict: Verdict::Error,
         }
@@ -178,6 +183,8 @@ pub struct Engine {
     max_body_bytes: usize,
     max_json_depth: usize,
     cache: Mutex<TokenCache>,
+    /// RFC 9728: (metadata URL, well-known paths served, the JSON document).
+    resource_metadata: Option<(String, Vec<String>, String)>,
 }
 
 impl Engine {
@@ -300,6 +307,10 @@ impl Engine {
                 "must be at least 256",
             ));
         }
+        let resource_metadata = match &c.resource_metadata {
+            None => None,
+            Some(m) => Some(compile_resource_metadata(m)?),
+        };
         let engine = Engine {
             mode: c.mode,
             issuers,
@@ -311,6 +322,7 @@ impl Engine {
             max_token_bytes: c.limits.max_token_bytes,
             max_body_bytes: c.limits.max_body_bytes,
             max_json_depth: c.limits.max_json_depth.max(2),
+            resource_metadata,
             cache: Mutex::new(TokenCache::new(
                 c.limits.token_cache_entries,
                 c.limits.token_cache_bytes,
@@ -387,6 +399,13 @@ impl Engine {
     pub fn drop_authorization(&self) -> bool {
         self.drop_authorization
     }
+    /// Whether `route` (a route name from a decision) is an MCP endpoint.
+    pub fn is_mcp_route(&self, route: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.kind == RouteKind::Mcp && r.name == route)
+    }
+
     /// Largest MCP body buffered.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
@@ -404,9 +423,31 @@ impl Engine {
         }
         d
     }
-
     fn decide(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
+        let mut d = self.decide_inner(req, now_s);
+        if d.verdict == Verdict::Unauthenticated {
+            let url = self.resource_metadata.as_ref().map(|(u, _, _)| u.as_str());
+            d.reply = d.reply.map(|r| r.with_resource_metadata(url));
+        }
+        d
+    }
+
+    fn decide_inner(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
         let path = req.path.split(['?', '#']).next().unwrap_or("");
+        if let Some((_, paths, doc)) = &self.resource_metadata {
+            if (req.method == "GET" || req.method == "HEAD") && paths.iter().any(|p| p == path) {
+                return Decision {
+                    verdict: Verdict::Public,
+                    route: Some("oauth-protected-resource".into()),
+                    principal: None,
+                    policies: vec![],
+                    reason: String::new(),
+                    reply: Some(LocalReply::metadata(doc)),
+                    set_headers: vec![],
+                    pending: None,
+                };
+            }
+        }
         if !is_normalized(path) {
             return deny_reply(
                 Verdict::Deny,
@@ -666,7 +707,12 @@ impl Engine {
                     if verdict != Verdict::Error {
                         verdict = r.verdict;
                     }
-                    d.reason = format!("{}: {}", m.method, r.message);
+                    let why = if r.detail.is_empty() {
+                        &r.message
+                    } else {
+                        &r.detail
+                    };
+                    d.reason = format!("{}: {why}", m.method);
                     policies_all.extend(r.policies.iter().cloned());
                     refused.push(Some((id.unwrap_or(Value::Null), r)));
                 }
@@ -684,12 +730,14 @@ impl Engine {
         let mut answers = Vec::new();
         for (r, id) in refused.iter().zip(&ids) {
             match (r, id) {
-                (Some((id, r)), _) => answers.push(mcp::error_object(
+                // A notification gets no JSON-RPC answer, refused or not (JSON-RPC 2.0 §4.1).
+                (Some((id, r)), Some(_)) => answers.push(mcp::error_object(
                     id,
                     r.code,
                     &r.message,
                     Some(data(&r.policies)),
                 )),
+                (Some(_), None) => {}
                 (None, Some(id)) => answers.push(mcp::error_object(
                     id,
                     mcp::NOT_FORWARDED,
@@ -768,6 +816,7 @@ impl Engine {
             Ok(Evaluation::Allow { policies }) => Ok(policies),
             Ok(Evaluation::Deny { policies }) => Err(Refusal {
                 code: mcp::FORBIDDEN,
+                detail: String::new(),
                 message: if policies.is_empty() {
                     "forbidden: no policy permits this call".to_string()
                 } else {
@@ -776,9 +825,24 @@ impl Engine {
                 policies,
                 verdict: Verdict::Deny,
             }),
-            Ok(Evaluation::Error { reason }) => Err(Refusal::cannot_judge(format!(
-                "the call could not be evaluated: {reason}"
-            ))),
+            // With a per-tool action, a request that does not fit the schema means arguments that
+            // do not fit the tool's declared type: the client's error, said briefly. The Cedar
+            // detail goes to the log only.
+            Ok(Evaluation::Error { reason })
+                if per_tool.is_some() && reason.starts_with("request does not fit the schema") =>
+            {
+                Err(Refusal {
+                    detail: reason,
+                    ..Refusal::invalid(
+                        mcp::INVALID_PARAMS,
+                        "arguments do not match the tool's schema".into(),
+                    )
+                })
+            }
+            Ok(Evaluation::Error { reason }) => Err(Refusal {
+                detail: reason,
+                ..Refusal::cannot_judge("the call could not be evaluated".into())
+            }),
         }
     }
 
@@ -983,6 +1047,52 @@ fn is_normalized(path: &str) -> bool {
         return false;
     }
     !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// The RFC 9728 document, the URL clients are pointed to, and the paths it is served on: the
+/// well-known URI inserted between host and path of the resource identifier (§3.1), and the bare
+/// well-known path.
+fn compile_resource_metadata(
+    m: &crate::config::ResourceMetadata,
+) -> Result<(String, Vec<String>, String), ConfigError> {
+    let err = |msg: &str| ConfigError::new("resource_metadata.resource", msg.to_string());
+    let rest = m
+        .resource
+        .strip_prefix("https://")
+        .or_else(|| m.resource.strip_prefix("http://"))
+        .ok_or_else(|| err("must be an http(s) URL"))?;
+    if m.resource.contains('#') || m.resource.contains('?') {
+        return Err(err("must not have a query or fragment (RFC 9728 §1.2)"));
+    }
+    if m.authorization_servers.is_empty() {
+        return Err(ConfigError::new(
+            "resource_metadata.authorization_servers",
+            "needs at least one authorization server",
+        ));
+    }
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let scheme = &m.resource[..m.resource.len() - rest.len()];
+    let well_known = format!("/.well-known/oauth-protected-resource{path}");
+    let url = format!("{scheme}{host}{well_known}");
+    let mut paths = vec![well_known];
+    if !path.is_empty() {
+        paths.push("/.well-known/oauth-protected-resource".to_string());
+    }
+    let mut doc = json!({
+        "resource": m.resource,
+        "authorization_servers": m.authorization_servers,
+        "bearer_methods_supported": ["header"],
+    });
+    if !m.scopes_supported.is_empty() {
+        doc["scopes_supported"] = json!(m.scopes_supported);
+    }
+    if let Some(n) = &m.resource_name {
+        doc["resource_name"] = json!(n);
+    }
+    Ok((url, paths, doc.to_string()))
 }
 
 fn cannot_judge(route: &Route, reason: String, request_id: &str) -> Decision {

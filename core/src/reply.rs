@@ -31,7 +31,19 @@ fn quoted(s: &str) -> String {
 }
 
 impl LocalReply {
-    /// No credentials on a protected route: a bare challenge (RFC 6750 §3.1: no error code).
+    /// No credentials on a protected route: a bare challenge (RFC 6750 §3.1: no error code).    /// Adds RFC 9728 `resource_metadata="…"` to the `WWW-Authenticate` challenge.
+    pub fn with_resource_metadata(mut self, url: Option<&str>) -> LocalReply {
+        if let Some(url) = url {
+            for (k, v) in &mut self.headers {
+                if k == "www-authenticate" {
+                    let sep = if v == "Bearer" { " " } else { ", " };
+                    v.push_str(&format!("{sep}resource_metadata=\"{}\"", quoted(url)));
+                }
+            }
+        }
+        self
+    }
+
     pub fn missing_token(request_id: &str) -> LocalReply {
         LocalReply {
             status: 401,
@@ -93,6 +105,19 @@ impl LocalReply {
         r.details = "tessera_unavailable";
         r
     }
+    /// RFC 9728 protected-resource metadata, served by the filter itself.
+    pub fn metadata(doc: &str) -> LocalReply {
+        LocalReply {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("cache-control".into(), "max-age=300".into()),
+            ],
+            body: doc.to_string(),
+            details: "tessera_resource_metadata",
+        }
+    }
+
     /// A JSON-RPC answer (a single error object or a batch of them).
     pub fn json_rpc(status: u32, body: String) -> LocalReply {
         LocalReply {

@@ -101,6 +101,7 @@ impl RootContext for Root {
             metrics: self.metrics.clone(),
             next_id: self.next_id.clone(),
             pending: None,
+            mcp_caller: None,
         }))
     }
 
@@ -115,6 +116,13 @@ struct Filter {
     next_id: Rc<Cell<u64>>,
     /// An MCP POST waiting for its whole body.
     pending: Option<PendingBody>,
+    /// An allowed MCP request: (route, principal), to bind a session the response creates.
+    mcp_caller: Option<(String, String)>,
+}
+
+/// Shared-data key of an MCP session: shared by the proxy's worker threads.
+fn session_key(route: &str, session: &str) -> String {
+    format!("tessera.mcp.session.{route}.{session}")
 }
 
 struct PendingBody {
@@ -162,6 +170,42 @@ impl Filter {
         self.get_current_time()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+    }
+    /// An `Mcp-Session-Id` is bound to the principal whose `initialize` created it: another
+    /// principal presenting it is refused, and an id this proxy never saw created gets 404, which
+    /// tells an MCP client to start a new session.
+    fn check_session(&mut self, engine: &Engine, decision: &mut Decision, request_id: &str) {
+        let (Some(route), Some(principal)) = (decision.route.clone(), decision.principal.clone())
+        else {
+            return;
+        };
+        if decision.reply.is_some() || !engine.is_mcp_route(&route) {
+            return;
+        }
+        self.mcp_caller = Some((route.clone(), principal.clone()));
+        let Some(session) = self.get_http_request_header("mcp-session-id") else {
+            return;
+        };
+        let (status, error, reason) = match self.get_shared_data(&session_key(&route, &session)) {
+            (Some(owner), _) if owner == principal.as_bytes() => return,
+            (Some(_), _) => (
+                403,
+                "forbidden",
+                "the MCP session belongs to another principal",
+            ),
+            (None, _) => (404, "not_found", "unknown MCP session"),
+        };
+        decision.verdict = Verdict::Deny;
+        decision.reason = reason.to_string();
+        decision.set_headers.clear();
+        decision.reply = Some(LocalReply::json_error(
+            status,
+            error,
+            Some(reason),
+            &[],
+            request_id,
+        ));
+        self.mcp_caller = None;
     }
 
     /// Counts, logs and applies a final decision.
@@ -212,7 +256,8 @@ impl Filter {
             request_id: &p.request_id,
             content_type: None,
         };
-        let decision = engine.check_mcp(&p.pending, &request, body, self.now_s());
+        let mut decision = engine.check_mcp(&p.pending, &request, body, self.now_s());
+        self.check_session(&engine, &mut decision, &p.request_id);
         self.finish(&engine, &decision, &p.method, &p.path, &p.request_id)
     }
 }
@@ -270,7 +315,26 @@ impl HttpContext for Filter {
             // Nothing is forwarded until the body has been judged.
             return Action::Pause;
         }
+        self.check_session(&engine, &mut decision, &request_id);
         self.finish(&engine, &decision, &method, &path, &request_id)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // The server created a session for this caller (on `initialize`): bind it.
+        if let Some((route, principal)) = self.mcp_caller.take() {
+            if let Some(session) = self.get_http_response_header("mcp-session-id") {
+                let key = session_key(&route, &session);
+                if self.get_shared_data(&key).0.is_none() {
+                    if let Err(e) = self.set_shared_data(&key, Some(principal.as_bytes()), None) {
+                        log(
+                            LogLevel::Error,
+                            &format!("tessera: cannot bind MCP session: {e:?}"),
+                        );
+                    }
+                }
+            }
+        }
+        Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

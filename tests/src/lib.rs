@@ -78,6 +78,11 @@ pub fn test_config() -> Result<Value> {
             {"name": "admin", "prefix": "/admin"},
             {"name": "tools", "prefix": "/mcp", "kind": "mcp"}
         ],
+        "resource_metadata": {
+            "resource": "https://api.example.com/mcp",
+            "authorization_servers": [IDP],
+            "scopes_supported": ["files:read", "email:send", "payments:write"]
+        },
         "forward": {
             "headers": {
                 "x-tessera-principal": "principal",

@@ -17,7 +17,7 @@ fn error_for(edit: impl FnOnce(&mut Value)) -> String {
 fn the_test_configuration_compiles() {
     let c = test_config().expect("test config");
     let engine = Engine::from_json(c.to_string().as_bytes()).expect("compiles");
-    assert_eq!(engine.policy_count(), 13);
+    assert_eq!(engine.policy_count(), 14);
 }
 
 #[test]
