@@ -167,7 +167,13 @@ fn test(root: &Path) -> Result<()> {
     // dependency builds) and runs each benchmark once as a smoke test: nothing is timed here.
     step("unit tests, decision cases (native and .wasm in the harness), harness scenarios, benches once");
     run(cargo()
-        .args(["test", "--workspace", "--exclude", "tessera-plugin", "--all-targets"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "tessera-plugin",
+            "--all-targets",
+        ])
         .env("TESSERA_WASM", &wasm))?;
     step("end-to-end through a real Envoy");
     let venv = match venv(root) {
@@ -308,6 +314,10 @@ fn demo(root: &Path) -> Result<()> {
         "--scope",
         "orders:read",
     ])?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (iat, exp) = (format!("iat={}", now - 900), format!("exp={}", now - 600));
     let expired = mint(&[
         "--alg",
         "EdDSA",
@@ -319,8 +329,10 @@ fn demo(root: &Path) -> Result<()> {
         "orders-api",
         "--scope",
         "orders:read",
-        "--exp-in",
-        "-600",
+        "--claim",
+        &iat,
+        "--claim",
+        &exp,
     ])?;
     let base = format!("http://127.0.0.1:{listener}");
     println!(
