@@ -16,7 +16,14 @@ mod perf;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run_command() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_command() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();
     let root = project_root();
     env::set_current_dir(&root)?;
@@ -219,7 +226,11 @@ pub(crate) fn wait_ready(url: &str, children: &mut Children, timeout: Duration) 
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect(host) {
             use std::io::{Read, Write};
-            let _ = write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+            // HTTP/1.1: Envoy's admin answers HTTP/1.0 with 426 Upgrade Required.
+            let _ = write!(
+                s,
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            );
             let mut buf = String::new();
             let _ = s.read_to_string(&mut buf);
             if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
@@ -285,10 +296,13 @@ fn demo(root: &Path) -> Result<()> {
             .spawn()
             .context("starting Envoy")?,
     );
+    println!(
+        "waiting for Envoy: V8 compiles the 4-5 MB module first (10-60 s on a busy 2-core machine)"
+    );
     wait_ready(
         &format!("http://127.0.0.1:{admin}/ready"),
         &mut children,
-        Duration::from_secs(30),
+        Duration::from_secs(120),
     )?;
 
     let mint = |args: &[&str]| -> Result<String> {
