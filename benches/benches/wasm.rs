@@ -1,0 +1,149 @@
+//! The release `.wasm` in the wasmtime harness: `on_http_request_headers` from the host's call to
+//! the module's decision, with the token cached, cold per algorithm (cache off), by number of
+//! policies and by token size; and the whole stream (context create, headers, done) as the
+//! proxy drives it.
+
+// Benchmark setup that cannot run (no .wasm, a config the module refuses) must stop the run with
+// a message, not measure something else: expect/panic are the right tools here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use serde_json::json;
+use tessera_benches::{
+    agent_token, borrowed, expect_allowed, harness, mcp_body, mcp_headers, padded_token,
+    request_headers, Setup, ALGORITHMS, MCP_BATCHES, MEASUREMENT, POLICY_COUNTS, SAMPLES,
+    TOKEN_SIZES, WARM_UP,
+};
+use tessera_harness::Harness;
+
+/// Times `on_http_request_headers` alone, `iters` times; each request gets its own HTTP context
+/// (created and finished outside the timed span), as in the proxy.
+fn time_request_headers(h: &mut Harness, headers: &[(&str, &str)], iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let ctx = h.new_http().expect("new_http");
+        let start = Instant::now();
+        let action = h
+            .request_headers(ctx, headers, true)
+            .expect("request_headers");
+        total += start.elapsed();
+        std::hint::black_box(action);
+        h.done(ctx).expect("done");
+    }
+    total
+}
+
+fn bench_headers(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    setup: Setup,
+    token: &str,
+) {
+    let mut h = harness(setup).expect("harness");
+    let headers = request_headers(token);
+    let headers = borrowed(&headers);
+    // Also puts the token in the cache when the setup has one.
+    expect_allowed(&mut h, &headers).expect("bench request");
+    g.bench_function(id, |b| {
+        b.iter_custom(|iters| time_request_headers(&mut h, &headers, iters))
+    });
+}
+
+fn whole_request(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wasm/request");
+    let es256 = agent_token("ES256", &json!({})).unwrap();
+    bench_headers(
+        &mut g,
+        BenchmarkId::from_parameter("cached"),
+        Setup::CACHED,
+        &es256,
+    );
+    for alg in ALGORITHMS {
+        let t = agent_token(alg, &json!({})).unwrap();
+        bench_headers(&mut g, BenchmarkId::new("cold", alg), Setup::COLD, &t);
+    }
+    for n in POLICY_COUNTS {
+        bench_headers(
+            &mut g,
+            BenchmarkId::new("cached_policies", n),
+            Setup::with_policies(n),
+            &es256,
+        );
+    }
+
+    // The whole stream as the proxy drives it: context create, headers, done/log/delete.
+    let mut h = harness(Setup::CACHED).unwrap();
+    let headers = request_headers(&es256);
+    let headers = borrowed(&headers);
+    expect_allowed(&mut h, &headers).unwrap();
+    g.bench_function("cached_stream", |b| {
+        b.iter(|| {
+            let ctx = h.new_http().unwrap();
+            h.request_headers(ctx, &headers, true).unwrap();
+            h.done(ctx).unwrap();
+        })
+    });
+    g.finish();
+}
+
+/// MCP: headers (the module waits for the body) then the body at end of stream, decided per
+/// JSON-RPC message; timed from the headers call to the body call's return.
+fn mcp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wasm/mcp");
+    let token = agent_token("ES256", &json!({"scope": "files:read"})).unwrap();
+    let mut h = harness(Setup::CACHED).unwrap();
+    for n in MCP_BATCHES {
+        let body = mcp_body(n);
+        let headers = mcp_headers(&token, body.len());
+        let headers = borrowed(&headers);
+        let ctx = h.new_http().unwrap();
+        h.request_headers(ctx, &headers, false).unwrap();
+        h.request_body(ctx, body.as_bytes(), true).unwrap();
+        if let Some(reply) = h.local_reply(ctx) {
+            panic!(
+                "MCP bench body refused: {} {}",
+                reply.status,
+                reply.body_text()
+            );
+        }
+        h.done(ctx).unwrap();
+        g.bench_function(BenchmarkId::new("decide", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let ctx = h.new_http().expect("new_http");
+                    let start = Instant::now();
+                    h.request_headers(ctx, &headers, false).expect("headers");
+                    let action = h.request_body(ctx, body.as_bytes(), true).expect("body");
+                    total += start.elapsed();
+                    std::hint::black_box(action);
+                    h.done(ctx).expect("done");
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+fn token_size(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wasm/token_size");
+    for size in TOKEN_SIZES {
+        let t = padded_token(size).unwrap();
+        bench_headers(&mut g, BenchmarkId::new("cached", size), Setup::CACHED, &t);
+        bench_headers(&mut g, BenchmarkId::new("cold", size), Setup::COLD, &t);
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(SAMPLES)
+        .measurement_time(MEASUREMENT)
+        .warm_up_time(WARM_UP);
+    targets = whole_request, mcp, token_size
+}
+criterion_main!(benches);
