@@ -154,6 +154,20 @@ pub struct Pending {
 }
 
 impl Decision {
+    /// A decision with nothing to send and no headers to set yet.
+    fn new(verdict: Verdict, route: Option<String>, principal: Option<String>) -> Decision {
+        Decision {
+            verdict,
+            route,
+            principal,
+            policies: vec![],
+            reason: String::new(),
+            reply: None,
+            set_headers: vec![],
+            pending: None,
+        }
+    }
+
     /// One line for the proxy's debug log.
     pub fn log_line(&self, method: &str, path: &str, request_id: &str) -> String {
         format!(
@@ -437,14 +451,12 @@ impl Engine {
         if let Some((_, paths, doc)) = &self.resource_metadata {
             if (req.method == "GET" || req.method == "HEAD") && paths.iter().any(|p| p == path) {
                 return Decision {
-                    verdict: Verdict::Public,
-                    route: Some("oauth-protected-resource".into()),
-                    principal: None,
-                    policies: vec![],
-                    reason: String::new(),
                     reply: Some(LocalReply::metadata(doc)),
-                    set_headers: vec![],
-                    pending: None,
+                    ..Decision::new(
+                        Verdict::Public,
+                        Some("oauth-protected-resource".into()),
+                        None,
+                    )
                 };
             }
         }
@@ -461,16 +473,7 @@ impl Engine {
             return deny_reply(Verdict::Deny, None, "no route", req.request_id, 403);
         };
         if route.auth == Auth::None {
-            return Decision {
-                verdict: Verdict::Public,
-                route: Some(route.name.clone()),
-                principal: None,
-                policies: vec![],
-                reason: String::new(),
-                reply: None,
-                set_headers: vec![],
-                pending: None,
-            };
+            return Decision::new(Verdict::Public, Some(route.name.clone()), None);
         }
         let Some(token) = req.authorization.and_then(bearer) else {
             let reason = if req.authorization.is_some() {
@@ -479,14 +482,9 @@ impl Engine {
                 "no token"
             };
             return Decision {
-                verdict: Verdict::Unauthenticated,
-                route: Some(route.name.clone()),
-                principal: None,
-                policies: vec![],
                 reason: reason.into(),
                 reply: Some(LocalReply::missing_token(req.request_id)),
-                set_headers: vec![],
-                pending: None,
+                ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
             };
         };
         let verified = match self.verify_cached(token, now_s) {
@@ -514,16 +512,11 @@ impl Engine {
                 )
             }
         };
-        let mut d = Decision {
-            verdict: Verdict::Allow,
-            route: Some(route.name.clone()),
-            principal: Some(principal.clone()),
-            policies: vec![],
-            reason: String::new(),
-            reply: None,
-            set_headers: vec![],
-            pending: None,
-        };
+        let mut d = Decision::new(
+            Verdict::Allow,
+            Some(route.name.clone()),
+            Some(principal.clone()),
+        );
         match evaluation {
             Evaluation::Allow { policies } => {
                 d.policies = policies;
@@ -571,24 +564,21 @@ impl Engine {
             d.principal = Some(principal);
             return d;
         }
-        Decision {
-            verdict: Verdict::Allow,
-            route: Some(route.name.clone()),
-            principal: Some(principal.clone()),
-            policies: vec![],
-            reason: String::new(),
-            reply: None,
-            set_headers: vec![],
-            pending: Some(Pending {
-                route: self
-                    .routes
-                    .iter()
-                    .position(|r| std::ptr::eq(r, route))
-                    .unwrap_or(0),
-                token,
-                principal,
-            }),
-        }
+        let mut d = Decision::new(
+            Verdict::Allow,
+            Some(route.name.clone()),
+            Some(principal.clone()),
+        );
+        d.pending = Some(Pending {
+            route: self
+                .routes
+                .iter()
+                .position(|r| std::ptr::eq(r, route))
+                .unwrap_or(0),
+            token,
+            principal,
+        });
+        d
     }
 
     /// Decides an MCP POST body: every JSON-RPC message on its own. All allowed: forward. Any
@@ -616,16 +606,11 @@ impl Engine {
         now_s: u64,
     ) -> Decision {
         let route = &self.routes[pending.route.min(self.routes.len() - 1)];
-        let mut d = Decision {
-            verdict: Verdict::Allow,
-            route: Some(route.name.clone()),
-            principal: Some(pending.principal.clone()),
-            policies: vec![],
-            reason: String::new(),
-            reply: None,
-            set_headers: vec![],
-            pending: None,
-        };
+        let mut d = Decision::new(
+            Verdict::Allow,
+            Some(route.name.clone()),
+            Some(pending.principal.clone()),
+        );
         let rpc_reply = |status: u32, body: Value| LocalReply::json_rpc(status, body.to_string());
         if body.len() > self.max_body_bytes {
             d.verdict = Verdict::Deny;
@@ -1097,27 +1082,17 @@ fn compile_resource_metadata(
 
 fn cannot_judge(route: &Route, reason: String, request_id: &str) -> Decision {
     Decision {
-        verdict: Verdict::Error,
-        route: Some(route.name.clone()),
-        principal: None,
-        policies: vec![],
         reason,
         reply: Some(LocalReply::cannot_judge(request_id)),
-        set_headers: vec![],
-        pending: None,
+        ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
     }
 }
 
 fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -> Decision {
     Decision {
-        verdict: Verdict::Unauthenticated,
-        route: Some(route.name.clone()),
-        principal: None,
-        policies: vec![],
         reason: e.to_string(),
         reply: Some(LocalReply::invalid_token(&e.to_string(), request_id)),
-        set_headers: vec![],
-        pending: None,
+        ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
     }
 }
 
@@ -1129,10 +1104,6 @@ fn deny_reply(
     status: u32,
 ) -> Decision {
     Decision {
-        verdict,
-        route,
-        principal: None,
-        policies: vec![],
         reason: reason.to_string(),
         reply: Some(LocalReply::json_error(
             status,
@@ -1141,7 +1112,6 @@ fn deny_reply(
             &[],
             request_id,
         )),
-        set_headers: vec![],
-        pending: None,
+        ..Decision::new(verdict, route, None)
     }
 }

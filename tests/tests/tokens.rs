@@ -12,6 +12,11 @@ fn engine() -> Engine {
 }
 
 fn check(engine: &Engine, token: &str) -> (Verdict, u32, String) {
+    check_with_clock(engine, token, now_s())
+}
+
+/// GET /orders/1 with the token, decided at `now`: verdict, status, `WWW-Authenticate`.
+fn check_with_clock(engine: &Engine, token: &str, now: u64) -> (Verdict, u32, String) {
     let auth = format!("Bearer {token}");
     let req = HttpRequest {
         method: "GET",
@@ -21,7 +26,7 @@ fn check(engine: &Engine, token: &str) -> (Verdict, u32, String) {
         request_id: "t",
         content_type: None,
     };
-    let d = engine.check(&req, now_s());
+    let d = engine.check(&req, now);
     let status = d.reply.as_ref().map_or(200, |r| r.status);
     let www = d
         .reply
@@ -260,16 +265,7 @@ fn a_bearer_scheme_is_required() {
 }
 
 fn check_at(engine: &Engine, token: &str, now: u64) -> u32 {
-    let auth = format!("Bearer {token}");
-    let req = HttpRequest {
-        method: "GET",
-        path: "/orders/1",
-        host: "h",
-        authorization: Some(&auth),
-        request_id: "t",
-        content_type: None,
-    };
-    engine.check(&req, now).reply.map_or(200, |r| r.status)
+    check_with_clock(engine, token, now).1
 }
 
 #[test]
