@@ -431,11 +431,15 @@ impl Engine {
 
     /// Decides one request. `now_s` is the proxy's clock in Unix seconds.
     pub fn check(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
-        let mut d = self.decide(req, now_s);
-        if self.mode == Mode::Shadow {
-            d.reply = None;
+        self.in_mode(self.decide(req, now_s))
+    }
+
+    /// Shadow mode: the decision is made, counted and logged, but nothing is sent.
+    fn in_mode(&self, d: Decision) -> Decision {
+        match self.mode {
+            Mode::Shadow => Decision { reply: None, ..d },
+            Mode::Enforce => d,
         }
-        d
     }
     fn decide(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
         let mut d = self.decide_inner(req, now_s);
@@ -591,11 +595,7 @@ impl Engine {
         body: &[u8],
         now_s: u64,
     ) -> Decision {
-        let d = self.decide_mcp(pending, req, body, now_s);
-        if self.mode == Mode::Shadow {
-            return Decision { reply: None, ..d };
-        }
-        d
+        self.in_mode(self.decide_mcp(pending, req, body, now_s))
     }
 
     fn decide_mcp(

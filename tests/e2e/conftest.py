@@ -111,23 +111,21 @@ def plugin_config(example_bootstrap) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Echo upstream
 
-class Echo:
-    def __init__(self, log: Path):
-        self.log = log
+class Peer:
+    """A test peer from tests/peers/ in a subprocess: it prints `READY <port>` once listening."""
+
+    def __init__(self, script: str, log: Path, *args: str):
+        self.log_path = log
         self._log_f = open(log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests" / "peers" / "echo_upstream.py"), "0"],
+            [sys.executable, str(REPO_ROOT / "tests" / "peers" / script), "0", *args],
             stdout=subprocess.PIPE, stderr=self._log_f, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("READY "):
             self.stop()
-            raise RuntimeError(f"echo upstream did not start: {line!r}; see {log}")
+            raise RuntimeError(f"{script} did not start: {line!r}; see {log}")
         self.port = int(line.split()[1])
         self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
-
-    def count(self) -> int:
-        """How many requests reached the upstream so far."""
-        return self._client.get("/__echo/count").json()["count"]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -138,6 +136,15 @@ class Echo:
                 self.proc.kill()
                 self.proc.wait()
         self._log_f.close()
+
+
+class Echo(Peer):
+    def __init__(self, log: Path):
+        super().__init__("echo_upstream.py", log)
+
+    def count(self) -> int:
+        """How many requests reached the upstream so far."""
+        return self._client.get("/__echo/count").json()["count"]
 
 
 @pytest.fixture(scope="session")

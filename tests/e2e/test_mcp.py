@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -27,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 import envoy_config
-from conftest import ARTIFACTS, REPO_ROOT, Envoy, tail
+from conftest import ARTIFACTS, REPO_ROOT, Envoy, Peer, tail
 from helpers import assert_invalid_token, json_body, minting, token
 
 EXAMPLE = REPO_ROOT / "envoy-examples" / "envoy-mcp.yaml"
@@ -47,22 +45,12 @@ def mcp_user(sub: str = "alice", groups: list[str] | None = None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Peers: the MCP server and an Envoy from envoy-mcp.yaml in front of it
 
-class McpServer:
+class McpServer(Peer):
     """tests/peers/mcp_server.py in a subprocess; /__mcp/log tells what reached it."""
 
     def __init__(self, name: str, *args: str):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.log_path = ARTIFACTS / f"{name}.log"
-        self._log_f = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests" / "peers" / "mcp_server.py"), "0", *args],
-            stdout=subprocess.PIPE, stderr=self._log_f, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"MCP server did not start: {line!r}; see {self.log_path}")
-        self.port = int(line.split()[1])
-        self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
+        super().__init__("mcp_server.py", ARTIFACTS / f"{name}.log", *args)
 
     def log(self) -> dict:
         return self._client.get("/__mcp/log").json()
@@ -74,16 +62,6 @@ class McpServer:
     def calls(self) -> list[dict]:
         """Every tool that ran: {"tool", "arguments"}."""
         return self.log()["calls"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_f.close()
 
 
 @dataclass
