@@ -6,6 +6,8 @@
 // message, not measure something else: expect/panic are the right tools here, unlike in the filter.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use serde_json::{json, Map, Value};
 use tessera_benches::{
     agent_token, config, engine, mcp_body, padded_token, with_unknown_kid, Setup, ALGORITHMS,
-    MCP_BATCHES, MCP_PATH, MEASUREMENT, PATH, POLICY_COUNTS, SAMPLES, TOKEN_SIZES, WARM_UP,
+    MCP_BATCHES, MCP_PATH, PATH, POLICY_COUNTS, TOKEN_SIZES,
 };
 use tessera_core::authz::{uid, Policies};
 use tessera_core::cache::{self, TokenCache};
@@ -330,10 +332,7 @@ fn token_size(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(SAMPLES)
-        .measurement_time(MEASUREMENT)
-        .warm_up_time(WARM_UP);
+    config = common::config();
     targets = token_stages, cache_hit, cedar, whole_request, mcp, token_size
 }
 criterion_main!(benches);

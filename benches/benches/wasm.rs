@@ -7,14 +7,15 @@
 // a message, not measure something else: expect/panic are the right tools here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::json;
 use tessera_benches::{
     agent_token, borrowed, expect_allowed, harness, mcp_body, mcp_headers, padded_token,
-    request_headers, Setup, ALGORITHMS, MCP_BATCHES, MEASUREMENT, POLICY_COUNTS, SAMPLES,
-    TOKEN_SIZES, WARM_UP,
+    request_headers, Setup, ALGORITHMS, MCP_BATCHES, POLICY_COUNTS, TOKEN_SIZES,
 };
 use tessera_harness::Harness;
 
@@ -140,10 +141,7 @@ fn token_size(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(SAMPLES)
-        .measurement_time(MEASUREMENT)
-        .warm_up_time(WARM_UP);
+    config = common::config();
     targets = whole_request, mcp, token_size
 }
 criterion_main!(benches);

@@ -225,11 +225,16 @@ impl Filter {
             Verdict::Unauthenticated => m.unauthenticated,
             Verdict::Error => m.error,
         });
-        let mut line = decision.log_line(method, path, request_id);
-        if engine.mode() == tessera_core::Mode::Shadow {
-            line.push_str(" mode=shadow");
+        // The decision line is formatted only when the proxy would keep it: it is per request.
+        let debug =
+            hostcalls::get_log_level().map_or(true, |l| (l as u32) <= LogLevel::Debug as u32);
+        if debug {
+            let mut line = decision.log_line(method, path, request_id);
+            if engine.mode() == tessera_core::Mode::Shadow {
+                line.push_str(" mode=shadow");
+            }
+            log(LogLevel::Debug, &line);
         }
-        log(LogLevel::Debug, &line);
         if let Some(reply) = &decision.reply {
             self.send(reply);
             return Action::Pause;
