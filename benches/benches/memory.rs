@@ -4,9 +4,9 @@
 //! verified and cached), then the same 10,000 again (each a cache hit), and writes what it saw to
 //! `target/tessera-perf/memory.json` for `cargo xtask bench` to report.
 //!
-//! The module's linear memory size is the figure the target is about; the harness does not expose
-//! it yet, so until it does this reports the growth of the process's resident memory across the
-//! 10,000 requests, which is dominated by the pages the module touched in its linear memory.
+//! The module's linear memory size (`Harness::memory_bytes`) is the figure the target is about:
+//! it is reported after the first request and after the 10,000 tokens. The growth of the
+//! process's resident memory is reported next to it.
 
 // A measurement whose setup failed must stop with a message, not report a number: expect/panic
 // are the right tools here.
@@ -63,10 +63,13 @@ fn main() {
     // One request first, so that what the first request allocates once is not counted.
     pass(&mut h, &[agent_token("EdDSA", &json!({})).expect("mint")]);
     let allowed_before = h.metric("tessera.decisions.allow").unwrap_or(0);
+    let memory_before = h.memory_bytes();
     let rss_before = rss_bytes();
     let cold_us = pass(&mut h, &tokens);
     let rss_after = rss_bytes();
     let cached_us = pass(&mut h, &tokens);
+    let memory_after = h.memory_bytes();
+    assert!(memory_after >= memory_before && memory_before > 0);
     let allowed = h.metric("tessera.decisions.allow").unwrap_or(0) - allowed_before;
     assert_eq!(allowed, 2 * count as i64, "every request must be allowed");
     if !measuring {
@@ -83,7 +86,8 @@ fn main() {
         "mean_token_bytes": mean_len,
         "token_cache_entries": setup.cache_entries,
         "token_cache_bytes": setup.cache_bytes,
-        "linear_memory_bytes": null,
+        "linear_memory_bytes_before": memory_before,
+        "linear_memory_bytes": memory_after,
         "rss_growth_bytes": growth,
         "first_pass_us_per_request": cold_us,
         "second_pass_us_per_request": cached_us,

@@ -16,8 +16,8 @@ use cedar_policy::{Entity, RestrictedExpression};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use serde_json::{json, Map, Value};
 use tessera_benches::{
-    agent_token, config, engine, mcp_body, padded_token, with_unknown_kid, Setup, ALGORITHMS,
-    MCP_BATCHES, MCP_PATH, PATH, POLICY_COUNTS, TOKEN_SIZES,
+    agent_token, config, delegated_token, engine, mcp_body, padded_token, with_unknown_kid, Setup,
+    ALGORITHMS, DELEGATION_DEPTHS, MCP_BATCHES, MCP_PATH, PATH, POLICY_COUNTS, TOKEN_SIZES,
 };
 use tessera_core::authz::{uid, Policies};
 use tessera_core::cache::{self, TokenCache};
@@ -106,6 +106,7 @@ fn verified(i: usize, now: u64) -> Arc<VerifiedToken> {
         issued_at: Some(now),
         expires_at: now + 3_000,
         jti: None,
+        checked: Default::default(),
         payload,
     })
 }
@@ -133,7 +134,8 @@ fn cache_hit(c: &mut Criterion) {
 }
 
 /// The Cedar inputs Tessera builds for `GET /orders/42` by `Agent::"agent-7"` (as
-/// `Engine::evaluate` does: principal entity, route resource, token/request/now context).
+/// `Engine::evaluate` does: principal entity, route resource, token/request/now/delegation
+/// context).
 fn cedar_inputs(
     now: u64,
 ) -> (
@@ -175,10 +177,18 @@ fn cedar_inputs(
         ("host".to_string(), s("api.example.com")),
     ])
     .unwrap();
+    // A token without `act`: the agent acts for itself (agent.rs).
+    let delegation = tessera_core::agent::delegation_record(
+        &tessera_core::agent::Delegation::default(),
+        uid("User", "agent-7").unwrap(),
+        "agent-7",
+    )
+    .unwrap();
     let context = vec![
         ("token".to_string(), token),
         ("request".to_string(), request),
         ("now".to_string(), long(now)),
+        ("delegation".to_string(), delegation),
     ];
     (principal, resource, context)
 }
@@ -209,14 +219,21 @@ fn cedar(c: &mut Criterion) {
     let p = policies(0);
     let (principal, resource, context) = cedar_inputs(now);
     assert!(matches!(
-        p.evaluate(principal.clone(), "GET", resource.clone(), context.clone()),
+        p.evaluate(
+            vec![principal.clone()],
+            "GET",
+            resource.clone(),
+            context.clone(),
+            None,
+            true
+        ),
         tessera_core::authz::Evaluation::Allow { .. }
     ));
     g.bench_function("build_request", |b| b.iter(|| cedar_inputs(black_box(now))));
     g.bench_function("evaluate", |b| {
         b.iter_batched(
             || (principal.clone(), resource.clone(), context.clone()),
-            |(pr, r, ctx)| p.evaluate(pr, "GET", r, ctx),
+            |(pr, r, ctx)| p.evaluate(vec![pr], "GET", r, ctx, None, true),
             BatchSize::SmallInput,
         )
     });
@@ -225,7 +242,7 @@ fn cedar(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("evaluate_policies", n), &p, |b, p| {
             b.iter_batched(
                 || (principal.clone(), resource.clone(), context.clone()),
-                |(pr, r, ctx)| p.evaluate(pr, "GET", r, ctx),
+                |(pr, r, ctx)| p.evaluate(vec![pr], "GET", r, ctx, None, true),
                 BatchSize::SmallInput,
             )
         });
@@ -330,9 +347,24 @@ fn token_size(c: &mut Criterion) {
     g.finish();
 }
 
+/// Delegation: the whole request (`Engine::check`, token cached) without `act` and with a chain
+/// of four actors: what a delegation chain adds to a cached decision.
+fn delegation(c: &mut Criterion) {
+    let e = engine(Setup::CACHED).unwrap();
+    let mut g = c.benchmark_group("native/delegation");
+    for depth in DELEGATION_DEPTHS {
+        let auth = format!("Bearer {}", delegated_token(depth).unwrap());
+        check_allows(&e, &auth);
+        g.bench_with_input(BenchmarkId::new("cached", depth), &auth, |b, auth| {
+            b.iter(|| e.check(&request(black_box(auth)), now_s()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = token_stages, cache_hit, cedar, whole_request, mcp, token_size
+    targets = token_stages, cache_hit, cedar, whole_request, mcp, token_size, delegation
 }
 criterion_main!(benches);

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::json;
 use tessera_benches::{
-    agent_token, borrowed, expect_allowed, harness, mcp_body, mcp_headers, padded_token,
-    request_headers, Setup, ALGORITHMS, MCP_BATCHES, POLICY_COUNTS, TOKEN_SIZES,
+    agent_token, borrowed, delegated_token, expect_allowed, harness, mcp_body, mcp_headers,
+    padded_token, request_headers, Setup, ALGORITHMS, DELEGATION_DEPTHS, MCP_BATCHES,
+    POLICY_COUNTS, TOKEN_SIZES,
 };
 use tessera_harness::Harness;
 
@@ -139,9 +140,20 @@ fn token_size(c: &mut Criterion) {
     g.finish();
 }
 
+/// Delegation: `on_http_request_headers` with the token cached, without `act` and with a chain of
+/// four actors.
+fn delegation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wasm/delegation");
+    for depth in DELEGATION_DEPTHS {
+        let t = delegated_token(depth).unwrap();
+        bench_headers(&mut g, BenchmarkId::new("cached", depth), Setup::CACHED, &t);
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = whole_request, mcp, token_size
+    targets = whole_request, mcp, token_size, delegation
 }
 criterion_main!(benches);

@@ -277,3 +277,27 @@ pub fn expect_allowed(h: &mut Harness, headers: &[(&str, &str)]) -> Result<()> {
     }
     h.done(ctx)
 }
+
+/// Delegation chain depths for the delegation benchmarks: a token without `act`, and one whose
+/// `act` nests four actors (all trusted by `policies/agents.cedar`).
+pub const DELEGATION_DEPTHS: [usize; 2] = [0, 4];
+
+/// An agent token (as `agent_token`, ES256) whose `act` chain has `depth` actors: the principal is
+/// the last of them, still allowed on GET /orders by `agents-read-orders`.
+pub fn delegated_token(depth: usize) -> Result<String> {
+    let actors = ["planner", "executor", "mailer", "researcher"];
+    let mut act = Value::Null;
+    for a in actors.iter().cycle().take(depth) {
+        act = if act.is_null() {
+            json!({ "sub": a })
+        } else {
+            json!({ "sub": a, "act": act })
+        };
+    }
+    let extra = if act.is_null() {
+        json!({})
+    } else {
+        json!({ "act": act })
+    };
+    agent_token("ES256", &extra)
+}

@@ -3,12 +3,15 @@
 //! Policies are named by their `@id("…")` annotation so that denials and logs name what a policy
 //! author wrote. Parse and validation errors carry the document name and line/column.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde_json::Value;
@@ -18,11 +21,169 @@ use crate::error::ConfigError;
 
 pub struct Policies {
     pub set: PolicySet,
+    /// `set` without the forbids that a step-up lifts (`@scope("…")`): what a caller could be
+    /// allowed once its token has the scopes they name.
+    without_scope_forbids: PolicySet,
     pub schema: Schema,
-    action_entities: Entities,
+    /// Per schema action: what one request with that action needs, prepared at configure time.
+    by_action: HashMap<String, ActionIndex>,
     authorizer: Authorizer,
     entity_types: HashSet<String>,
-    actions: HashSet<String>,
+}
+
+/// The policies that can apply to one action, split so that a request evaluates only those whose
+/// scope can match it, and the action's own entities (it and its ancestors, for `action in …`).
+///
+/// A policy whose action scope cannot match is "not applicable" whatever else holds, so leaving it
+/// out changes no decision. Policies naming one principal (`principal == …`) or one resource
+/// (`resource == …`) are kept in maps by that entity, so 1,000 per-agent or per-route policies cost
+/// a lookup, not 1,000 evaluations. The sets are evaluated separately and combined as Cedar does:
+/// any satisfied forbid denies; otherwise any satisfied permit allows.
+struct ActionIndex {
+    uid: EntityUid,
+    /// This action's bit in [`Checked`] (0: none, more than 63 actions).
+    bit: u64,
+    entities: Entities,
+    /// No policy for this action reads a per-request context attribute: decisions depend on the
+    /// token, the action and the resource only.
+    token_determined: bool,
+    general: PolicySet,
+    by_principal: HashMap<EntityUid, PolicySet>,
+    by_resource: HashMap<EntityUid, PolicySet>,
+}
+
+impl ActionIndex {
+    fn build(
+        uid: EntityUid,
+        bit: u64,
+        all: &Entities,
+        set: &PolicySet,
+    ) -> Result<ActionIndex, String> {
+        let mut lineage: Vec<EntityUid> = all
+            .ancestors(&uid)
+            .map(|a| a.cloned().collect())
+            .unwrap_or_default();
+        lineage.push(uid.clone());
+        let entities =
+            Entities::from_entities(lineage.iter().filter_map(|u| all.get(u).cloned()), None)
+                .map_err(|e| e.to_string())?;
+        let mut index = ActionIndex {
+            uid,
+            bit,
+            entities,
+            token_determined: true,
+            general: PolicySet::new(),
+            by_principal: HashMap::new(),
+            by_resource: HashMap::new(),
+        };
+        for policy in set.policies() {
+            let applies = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => lineage.contains(&a),
+                ActionConstraint::In(list) => list.iter().any(|a| lineage.contains(a)),
+            };
+            if !applies {
+                continue;
+            }
+            if reads_per_request_context(policy) {
+                index.token_determined = false;
+            }
+            let target = match (policy.principal_constraint(), policy.resource_constraint()) {
+                (PrincipalConstraint::Eq(p), _) => index.by_principal.entry(p).or_default(),
+                (_, ResourceConstraint::Eq(r)) => index.by_resource.entry(r).or_default(),
+                _ => &mut index.general,
+            };
+            target.add(policy.clone()).map_err(|e| e.to_string())?;
+        }
+        Ok(index)
+    }
+}
+
+/// What is already known about the Cedar requests built from one verified token (kept with the
+/// token in the cache, so it lives as long as the token does):
+/// - which parts fit the schema, so that the check (about half the cost of a decision) runs once
+///   per token, not per request. Bit 63: the token's entities; bit `i` < 63: a request with the
+///   `i`-th action whose per-request parts have fixed types (see [`Policies::evaluate`]);
+/// - decisions for actions whose policies read nothing that varies per request (only the
+///   principal, the resource, and the token's own context parts): the same token, action and
+///   resource always get the same answer, so it is remembered (a few per token).
+#[derive(Debug, Default)]
+pub struct Checked {
+    bits: AtomicU64,
+    decisions: Mutex<Vec<(u64, EntityUid, Evaluation)>>,
+}
+
+const ENTITIES_CHECKED: u64 = 1 << 63;
+/// Decisions remembered per token: a token is normally used on a handful of routes.
+const DECISIONS_PER_TOKEN: usize = 8;
+
+impl Checked {
+    fn has(&self, bit: u64) -> bool {
+        bit != 0 && self.bits.load(Ordering::Relaxed) & bit == bit
+    }
+
+    fn set(&self, bit: u64) {
+        self.bits.fetch_or(bit, Ordering::Relaxed);
+    }
+
+    fn decision(&self, bit: u64, resource: &EntityUid) -> Option<Evaluation> {
+        let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter()
+            .find(|(b, r, _)| *b == bit && r == resource)
+            .map(|(_, _, e)| e.clone())
+    }
+
+    fn remember(&self, bit: u64, resource: EntityUid, e: &Evaluation) {
+        let mut d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        if d.len() < DECISIONS_PER_TOKEN {
+            // Exact growth: most tokens are used for one or two decisions, and 10,000 cached
+            // tokens each holding room for four would cost megabytes.
+            d.reserve_exact(1);
+            d.push((bit, resource, e.clone()));
+        }
+    }
+}
+
+impl Clone for Checked {
+    fn clone(&self) -> Checked {
+        Checked {
+            bits: AtomicU64::new(self.bits.load(Ordering::Relaxed)),
+            decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
+        }
+    }
+}
+
+/// Context attributes built from the token alone; every other attribute (`request`, `now`,
+/// `mcp`, `approval`, …) may differ from one request to the next.
+const PER_TOKEN_CONTEXT: [&str; 3] = ["token", "delegation", "task"];
+
+/// Whether `policy` may read a context attribute that varies per request. Conservative: a use of
+/// `context` other than `context.<attr>` / `context has <attr>`, or a policy that cannot be
+/// rendered, counts as reading everything.
+fn reads_per_request_context(policy: &cedar_policy::Policy) -> bool {
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => {
+                for op in [".", "has"] {
+                    if let Some(Value::Object(inner)) = m.get(op) {
+                        if inner.get("left") == Some(&serde_json::json!({"Var": "context"})) {
+                            return inner
+                                .get("attr")
+                                .and_then(Value::as_str)
+                                .is_none_or(|a| !PER_TOKEN_CONTEXT.contains(&a));
+                        }
+                    }
+                }
+                if m.get("Var").and_then(Value::as_str) == Some("context") {
+                    return true;
+                }
+                m.values().any(walk)
+            }
+            Value::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    policy.to_json().map_or(true, |j| walk(&j))
 }
 
 /// The outcome of one Cedar evaluation.
@@ -140,17 +301,28 @@ impl Policies {
             .action_entities()
             .map_err(|e| ConfigError::new("schema", e.to_string()))?;
         let entity_types = schema.entity_types().map(|t| t.to_string()).collect();
-        let actions = schema
-            .actions()
-            .map(|a| a.id().unescaped().to_string())
-            .collect();
+        let mut by_action = HashMap::new();
+        for (i, a) in schema.actions().enumerate() {
+            let bit = if i < 63 { 1 << i } else { 0 };
+            let index = ActionIndex::build(a.clone(), bit, &action_entities, &set)
+                .map_err(|e| ConfigError::new("schema", format!("action {a}: {e}")))?;
+            by_action.insert(a.id().unescaped().to_string(), index);
+        }
+        let mut without_scope_forbids = PolicySet::new();
+        for p in set.policies() {
+            if !(p.effect() == cedar_policy::Effect::Forbid && p.annotation("scope").is_some()) {
+                without_scope_forbids
+                    .add(p.clone())
+                    .map_err(|e| ConfigError::new("policies", e.to_string()))?;
+            }
+        }
         Ok(Policies {
             set,
+            without_scope_forbids,
             schema,
-            action_entities,
+            by_action,
             authorizer: Authorizer::new(),
             entity_types,
-            actions,
         })
     }
 
@@ -159,86 +331,120 @@ impl Policies {
     }
 
     pub fn has_action(&self, name: &str) -> bool {
-        self.actions.contains(name)
+        self.by_action.contains_key(name)
     }
 
     pub fn policy_count(&self) -> usize {
         self.set.policies().count()
     }
 
-    /// Evaluates one request. `principal` carries its parents and attributes; the context is
-    /// checked against the action's context type in the schema, so that a policy never sees a
-    /// value of another type than the one it was validated for.
+    /// The decision remembered for this token, action and resource, when the action's policies
+    /// read nothing that varies per request; callers check it before building a request. Only
+    /// for requests whose per-request parts are the fixed-type ones (see [`Policies::evaluate`]).
+    pub fn remembered(
+        &self,
+        checked: &Checked,
+        action: &str,
+        resource: &EntityUid,
+    ) -> Option<Evaluation> {
+        let index = self.by_action.get(action)?;
+        if !index.token_determined || index.bit == 0 {
+            return None;
+        }
+        checked.decision(index.bit, resource)
+    }
+
+    /// Evaluates one request. `entities` are the principal (first) and any entities the context
+    /// refers to, with their parents and attributes; they and the context are checked against the
+    /// schema, so that a policy never sees a value of another type than the one it was validated
+    /// for.
+    ///
+    /// `checked` is the memo of the token the entities come from (pass it only when they come
+    /// from the token alone): entities that fitted the schema once fit it every time. With
+    /// `fixed_context`, every context part that does not come from the token has a type that never
+    /// varies (strings from the request line, the clock), so a request with this action that
+    /// fitted once fits every time too; MCP arguments are not like that, and are checked on every
+    /// request.
     pub fn evaluate(
         &self,
-        principal: Entity,
+        entities: Vec<Entity>,
         action: &str,
         resource: EntityUid,
         context: Vec<(String, RestrictedExpression)>,
+        checked: Option<&Checked>,
+        fixed_context: bool,
     ) -> Evaluation {
-        let principal_uid = principal.uid();
-        let action_uid = match uid("Action", action) {
-            Ok(a) => a,
-            Err(reason) => return Evaluation::Error { reason },
+        let error = |reason: String| Evaluation::Error { reason };
+        let Some(index) = self.by_action.get(action) else {
+            return error(format!("action `{action}` is not declared in the schema"));
+        };
+        let Some(principal_uid) = entities.first().map(Entity::uid) else {
+            return error("no principal entity".into());
         };
         let context = match Context::from_pairs(context) {
             Ok(c) => c,
-            Err(e) => {
-                return Evaluation::Error {
-                    reason: format!("context: {e}"),
-                }
-            }
+            Err(e) => return error(format!("context: {e}")),
         };
+        let memo = checked.filter(|_| fixed_context && index.token_determined && index.bit != 0);
+        if let Some(e) = memo.and_then(|c| c.decision(index.bit, &resource)) {
+            return e;
+        }
+        let request_known = fixed_context && checked.is_some_and(|c| c.has(index.bit));
         let request = match Request::new(
-            principal_uid,
-            action_uid,
-            resource,
+            principal_uid.clone(),
+            index.uid.clone(),
+            resource.clone(),
             context,
-            Some(&self.schema),
+            (!request_known).then_some(&self.schema),
         ) {
             Ok(r) => r,
-            Err(e) => {
-                return Evaluation::Error {
-                    reason: format!("request does not fit the schema: {e}"),
-                }
-            }
+            Err(e) => return error(format!("request does not fit the schema: {e}")),
         };
-        let entities = match self
-            .action_entities
+        let entities_known = checked.is_some_and(|c| c.has(ENTITIES_CHECKED));
+        let entities = match index
+            .entities
             .clone()
-            .add_entities([principal], Some(&self.schema))
+            .add_entities(entities, (!entities_known).then_some(&self.schema))
         {
             Ok(e) => e,
-            Err(e) => {
-                return Evaluation::Error {
-                    reason: format!("principal entity: {e}"),
-                }
-            }
+            Err(e) => return error(format!("entities: {e}")),
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set, &entities);
-        let errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(|e| e.to_string())
-            .collect();
+        if let Some(c) = checked {
+            c.set(if fixed_context { index.bit } else { 0 } | ENTITIES_CHECKED);
+        }
+        let sets = [
+            Some(&index.general),
+            index.by_principal.get(&principal_uid),
+            index.by_resource.get(&resource),
+        ];
+        let mut permits = Vec::new();
+        let mut forbids = Vec::new();
+        let mut errors = Vec::new();
+        for set in sets.into_iter().flatten() {
+            let response = self.authorizer.is_authorized(&request, set, &entities);
+            errors.extend(response.diagnostics().errors().map(|e| e.to_string()));
+            let reasons = response.diagnostics().reason().map(|p| p.to_string());
+            match response.decision() {
+                Decision::Allow => permits.extend(reasons),
+                // Deny with reasons: forbids were satisfied; without: no permit in this set.
+                Decision::Deny => forbids.extend(reasons),
+            }
+        }
         if !errors.is_empty() {
             // Cedar skips a policy that errors, which for a forbid would let the request through.
-            return Evaluation::Error {
-                reason: format!("policy evaluation error: {}", errors.join("; ")),
-            };
+            return error(format!("policy evaluation error: {}", errors.join("; ")));
         }
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|p| p.to_string())
-            .collect();
-        policies.sort();
-        match response.decision() {
-            Decision::Allow => Evaluation::Allow { policies },
-            Decision::Deny => Evaluation::Deny { policies },
+        let e = if forbids.is_empty() && !permits.is_empty() {
+            permits.sort();
+            Evaluation::Allow { policies: permits }
+        } else {
+            forbids.sort();
+            Evaluation::Deny { policies: forbids }
+        };
+        if let Some(c) = memo {
+            c.remember(index.bit, resource, &e);
         }
+        e
     }
 }
 
@@ -270,4 +476,248 @@ pub fn json_to_cedar(v: &Value) -> Result<RestrictedExpression, &'static str> {
         .map_err(|_| "duplicate record key")?,
         Value::Null => return Err("null has no Cedar value"),
     })
+}
+
+/// MCP list filtering and scope step-up (core/src/listing.rs, `Engine::decide`): kept apart from
+/// the request path above.
+impl Policies {
+    /// Cedar partial evaluation of one request whose context may hold unknowns: the decision when
+    /// it is certain whatever the unknowns are, `None` when it depends on them. `Err` when the
+    /// request cannot be built or a policy errors for certain (the caller fails closed).
+    pub(crate) fn evaluate_partial(
+        &self,
+        entities: Vec<Entity>,
+        action: &str,
+        resource: EntityUid,
+        context: Vec<(String, RestrictedExpression)>,
+        after_step_up: bool,
+    ) -> Result<Option<Decision>, String> {
+        let index = self
+            .by_action
+            .get(action)
+            .ok_or_else(|| format!("action `{action}` is not declared in the schema"))?;
+        let principal = entities
+            .first()
+            .map(Entity::uid)
+            .ok_or("no principal entity")?;
+        let context = Context::from_pairs(context).map_err(|e| format!("context: {e}"))?;
+        // Not checked against the schema: Cedar's request validation rejects an (untyped) unknown
+        // where the schema declares a type. The known part is built as for a call, which is
+        // checked; policies were validated against the declared types.
+        let request = Request::new(principal, index.uid.clone(), resource, context, None)
+            .map_err(|e| format!("request: {e}"))?;
+        let entities = index
+            .entities
+            .clone()
+            .add_entities(entities, Some(&self.schema))
+            .map_err(|e| format!("entities: {e}"))?;
+        // The whole set, not the per-action index: partial responses do not combine. After a
+        // step-up the `@scope` forbids are lifted (the client will hold the scopes they name).
+        let set = if after_step_up {
+            &self.without_scope_forbids
+        } else {
+            &self.set
+        };
+        let response = self
+            .authorizer
+            .is_authorized_partial(&request, set, &entities);
+        if let Some(p) = response.definitely_errored().next() {
+            return Err(format!("policy `{p}` errored"));
+        }
+        Ok(response.decision())
+    }
+
+    /// The scopes a denial asks for: the union of the `@scope("…")` annotations (space-separated
+    /// scopes) of `policies`, the determining forbids, when every one carries it. `None` when
+    /// there is none (no permit is not a missing scope) or one does not say.
+    pub fn required_scopes(&self, policies: &[String]) -> Option<Vec<String>> {
+        let mut scopes = std::collections::BTreeSet::new();
+        for id in policies {
+            let policy = self.set.policy(&PolicyId::new(id.as_str()))?;
+            if policy.effect() != cedar_policy::Effect::Forbid {
+                return None;
+            }
+            let named: Vec<&str> = policy.annotation("scope")?.split_whitespace().collect();
+            if named.is_empty() {
+                return None;
+            }
+            scopes.extend(named.into_iter().map(str::to_string));
+        }
+        (!scopes.is_empty()).then(|| scopes.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"
+        entity Group;
+        entity User in [Group] { level: Long };
+        entity Doc;
+        action "act";
+        action "read" in ["act"] appliesTo { principal: [User], resource: [Doc], context: { n: Long } };
+        action "write" in ["act"] appliesTo { principal: [User], resource: [Doc], context: { n: Long } };
+        action "delete" appliesTo { principal: [User], resource: [Doc], context: { n: Long } };
+    "#;
+
+    const POLICIES: &str = r#"
+        @id("p-any") permit (principal in Group::"staff", action, resource) when { context.n > 5 };
+        @id("p-read") permit (principal, action == Action::"read", resource);
+        @id("p-act") permit (principal == User::"bob", action in Action::"act", resource);
+        @id("p-doc") permit (principal, action in [Action::"write", Action::"delete"], resource == Doc::"d1");
+        @id("f-secret") forbid (principal, action, resource == Doc::"secret") unless { principal.level > 3 };
+        @id("f-eve") forbid (principal == User::"eve", action == Action::"read", resource);
+        @id("f-big") forbid (principal, action in Action::"act", resource) when { context.n > 100 };
+    "#;
+
+    fn user(id: &str, level: i64, staff: bool) -> Entity {
+        let parents = if staff {
+            HashSet::from([uid("Group", "staff").unwrap()])
+        } else {
+            HashSet::new()
+        };
+        let attrs = [("level".to_string(), RestrictedExpression::new_long(level))];
+        Entity::new(
+            uid("User", id).unwrap(),
+            attrs.into_iter().collect(),
+            parents,
+        )
+        .unwrap()
+    }
+
+    /// The indexed evaluation decides every request exactly as Cedar does with the whole policy
+    /// set and every action entity, including the determining policies.
+    #[test]
+    fn index_decides_as_cedar_does() {
+        let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
+        let all_actions = p.schema.action_entities().unwrap();
+        let authorizer = Authorizer::new();
+        let mut seen = HashSet::new();
+        for (id, level, staff) in [("alice", 1, true), ("bob", 5, false), ("eve", 9, true)] {
+            for action in ["read", "write", "delete"] {
+                for doc in ["d1", "d2", "secret"] {
+                    for n in [0, 10, 1000] {
+                        let principal = user(id, level, staff);
+                        let ctx = vec![("n".to_string(), RestrictedExpression::new_long(n))];
+                        let resource = uid("Doc", doc).unwrap();
+                        let ours = p.evaluate(
+                            vec![principal.clone()],
+                            action,
+                            resource.clone(),
+                            ctx.clone(),
+                            None,
+                            true,
+                        );
+                        let request = Request::new(
+                            principal.uid(),
+                            uid("Action", action).unwrap(),
+                            resource,
+                            Context::from_pairs(ctx).unwrap(),
+                            Some(&p.schema),
+                        )
+                        .unwrap();
+                        let entities = all_actions
+                            .clone()
+                            .add_entities([principal], Some(&p.schema))
+                            .unwrap();
+                        let r = authorizer.is_authorized(&request, &p.set, &entities);
+                        let mut policies: Vec<String> =
+                            r.diagnostics().reason().map(|p| p.to_string()).collect();
+                        policies.sort();
+                        let cedar = match r.decision() {
+                            Decision::Allow => Evaluation::Allow { policies },
+                            Decision::Deny => Evaluation::Deny { policies },
+                        };
+                        assert_eq!(ours, cedar, "{id} {action} {doc} n={n}");
+                        seen.insert(format!("{cedar:?}"));
+                    }
+                }
+            }
+        }
+        // The grid reaches allows and denies by several policies, not one outcome.
+        assert!(seen.len() >= 8, "{seen:?}");
+    }
+
+    /// A token's entities and a fixed-shape request are checked against the schema once; a
+    /// context part of varying type is checked every time.
+    #[test]
+    fn schema_check_is_memoised_per_token() {
+        let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
+        let checked = Checked::default();
+        let doc = || uid("Doc", "d2").unwrap();
+        let n = |v: RestrictedExpression| vec![("n".to_string(), v)];
+        let bad = || n(RestrictedExpression::new_string("ten".into()));
+        let good = || n(RestrictedExpression::new_long(1));
+        let alice = || vec![user("alice", 1, true)];
+        // Varying context: a wrong type is refused before and after a good request.
+        for (ctx, fits) in [(bad(), false), (good(), true), (bad(), false)] {
+            let e = p.evaluate(alice(), "read", doc(), ctx, Some(&checked), false);
+            assert_eq!(matches!(e, Evaluation::Error { .. }), !fits, "{e:?}");
+        }
+        assert!(checked.has(ENTITIES_CHECKED));
+        let read = p.by_action["read"].bit;
+        assert!(!checked.has(read), "a varying context must not be memoised");
+        let e = p.evaluate(alice(), "read", doc(), good(), Some(&checked), true);
+        assert!(matches!(e, Evaluation::Allow { .. }), "{e:?}");
+        assert!(checked.has(read));
+        assert!(!checked.has(p.by_action["write"].bit));
+    }
+
+    /// Decisions are remembered only for actions whose policies read nothing per request.
+    #[test]
+    fn decisions_are_remembered_only_when_token_determined() {
+        let schema = r#"
+            entity User;
+            entity Doc;
+            type Ctx = { token: { level: Long }, now: Long };
+            action "a" appliesTo { principal: [User], resource: [Doc], context: Ctx };
+            action "b" appliesTo { principal: [User], resource: [Doc], context: Ctx };
+        "#;
+        let policies = r#"
+            @id("a-level") permit (principal, action == Action::"a", resource) when { context.token.level > 1 };
+            @id("b-clock") permit (principal, action == Action::"b", resource) when { context.now < 100 };
+        "#;
+        let p = Policies::compile(schema, &PolicySource::Text(policies.into())).unwrap();
+        assert!(p.by_action["a"].token_determined);
+        assert!(!p.by_action["b"].token_determined);
+        let checked = Checked::default();
+        let ctx = |now: i64| {
+            vec![
+                (
+                    "token".to_string(),
+                    RestrictedExpression::new_record([(
+                        "level".to_string(),
+                        RestrictedExpression::new_long(2),
+                    )])
+                    .unwrap(),
+                ),
+                ("now".to_string(), RestrictedExpression::new_long(now)),
+            ]
+        };
+        let bob = || {
+            vec![Entity::new(uid("User", "bob").unwrap(), HashMap::new(), HashSet::new()).unwrap()]
+        };
+        let doc = || uid("Doc", "d").unwrap();
+        for (action, now, allowed) in [
+            ("b", 1, true),
+            ("b", 500, false),
+            ("a", 1, true),
+            ("a", 500, true),
+        ] {
+            let e = p.evaluate(bob(), action, doc(), ctx(now), Some(&checked), true);
+            assert_eq!(
+                matches!(e, Evaluation::Allow { .. }),
+                allowed,
+                "{action} {now}: {e:?}"
+            );
+        }
+        let remembered = checked.decisions.lock().unwrap().clone();
+        assert_eq!(remembered.len(), 1, "{remembered:?}");
+        assert_eq!(remembered[0].0, p.by_action["a"].bit);
+        // A varying context never uses or fills the memo.
+        let other = Checked::default();
+        p.evaluate(bob(), "a", doc(), ctx(1), Some(&other), false);
+        assert!(other.decisions.lock().unwrap().is_empty());
+    }
 }

@@ -24,6 +24,9 @@ pub struct Config {
     /// RFC 9728 protected-resource metadata the filter serves and advertises in 401s.
     #[serde(default)]
     pub resource_metadata: Option<ResourceMetadata>,
+    /// Human approval of requests denied only by `@approval("required")` policies.
+    #[serde(default)]
+    pub approval: Option<crate::approval::ApprovalConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +80,15 @@ pub struct IssuerConfig {
     /// Claims copied into `context.token.claims`.
     #[serde(default)]
     pub claims: Vec<String>,
+    /// A token whose value of this claim is `true` is accepted once (its `jti` is recorded).
+    #[serde(default)]
+    pub single_use_claim: Option<String>,
+    /// RFC 8693 `act` chains: the entity type of the current actor.
+    #[serde(default)]
+    pub delegation: crate::agent::DelegationConfig,
+    /// Task claims: task id, intent, RFC 9396 tool details.
+    #[serde(default)]
+    pub task: crate::agent::TaskConfig,
 }
 
 fn default_clock_skew() -> u64 {
@@ -116,6 +128,9 @@ pub struct RouteConfig {
     pub auth: Auth,
     #[serde(default)]
     pub kind: RouteKind,
+    /// Sensitive routes: tokens issued (`iat`) longer ago than this are refused (401).
+    #[serde(default)]
+    pub max_token_age_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +181,15 @@ pub struct Limits {
     /// Deepest JSON nesting accepted in an MCP body.
     #[serde(default = "default_max_json_depth")]
     pub max_json_depth: usize,
+    /// Most `act` levels (RFC 8693 actors) a token may carry; deeper chains get 401.
+    #[serde(default = "default_max_delegation_depth")]
+    pub max_delegation_depth: usize,
+    /// An MCP session binding unused for this long expires (the session id is then unknown).
+    #[serde(default = "default_session_idle_s")]
+    pub session_idle_s: u64,
+    /// An MCP session binding expires this long after its creation, used or not.
+    #[serde(default = "default_session_ttl_s")]
+    pub session_ttl_s: u64,
 }
 
 impl Default for Limits {
@@ -176,8 +200,23 @@ impl Default for Limits {
             token_cache_bytes: default_token_cache_bytes(),
             max_body_bytes: default_max_body_bytes(),
             max_json_depth: default_max_json_depth(),
+            max_delegation_depth: default_max_delegation_depth(),
+            session_idle_s: default_session_idle_s(),
+            session_ttl_s: default_session_ttl_s(),
         }
     }
+}
+
+fn default_session_idle_s() -> u64 {
+    3600
+}
+
+fn default_session_ttl_s() -> u64 {
+    24 * 3600
+}
+
+fn default_max_delegation_depth() -> usize {
+    crate::agent::DEFAULT_MAX_DELEGATION_DEPTH
 }
 
 fn default_token_cache_entries() -> usize {

@@ -22,6 +22,8 @@ struct Route {
     host: Option<String>,
     auth: Auth,
     kind: RouteKind,
+    /// Sensitive routes: the oldest `iat` accepted, in seconds before now.
+    max_token_age_s: Option<u64>,
 }
 
 impl Route {
@@ -64,6 +66,8 @@ pub struct HttpRequest<'a> {
     pub authorization: Option<&'a str>,
     pub request_id: &'a str,
     pub content_type: Option<&'a str>,
+    /// The approval header (`approval.header`), when approval is configured and sent.
+    pub approval: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,15 @@ pub struct Decision {
     /// Set on an MCP POST whose token verified: the body decides (`Engine::check_mcp`). The
     /// proxy buffers the body and forwards nothing until then.
     pub pending: Option<Pending>,
+    /// Set on an allowed MCP POST with `tools/list`, `resources/list` or `prompts/list`
+    /// requests: the proxy filters their answers (`Engine::filter_list_json`, `listing.rs`).
+    pub mcp_lists: Option<crate::listing::ListRequests>,
+    /// Credentials to record as used before forwarding (single-use tokens, approvals): the
+    /// proxy records each in its shared data, first writer wins, and sends the obligation's
+    /// refusal instead when it was recorded already (`approval::Once`).
+    pub once: Vec<crate::approval::Once>,
+    /// An approval request to POST to the approval webhook (`approval.webhook`) with the reply.
+    pub notify: Option<String>,
 }
 
 /// Why one MCP message is refused: its JSON-RPC error and how it is counted.
@@ -119,6 +132,9 @@ struct Refusal {
     detail: String,
     policies: Vec<String>,
     verdict: Verdict,
+    /// The approval request, when a human approval can lift the refusal (`approval.rs`). Boxed:
+    /// rare, and `Refusal` travels in `Result`s.
+    approval: Option<Box<Value>>,
 }
 
 impl Refusal {
@@ -130,6 +146,7 @@ impl Refusal {
             detail: String::new(),
             policies: vec![],
             verdict: Verdict::Deny,
+            approval: None,
         }
     }
 
@@ -141,6 +158,7 @@ impl Refusal {
             detail: String::new(),
             policies: vec![],
             verdict: Verdict::Error,
+            approval: None,
         }
     }
 }
@@ -151,6 +169,10 @@ pub struct Pending {
     route: usize,
     token: Arc<VerifiedToken>,
     principal: String,
+    /// The token is single-use: recorded if the body is forwarded.
+    once: Option<crate::approval::Once>,
+    /// The approval header, for a call that needs one.
+    approval: Option<String>,
 }
 
 impl Decision {
@@ -165,6 +187,9 @@ impl Decision {
             reply: None,
             set_headers: vec![],
             pending: None,
+            mcp_lists: None,
+            once: vec![],
+            notify: None,
         }
     }
 
@@ -199,6 +224,12 @@ pub struct Engine {
     cache: Mutex<TokenCache>,
     /// RFC 9728: (metadata URL, well-known paths served, the JSON document).
     resource_metadata: Option<(String, Vec<String>, String)>,
+    /// MCP session bindings expire: (idle, absolute) seconds.
+    session_expiry: (u64, u64),
+    /// Human approval: the approval issuer (none: `@approval` forbids are plain forbids), and the
+    /// ids of the policies an approval can satisfy.
+    approval: Option<crate::approval::Approval>,
+    approvable: HashSet<String>,
 }
 
 impl Engine {
@@ -221,7 +252,9 @@ impl Engine {
                     "duplicate issuer",
                 ));
             }
-            let issuer = Issuer::compile(ic, &path)?;
+            let mut issuer = Issuer::compile(ic, &path)?;
+            issuer.agent.max_delegation_depth = c.limits.max_delegation_depth;
+            crate::agent::check_schema(&issuer.agent, &path, |t| policies.has_entity_type(t))?;
             if !policies.has_entity_type(&issuer.principal_type) {
                 return Err(ConfigError::new(
                     format!("{path}.principal.type"),
@@ -259,6 +292,7 @@ impl Engine {
                 host: r.host.clone(),
                 auth: r.auth,
                 kind: r.kind,
+                max_token_age_s: r.max_token_age_s,
             });
         }
         if routes.iter().any(|r| r.kind == RouteKind::Mcp) {
@@ -325,6 +359,20 @@ impl Engine {
             None => None,
             Some(m) => Some(compile_resource_metadata(m)?),
         };
+        let approvable = crate::approval::approval_policies(&policies.set)?;
+        let approval = match &c.approval {
+            None => None,
+            Some(a) => Some(crate::approval::Approval::compile(
+                a,
+                c.limits.max_token_bytes,
+            )?),
+        };
+        if c.limits.session_idle_s == 0 || c.limits.session_ttl_s == 0 {
+            return Err(ConfigError::new(
+                "limits.session_idle_s",
+                "session lifetimes must be at least 1 second",
+            ));
+        }
         let engine = Engine {
             mode: c.mode,
             issuers,
@@ -337,6 +385,9 @@ impl Engine {
             max_body_bytes: c.limits.max_body_bytes,
             max_json_depth: c.limits.max_json_depth.max(2),
             resource_metadata,
+            session_expiry: (c.limits.session_idle_s, c.limits.session_ttl_s),
+            approval,
+            approvable,
             cache: Mutex::new(TokenCache::new(
                 c.limits.token_cache_entries,
                 c.limits.token_cache_bytes,
@@ -362,8 +413,16 @@ impl Engine {
                 "the schema declares no HTTP method actions (e.g. `action \"GET\"`)",
             ));
         };
-        for (i, issuer) in self.issuers.iter().enumerate() {
-            let mut payload = serde_json::Map::new();
+        // Per issuer: a token as it comes, and one delegated and task-scoped (agent.rs), so that a
+        // schema without `context.delegation` or `context.task` is refused here.
+        let checks = self.issuers.iter().enumerate().flat_map(|(i, issuer)| {
+            [vec![], crate::agent::sample_claims(&issuer.agent)]
+                .into_iter()
+                .map(move |extra| (i, issuer, extra))
+        });
+        for (i, issuer, extra) in checks {
+            let delegated = !extra.is_empty();
+            let mut payload: serde_json::Map<String, Value> = extra.into_iter().collect();
             payload.insert(
                 issuer.principal_claim.clone(),
                 json!("tessera-configure-check"),
@@ -379,6 +438,7 @@ impl Engine {
                 expires_at: 0,
                 jti: None,
                 payload,
+                checked: crate::authz::Checked::default(),
             };
             let req = HttpRequest {
                 method,
@@ -386,7 +446,7 @@ impl Engine {
                 ..HttpRequest::default()
             };
             let resource = uid("Route", &route.name).map_err(|e| ConfigError::new("routes", e))?;
-            match self.evaluate(&token, method, resource, &req, 0, None) {
+            match self.evaluate(&token, method, resource, &req, 0, None, None) {
                 Ok(Evaluation::Error { reason }) | Err(reason) => {
                     return Err(ConfigError::new(
                         format!("issuers[{i}]"),
@@ -397,8 +457,58 @@ impl Engine {
                 }
                 Ok(_) => {}
             }
+            let tool_calls = self.routes.iter().any(|r| r.kind == RouteKind::Mcp)
+                && self.policies.has_action("tools/call");
+            if delegated && tool_calls {
+                self.check_task_detail(&token).map_err(|reason| {
+                    ConfigError::new(
+                        format!("issuers[{i}].task.detail_fields"),
+                        format!(
+                            "the schema does not accept the task detail of a tool call: {reason}"
+                        ),
+                    )
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// A `tools/call` by a token whose task has a detail for the tool (`agent::sample_claims`), as
+    /// `evaluate_mcp` builds it: the configured `detail_fields` fit the schema's task type.
+    fn check_task_detail(&self, token: &VerifiedToken) -> Result<(), String> {
+        let tool = "tessera-configure-check";
+        let target = mcp::Target {
+            action: "tools/call".into(),
+            resource_type: "Tool",
+            resource_id: tool.into(),
+            tool: Some(tool.into()),
+            uri: None,
+            prompt: None,
+            arguments: Some(json!({})),
+        };
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let record = RestrictedExpression::new_record([
+            ("method".to_string(), s("tools/call")),
+            ("tool".to_string(), s(tool)),
+        ])
+        .map_err(|e| e.to_string())?;
+        let req = HttpRequest {
+            method: "POST",
+            ..HttpRequest::default()
+        };
+        let resource = uid("Tool", tool)?;
+        match self.evaluate(
+            token,
+            "tools/call",
+            resource,
+            &req,
+            0,
+            Some((record, &target)),
+            None,
+        ) {
+            Ok(Evaluation::Error { reason }) | Err(reason) => Err(reason),
+            Ok(_) => Ok(()),
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -425,6 +535,25 @@ impl Engine {
         self.max_body_bytes
     }
 
+    /// Where approval requests are announced (`approval.webhook`), if configured.
+    pub fn approval_webhook(&self) -> Option<&crate::approval::Webhook> {
+        self.approval
+            .as_ref()
+            .and_then(crate::approval::Approval::webhook)
+    }
+
+    /// The request header carrying a human approval, when approval is configured.
+    pub fn approval_header(&self) -> Option<&str> {
+        self.approval
+            .as_ref()
+            .map(crate::approval::Approval::header)
+    }
+
+    /// How long an MCP session binding lives: (idle, absolute) seconds.
+    pub fn session_expiry(&self) -> (u64, u64) {
+        self.session_expiry
+    }
+
     pub fn policy_count(&self) -> usize {
         self.policies.policy_count()
     }
@@ -446,6 +575,13 @@ impl Engine {
         if d.verdict == Verdict::Unauthenticated {
             let url = self.resource_metadata.as_ref().map(|(u, _, _)| u.as_str());
             d.reply = d.reply.map(|r| r.with_resource_metadata(url));
+        }
+        // Denied only by forbids that name a scope the token lacks: a step-up challenge.
+        if d.verdict == Verdict::Deny && d.reply.is_some() && !d.policies.is_empty() {
+            if let Some(reply) = self.step_up_for(&d.policies, req.request_id) {
+                d.reason = "insufficient scope".into();
+                d.reply = Some(reply);
+            }
         }
         d
     }
@@ -495,27 +631,41 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return unauthenticated(route, &e, req.request_id),
         };
+        if let Err(e) =
+            crate::agent::check_token_age(route.max_token_age_s, verified.issued_at, now_s)
+        {
+            return unauthenticated(route, &e, req.request_id);
+        }
         let principal = match self.principal_uid(&verified) {
             Ok(p) => p,
             Err(e) => return unauthenticated(route, &e, req.request_id),
         };
+        let once = match self.single_use(&verified, req.request_id) {
+            Ok(o) => o,
+            Err(e) => return unauthenticated(route, &e, req.request_id),
+        };
         if route.kind == RouteKind::Mcp && req.method == "POST" {
-            return self.await_mcp_body(route, verified, principal, req);
+            let mut d = self.await_mcp_body(route, verified, principal, req);
+            if let Some(p) = d.pending.as_mut() {
+                p.once = once;
+            }
+            return d;
         }
         let resource = match uid("Route", &route.name) {
             Ok(r) => r,
             Err(reason) => return cannot_judge(route, reason, req.request_id),
         };
-        let evaluation = match self.evaluate(&verified, req.method, resource, req, now_s, None) {
-            Ok(e) => e,
-            Err(e) => {
-                return unauthenticated(
-                    route,
-                    &TokenError::BadClaim(e, "has no Cedar value"),
-                    req.request_id,
-                )
-            }
-        };
+        let evaluation =
+            match self.evaluate(&verified, req.method, resource, req, now_s, None, None) {
+                Ok(e) => e,
+                Err(e) => {
+                    return unauthenticated(
+                        route,
+                        &TokenError::BadClaim(e, "has no Cedar value"),
+                        req.request_id,
+                    )
+                }
+            };
         let mut d = Decision::new(
             Verdict::Allow,
             Some(route.name.clone()),
@@ -525,6 +675,7 @@ impl Engine {
             Evaluation::Allow { policies } => {
                 d.policies = policies;
                 d.set_headers = self.identity_headers(&verified, &principal);
+                d.once.extend(once);
             }
             Evaluation::Deny { policies } => {
                 d.verdict = Verdict::Deny;
@@ -535,6 +686,7 @@ impl Engine {
                 };
                 d.reply = Some(LocalReply::forbidden(&policies, req.request_id));
                 d.policies = policies;
+                self.approve_http(&mut d, &verified, route, req, now_s, once);
             }
             Evaluation::Error { reason } => {
                 d.verdict = Verdict::Error;
@@ -581,6 +733,8 @@ impl Engine {
                 .unwrap_or(0),
             token,
             principal,
+            once: None,
+            approval: self.approval.as_ref().and(req.approval).map(str::to_string),
         });
         d
     }
@@ -681,7 +835,13 @@ impl Engine {
             }
             let outcome = match mcp::target(m, &route.name) {
                 Err((code, msg)) => Err(Refusal::invalid(code, msg)),
-                Ok(t) => self.evaluate_mcp(&pending.token, &t, req, now_s),
+                Ok(t) => self
+                    .evaluate_mcp(&pending.token, &t, req, now_s, None)
+                    .or_else(|r| {
+                        // Approval is taken for the body's only message, not inside a batch.
+                        let single = if batch { None } else { id.as_ref() };
+                        self.approve_mcp(r, pending, route, &t, req, now_s, single, &mut d.once)
+                    }),
             };
             match outcome {
                 Ok(p) => {
@@ -708,20 +868,45 @@ impl Engine {
         d.policies = policies_all;
         if refused.iter().all(Option::is_none) {
             d.set_headers = self.identity_headers(&pending.token, &pending.principal);
+            d.once.extend(pending.once.clone());
+            if self.mode == Mode::Enforce {
+                d.mcp_lists = crate::listing::ListRequests::new(pending, req, &messages);
+            }
+            return d;
+        }
+        // Refused only for scopes the token lacks: the HTTP 403 an MCP client steps up on.
+        let refusals: Vec<&Refusal> = refused.iter().flatten().map(|(_, r)| r).collect();
+        if let Some(reply) = self.step_up(&refusals, req.request_id) {
+            d.verdict = Verdict::Deny;
+            d.reason = "insufficient scope".into();
+            d.reply = Some(reply);
             return d;
         }
         d.verdict = verdict;
+        if let Some(ask) = refused
+            .iter()
+            .flatten()
+            .find_map(|(_, r)| r.approval.as_deref())
+        {
+            d.notify = crate::approval::notification(
+                self.approval.as_ref(),
+                &d.policies,
+                req.request_id,
+                ask,
+            );
+        }
         let data = |p: &[String]| json!({"policies": p, "request_id": req.request_id});
         let mut answers = Vec::new();
         for (r, id) in refused.iter().zip(&ids) {
             match (r, id) {
                 // A notification gets no JSON-RPC answer, refused or not (JSON-RPC 2.0 §4.1).
-                (Some((id, r)), Some(_)) => answers.push(mcp::error_object(
-                    id,
-                    r.code,
-                    &r.message,
-                    Some(data(&r.policies)),
-                )),
+                (Some((id, r)), Some(_)) => {
+                    let mut data = data(&r.policies);
+                    if let Some(a) = &r.approval {
+                        data["approval"] = a.as_ref().clone();
+                    }
+                    answers.push(mcp::error_object(id, r.code, &r.message, Some(data)))
+                }
                 (Some(_), None) => {}
                 (None, Some(id)) => answers.push(mcp::error_object(
                     id,
@@ -746,10 +931,14 @@ impl Engine {
         };
         // Invalid messages are the client's error (400); policy refusals are answers (200), so the
         // MCP client fails that one call and the session goes on.
-        let invalid = refused
-            .iter()
-            .flatten()
-            .all(|(_, r)| r.code != mcp::FORBIDDEN && r.code != mcp::NOT_FORWARDED);
+        let invalid = refused.iter().flatten().all(|(_, r)| {
+            ![
+                mcp::FORBIDDEN,
+                mcp::NOT_FORWARDED,
+                crate::approval::APPROVAL_REQUIRED,
+            ]
+            .contains(&r.code)
+        });
         d.reply = Some(rpc_reply(if invalid { 400 } else { 200 }, reply));
         d
     }
@@ -761,6 +950,7 @@ impl Engine {
         t: &mcp::Target,
         req: &HttpRequest<'_>,
         now_s: u64,
+        approval: Option<&crate::approval::Granted>,
     ) -> Result<Vec<String>, Refusal> {
         let per_tool = t
             .tool
@@ -794,7 +984,15 @@ impl Engine {
         }
         let mcp_record = RestrictedExpression::new_record(fields)
             .map_err(|e| Refusal::cannot_judge(e.to_string()))?;
-        match self.evaluate(token, &action, resource, req, now_s, Some(mcp_record)) {
+        match self.evaluate(
+            token,
+            &action,
+            resource,
+            req,
+            now_s,
+            Some((mcp_record, t)),
+            approval,
+        ) {
             Err(claim) => Err(Refusal::cannot_judge(format!(
                 "claim `{claim}` has no Cedar value"
             ))),
@@ -809,6 +1007,7 @@ impl Engine {
                 },
                 policies,
                 verdict: Verdict::Deny,
+                approval: None,
             }),
             // With a per-tool action, a request that does not fit the schema means arguments that
             // do not fit the tool's declared type: the client's error, said briefly. The Cedar
@@ -855,6 +1054,30 @@ impl Engine {
         Ok(verified)
     }
 
+    /// The obligation to record a single-use token's first use (`approval::single_use`); a
+    /// replay gets 401 `invalid_token` "token already used".
+    fn single_use(
+        &self,
+        t: &VerifiedToken,
+        request_id: &str,
+    ) -> Result<Option<crate::approval::Once>, TokenError> {
+        let issuer = &self.issuers[t.issuer_index];
+        let claim = issuer.single_use_claim.as_deref();
+        let Some((key, until)) = crate::approval::single_use(claim, issuer.clock_skew_s(), t)?
+        else {
+            return Ok(None);
+        };
+        let used = TokenError::AlreadyUsed.to_string();
+        let url = self.resource_metadata.as_ref().map(|(u, _, _)| u.as_str());
+        Ok(Some(crate::approval::Once {
+            key,
+            until,
+            verdict: Verdict::Unauthenticated,
+            reply: LocalReply::invalid_token(&used, request_id).with_resource_metadata(url),
+            reason: used,
+        }))
+    }
+
     /// Number of verified tokens in the cache.
     pub fn cached_tokens(&self) -> usize {
         self.cache.lock().map_or(0, |c| c.len())
@@ -869,15 +1092,29 @@ impl Engine {
     }
 
     fn principal_uid(&self, t: &VerifiedToken) -> Result<String, TokenError> {
+        let (entity_type, id) = self.principal_type_and_id(t)?;
+        Ok(format!("{entity_type}::{}", Value::String(id.to_string())))
+    }
+
+    /// The principal: the current actor of a delegated token (`agent.rs`), else the subject.
+    fn principal_type_and_id<'t>(
+        &'t self,
+        t: &'t VerifiedToken,
+    ) -> Result<(&'t str, &'t str), TokenError> {
         let issuer = &self.issuers[t.issuer_index];
-        let id = self.principal_id(t)?;
-        Ok(format!(
-            "{}::{}",
-            issuer.principal_type,
-            Value::String(id.to_string())
-        ))
+        Ok(match crate::agent::current_actor(&t.payload) {
+            Some(actor) => (issuer.agent.actor_type.as_str(), actor),
+            None => (issuer.principal_type.as_str(), self.principal_id(t)?),
+        })
     }
     /// Builds and evaluates the Cedar request. `Err` names a token claim with no Cedar value.
+    ///
+    /// The request has per-token parts (entities and context attributes that come from the token
+    /// alone: [`Engine::token_entities`], [`Engine::token_context`]) and per-request parts (the
+    /// request line, the clock, the MCP call). Per-request parts of varying type (MCP arguments)
+    /// turn off the token's "already fits the schema" memo for this evaluation.
+    // The arguments are the parts of one Cedar request; a struct would only name them again.
+    #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
         t: &VerifiedToken,
@@ -885,14 +1122,88 @@ impl Engine {
         resource: cedar_policy::EntityUid,
         req: &HttpRequest<'_>,
         now_s: u64,
-        mcp: Option<RestrictedExpression>,
+        mcp: Option<(RestrictedExpression, &mcp::Target)>,
+        approval: Option<&crate::approval::Granted>,
     ) -> Result<Evaluation, String> {
+        if mcp.is_none() && approval.is_none() {
+            if let Some(e) = self.policies.remembered(&t.checked, action, &resource) {
+                return Ok(e);
+            }
+        }
+        let entities = self.token_entities(t)?;
+        let mut context = self.token_context(t)?;
+        // Per-request parts. Strings and the clock have one type whatever the request says.
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let path = req.path.split(['?', '#']).next().unwrap_or("");
+        let request = RestrictedExpression::new_record([
+            ("method".to_string(), s(req.method)),
+            ("path".to_string(), s(path)),
+            ("host".to_string(), s(req.host)),
+        ])
+        .map_err(|e| e.to_string())?;
+        context.push(("request".to_string(), request));
+        context.push(("now".to_string(), long(now_s)));
+        // Only fixed-type per-request parts so far.
+        let mut fixed_context = true;
+        if let Some((m, target)) = mcp {
+            context.push(("mcp".to_string(), m));
+            fixed_context = false;
+            // A tool call whose task names the tool: `context.task` gains that detail.
+            if let Some(tool) = &target.tool {
+                let issuer = &self.issuers[t.issuer_index];
+                if let Some(task) = crate::agent::task_for_call(
+                    &t.payload,
+                    &issuer.agent,
+                    tool,
+                    target.arguments.as_ref(),
+                ) {
+                    context.retain(|(k, _)| k != "task");
+                    context.push(("task".to_string(), task?));
+                }
+            }
+        }
+
+        // A human approval of this request (approval.rs): present only on a retry that carries
+        // one; rare, so it takes the checked path.
+        if let Some(a) = approval {
+            let approval = RestrictedExpression::new_record([
+                ("approver".to_string(), s(&a.approver)),
+                ("approved_at".to_string(), long(a.approved_at)),
+            ])
+            .map_err(|e| e.to_string())?;
+            context.push(("approval".to_string(), approval));
+            fixed_context = false;
+        }
+        Ok(self.policies.evaluate(
+            entities,
+            action,
+            resource,
+            context,
+            Some(&t.checked),
+            fixed_context,
+        ))
+    }
+
+    /// The entities a request built from `t` needs: the principal first, with its groups as
+    /// parents and its configured attributes. `Err` names the claim that has no Cedar value.
+    fn token_entities(&self, t: &VerifiedToken) -> Result<Vec<Entity>, String> {
+        let issuer = &self.issuers[t.issuer_index];
+        // Parsed and checked when the token was verified: a failure here cannot happen.
+        let agent = crate::agent::parse(&t.payload, &issuer.agent)
+            .map_err(|_| crate::agent::ACT_CLAIM.to_string())?;
+        crate::agent::request_entities(&issuer.agent, &agent, &issuer.principal_type, |ty| {
+            self.subject_entity(t, ty)
+        })
+    }
+
+    /// The token's subject as an entity of `entity_type`, with the issuer's groups and
+    /// attributes: the principal of a token without `act`, and `context.delegation.on_behalf_of`.
+    fn subject_entity(&self, t: &VerifiedToken, entity_type: &str) -> Result<Entity, String> {
         let issuer = &self.issuers[t.issuer_index];
         let id = self
             .principal_id(t)
             .map_err(|_| issuer.principal_claim.clone())?;
-        let principal_uid =
-            uid(&issuer.principal_type, id).map_err(|_| issuer.principal_claim.clone())?;
+        let principal_uid = uid(entity_type, id).map_err(|_| issuer.principal_claim.clone())?;
         let mut parents = HashSet::new();
         if let Some(gc) = &issuer.groups_claim {
             for g in string_list(t.claim(gc)) {
@@ -905,15 +1216,28 @@ impl Engine {
                 attrs.insert(attr.clone(), json_to_cedar(v).map_err(|_| claim.clone())?);
             }
         }
-        let principal = Entity::new(principal_uid, attrs, parents).map_err(|e| e.to_string())?;
+        Entity::new(principal_uid, attrs, parents).map_err(|e| e.to_string())
+    }
 
+    /// The context attributes that come from `t` alone (`token`). `Err` names the claim that has
+    /// no Cedar value.
+    ///
+    /// ONLY values from the token belong here (and in [`Engine::token_entities`]): what is built
+    /// here is checked against the schema once per token, and decisions of actions whose policies
+    /// read only these attributes (named in `authz::PER_TOKEN_CONTEXT`) are remembered per token.
+    /// Anything that depends on the request goes with the per-request parts in
+    /// [`Engine::evaluate`], with `fixed_context` false unless its type never varies.
+    fn token_context(
+        &self,
+        t: &VerifiedToken,
+    ) -> Result<Vec<(String, RestrictedExpression)>, String> {
+        let issuer = &self.issuers[t.issuer_index];
         let set = |v: &[String]| {
             RestrictedExpression::new_set(
                 v.iter()
                     .map(|s| RestrictedExpression::new_string(s.clone())),
             )
         };
-        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
         let mut claims = Vec::new();
         for c in &issuer.claims {
             if let Some(v) = t.claim(c).filter(|v| !v.is_null()) {
@@ -946,40 +1270,30 @@ impl Engine {
         if let Some(iat) = t.issued_at {
             token.push(("issued_at".to_string(), long(iat)));
         }
-        let path = req.path.split(['?', '#']).next().unwrap_or("");
-        let request = vec![
-            (
-                "method".to_string(),
-                RestrictedExpression::new_string(req.method.to_string()),
-            ),
-            (
-                "path".to_string(),
-                RestrictedExpression::new_string(path.to_string()),
-            ),
-            (
-                "host".to_string(),
-                RestrictedExpression::new_string(req.host.to_string()),
-            ),
-        ];
-        let mut context = vec![
-            ("token".to_string(), record(token)?),
-            ("request".to_string(), record(request)?),
-            ("now".to_string(), long(now_s)),
-        ];
-        if let Some(m) = mcp {
-            context.push(("mcp".to_string(), m));
-        }
-        Ok(self.policies.evaluate(principal, action, resource, context))
+        let mut context = vec![("token".to_string(), record(token)?)];
+        // `delegation` and `task` (agent.rs); parsed and checked when the token was verified.
+        let agent = crate::agent::parse(&t.payload, &issuer.agent)
+            .map_err(|_| crate::agent::ACT_CLAIM.to_string())?;
+        let subject = self
+            .principal_id(t)
+            .map_err(|_| issuer.principal_claim.clone())?;
+        context.extend(crate::agent::context_parts(&agent, subject)?);
+        Ok(context)
     }
 
     fn identity_headers(&self, t: &VerifiedToken, principal: &str) -> Vec<(String, String)> {
-        let issuer = &self.issuers[t.issuer_index];
         let mut out = Vec::with_capacity(self.forward.len());
         for (name, source) in &self.forward {
             let value = match source {
                 HeaderSource::Principal => Some(principal.to_string()),
-                HeaderSource::PrincipalId => self.principal_id(t).ok().map(str::to_string),
-                HeaderSource::PrincipalType => Some(issuer.principal_type.clone()),
+                HeaderSource::PrincipalId => self
+                    .principal_type_and_id(t)
+                    .ok()
+                    .map(|(_, id)| id.to_string()),
+                HeaderSource::PrincipalType => self
+                    .principal_type_and_id(t)
+                    .ok()
+                    .map(|(ty, _)| ty.to_string()),
                 HeaderSource::Issuer => Some(t.issuer.clone()),
                 HeaderSource::Subject => t.subject.clone(),
                 HeaderSource::Scopes => Some(t.scopes.join(" ")),
@@ -995,6 +1309,11 @@ impl Engine {
         }
         out
     }
+}
+
+/// A Cedar `Long` from a clock or token time (saturating: Cedar longs are signed 64-bit).
+fn long(n: u64) -> RestrictedExpression {
+    RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235 §2.1).
@@ -1113,5 +1432,235 @@ fn deny_reply(
             request_id,
         )),
         ..Decision::new(verdict, route, None)
+    }
+}
+
+/// Scope step-up and read-only access for the MCP list filter (core/src/listing.rs).
+impl Engine {
+    pub(crate) fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The per-token parts of a Cedar request, as `Engine::evaluate` builds them: the entities
+    /// (principal first) and the `token` context attribute.
+    pub(crate) fn token_parts(
+        &self,
+        t: &VerifiedToken,
+    ) -> Result<crate::listing::RequestParts, String> {
+        Ok((self.token_entities(t)?, self.token_context(t)?))
+    }
+
+    /// RFC 6750 §3.1 `insufficient_scope` (403) when every refusal is by forbid policies that
+    /// all name the scope they need (`@scope("…")`): the client can get a token with those
+    /// scopes and retry. `None` when any refusal is something else.
+    fn step_up(&self, refusals: &[&Refusal], request_id: &str) -> Option<LocalReply> {
+        let mut policies = Vec::new();
+        for r in refusals {
+            if r.verdict != Verdict::Deny || r.code != mcp::FORBIDDEN || r.policies.is_empty() {
+                return None;
+            }
+            policies.extend(r.policies.iter().cloned());
+        }
+        self.step_up_for(&policies, request_id)
+    }
+
+    fn step_up_for(&self, policies: &[String], request_id: &str) -> Option<LocalReply> {
+        let scopes = self.policies.required_scopes(policies)?;
+        let url = self.resource_metadata.as_ref().map(|(u, _, _)| u.as_str());
+        Some(
+            LocalReply::insufficient_scope(&scopes, policies, request_id)
+                .with_resource_metadata(url),
+        )
+    }
+}
+
+impl Pending {
+    pub(crate) fn token(&self) -> &VerifiedToken {
+        &self.token
+    }
+}
+
+/// Human approval (core/src/approval.rs): the hooks of the HTTP and MCP paths.
+impl Engine {
+    /// A plain HTTP denial that approval may lift: asks for approval, or — with a valid approval
+    /// of exactly this request — allows it, recording the approval before forwarding.
+    #[allow(clippy::too_many_arguments)]
+    fn approve_http(
+        &self,
+        d: &mut Decision,
+        t: &VerifiedToken,
+        route: &Route,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+        once: Option<crate::approval::Once>,
+    ) {
+        use crate::approval::{self, Approved};
+        let Some(principal) = d.principal.clone() else {
+            return;
+        };
+        let resource = format!("Route::{}", Value::String(route.name.clone()));
+        let subject = approval::subject(
+            &principal,
+            req.method,
+            &resource,
+            &route.name,
+            None,
+            Some(req.path),
+        );
+        let evaluate = |g: &approval::Granted| {
+            uid("Route", &route.name)
+                .and_then(|resource| {
+                    self.evaluate(t, req.method, resource, req, now_s, None, Some(g))
+                })
+                .unwrap_or_else(|reason| Evaluation::Error { reason })
+        };
+        let outcome = approval::approve(
+            self.approval.as_ref(),
+            &self.approvable,
+            &d.policies,
+            &subject,
+            req.approval,
+            now_s,
+            evaluate,
+        );
+        match outcome {
+            None => {}
+            Some(Approved::Required { ask, reason }) => {
+                d.reason = match &reason {
+                    Some(r) => format!("approval required: {r}"),
+                    None => "approval required".into(),
+                };
+                d.notify = approval::notification(
+                    self.approval.as_ref(),
+                    &d.policies,
+                    req.request_id,
+                    &ask,
+                );
+                d.reply = Some(approval::required_reply(
+                    &d.policies,
+                    req.request_id,
+                    ask,
+                    reason.as_deref(),
+                ));
+            }
+            Some(Approved::Allowed {
+                policies,
+                granted,
+                ask,
+            }) => {
+                let used = "approval already used";
+                d.verdict = Verdict::Allow;
+                d.reason = String::new();
+                d.once.push(approval::Once {
+                    key: granted.key,
+                    until: granted.until,
+                    verdict: Verdict::Deny,
+                    reason: used.into(),
+                    reply: approval::required_reply(&d.policies, req.request_id, ask, Some(used)),
+                });
+                d.once.extend(once);
+                d.policies = policies;
+                d.reply = None;
+                d.set_headers = self.identity_headers(t, &principal);
+            }
+        }
+    }
+
+    /// An MCP call refused by policy that approval may lift (see `approve_http`). `id` is the
+    /// call's id when it is the body's only message: an approval is not taken from a batch.
+    #[allow(clippy::too_many_arguments)]
+    fn approve_mcp(
+        &self,
+        refusal: Refusal,
+        pending: &Pending,
+        route: &Route,
+        t: &mcp::Target,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+        id: Option<&Value>,
+        once: &mut Vec<crate::approval::Once>,
+    ) -> Result<Vec<String>, Refusal> {
+        use crate::approval::{self, Approved, APPROVAL_REQUIRED};
+        if refusal.code != mcp::FORBIDDEN || refusal.verdict != Verdict::Deny {
+            return Err(refusal);
+        }
+        let action = t
+            .tool
+            .as_ref()
+            .map(|n| format!("call:{n}"))
+            .filter(|a| self.policies.has_action(a))
+            .unwrap_or_else(|| t.action.clone());
+        let resource = format!(
+            "{}::{}",
+            t.resource_type,
+            Value::String(t.resource_id.clone())
+        );
+        let subject = approval::subject(
+            &pending.principal,
+            &action,
+            &resource,
+            &route.name,
+            t.arguments.as_ref(),
+            None,
+        );
+        let presented = id.and(pending.approval.as_deref());
+        let evaluate =
+            |g: &approval::Granted| match self.evaluate_mcp(&pending.token, t, req, now_s, Some(g))
+            {
+                Ok(policies) => Evaluation::Allow { policies },
+                Err(r) if r.verdict == Verdict::Deny && r.code == mcp::FORBIDDEN => {
+                    Evaluation::Deny {
+                        policies: r.policies,
+                    }
+                }
+                Err(r) => Evaluation::Error { reason: r.message },
+            };
+        let outcome = approval::approve(
+            self.approval.as_ref(),
+            &self.approvable,
+            &refusal.policies,
+            &subject,
+            presented,
+            now_s,
+            evaluate,
+        );
+        let data = |ask: Value| json!({"policies": refusal.policies, "request_id": req.request_id, "approval": ask});
+        match outcome {
+            None => Err(refusal),
+            Some(Approved::Allowed {
+                policies,
+                granted,
+                ask,
+            }) => {
+                let used = "approval already used";
+                let message = format!("{}: {used}", approval::required_message(&refusal.policies));
+                let answer = mcp::error_object(
+                    id.unwrap_or(&Value::Null),
+                    APPROVAL_REQUIRED,
+                    &message,
+                    Some(data(ask)),
+                );
+                once.push(approval::Once {
+                    key: granted.key,
+                    until: granted.until,
+                    verdict: Verdict::Deny,
+                    reason: used.into(),
+                    reply: LocalReply::json_rpc(200, answer.to_string()),
+                });
+                Ok(policies)
+            }
+            Some(Approved::Required { ask, reason }) => {
+                let mut message = approval::required_message(&refusal.policies);
+                if let Some(r) = &reason {
+                    message = format!("{message}: {r}");
+                }
+                Err(Refusal {
+                    code: APPROVAL_REQUIRED,
+                    message,
+                    approval: Some(Box::new(ask)),
+                    ..refusal
+                })
+            }
+        }
     }
 }

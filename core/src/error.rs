@@ -76,4 +76,16 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("claim `{0}` cannot be used: {1}")]
     BadClaim(String, &'static str),
+    /// An `act` chain (RFC 8693) deeper than `limits.max_delegation_depth`.
+    #[error("delegation chain deeper than {0} actors")]
+    DelegationTooDeep(usize),
+    /// `now - iat` over the route's `max_token_age_s` (or no `iat` on such a route).
+    #[error("token older than this route accepts ({0} s)")]
+    TooOldForRoute(u64),
+    /// A single-use token (see `approval::single_use`) must carry a `jti` to be tracked.
+    #[error("a single-use token needs a jti")]
+    SingleUseWithoutJti,
+    /// A single-use token presented again.
+    #[error("token already used")]
+    AlreadyUsed,
 }

@@ -2,6 +2,8 @@
 //! Cedar evaluation and the replies a client sees. The plugin crate is thin glue over this; tests
 //! and benchmarks run it natively.
 
+pub mod agent;
+pub mod approval;
 pub mod authz;
 pub mod cache;
 pub mod config;
@@ -9,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod json;
 pub mod jwks;
+pub mod listing;
 pub mod mcp;
 pub mod reply;
 pub mod token;

@@ -76,6 +76,32 @@ impl LocalReply {
         }
     }
 
+    /// RFC 6750 §3.1 and the MCP authorization spec's scope challenge: 403 naming the scopes
+    /// (space-separated) a new token needs; `with_resource_metadata` adds where to get one.
+    pub fn insufficient_scope(
+        scopes: &[String],
+        policies: &[String],
+        request_id: &str,
+    ) -> LocalReply {
+        let scope = scopes.join(" ");
+        let d = "the token lacks a scope this request needs";
+        let challenge = format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{}\", error_description=\"{d}\"",
+            quoted(&scope)
+        );
+        LocalReply {
+            status: 403,
+            headers: vec![
+                ("www-authenticate".into(), challenge),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: json!({"error": "insufficient_scope", "error_description": d, "scope": scope,
+                         "policies": policies, "request_id": request_id})
+            .to_string(),
+            details: "tessera_insufficient_scope",
+        }
+    }
+
     pub fn forbidden(policies: &[String], request_id: &str) -> LocalReply {
         LocalReply::json_error(403, "forbidden", None, policies, request_id)
     }

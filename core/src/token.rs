@@ -28,6 +28,10 @@ pub struct Issuer {
     pub groups_claim: Option<String>,
     pub principal_attributes: Vec<(String, String)>,
     pub claims: Vec<String>,
+    /// Claim whose value `true` makes a token single-use (`approval::single_use`).
+    pub single_use_claim: Option<String>,
+    /// Delegation (`act`) and task settings.
+    pub agent: crate::agent::AgentConfig,
 }
 
 impl Issuer {
@@ -80,7 +84,14 @@ impl Issuer {
                 .map(|(a, c)| (a.clone(), c.clone()))
                 .collect(),
             claims: c.claims.clone(),
+            single_use_claim: c.single_use_claim.clone(),
+            agent: crate::agent::AgentConfig::compile(&c.delegation, &c.task, path)?,
         })
+    }
+
+    /// Tolerance for `exp`, `nbf`, `iat`: a token verifies until `exp` plus this.
+    pub fn clock_skew_s(&self) -> u64 {
+        self.clock_skew_s
     }
 }
 
@@ -99,6 +110,8 @@ pub struct VerifiedToken {
     pub jti: Option<String>,
     /// The whole payload, for principal mapping and chosen claims.
     pub payload: Map<String, Value>,
+    /// What of the Cedar request built from this token is already known to fit the schema.
+    pub checked: crate::authz::Checked,
 }
 
 impl VerifiedToken {
@@ -237,6 +250,8 @@ pub fn verify(
             return Err(TokenError::MissingClaim(c.clone()));
         }
     }
+    // A chain too deep or task claims the filter cannot judge: refused before Cedar sees them.
+    crate::agent::parse(&payload, &issuer.agent)?;
     let string = |name: &str| {
         payload
             .get(name)
@@ -263,6 +278,7 @@ pub fn verify(
         expires_at: exp,
         jti: string("jti"),
         payload,
+        checked: crate::authz::Checked::default(),
     })
 }
 

@@ -1000,6 +1000,16 @@ impl Harness {
         &self.host().calls
     }
 
+    /// The size of the module's linear memory in bytes: what it has grown to, never shrinking
+    /// (wasm memories only grow), so the high-water mark of everything the module allocated.
+    pub fn memory_bytes(&self) -> usize {
+        self.store
+            .data()
+            .host
+            .memory
+            .map_or(0, |m| m.data_size(&self.store))
+    }
+
     /// The module's imports that the harness linked to trapping stubs (`module::name`): the
     /// hostcalls it would need to implement before the module could use them.
     pub fn stubbed_imports(&self) -> &[String] {

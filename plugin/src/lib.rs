@@ -5,12 +5,19 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use tessera_core::{Decision, Engine, HttpRequest, LocalReply, Verdict};
+
+mod listing;
+mod store;
+use store::Store;
+
+/// How often each worker clears the shared-data entries it created that have expired.
+const SWEEP_PERIOD: Duration = Duration::from_secs(5);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -30,6 +37,8 @@ struct Metrics {
     error: u32,
     public: u32,
     unavailable: u32,
+    /// Items hidden from MCP list answers (`tools/list`, `resources/list`, `prompts/list`).
+    list_items_hidden: u32,
 }
 
 impl Metrics {
@@ -42,6 +51,7 @@ impl Metrics {
             error: def("tessera.decisions.error"),
             public: def("tessera.decisions.public"),
             unavailable: def("tessera.decisions.unavailable"),
+            list_items_hidden: def("tessera.mcp.list_items_hidden"),
         }
     }
 
@@ -58,6 +68,8 @@ struct Root {
     metrics: Rc<Metrics>,
     /// For request ids when the proxy did not set `x-request-id`.
     next_id: Rc<Cell<u64>>,
+    /// Expiring shared-data entries (consumed tokens, MCP sessions) this worker created.
+    store: Rc<Store>,
 }
 
 impl Context for Root {}
@@ -65,7 +77,16 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         self.metrics = Rc::new(Metrics::define());
+        self.set_tick_period(SWEEP_PERIOD);
         true
+    }
+
+    fn on_tick(&mut self) {
+        let now = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.store.sweep(now);
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -100,8 +121,10 @@ impl RootContext for Root {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             next_id: self.next_id.clone(),
+            store: self.store.clone(),
             pending: None,
             mcp_caller: None,
+            lists: None,
         }))
     }
 
@@ -114,15 +137,30 @@ struct Filter {
     engine: Option<Rc<Engine>>,
     metrics: Rc<Metrics>,
     next_id: Rc<Cell<u64>>,
+    store: Rc<Store>,
     /// An MCP POST waiting for its whole body.
     pending: Option<PendingBody>,
     /// An allowed MCP request: (route, principal), to bind a session the response creates.
     mcp_caller: Option<(String, String)>,
+    /// The list requests of an allowed MCP POST (then the filter for their answers).
+    lists: Option<Lists>,
+}
+
+enum Lists {
+    Awaiting(tessera_core::listing::ListRequests),
+    Filtering(listing::ResponseFilter),
 }
 
 /// Shared-data key of an MCP session: shared by the proxy's worker threads.
 fn session_key(route: &str, session: &str) -> String {
     format!("tessera.mcp.session.{route}.{session}")
+}
+
+/// `(absolute expiry, principal)` of a session binding's payload.
+fn session_binding(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let space = payload.iter().position(|b| *b == b' ')?;
+    let absolute = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
+    Some((absolute, &payload[space + 1..]))
 }
 
 struct PendingBody {
@@ -172,8 +210,9 @@ impl Filter {
             .map_or(0, |d| d.as_secs())
     }
     /// An `Mcp-Session-Id` is bound to the principal whose `initialize` created it: another
-    /// principal presenting it is refused, and an id this proxy never saw created gets 404, which
-    /// tells an MCP client to start a new session.
+    /// principal presenting it is refused, and an id this proxy never saw created — or whose
+    /// binding expired (`limits.session_idle_s`, `limits.session_ttl_s`) — gets 404, which tells
+    /// an MCP client to start a new session.
     fn check_session(&mut self, engine: &Engine, decision: &mut Decision, request_id: &str) {
         let (Some(route), Some(principal)) = (decision.route.clone(), decision.principal.clone())
         else {
@@ -186,14 +225,21 @@ impl Filter {
         let Some(session) = self.get_http_request_header("mcp-session-id") else {
             return;
         };
-        let (status, error, reason) = match self.get_shared_data(&session_key(&route, &session)) {
-            (Some(owner), _) if owner == principal.as_bytes() => return,
-            (Some(_), _) => (
-                403,
-                "forbidden",
-                "the MCP session belongs to another principal",
-            ),
-            (None, _) => (404, "not_found", "unknown MCP session"),
+        let key = session_key(&route, &session);
+        let now = self.now_s();
+        let (status, error, reason) = match self.store.get(&key, now) {
+            Some(entry) => match session_binding(&entry.payload) {
+                Some((absolute, owner)) if owner == principal.as_bytes() => {
+                    self.keep_session(engine, &key, &entry, absolute, now);
+                    return;
+                }
+                _ => (
+                    403,
+                    "forbidden",
+                    "the MCP session belongs to another principal",
+                ),
+            },
+            None => (404, "not_found", "unknown MCP session"),
         };
         decision.verdict = Verdict::Deny;
         decision.reason = reason.to_string();
@@ -208,6 +254,107 @@ impl Filter {
         self.mcp_caller = None;
     }
 
+    /// Binds a session the server just created to its creator, until it idles out or reaches its
+    /// absolute lifetime. An existing live binding is left alone (first creator wins).
+    fn bind_session(&self, route: &str, principal: &str, session: &str) {
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        let (idle, ttl) = engine.session_expiry();
+        let now = self.now_s();
+        let absolute = now.saturating_add(ttl);
+        let payload = format!("{absolute} {principal}");
+        let expires_at = now.saturating_add(idle).min(absolute);
+        let key = session_key(route, session);
+        if let Err(e) = self.store.create(&key, payload.as_bytes(), expires_at, now) {
+            log(
+                LogLevel::Error,
+                &format!("tessera: cannot bind MCP session: {e:?}"),
+            );
+        }
+    }
+
+    /// A session in use stays bound for another idle period (never past its absolute lifetime).
+    /// Written only once a quarter of the idle period has passed, not on every request.
+    fn keep_session(
+        &self,
+        engine: &Engine,
+        key: &str,
+        entry: &store::Entry,
+        absolute: u64,
+        now: u64,
+    ) {
+        let (idle, _) = engine.session_expiry();
+        let next = now.saturating_add(idle).min(absolute);
+        if next
+            >= entry
+                .expires_at
+                .saturating_add(idle / 4)
+                .max(entry.expires_at + 1)
+        {
+            self.store.extend(key, entry, next, now);
+        }
+    }
+
+    /// Records the single-use credentials a forwarded request uses (first writer wins across
+    /// worker threads). A credential recorded already — a replay, or a concurrent use that won
+    /// the race — turns the decision into the refusal its obligation carries. `None`: unchanged.
+    fn redeem(&self, engine: &Engine, decision: &Decision) -> Option<Decision> {
+        if decision.once.is_empty() || decision.reply.is_some() {
+            return None;
+        }
+        let now = self.now_s();
+        for once in &decision.once {
+            let first = match self.store.create(&once.key, b"", once.until, now) {
+                Ok(first) => first,
+                Err(e) => {
+                    log(
+                        LogLevel::Error,
+                        &format!("tessera: cannot record a single-use credential: {e:?}"),
+                    );
+                    false
+                }
+            };
+            if !first {
+                let mut d = decision.clone();
+                d.verdict = once.verdict;
+                d.reason = once.reason.clone();
+                d.set_headers.clear();
+                d.once.clear();
+                // Shadow mode forwards everything; the replay is still counted and logged.
+                if engine.mode() == tessera_core::Mode::Enforce {
+                    d.reply = Some(once.reply.clone());
+                }
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// Announces an approval request to the approval webhook: fire and forget (the reply to the
+    /// client does not wait for it; a failure is logged).
+    fn notify_approvers(&self, engine: &Engine, body: &str) {
+        let Some(w) = engine.approval_webhook() else {
+            return;
+        };
+        let authority = w.authority.as_deref().unwrap_or(&w.cluster);
+        let headers = vec![
+            (":method", "POST"),
+            (":path", w.path.as_str()),
+            (":authority", authority),
+            ("content-type", "application/json"),
+        ];
+        let timeout = Duration::from_millis(w.timeout_ms);
+        if let Err(e) =
+            self.dispatch_http_call(&w.cluster, headers, Some(body.as_bytes()), vec![], timeout)
+        {
+            log(
+                LogLevel::Warn,
+                &format!("tessera: cannot notify the approval webhook: {e:?}"),
+            );
+        }
+    }
+
     /// Counts, logs and applies a final decision.
     fn finish(
         &mut self,
@@ -217,6 +364,13 @@ impl Filter {
         path: &str,
         request_id: &str,
     ) -> Action {
+        let redeemed = self.redeem(engine, decision);
+        if redeemed.is_some() {
+            // Refused after all: no response of the server to follow up on.
+            self.lists = None;
+            self.mcp_caller = None;
+        }
+        let decision = redeemed.as_ref().unwrap_or(decision);
         let m = &self.metrics;
         m.count(match decision.verdict {
             Verdict::Allow => m.allow,
@@ -236,6 +390,9 @@ impl Filter {
             log(LogLevel::Debug, &line);
         }
         if let Some(reply) = &decision.reply {
+            if let Some(body) = &decision.notify {
+                self.notify_approvers(engine, body);
+            }
             self.send(reply);
             return Action::Pause;
         }
@@ -244,6 +401,10 @@ impl Filter {
         }
         if engine.drop_authorization() && decision.verdict == Verdict::Allow {
             self.set_http_request_header("authorization", None);
+        }
+        // An approval is for the filter; once used it means nothing upstream.
+        if let Some(h) = engine.approval_header() {
+            self.set_http_request_header(h, None);
         }
         Action::Continue
     }
@@ -260,9 +421,13 @@ impl Filter {
             authorization: None,
             request_id: &p.request_id,
             content_type: None,
+            approval: None,
         };
         let mut decision = engine.check_mcp(&p.pending, &request, body, self.now_s());
         self.check_session(&engine, &mut decision, &p.request_id);
+        if decision.reply.is_none() {
+            self.lists = decision.mcp_lists.take().map(Lists::Awaiting);
+        }
         self.finish(&engine, &decision, &p.method, &p.path, &p.request_id)
     }
 }
@@ -290,6 +455,9 @@ impl HttpContext for Filter {
             .unwrap_or_default();
         let authorization = self.get_http_request_header("authorization");
         let content_type = self.get_http_request_header("content-type");
+        let approval = engine
+            .approval_header()
+            .and_then(|h| self.get_http_request_header(h));
         let request = HttpRequest {
             method: &method,
             path: &path,
@@ -297,6 +465,7 @@ impl HttpContext for Filter {
             authorization: authorization.as_deref(),
             request_id: &request_id,
             content_type: content_type.as_deref(),
+            approval: approval.as_deref(),
         };
         let mut decision = engine.check(&request, self.now_s());
         if let Some(pending) = decision.pending.take() {
@@ -324,22 +493,38 @@ impl HttpContext for Filter {
         self.finish(&engine, &decision, &method, &path, &request_id)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let Some(Lists::Awaiting(lists)) = self.lists.take() {
+            self.lists =
+                listing::ResponseFilter::on_headers(lists, end_of_stream).map(Lists::Filtering);
+        }
         // The server created a session for this caller (on `initialize`): bind it.
         if let Some((route, principal)) = self.mcp_caller.take() {
             if let Some(session) = self.get_http_response_header("mcp-session-id") {
-                let key = session_key(&route, &session);
-                if self.get_shared_data(&key).0.is_none() {
-                    if let Err(e) = self.set_shared_data(&key, Some(principal.as_bytes()), None) {
-                        log(
-                            LogLevel::Error,
-                            &format!("tessera: cannot bind MCP session: {e:?}"),
-                        );
-                    }
-                }
+                self.bind_session(&route, &principal, &session);
             }
         }
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let now = self.now_s();
+        let (Some(engine), Some(Lists::Filtering(f))) = (self.engine.clone(), self.lists.as_mut())
+        else {
+            return Action::Continue;
+        };
+        let step = f.on_body(&engine, body_size, end_of_stream, now);
+        if let Some(done) = step.finished {
+            if done.hidden > 0 {
+                let hidden = i64::try_from(done.hidden).unwrap_or(i64::MAX);
+                let _ = hostcalls::increment_metric(self.metrics.list_items_hidden, hidden);
+            }
+            if !done.methods.is_empty() {
+                log(LogLevel::Debug, &done.log_line(f.request_id()));
+            }
+            self.lists = None;
+        }
+        step.action
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

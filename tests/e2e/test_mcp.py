@@ -6,8 +6,8 @@ Tokens are minted by tests/peers/mint.py for the gateway's audience `mcp-tools`.
 from policies/mcp.cedar (and the HTTP policies for GET/DELETE on the route). Every SDK test runs
 twice: with the server answering POSTs as SSE streams (the SDK default) and as application/json.
 
-Not covered here because the filter does not do it yet: tools/list filtering, Mcp-Session-Id
-binding, RFC 9728 metadata, insufficient_scope.
+Also here: tools/list, resources/list and prompts/list answers filtered per caller (SSE and JSON),
+and the 403 insufficient_scope step-up challenge read by a raw HTTP client.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def mcp_agent(scope: str | None, sub: str = "agent-7") -> str:
     return token(minting.AGENTS, sub, scope=scope, aud=AUDIENCE)
 
 
-def mcp_user(sub: str = "alice", groups: list[str] | None = None) -> str:
-    return token(minting.IDP, sub, groups=groups if groups is not None else ["staff"], aud=AUDIENCE)
+def mcp_user(sub: str = "alice", groups: list[str] | None = None, scope: str | None = None) -> str:
+    return token(minting.IDP, sub, groups=groups if groups is not None else ["staff"], aud=AUDIENCE, scope=scope)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_user_lists_tools_and_a_call_returns_the_servers_result(gw):
         return {t.name for t in tools.tools}, await s.call_tool("read_file", {"path": "/workspace/README.md"})
 
     (names, result), ex = run_session(gw, mcp_user("alice"), body)
-    assert names == {"read_file", "send_email", "transfer_funds"}
+    assert names == {"read_file", "send_email", "transfer_funds", "delete_file"}
     assert text_of(result) == "contents of /workspace/README.md: lorem ipsum dolor sit amet\n"
     call = [r for r in gw.server.requests()
             if r["rpc"] == ["tools/call"] and r["headers"].get("mcp-session-id") == ex.session_id]
@@ -535,3 +535,98 @@ def test_refused_notification_is_403(nothing_forwarded):
 def test_health_route_needs_no_token(gw_sse):
     r = httpx.get(f"{gw_sse.envoy.url}/healthz", timeout=10)
     assert r.status_code == 200 and r.text == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# List filtering: what each caller sees, through the SDK client (SSE and JSON server modes)
+
+async def _lists(s: ClientSession) -> tuple[set[str], set[str], set[str]]:
+    tools = {t.name for t in (await s.list_tools()).tools}
+    resources = {str(r.uri) for r in (await s.list_resources()).resources}
+    prompts = {p.name for p in (await s.list_prompts()).prompts}
+    return tools, resources, prompts
+
+
+@pytest.mark.parametrize("who, bearer, tools", [
+    pytest.param("user", lambda: mcp_user("alice"),
+                 {"read_file", "send_email", "transfer_funds", "delete_file"}, id="user"),
+    pytest.param("user+files:write", lambda: mcp_user("alice", scope="files:write"),
+                 {"read_file", "send_email", "transfer_funds", "delete_file"}, id="user-files-write"),
+    pytest.param("agent", lambda: mcp_agent(None, sub="agent-lists"), {"delete_file"}, id="agent-no-scopes"),
+    pytest.param("agent+files:read", lambda: mcp_agent("files:read", sub="agent-lists"),
+                 {"read_file", "delete_file"}, id="agent-files-read"),
+    pytest.param("agent+email+pay", lambda: mcp_agent("email:send payments:write", sub="agent-lists"),
+                 {"send_email", "transfer_funds", "delete_file"}, id="agent-email-pay"),
+])
+def test_each_caller_sees_the_tools_it_may_use(gw, who, bearer, tools):
+    """The server lists four tools; the filter removes those the caller could not call with any
+    arguments (Cedar partial evaluation with the arguments unknown). send_email for an agent
+    depends on the address: it stays listed. delete_file is held back only by a `@scope`
+    forbid (files:write), which a step-up lifts: it stays listed so that a client can call it,
+    get the 403 insufficient_scope challenge and step up."""
+    (seen, _, _), _ = run_session(gw, bearer(), _lists)
+    assert seen == tools, f"{who}: {seen}"
+
+
+def test_resources_and_prompts_are_listed_per_caller(gw):
+    (_, user_resources, user_prompts), _ = run_session(gw, mcp_user("alice"), _lists)
+    (_, agent_resources, agent_prompts), _ = run_session(gw, mcp_agent(None, sub="agent-lists"), _lists)
+    assert user_resources == agent_resources == {"file:///workspace/guide.md"}
+    assert user_prompts == {"summarize", "draft_email"}
+    assert agent_prompts == {"summarize"}
+
+
+def test_a_listed_tool_can_be_called_and_the_unlisted_one_is_refused(gw):
+    async def body(s: ClientSession):
+        names = {t.name for t in (await s.list_tools()).tools}
+        ok = await s.call_tool("read_file", {"path": "/workspace/listed"})
+        err = await refused(s, "send_email", {"to": "bob@example.com", "subject": "s", "body": "b"})
+        return names, ok, err
+
+    (names, ok, err), _ = run_session(gw, mcp_agent("files:read", sub="agent-lists"), body)
+    assert names == {"read_file", "delete_file"}
+    assert text_of(ok).startswith("contents of /workspace/listed")
+    assert_refused_by(err, [])
+
+
+def test_a_raw_sse_list_answer_is_rewritten_and_stays_a_valid_stream(gw_sse):
+    """Raw HTTP on an SDK session: the tools/list answer comes as an SSE event, rewritten; the
+    response has no Content-Length of the original body."""
+    bearer = mcp_agent("files:read", sub="agent-raw-list")
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    r = post(gw_sse, init, bearer)
+    assert r.status_code == 200, r.text
+    session = {"mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    post(gw_sse, {"jsonrpc": "2.0", "method": "notifications/initialized"}, bearer, headers=session)
+    r = post(gw_sse, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, bearer, headers=session)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.headers
+    events = [e for e in r.text.replace("\r\n", "\n").split("\n\n") if e.strip()]
+    answers = [json.loads("\n".join(line[5:].lstrip() for line in e.split("\n") if line.startswith("data:")))
+               for e in events if "data:" in e]
+    [answer] = [a for a in answers if a.get("id") == 2]
+    assert [t["name"] for t in answer["result"]["tools"]] == ["read_file", "delete_file"]
+    assert answer["result"]["tools"][0]["inputSchema"]["properties"]["path"], answer
+
+
+# ---------------------------------------------------------------------------------------------
+# Step-up: a call refused only for a missing scope is HTTP 403 insufficient_scope
+
+def test_missing_scope_is_a_403_step_up_challenge_and_nothing_is_forwarded(nothing_forwarded):
+    r = post(nothing_forwarded, call("delete_file", {"path": "/workspace/old.txt"}, id_=7), mcp_user("alice"))
+    assert r.status_code == 403, r.text
+    challenge = r.headers.get("www-authenticate", "")
+    assert challenge.startswith('Bearer error="insufficient_scope", scope="files:write"'), challenge
+    assert 'error_description="' in challenge, challenge
+    body = json_body(r)
+    assert body["error"] == "insufficient_scope" and body["scope"] == "files:write", body
+    assert body["policies"] == ["delete-needs-files-write"], body
+
+
+def test_after_stepping_up_the_call_goes_through(gw):
+    async def body(s: ClientSession):
+        return await s.call_tool("delete_file", {"path": "/workspace/old.txt"})
+
+    result, _ = run_session(gw, mcp_user("alice", scope="files:write"), body)
+    assert text_of(result) == "deleted /workspace/old.txt"
+

@@ -29,7 +29,11 @@ PRIVATE_KEYS = {
     # Not in the JWKS: used to forge tokens.
     "attacker-ed25519": lambda: ed25519.Ed25519PrivateKey.generate(),
     "attacker-rsa2048": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    # The demo approver (human approval, tests/peers/approve.py): its own JWKS, approver-jwks.json.
+    "approver-ed25519": lambda: ed25519.Ed25519PrivateKey.generate(),
 }
+
+APPROVER_KID = "demo-approver"
 
 RSA_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
 
@@ -72,6 +76,19 @@ def build_jwks() -> dict:
     return {"keys": keys}
 
 
+def build_approver_jwks() -> dict:
+    pub = public_jwk(load_private("approver-ed25519").public_key())
+    return {"keys": [{**pub, "kid": APPROVER_KID, "alg": "EdDSA", "use": "sig"}]}
+
+
+def write_key(stem: str, gen) -> None:
+    key = gen()
+    (KEYS_DIR / f"{stem}.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (KEYS_DIR / f"{stem}.pub.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--force", action="store_true", help="overwrite existing keys")
@@ -79,15 +96,20 @@ def main() -> int:
     KEYS_DIR.mkdir(parents=True, exist_ok=True)
     existing = [p for p in KEYS_DIR.glob("*.pem")]
     if existing and not args.force:
-        print(f"{KEYS_DIR} already has keys; pass --force to regenerate", file=sys.stderr)
-        return 1
+        # Keys added to the list later are generated without touching the existing ones.
+        missing = {s: g for s, g in PRIVATE_KEYS.items() if not (KEYS_DIR / f"{s}.pem").exists()}
+        if not missing:
+            print(f"{KEYS_DIR} already has keys; pass --force to regenerate", file=sys.stderr)
+            return 1
+        for stem, gen in missing.items():
+            write_key(stem, gen)
+        (KEYS_DIR / "approver-jwks.json").write_text(json.dumps(build_approver_jwks(), indent=2) + "\n")
+        print(f"added {', '.join(missing)} to {KEYS_DIR}")
+        return 0
     for stem, gen in PRIVATE_KEYS.items():
-        key = gen()
-        (KEYS_DIR / f"{stem}.pem").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        (KEYS_DIR / f"{stem}.pub.pem").write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        write_key(stem, gen)
     (KEYS_DIR / "jwks.json").write_text(json.dumps(build_jwks(), indent=2) + "\n")
+    (KEYS_DIR / "approver-jwks.json").write_text(json.dumps(build_approver_jwks(), indent=2) + "\n")
     (KEYS_DIR / "hmac.b64").write_text(b64u(secrets.token_bytes(32)) + "\n")
     print(f"wrote test/demo keys to {KEYS_DIR}")
     return 0

@@ -8,6 +8,9 @@ touch nothing real:
     read_file(path: str) -> str                                        fake content, never the disk
     send_email(to: str, subject: str, body: str) -> str                pretends to send
     transfer_funds(amount: int, to_account: str, memo: str | None = None) -> str   pretends to pay
+    delete_file(path: str) -> str                                      pretends to delete
+two resources (file:///workspace/guide.md, file:///private/salaries.csv) and two prompts
+(summarize(text), draft_email(to)), so that list filtering has something to hide.
 By default a POST is answered with an SSE stream (text/event-stream); --json-response makes the SDK
 answer with application/json; --stateless turns sessions off.
 
@@ -73,6 +76,35 @@ def transfer_funds(amount: int, to_account: str, memo: str | None = None) -> str
     """Transfer money to an account."""
     _called("transfer_funds", amount=amount, to_account=to_account, memo=memo)
     return f"transferred {amount} to {to_account}" + (f" ({memo})" if memo else "")
+
+
+@app.tool()
+def delete_file(path: str) -> str:
+    """Delete a file from the workspace."""
+    _called("delete_file", path=path)
+    return f"deleted {path}"
+
+
+@app.resource("file:///workspace/guide.md", name="guide", mime_type="text/markdown")
+def guide() -> str:
+    return "# Workspace guide\n"
+
+
+@app.resource("file:///private/salaries.csv", name="salaries", mime_type="text/csv")
+def salaries() -> str:
+    return "name,salary\n"
+
+
+@app.prompt()
+def summarize(text: str) -> str:
+    """Summarize a text."""
+    return f"Summarize this:\n{text}"
+
+
+@app.prompt()
+def draft_email(to: str) -> str:
+    """Draft an email."""
+    return f"Draft a short email to {to}."
 
 
 @app.custom_route("/__mcp/log", methods=["GET"])

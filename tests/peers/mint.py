@@ -5,13 +5,15 @@ joserfc is independent of the filter's JOSE library (Rust jwt-simple), so a toke
 here and is accepted by the filter shows interoperability, not one library agreeing with itself.
 
 Library use:
-    from mint import mint, unsigned, tampered, key_confusion, embedded_jwk
+    from mint import mint, unsigned, tampered, key_confusion, embedded_jwk, act_chain
     token = mint("ES256", {"sub": "agent-7", "iss": AGENTS, "aud": "orders-api", "scope": "orders:read"})
 
 CLI (prints one token):
     python tests/peers/mint.py --alg ES256 --sub agent-7 --iss https://agents.demo.tessera.dev \
         --aud orders-api --scope "orders:read"
     python tests/peers/mint.py --attack none --sub agent-7      # unsigned alg:none token
+    python tests/peers/mint.py --iss https://idp.demo.tessera.dev --sub alice --groups finance \
+        --act planner,executor --claim 'authorization_details=[{"type":"mcp_tool","identifier":"read_file"}]'
 
 Attack helpers craft tokens by hand (no joserfc) where joserfc rightly refuses to produce them.
 """
@@ -127,6 +129,15 @@ def mint(alg: str, claims: dict, kid: str | None = None, headers_extra: dict | N
                           algorithms=[alg])
 
 
+def act_chain(actors: list[str]) -> dict | None:
+    """RFC 8693 §4.1 `act` claim for `actors` listed in the order they acted (earliest first): the
+    last one is the current actor (outermost), each earlier one nested inside the next."""
+    act = None
+    for a in actors:
+        act = {"sub": a, **({"act": act} if act else {})}
+    return act
+
+
 # ---------------------------------------------------------------------------------------------
 # Attack tokens, crafted by hand.
 
@@ -202,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--email")
     ap.add_argument("--kid", help="override the kid header ('' for none)")
     ap.add_argument("--ttl", type=int, default=300, help="exp - iat in seconds (default 300)")
+    ap.add_argument("--act", metavar="A,B,…",
+                    help="RFC 8693 act chain, actors in the order they acted (the last is the current actor)")
     ap.add_argument("--claim", action="append", default=[], metavar="NAME=JSON",
                     help="extra claim, value parsed as JSON if possible (repeatable)")
     ap.add_argument("--attack", choices=["none", "tamper", "key-confusion", "embedded-jwk", "forged"],
@@ -217,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         claims["groups"] = [g for g in args.groups.split(",") if g]
     if args.email is not None:
         claims["email"] = args.email
+    if args.act:
+        claims["act"] = act_chain([a for a in args.act.split(",") if a])
     for item in args.claim:
         name, _, raw = item.partition("=")
         try:

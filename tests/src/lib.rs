@@ -13,6 +13,9 @@ pub const IDP: &str = "https://idp.demo.tessera.dev";
 pub const AGENTS: &str = "https://agents.demo.tessera.dev";
 pub const LEGACY: &str = "https://legacy.demo.tessera.dev";
 pub const AUDIENCE: &str = "orders-api";
+/// The demo approval issuer (human approval) and the audience of its approvals.
+pub const APPROVALS: &str = "https://approvals.demo.tessera.dev";
+pub const APPROVAL_AUDIENCE: &str = "tessera-approvals";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,12 +60,14 @@ pub fn test_config() -> Result<Value> {
                 "issuer": IDP, "audiences": [AUDIENCE], "jwks": jwks,
                 "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
                 "principal": {"type": "User", "claim": "sub", "groups_claim": "groups"},
-                "claims": ["email"]
+                "claims": ["email"],
+                "task": {"detail_fields": {"max_amount": "Long", "allowed_recipient_domain": "String"}}
             },
             {
                 "issuer": AGENTS, "audiences": [AUDIENCE], "jwks": jwks,
                 "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
-                "principal": {"type": "Agent", "claim": "sub"}
+                "principal": {"type": "Agent", "claim": "sub"},
+                "single_use_claim": "single_use"
             },
             {
                 "issuer": LEGACY, "audiences": [AUDIENCE], "hmac_secret": hmac,
@@ -76,6 +81,7 @@ pub fn test_config() -> Result<Value> {
             {"name": "health", "prefix": "/healthz", "auth": "none"},
             {"name": "orders", "prefix": "/orders"},
             {"name": "admin", "prefix": "/admin"},
+            {"name": "payments", "prefix": "/payments", "max_token_age_s": 60},
             {"name": "tools", "prefix": "/mcp", "kind": "mcp"}
         ],
         "resource_metadata": {
@@ -89,6 +95,11 @@ pub fn test_config() -> Result<Value> {
                 "x-tessera-issuer": "issuer",
                 "x-tessera-subject": "subject"
             }
+        },
+        "approval": {
+            "issuer": APPROVALS, "audiences": [APPROVAL_AUDIENCE],
+            "jwks": serde_json::from_str::<Value>(&read("tests/keys/approver-jwks.json")?)?,
+            "max_ttl_s": 300
         }
     }))
 }

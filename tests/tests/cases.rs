@@ -78,6 +78,9 @@ struct Expect {
     /// JSON-RPC error codes in the reply, in order (one per answered request).
     #[serde(default)]
     jsonrpc_errors: Option<Vec<i64>>,
+    /// A step-up challenge: `WWW-Authenticate: Bearer error="insufficient_scope", scope="<this>"`.
+    #[serde(default)]
+    insufficient_scope: Option<String>,
 }
 
 /// What one run of a case produced, from either engine.
@@ -149,6 +152,7 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
         authorization: auth,
         request_id: "case",
         content_type: case.request.content_type(),
+        approval: None,
     };
     let mut d = engine.check(&req, now_s());
     if let Some(p) = d.pending.take() {
@@ -256,6 +260,13 @@ fn check(case: &Case, o: &Outcome) -> Result<()> {
         let w = o.www_authenticate.as_deref().unwrap_or("");
         if !w.contains("error=\"invalid_token\"") || !w.contains(words.as_str()) {
             bail!("expected an invalid_token challenge mentioning {words:?}, got {w:?}");
+        }
+    }
+    if let Some(scope) = &e.insufficient_scope {
+        let w = o.www_authenticate.as_deref().unwrap_or("");
+        let want = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+        if !w.starts_with(&want) {
+            bail!("expected a challenge starting {want:?}, got {w:?}");
         }
     }
     if let Some(codes) = &e.jsonrpc_errors {

@@ -17,7 +17,33 @@ fn error_for(edit: impl FnOnce(&mut Value)) -> String {
 fn the_test_configuration_compiles() {
     let c = test_config().expect("test config");
     let engine = Engine::from_json(c.to_string().as_bytes()).expect("compiles");
-    assert_eq!(engine.policy_count(), 14);
+    // Every example policy is loaded: one `@id` each in policies/*.cedar.
+    let ids: usize = c["policies"]
+        .as_object()
+        .expect("named policy files")
+        .values()
+        .map(|text| text.as_str().unwrap_or_default().matches("\n@id(").count())
+        .sum();
+    assert!(ids >= 28, "expected the example policies, found {ids}");
+    assert_eq!(engine.policy_count(), ids);
+}
+
+#[test]
+fn a_schema_without_context_delegation_is_refused_at_configure_time() {
+    let e = error_for(|c| {
+        let s = c["schema"].as_str().unwrap_or_default().replace(
+            "  delegation: Delegation,   // who acts for whom (RFC 8693 `act`)\n",
+            "",
+        );
+        c["schema"] = json!(s);
+        // Policies that read it would not validate; the request check is what is tested here.
+        let files = c["policies"].as_object_mut().expect("files");
+        files.remove("agents.cedar");
+    });
+    assert!(
+        e.contains("does not accept Tessera's request") && e.contains("delegation"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -133,4 +159,63 @@ fn invalid_json_is_refused() {
 fn bad_forward_header_source_names_the_header() {
     let e = error_for(|c| c["forward"]["headers"]["x-who"] = json!("whoever"));
     assert!(e.contains("forward.headers.x-who"), "{e}");
+}
+
+#[test]
+fn unknown_delegation_and_task_fields_are_refused_with_their_path() {
+    let e = error_for(|c| c["issuers"][0]["delegation"] = json!({"actor_typ": "Agent"}));
+    assert!(
+        e.contains("issuers[0].delegation") && e.contains("actor_typ"),
+        "{e}"
+    );
+    let e = error_for(|c| c["issuers"][0]["task"]["intent_clam"] = json!("intent"));
+    assert!(
+        e.contains("issuers[0].task") && e.contains("intent_clam"),
+        "{e}"
+    );
+    let e = error_for(|c| c["routes"][1]["max_token_age"] = json!(60));
+    assert!(
+        e.contains("routes[1]") && e.contains("max_token_age"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_detail_field_of_an_unknown_type_names_the_field() {
+    let e =
+        error_for(|c| c["issuers"][0]["task"]["detail_fields"]["max_amount"] = json!("Decimal"));
+    assert!(
+        e.contains("issuers[0].task.detail_fields.max_amount") && e.contains("Decimal"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_actor_type_missing_from_the_schema_is_refused() {
+    let e = error_for(|c| c["issuers"][1]["delegation"] = json!({"actor_type": "Robot"}));
+    assert!(
+        e.contains("issuers[1].delegation.actor_type") && e.contains("Robot"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_max_token_age_that_is_not_a_number_names_the_route() {
+    let e = error_for(|c| c["routes"][3]["max_token_age_s"] = json!("60s"));
+    assert!(e.contains("routes[3].max_token_age_s"), "{e}");
+}
+
+#[test]
+fn a_detail_field_the_schema_does_not_declare_is_refused_at_configure_time() {
+    let e = error_for(|c| {
+        c["issuers"][0]["task"]["detail_fields"]["max_items"] = json!("Long");
+    });
+    assert!(
+        e.contains("issuers[0].task.detail_fields") && e.contains("max_items"),
+        "{e}"
+    );
+    let e = error_for(|c| {
+        c["issuers"][0]["task"]["detail_fields"]["max_amount"] = json!("String");
+    });
+    assert!(e.contains("issuers[0].task.detail_fields"), "{e}");
 }

@@ -25,6 +25,7 @@ fn check_with_clock(engine: &Engine, token: &str, now: u64) -> (Verdict, u32, St
         authorization: Some(&auth),
         request_id: "t",
         content_type: None,
+        approval: None,
     };
     let d = engine.check(&req, now);
     let status = d.reply.as_ref().map_or(200, |r| r.status);
@@ -243,6 +244,7 @@ fn a_bearer_scheme_is_required() {
         authorization: Some("Basic dXNlcjpwdw=="),
         request_id: "t",
         content_type: None,
+        approval: None,
     };
     let d = e.check(&req, now_s());
     assert_eq!(d.verdict, Verdict::Unauthenticated);
@@ -256,6 +258,7 @@ fn a_bearer_scheme_is_required() {
         authorization: Some(&auth),
         request_id: "t",
         content_type: None,
+        approval: None,
     };
     assert_eq!(
         e.check(&req, now_s()).verdict,

@@ -348,6 +348,38 @@ fn demo(root: &Path) -> Result<()> {
         "--claim",
         &exp,
     ])?;
+    let refunder = mint(&[
+        "--alg",
+        "ES256",
+        "--iss",
+        agents,
+        "--sub",
+        "agent-9",
+        "--aud",
+        "orders-api",
+        "--scope",
+        "orders:write",
+    ])?;
+    let jti = format!("jti=\"demo-once-{now}\"");
+    let once = mint(&[
+        "--alg",
+        "ES256",
+        "--iss",
+        agents,
+        "--sub",
+        "agent-7",
+        "--aud",
+        "orders-api",
+        "--scope",
+        "orders:read",
+        "--claim",
+        "single_use=true",
+        "--claim",
+        &jti,
+    ])?;
+    let asked = dir.join("approval-request.json");
+    let asked = asked.display();
+    let python = python.display();
     let base = format!("http://127.0.0.1:{listener}");
     println!(
         "\nTessera demo is up: Envoy on {base} with tessera_plugin.wasm and policies/*.cedar, \
@@ -362,6 +394,20 @@ fn demo(root: &Path) -> Result<()> {
          # 401: no token; public health route needs none\n\
          curl -i {base}/orders/42\n\
          curl -i {base}/healthz\n\n\
+         # single-use token (claim single_use: true, jti): forwarded once, then 401 \"token already used\"\n\
+         curl -i {base}/orders/42 -H 'authorization: Bearer {once}'\n\
+         curl -i {base}/orders/42 -H 'authorization: Bearer {once}'\n\n\
+         # human approval: an agent's refund is denied with 403 approval_required and an approval\n\
+         # request (the digest of this exact request, and what was asked)\n\
+         curl -s -X POST {base}/orders/42/refund -H 'authorization: Bearer {refunder}' | tee {asked}; echo\n\
+         # the demo approver signs an approval of that digest (it prints what it approves)\n\
+         APPROVAL=$({python} tests/peers/approve.py - < {asked})\n\
+         # the same request retried with the approval is forwarded, once\n\
+         curl -i -X POST {base}/orders/42/refund -H 'authorization: Bearer {refunder}' -H \"x-tessera-approval: $APPROVAL\"\n\
+         # the replay is refused (403 approval_required, \"approval already used\")\n\
+         curl -i -X POST {base}/orders/42/refund -H 'authorization: Bearer {refunder}' -H \"x-tessera-approval: $APPROVAL\"\n\
+         # another order's refund with that approval: \"the approval is for another request\"\n\
+         curl -s -X POST {base}/orders/43/refund -H 'authorization: Bearer {refunder}' -H \"x-tessera-approval: $APPROVAL\"; echo\n\n\
          # counters\n\
          curl -s 127.0.0.1:{admin}/stats?filter=tessera\n\n\
          Mint more tokens: .venv/bin/python tests/peers/mint.py --help\n\

@@ -1,0 +1,917 @@
+//! MCP list filtering: `tools/list`, `resources/list` and `prompts/list` results cut down to what
+//! the caller may use, in `application/json` replies and in `text/event-stream` replies.
+//!
+//! "May use" is decided by Cedar partial evaluation: a tool is listed unless the caller is denied
+//! `call:<tool>` (or `tools/call` on `Tool::"<name>"`) for every possible argument record, which
+//! is what evaluating with `context.mcp.arguments` unknown tells. Only a definite Deny hides an
+//! item (a policy that errors hides it too: fail closed), so a listed tool may still be refused
+//! for particular arguments, and the call itself is always decided on its own. Forbids a step-up
+//! lifts (`@scope("…")`) do not hide an item: a client can only step up for a tool it can see.
+//!
+//! The SSE rewriter holds back only the bytes of an unfinished event and only while a list
+//! answer is still awaited: complete events go out as they arrive, events that do not carry a
+//! list answer go out byte for byte.
+
+use cedar_policy::{Decision as CedarDecision, Entity, RestrictedExpression};
+use serde_json::Value;
+
+use crate::authz::uid;
+use crate::engine::{Engine, HttpRequest, Pending};
+use crate::mcp;
+
+/// The entities (principal first) and context attributes of a Cedar request.
+pub(crate) type RequestParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>);
+
+/// The list methods whose results are filtered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Resources,
+    Prompts,
+}
+
+impl ListKind {
+    pub fn of(method: &str) -> Option<ListKind> {
+        match method {
+            "tools/list" => Some(ListKind::Tools),
+            "resources/list" => Some(ListKind::Resources),
+            "prompts/list" => Some(ListKind::Prompts),
+            _ => None,
+        }
+    }
+
+    pub fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Resources => "resources/list",
+            ListKind::Prompts => "prompts/list",
+        }
+    }
+
+    /// The member of `result` that holds the items.
+    fn field(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Resources => "resources",
+            ListKind::Prompts => "prompts",
+        }
+    }
+
+    /// The member of an item that names it (and the `context.mcp` field it goes to).
+    fn key(self) -> &'static str {
+        match self {
+            ListKind::Tools | ListKind::Prompts => "name",
+            ListKind::Resources => "uri",
+        }
+    }
+
+    /// The request that uses an item: its generic action (the MCP method), resource type and
+    /// `context.mcp` field.
+    fn usage(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ListKind::Tools => ("tools/call", "Tool", "tool"),
+            ListKind::Resources => ("resources/read", "Resource", "uri"),
+            ListKind::Prompts => ("prompts/get", "Prompt", "prompt"),
+        }
+    }
+}
+
+/// The list requests of an allowed MCP POST whose answers are still awaited, with what judging
+/// their items needs: the caller's token and the request's path and host.
+#[derive(Debug, Clone)]
+pub struct ListRequests {
+    pending: Pending,
+    path: String,
+    host: String,
+    request_id: String,
+    ids: Vec<(Value, ListKind)>,
+}
+
+impl ListRequests {
+    /// The list requests among `messages` (all allowed); `None` when there are none, so that
+    /// the response to any other request is never looked at.
+    pub fn new(
+        pending: &Pending,
+        req: &HttpRequest<'_>,
+        messages: &[mcp::Parsed],
+    ) -> Option<ListRequests> {
+        let ids: Vec<(Value, ListKind)> = messages
+            .iter()
+            .flatten()
+            .filter_map(|m| match (&m.kind, ListKind::of(&m.method)) {
+                (mcp::Kind::Request { id }, Some(kind)) => Some((id.clone(), kind)),
+                _ => None,
+            })
+            .collect();
+        (!ids.is_empty()).then(|| ListRequests {
+            pending: pending.clone(),
+            path: req.path.split(['?', '#']).next().unwrap_or("").to_string(),
+            host: req.host.to_string(),
+            request_id: req.request_id.to_string(),
+            ids,
+        })
+    }
+
+    /// Every list request has had its answer: the rest of the response is not looked at.
+    pub fn answered(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Takes the list request with this JSON-RPC id, if it is one.
+    fn take(&mut self, id: &Value) -> Option<ListKind> {
+        let i = self.ids.iter().position(|(x, _)| x == id)?;
+        Some(self.ids.swap_remove(i).1)
+    }
+}
+
+/// What filtering one reply did, for the log line and the counter.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Filtered {
+    /// The list methods answered in this reply.
+    pub methods: Vec<&'static str>,
+    pub shown: usize,
+    pub hidden: usize,
+    /// Why an item could not be judged (it is hidden then), the first reason seen.
+    pub error: Option<String>,
+}
+
+impl Filtered {
+    pub fn log_line(&self, request_id: &str) -> String {
+        let error = self
+            .error
+            .as_ref()
+            .map_or(String::new(), |e| format!(" error=\"{e}\""));
+        format!(
+            "tessera mcp_list methods=[{}] shown={} hidden={} request_id={request_id}{error}",
+            self.methods.join(","),
+            self.shown,
+            self.hidden
+        )
+    }
+}
+
+impl Engine {
+    /// Filters the list answers in one JSON-RPC reply (a message or a batch), in place. `None`
+    /// when it carries no awaited list answer (leave it untouched).
+    pub fn filter_list_reply(
+        &self,
+        lists: &mut ListRequests,
+        reply: &mut Value,
+        now_s: u64,
+    ) -> Option<Filtered> {
+        let mut out = Filtered::default();
+        let messages: Vec<&mut Value> = match reply {
+            Value::Array(items) => items.iter_mut().collect(),
+            one => vec![one],
+        };
+        // The principal is built once per reply, and only when there is something to judge.
+        let mut judge: Option<Judge> = None;
+        for m in messages {
+            let Some(kind) = m.get("id").and_then(|id| lists.take(id)) else {
+                continue;
+            };
+            out.methods.push(kind.method());
+            let Some(items) = m
+                .get_mut("result")
+                .and_then(|r| r.get_mut(kind.field()))
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            let judge = judge.get_or_insert_with(|| self.list_judge(lists, now_s));
+            let before = items.len();
+            let error = &mut out.error;
+            items.retain(|item| {
+                let Some(name) = item.get(kind.key()).and_then(Value::as_str) else {
+                    return false;
+                };
+                judge.may_use(self, kind, name).unwrap_or_else(|e| {
+                    error.get_or_insert(e);
+                    false
+                })
+            });
+            out.shown += items.len();
+            out.hidden += before - items.len();
+        }
+        (!out.methods.is_empty()).then_some(out)
+    }
+
+    /// Filters a whole `application/json` reply body. `None`: leave the body as it is (not an
+    /// awaited list answer, or not JSON).
+    pub fn filter_list_json(
+        &self,
+        lists: &mut ListRequests,
+        body: &[u8],
+        now_s: u64,
+    ) -> Option<(Vec<u8>, Filtered)> {
+        let mut reply: Value = serde_json::from_slice(body).ok()?;
+        let filtered = self.filter_list_reply(lists, &mut reply, now_s)?;
+        if filtered.hidden == 0 {
+            return Some((body.to_vec(), filtered));
+        }
+        Some((serde_json::to_vec(&reply).ok()?, filtered))
+    }
+
+    /// Filters the data of one SSE event: `Some(new data)` when it changed.
+    pub fn filter_list_event(
+        &self,
+        lists: &mut ListRequests,
+        data: &str,
+        now_s: u64,
+        total: &mut Filtered,
+    ) -> Option<String> {
+        if lists.answered() {
+            return None;
+        }
+        let mut reply: Value = serde_json::from_str(data).ok()?;
+        let f = self.filter_list_reply(lists, &mut reply, now_s)?;
+        total.methods.extend(f.methods);
+        total.shown += f.shown;
+        total.hidden += f.hidden;
+        if total.error.is_none() {
+            total.error = f.error;
+        }
+        if f.hidden == 0 {
+            return None;
+        }
+        serde_json::to_string(&reply).ok()
+    }
+
+    /// The entities and the known part of the context, built as `Engine::evaluate` builds them
+    /// for a call (the same per-token parts; the request line of the list request, which a call
+    /// repeats), so that the partial decision is the one a call would get.
+    fn list_judge(&self, lists: &ListRequests, now_s: u64) -> Judge {
+        let built = self
+            .token_parts(lists.pending.token())
+            .and_then(|(entities, mut context)| {
+                let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+                let request = RestrictedExpression::new_record([
+                    ("method".to_string(), s("POST")),
+                    ("path".to_string(), s(&lists.path)),
+                    ("host".to_string(), s(&lists.host)),
+                ])
+                .map_err(|e| e.to_string())?;
+                let now = i64::try_from(now_s).unwrap_or(i64::MAX);
+                context.push(("request".to_string(), request));
+                context.push(("now".to_string(), RestrictedExpression::new_long(now)));
+                Ok((entities, context))
+            });
+        Judge { built }
+    }
+}
+
+/// Judges the items of the list answers in one reply.
+struct Judge {
+    /// The principal and the known context, or why they could not be built (then every item
+    /// is hidden: fail closed).
+    built: Result<RequestParts, String>,
+}
+
+impl Judge {
+    /// Whether the caller may be allowed to use this item for some arguments; `Err` when that
+    /// cannot be judged (the caller hides the item).
+    fn may_use(&self, engine: &Engine, kind: ListKind, name: &str) -> Result<bool, String> {
+        let (entities, context) = self.built.as_ref().map_err(Clone::clone)?;
+        let (generic, resource_type, field) = kind.usage();
+        let per_tool = (kind == ListKind::Tools)
+            .then(|| format!("call:{name}"))
+            .filter(|a| engine.policies().has_action(a));
+        let action = per_tool.as_deref().unwrap_or(generic);
+        if !engine.policies().has_action(action) {
+            return Err(format!("action `{action}` is not declared in the schema"));
+        }
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let mut mcp_fields = vec![
+            ("method".to_string(), s(generic)),
+            (field.to_string(), s(name)),
+        ];
+        // The arguments of a per-tool action are what the listing cannot know: unknown.
+        if per_tool.is_some() {
+            mcp_fields.push((
+                "arguments".to_string(),
+                RestrictedExpression::new_unknown("arguments"),
+            ));
+        }
+        let mcp_record = RestrictedExpression::new_record(mcp_fields).map_err(|e| e.to_string())?;
+        let mut pairs = context.clone();
+        pairs.push(("mcp".to_string(), mcp_record));
+        let resource = uid(resource_type, name)?;
+        // Listed when some arguments could be allowed, counting a step-up: a tool held back
+        // only by `@scope` forbids is listed, so that the client can call it, get the 403
+        // `insufficient_scope` challenge and step up (as the MCP authorization spec expects).
+        let decision =
+            engine
+                .policies()
+                .evaluate_partial(entities.clone(), action, resource, pairs, true)?;
+        Ok(decision != Some(CedarDecision::Deny))
+    }
+}
+
+/// Rewrites the events of a `text/event-stream` body that carry list answers, as chunks arrive.
+/// Events are separated by a blank line; lines end with CRLF, LF or CR (the WHATWG grammar).
+#[derive(Debug, Default)]
+pub struct SseRewriter {
+    /// The start of an event whose end has not arrived yet.
+    pending: Vec<u8>,
+    /// How far `pending` has been scanned for the end of the event.
+    scanned: usize,
+    /// The scan is inside a line; at the start of one, a line terminator ends the event.
+    mid_line: bool,
+}
+
+impl SseRewriter {
+    pub fn new() -> SseRewriter {
+        SseRewriter::default()
+    }
+
+    /// Takes a chunk and returns what to send now: every event completed by it (rewritten by
+    /// `rewrite(data) -> Some(new data)` or byte for byte), and nothing of an unfinished one.
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        rewrite: &mut dyn FnMut(&str) -> Option<String>,
+    ) -> Vec<u8> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut start = 0;
+        let mut i = self.scanned;
+        let buf = &self.pending;
+        while i < buf.len() {
+            let eol = match buf[i] {
+                b'\n' => 1,
+                // CR at the end of the buffer: CR or CRLF, the next chunk tells.
+                b'\r' if i + 1 == buf.len() => break,
+                b'\r' if buf[i + 1] == b'\n' => 2,
+                b'\r' => 1,
+                _ => {
+                    self.mid_line = true;
+                    i += 1;
+                    continue;
+                }
+            };
+            i += eol;
+            if self.mid_line {
+                self.mid_line = false;
+            } else {
+                // A blank line: the event [start, i) is complete.
+                out.extend_from_slice(&rewrite_event(&buf[start..i], rewrite));
+                start = i;
+            }
+        }
+        self.pending.drain(..start);
+        self.scanned = i - start;
+        out
+    }
+
+    /// The end of the stream: an unfinished event goes out as it came (a client discards it).
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.scanned = 0;
+        self.mid_line = false;
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// One complete event (its blank line included), rewritten when its data changes.
+fn rewrite_event(event: &[u8], rewrite: &mut dyn FnMut(&str) -> Option<String>) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return event.to_vec();
+    };
+    let lines = split_lines(text);
+    let eol = lines.first().map_or("\n", |(_, e)| *e);
+    let mut data: Option<String> = None;
+    for (line, _) in &lines {
+        if let Some(v) = field_value(line, "data") {
+            match &mut data {
+                None => data = Some(v.to_string()),
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(v);
+                }
+            }
+        }
+    }
+    let Some(new) = data.as_deref().and_then(&mut *rewrite) else {
+        return event.to_vec();
+    };
+    let mut out = String::with_capacity(new.len() + 64);
+    let mut data_written = false;
+    for (line, _) in lines.iter().filter(|(l, _)| !l.is_empty()) {
+        if field_value(line, "data").is_some() {
+            if !data_written {
+                out.push_str("data: ");
+                out.push_str(&new);
+                out.push_str(eol);
+                data_written = true;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push_str(eol);
+    }
+    out.push_str(eol);
+    out.into_bytes()
+}
+
+/// The lines of an event with their terminators.
+fn split_lines(text: &str) -> Vec<(&str, &str)> {
+    let mut lines = Vec::new();
+    let bytes = text.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let eol = match bytes[i] {
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => 2,
+            b'\r' | b'\n' => 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        lines.push((&text[start..i], &text[i..i + eol]));
+        i += eol;
+        start = i;
+    }
+    if start < bytes.len() {
+        lines.push((&text[start..], ""));
+    }
+    lines
+}
+
+/// The value of `line` when it is the field `name` (`name:value`, one leading space dropped).
+fn field_value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    if line == name {
+        return Some("");
+    }
+    let v = line.strip_prefix(name)?.strip_prefix(':')?;
+    Some(v.strip_prefix(' ').unwrap_or(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` split at every position in `cuts`, returning all output.
+    fn run(
+        stream: &[u8],
+        cuts: &[usize],
+        rewrite: &mut dyn FnMut(&str) -> Option<String>,
+    ) -> Vec<u8> {
+        let mut r = SseRewriter::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain(std::iter::once(&stream.len())) {
+            out.extend(r.push(&stream[at..c], rewrite));
+            at = c;
+        }
+        out.extend(r.finish());
+        out
+    }
+
+    fn upper(d: &str) -> Option<String> {
+        d.contains("list").then(|| d.to_uppercase())
+    }
+
+    #[test]
+    fn events_pass_through_byte_for_byte_at_every_split() {
+        let stream = b": keepalive\n\nevent: message\nid: 7\ndata: {\"a\":1}\n\ndata: x\r\n\r\nretry: 5\rdata: y\r\r";
+        for cut in 0..=stream.len() {
+            assert_eq!(
+                run(stream, &[cut], &mut |_| None),
+                stream.to_vec(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rewritten_event_keeps_its_other_fields_and_line_ending() {
+        let stream =
+            b"event: message\r\nid: 3\r\ndata: {\"list\":\r\ndata: 1}\r\n\r\ndata: other\r\n\r\n";
+        let want =
+            b"event: message\r\nid: 3\r\ndata: {\"LIST\":\n1}\r\n\r\ndata: other\r\n\r\n".to_vec();
+        for a in 0..=stream.len() {
+            for b in a..=stream.len() {
+                assert_eq!(run(stream, &[a, b], &mut upper), want, "cuts at {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_complete_events_are_emitted() {
+        let mut r = SseRewriter::new();
+        let mut none = |_: &str| None;
+        assert_eq!(
+            r.push(b"data: a\n\ndata: b", &mut none),
+            b"data: a\n\n".to_vec()
+        );
+        assert_eq!(r.push(b"\n", &mut none), Vec::<u8>::new());
+        // CR at the end of a chunk could be the first half of CRLF: held.
+        assert_eq!(r.push(b"\r", &mut none), Vec::<u8>::new());
+        assert_eq!(r.push(b"\ndata: c\n", &mut none), b"data: b\n\r\n".to_vec());
+        assert_eq!(r.finish(), b"data: c\n".to_vec());
+    }
+
+    #[test]
+    fn comments_and_events_without_data_are_not_rewritten() {
+        let stream = b": list\n\nid: list\n\ndata\n\n";
+        let mut calls = Vec::new();
+        let out = run(stream, &[], &mut |d| {
+            calls.push(d.to_string());
+            None
+        });
+        assert_eq!(out, stream.to_vec());
+        assert_eq!(
+            calls,
+            vec![String::new()],
+            "only the bare `data` field is data"
+        );
+    }
+
+    #[test]
+    fn field_values_drop_one_leading_space() {
+        assert_eq!(field_value("data: x", "data"), Some("x"));
+        assert_eq!(field_value("data:  x", "data"), Some(" x"));
+        assert_eq!(field_value("data:x", "data"), Some("x"));
+        assert_eq!(field_value("datax: y", "data"), None);
+        assert_eq!(field_value(":data", "data"), None);
+    }
+}
+
+/// The list filter and the scope step-up through a whole engine: tokens, policies, partial
+/// evaluation.
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use crate::engine::{Decision, Verdict};
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"listing-tests-secret-of-32-bytes!";
+    const ISS: &str = "https://issuer.test";
+
+    const SCHEMA: &str = r#"
+        entity Group; entity User in [Group]; entity Agent in [Group];
+        entity Route; entity McpServer; entity Tool; entity Resource; entity Prompt;
+        type Claims = {};
+        type Token = { issuer: String, subject: String, audience: Set<String>, scopes: Set<String>,
+                       client_id?: String, issued_at?: Long, expires_at: Long, claims: Claims };
+        type HttpRequest = { method: String, path: String, host: String };
+        type Delegation = { on_behalf_of: User, subject: String, actor: String,
+                            actors: Set<String>, chain: String, depth: Long };
+        type Task = { id?: String, intent?: String, types?: Set<String>, tools?: Set<String>,
+                      detail?: { argument_domains: Set<String> } };
+        type HttpContext = { token: Token, request: HttpRequest, now: Long,
+                             delegation: Delegation, task?: Task };
+        action "GET", "POST" appliesTo { principal: [User, Agent], resource: [Route], context: HttpContext };
+        type McpCall = { method: String, tool?: String, uri?: String, prompt?: String };
+        type McpContext = { token: Token, request: HttpRequest, now: Long, mcp: McpCall,
+                            delegation: Delegation, task?: Task };
+        action "tools/list", "resources/list", "prompts/list" appliesTo
+            { principal: [User, Agent], resource: [McpServer], context: McpContext };
+        action "tools/call" appliesTo { principal: [User, Agent], resource: [Tool], context: McpContext };
+        action "resources/read" appliesTo { principal: [User, Agent], resource: [Resource], context: McpContext };
+        action "prompts/get" appliesTo { principal: [User, Agent], resource: [Prompt], context: McpContext };
+        type PayArgs = { amount: Long };
+        action "call:pay" in ["tools/call"] appliesTo { principal: [User, Agent], resource: [Tool],
+            context: { token: Token, request: HttpRequest, now: Long, delegation: Delegation,
+                       task?: Task, mcp: { method: String, tool: String, arguments: PayArgs } } };
+        action "call:boom" in ["tools/call"] appliesTo { principal: [User, Agent], resource: [Tool],
+            context: { token: Token, request: HttpRequest, now: Long, delegation: Delegation,
+                       task?: Task, mcp: { method: String, tool: String, arguments: PayArgs } } };
+    "#;
+
+    const POLICIES: &str = r#"
+        permit (principal, action in [Action::"tools/list", Action::"resources/list", Action::"prompts/list"], resource);
+        @id("read-tools") permit (principal, action in Action::"tools/call", resource);
+        @id("small-payments") forbid (principal, action == Action::"call:pay", resource)
+            when { context.mcp.arguments.amount > 100 };
+        @id("pay-needs-scope") @scope("pay:write")
+            forbid (principal, action == Action::"call:pay", resource)
+            unless { context.token.scopes.contains("pay:write") };
+        @id("no-delete") forbid (principal, action in Action::"tools/call", resource == Tool::"delete");
+        @id("boom") forbid (principal, action == Action::"call:boom", resource)
+            when { context.now * 9223372036854775807 > 0 };
+        @id("docs") permit (principal, action == Action::"resources/read", resource)
+            when { resource == Resource::"file:///docs" };
+        @id("prompts") permit (principal, action == Action::"prompts/get", resource == Prompt::"summary");
+        @id("get-needs-scope") @scope("orders:read orders:list")
+            forbid (principal, action == Action::"GET", resource) unless { context.token.scopes.contains("orders:read") };
+        permit (principal, action == Action::"GET", resource);
+    "#;
+
+    fn engine() -> Engine {
+        let config = json!({
+            "issuers": [{"issuer": ISS, "audiences": ["t"],
+                         "hmac_secret": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, SECRET),
+                         "principal": {"type": "User"}}],
+            "schema": SCHEMA,
+            "policies": POLICIES,
+            "routes": [{"name": "tools", "prefix": "/mcp", "kind": "mcp"},
+                       {"name": "orders", "prefix": "/orders"}],
+            "resource_metadata": {"resource": "https://api.test/mcp", "authorization_servers": [ISS]}
+        });
+        match Engine::from_json(config.to_string().as_bytes()) {
+            Ok(e) => e,
+            Err(e) => panic!("config: {e}"),
+        }
+    }
+
+    fn bearer(scope: &str) -> String {
+        let claims = Claims::with_custom_claims(json!({"scope": scope}), Duration::from_secs(300))
+            .with_issuer(ISS)
+            .with_subject("alice")
+            .with_audience("t");
+        let token = HS256Key::from_bytes(SECRET)
+            .authenticate(claims)
+            .unwrap_or_default();
+        format!("Bearer {token}")
+    }
+
+    fn now() -> u64 {
+        Clock::now_since_epoch().as_secs()
+    }
+
+    /// An MCP POST through the engine: headers, then the body.
+    fn post(e: &Engine, scope: &str, body: &Value) -> Decision {
+        let auth = bearer(scope);
+        let req = HttpRequest {
+            method: "POST",
+            path: "/mcp",
+            host: "api.test",
+            authorization: Some(&auth),
+            request_id: "r-1",
+            content_type: Some("application/json"),
+            ..HttpRequest::default()
+        };
+        let d = e.check(&req, now());
+        let Some(pending) = d.pending else {
+            panic!("not pending: {d:?}");
+        };
+        e.check_mcp(&pending, &req, body.to_string().as_bytes(), now())
+    }
+
+    fn list(id: i64, method: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": method})
+    }
+
+    fn names(reply: &Value, field: &str, key: &str) -> Vec<String> {
+        reply["result"][field]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i[key].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn tools_reply(id: i64) -> Value {
+        let tools: Vec<Value> = ["read", "pay", "delete", "boom", "unknown"]
+            .iter()
+            .map(|n| json!({"name": n, "inputSchema": {"type": "object"}}))
+            .collect();
+        json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools, "nextCursor": "c2"}})
+    }
+
+    #[test]
+    fn a_tool_is_hidden_only_when_no_arguments_could_allow_it() {
+        let e = engine();
+        let d = post(&e, "", &list(1, "tools/list"));
+        assert_eq!(d.verdict, Verdict::Allow);
+        let mut lists = d.mcp_lists.expect("a list request is announced");
+        let body = tools_reply(1).to_string();
+        let (out, f) = e
+            .filter_list_json(&mut lists, body.as_bytes(), now())
+            .expect("filtered");
+        let out: Value = serde_json::from_slice(&out).expect("json");
+        // pay: without pay:write only its `@scope` forbid holds it back, so it is listed (the
+        // call gets the step-up challenge); delete: forbidden outright; boom: its forbid errors
+        // (overflow), so it is hidden (fail closed).
+        assert_eq!(names(&out, "tools", "name"), ["read", "pay", "unknown"]);
+        assert_eq!(
+            out["result"]["nextCursor"], "c2",
+            "the rest of the result is kept"
+        );
+        assert_eq!((f.shown, f.hidden, f.methods), (3, 2, vec!["tools/list"]));
+        assert!(
+            f.error
+                .as_deref()
+                .is_some_and(|e| e.contains("`boom` errored")),
+            "{:?}",
+            f.error
+        );
+        assert!(lists.answered());
+
+        // With the scope, `pay` is listed too: only some amounts are forbidden.
+        let mut lists = post(&e, "pay:write", &list(1, "tools/list"))
+            .mcp_lists
+            .expect("lists");
+        let (out, _) = e
+            .filter_list_json(&mut lists, body.as_bytes(), now())
+            .expect("filtered");
+        let out: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(names(&out, "tools", "name"), ["read", "pay", "unknown"]);
+    }
+
+    #[test]
+    fn the_partial_decision_agrees_with_the_call() {
+        let e = engine();
+        let call = |scope: &str, amount: i64| {
+            let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                              "params": {"name": "pay", "arguments": {"amount": amount}}});
+            post(&e, scope, &body).reply.is_none()
+        };
+        // Listed with pay:write, and some call is allowed. Listed without it too, because every
+        // call then gets the step-up challenge for exactly that scope.
+        assert!(call("pay:write", 10) && !call("pay:write", 1000));
+        assert!(!call("", 10) && !call("", 1000));
+        let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                          "params": {"name": "pay", "arguments": {"amount": 10}}});
+        let reply = post(&e, "", &body).reply.expect("refused");
+        assert_eq!(reply.status, 403);
+        let challenge = reply
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        assert!(
+            challenge.contains(r#"error="insufficient_scope", scope="pay:write""#),
+            "{challenge}"
+        );
+    }
+
+    #[test]
+    fn resources_and_prompts_are_filtered_in_a_batch_reply() {
+        let e = engine();
+        let d = post(
+            &e,
+            "",
+            &json!([list(1, "resources/list"), list(2, "prompts/list"), {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "read"}}]),
+        );
+        let mut lists = d.mcp_lists.expect("lists");
+        let mut reply = json!([
+            {"jsonrpc": "2.0", "id": 3, "result": {"content": []}},
+            {"jsonrpc": "2.0", "id": 1, "result": {"resources": [{"uri": "file:///docs", "name": "d"}, {"uri": "file:///hr", "name": "h"}]}},
+            {"jsonrpc": "2.0", "id": 2, "result": {"prompts": [{"name": "summary"}, {"name": "jailbreak"}, {"title": "no name"}]}}
+        ]);
+        let f = e
+            .filter_list_reply(&mut lists, &mut reply, now())
+            .expect("filtered");
+        assert_eq!(names(&reply[1], "resources", "uri"), ["file:///docs"]);
+        assert_eq!(names(&reply[2], "prompts", "name"), ["summary"]);
+        assert_eq!(
+            reply[0]["result"],
+            json!({"content": []}),
+            "other answers are untouched"
+        );
+        assert_eq!((f.shown, f.hidden), (2, 3));
+    }
+
+    #[test]
+    fn no_list_request_no_filtering() {
+        let e = engine();
+        let d = post(
+            &e,
+            "",
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read"}}),
+        );
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert!(d.mcp_lists.is_none());
+    }
+
+    #[test]
+    fn an_answer_to_another_id_is_left_alone() {
+        let e = engine();
+        let mut lists = post(&e, "", &list(1, "tools/list"))
+            .mcp_lists
+            .expect("lists");
+        let body = tools_reply(2).to_string();
+        assert!(e
+            .filter_list_json(&mut lists, body.as_bytes(), now())
+            .is_none());
+        assert!(!lists.answered());
+        // "1" is not 1.
+        let body = tools_reply(1)
+            .to_string()
+            .replace("\"id\":1", "\"id\":\"1\"");
+        assert!(e
+            .filter_list_json(&mut lists, body.as_bytes(), now())
+            .is_none());
+    }
+
+    #[test]
+    fn sse_list_answer_is_rewritten_and_other_events_pass() {
+        let e = engine();
+        let mut lists = post(&e, "", &list(7, "tools/list"))
+            .mcp_lists
+            .expect("lists");
+        let note = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\r\n\r\n";
+        let answer = format!(
+            "event: message\r\nid: ev-1\r\ndata: {}\r\n\r\n",
+            tools_reply(7)
+        );
+        let after = ": keepalive\r\n\r\n";
+        let stream = format!("{note}{answer}{after}");
+        let mut total = Filtered::default();
+        let mut r = SseRewriter::new();
+        let mut out = Vec::new();
+        // One byte at a time: the worst split there is.
+        for b in stream.as_bytes() {
+            out.extend(r.push(std::slice::from_ref(b), &mut |d| {
+                e.filter_list_event(&mut lists, d, now(), &mut total)
+            }));
+        }
+        out.extend(r.finish());
+        let out = String::from_utf8(out).expect("utf-8");
+        assert!(out.starts_with(note), "{out}");
+        assert!(out.ends_with(after), "{out}");
+        let event = &out[note.len()..out.len() - after.len()];
+        assert!(
+            event.starts_with("event: message\r\nid: ev-1\r\ndata: {"),
+            "{event}"
+        );
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("data");
+        let reply: Value = serde_json::from_str(data).expect("json");
+        assert_eq!(names(&reply, "tools", "name"), ["read", "pay", "unknown"]);
+        assert_eq!(total.hidden, 2);
+        assert!(lists.answered());
+    }
+
+    #[test]
+    fn an_mcp_call_refused_for_a_scope_is_a_403_step_up() {
+        let e = engine();
+        let body = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                          "params": {"name": "pay", "arguments": {"amount": 5}}});
+        let d = post(&e, "", &body);
+        let reply = d.reply.expect("refused");
+        assert_eq!(reply.status, 403);
+        let challenge = reply
+            .headers
+            .iter()
+            .find(|(k, _)| k == "www-authenticate")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(
+            challenge,
+            Some("Bearer error=\"insufficient_scope\", scope=\"pay:write\", error_description=\"the token lacks a scope this request needs\", resource_metadata=\"https://api.test/.well-known/oauth-protected-resource/mcp\"")
+        );
+        // Another forbid too (amount over 100): not only a scope, so a JSON-RPC error.
+        let body = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                          "params": {"name": "pay", "arguments": {"amount": 500}}});
+        let reply = post(&e, "", &body).reply.expect("refused");
+        assert_eq!(reply.status, 200);
+        assert!(reply.body.contains("-32003"), "{}", reply.body);
+        // No permit at all is not a scope matter either.
+        let reply = post(&e, "", &json!({"jsonrpc": "2.0", "id": 5, "method": "resources/read", "params": {"uri": "file:///hr"}}))
+            .reply
+            .expect("refused");
+        assert_eq!(reply.status, 200);
+    }
+
+    #[test]
+    fn an_http_request_refused_for_a_scope_is_a_403_step_up() {
+        let e = engine();
+        let get = |scope: &str| {
+            let auth = bearer(scope);
+            e.check(
+                &HttpRequest {
+                    method: "GET",
+                    path: "/orders/1",
+                    host: "api.test",
+                    authorization: Some(&auth),
+                    request_id: "r-2",
+                    content_type: None,
+                    ..HttpRequest::default()
+                },
+                now(),
+            )
+        };
+        let d = get("");
+        let reply = d.reply.expect("refused");
+        assert_eq!(reply.status, 403);
+        let challenge = reply
+            .headers
+            .iter()
+            .find(|(k, _)| k == "www-authenticate")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        assert!(
+            challenge.starts_with(
+                "Bearer error=\"insufficient_scope\", scope=\"orders:list orders:read\""
+            ),
+            "{challenge}"
+        );
+        assert!(
+            reply.body.contains("\"scope\":\"orders:list orders:read\""),
+            "{}",
+            reply.body
+        );
+        assert!(get("orders:read").reply.is_none());
+    }
+}

@@ -1,0 +1,147 @@
+//! Expiring entries in the proxy's shared data: consumed single-use tokens and approvals, and MCP
+//! session bindings.
+//!
+//! Shared data is one key-value map per VM id that all of Envoy's worker threads see, with get,
+//! set and compare-and-swap, but no delete and no listing (proxy-wasm ABI 0.2.1). So:
+//! - every value carries its own expiry (`<expires_at>|<nonce>|<payload>`), and a reader treats
+//!   an expired or empty value as absent;
+//! - an entry is created once: the first writer wins across threads (see [`Store::create`]);
+//! - memory stays bounded: each worker remembers the keys it created, and its tick
+//!   ([`Store::sweep`]) overwrites the expired ones with an empty value. The key itself stays (the
+//!   ABI cannot delete it), its value does not; keys are fixed-length digests where they come from
+//!   clients (`approval::once_key`).
+
+use std::cell::{Cell, RefCell};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+/// CAS version given when creating a key that does not exist yet. A host applies a non-zero CAS
+/// only to an existing key, so of two threads that both saw the key absent, the first creates it
+/// and the second gets `CasMismatch` — unless the stored version happens to equal this value (one
+/// write in 2^32); the read-back of the writer's nonce in `create` covers that case too.
+const CREATE_CAS: u32 = u32::MAX;
+
+/// A live entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub expires_at: u64,
+    pub payload: Vec<u8>,
+    cas: u32,
+}
+
+#[derive(Default)]
+pub struct Store {
+    /// Keys this worker created and the expiry it last saw; the tick clears them once expired.
+    created: RefCell<Vec<(String, u64)>>,
+    /// Makes each value this worker writes unique, so that a writer recognises its own write.
+    writes: Cell<u64>,
+}
+
+/// `(expires_at, nonce, payload)` of a stored value; `None` when empty (cleared) or not ours.
+fn decode(value: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let mut parts = value.splitn(3, |b| *b == b'|');
+    let expires_at = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((expires_at, parts.next()?, parts.next()?))
+}
+
+impl Store {
+    /// The live entry under `key`: present, not cleared, not expired at `now_s`.
+    pub fn get(&self, key: &str, now_s: u64) -> Option<Entry> {
+        let (Some(value), Some(cas)) = hostcalls::get_shared_data(key).ok()? else {
+            return None;
+        };
+        let (expires_at, _, payload) = decode(&value)?;
+        (now_s < expires_at).then(|| Entry {
+            expires_at,
+            payload: payload.to_vec(),
+            cas,
+        })
+    }
+
+    /// Creates `key` with `payload` until `expires_at`, unless a live entry holds it. `Ok(true)`:
+    /// this call created it (first writer wins across worker threads); `Ok(false)`: it exists.
+    /// `Err`: the host refused the write; callers fail closed.
+    pub fn create(
+        &self,
+        key: &str,
+        payload: &[u8],
+        expires_at: u64,
+        now_s: u64,
+    ) -> Result<bool, Status> {
+        let (value, cas) = hostcalls::get_shared_data(key)?;
+        let live = value
+            .as_deref()
+            .and_then(decode)
+            .is_some_and(|(e, _, _)| now_s < e);
+        if live {
+            return Ok(false);
+        }
+        // Expired or cleared: replace it only if nobody else did since we read it. Absent: create.
+        let cas = cas.unwrap_or(CREATE_CAS);
+        let ours = self.encode(expires_at, payload, now_s);
+        match hostcalls::set_shared_data(key, Some(&ours), Some(cas)) {
+            Ok(()) => {}
+            Err(Status::CasMismatch) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // Read back: a value that is not ours means another writer replaced it in between.
+        if hostcalls::get_shared_data(key)?.0.as_deref() != Some(ours.as_slice()) {
+            return Ok(false);
+        }
+        self.created
+            .borrow_mut()
+            .push((key.to_string(), expires_at));
+        Ok(true)
+    }
+
+    /// Moves a live entry's expiry (an MCP session in use). Loses quietly to a concurrent writer:
+    /// its write is as recent.
+    pub fn extend(&self, key: &str, entry: &Entry, expires_at: u64, now_s: u64) {
+        let value = self.encode(expires_at, &entry.payload, now_s);
+        let _ = hostcalls::set_shared_data(key, Some(&value), Some(entry.cas));
+    }
+
+    /// Clears the expired entries this worker created (value set to empty). Entries another worker
+    /// extended are kept with their new expiry. Returns how many were cleared.
+    pub fn sweep(&self, now_s: u64) -> usize {
+        let mut cleared = 0;
+        self.created.borrow_mut().retain_mut(|(key, expires_at)| {
+            if now_s < *expires_at {
+                return true;
+            }
+            let Ok((value, cas)) = hostcalls::get_shared_data(key) else {
+                return true;
+            };
+            match value.as_deref().and_then(decode) {
+                // Already cleared, or replaced by something that is not an entry.
+                None => false,
+                Some((e, _, _)) if now_s < e => {
+                    *expires_at = e;
+                    true
+                }
+                Some(_) => match hostcalls::set_shared_data(key, Some(&[]), cas) {
+                    Ok(()) => {
+                        cleared += 1;
+                        false
+                    }
+                    // Someone wrote it since: look again on the next tick.
+                    Err(_) => true,
+                },
+            }
+        });
+        cleared
+    }
+
+    fn encode(&self, expires_at: u64, payload: &[u8], now_s: u64) -> Vec<u8> {
+        let n = self.writes.get().wrapping_add(1);
+        self.writes.set(n);
+        let nanos = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now_s, |d| d.as_nanos() as u64);
+        let mut v = format!("{expires_at}|{nanos:x}.{n:x}|").into_bytes();
+        v.extend_from_slice(payload);
+        v
+    }
+}
