@@ -107,7 +107,8 @@ fn verified(i: usize, now: u64) -> Arc<VerifiedToken> {
         expires_at: now + 3_000,
         jti: None,
         checked: Default::default(),
-        payload,
+        payload: payload.into(),
+        agent: Default::default(),
     })
 }
 

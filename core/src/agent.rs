@@ -214,7 +214,7 @@ impl Delegation {
 
 /// The current actor of a verified payload (its outermost `act.sub`), if it has one. Only for
 /// payloads `parse` accepted.
-pub fn current_actor(payload: &Map<String, Value>) -> Option<&str> {
+pub fn current_actor(payload: &crate::token::Claims) -> Option<&str> {
     payload
         .get(ACT_CLAIM)?
         .as_object()?
@@ -226,7 +226,7 @@ pub fn current_actor(payload: &Map<String, Value>) -> Option<&str> {
 /// Reads the `act` chain iteratively (never recursively: the payload is the client's), refusing
 /// more than `max_depth` levels.
 pub fn delegation(
-    payload: &Map<String, Value>,
+    payload: &crate::token::Claims,
     max_depth: usize,
 ) -> Result<Delegation, TokenError> {
     let bad = |why: &'static str| TokenError::BadClaim(ACT_CLAIM.into(), why);
@@ -280,7 +280,7 @@ impl Task {
 /// Reads the task claims and checks the authorization details: an array of objects with a string
 /// `type` (RFC 9396 §2); a detail of the tool type names its tool (`identifier`) once, and its
 /// configured fields have their declared types. Anything else is a token the filter cannot judge.
-pub fn task(payload: &Map<String, Value>, cfg: &AgentConfig) -> Result<Option<Task>, TokenError> {
+pub fn task(payload: &crate::token::Claims, cfg: &AgentConfig) -> Result<Option<Task>, TokenError> {
     let string = |claim: &str| -> Result<Option<String>, TokenError> {
         match payload.get(claim) {
             None | Some(Value::Null) => Ok(None),
@@ -348,14 +348,14 @@ pub fn task(payload: &Map<String, Value>, cfg: &AgentConfig) -> Result<Option<Ta
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentClaims {
     pub delegation: Delegation,
-    pub task: Option<Task>,
+    pub task: Option<Box<Task>>,
 }
 
 /// Parses and checks `act` and the task claims of a verified payload.
-pub fn parse(payload: &Map<String, Value>, cfg: &AgentConfig) -> Result<AgentClaims, TokenError> {
+pub fn parse(payload: &crate::token::Claims, cfg: &AgentConfig) -> Result<AgentClaims, TokenError> {
     Ok(AgentClaims {
         delegation: delegation(payload, cfg.max_delegation_depth)?,
-        task: task(payload, cfg)?,
+        task: task(payload, cfg)?.map(Box::new),
     })
 }
 
@@ -472,22 +472,18 @@ pub fn context_parts(
     Ok(parts)
 }
 
-/// `context.task` for an MCP `tools/call` when the token (a payload `parse` accepted) has a
-/// detail naming the tool, replacing the per-token `task`; `None` when the per-token one stands.
+/// `context.task` for an MCP `tools/call` when the token's task (parsed when it was verified)
+/// has a detail naming the tool, replacing the per-token `task`; `None` when the per-token one
+/// stands.
 pub fn task_for_call(
-    payload: &Map<String, Value>,
-    cfg: &AgentConfig,
+    agent: &AgentClaims,
+    _cfg: &AgentConfig,
     tool: &str,
     arguments: Option<&Value>,
 ) -> Option<Result<RestrictedExpression, String>> {
-    // Most tokens have no authorization details: no parse for them.
-    payload.get(DETAILS_CLAIM)?;
-    let t = match task(payload, cfg) {
-        Ok(t) => t?,
-        Err(e) => return Some(Err(e.to_string())),
-    };
+    let t = agent.task.as_ref()?;
     t.detail_for(tool)?;
-    Some(task_record(&t, Some(tool), arguments))
+    Some(task_record(t, Some(tool), arguments))
 }
 
 fn string(v: &str) -> RestrictedExpression {
@@ -620,8 +616,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn payload(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
+    fn payload(v: Value) -> crate::token::Claims {
+        v.as_object().cloned().unwrap_or_default().into()
     }
 
     fn cfg() -> AgentConfig {
@@ -715,7 +711,7 @@ mod tests {
     fn the_configure_check_claims_are_a_valid_delegated_task_token() {
         let c = cfg();
         let p: Map<String, Value> = sample_claims(&c).into_iter().collect();
-        let claims = parse(&p, &c).expect("parses");
+        let claims = parse(&p.into(), &c).expect("parses");
         assert_eq!(claims.delegation.depth(), 1);
         let task = claims.task.expect("a task");
         assert_eq!(task.tools.len(), 1);

@@ -437,7 +437,10 @@ impl Engine {
                 issued_at: Some(0),
                 expires_at: 0,
                 jti: None,
-                payload,
+                agent: crate::agent::parse(&payload.clone().into(), &issuer.agent).map_err(
+                    |e| ConfigError::new(format!("issuers[{i}]"), format!("sample token: {e}")),
+                )?,
+                payload: payload.into(),
                 checked: crate::authz::Checked::default(),
             };
             let req = HttpRequest {
@@ -1102,7 +1105,7 @@ impl Engine {
         t: &'t VerifiedToken,
     ) -> Result<(&'t str, &'t str), TokenError> {
         let issuer = &self.issuers[t.issuer_index];
-        Ok(match crate::agent::current_actor(&t.payload) {
+        Ok(match t.agent.delegation.current() {
             Some(actor) => (issuer.agent.actor_type.as_str(), actor),
             None => (issuer.principal_type.as_str(), self.principal_id(t)?),
         })
@@ -1152,7 +1155,7 @@ impl Engine {
             if let Some(tool) = &target.tool {
                 let issuer = &self.issuers[t.issuer_index];
                 if let Some(task) = crate::agent::task_for_call(
-                    &t.payload,
+                    &t.agent,
                     &issuer.agent,
                     tool,
                     target.arguments.as_ref(),
@@ -1189,9 +1192,7 @@ impl Engine {
     fn token_entities(&self, t: &VerifiedToken) -> Result<Vec<Entity>, String> {
         let issuer = &self.issuers[t.issuer_index];
         // Parsed and checked when the token was verified: a failure here cannot happen.
-        let agent = crate::agent::parse(&t.payload, &issuer.agent)
-            .map_err(|_| crate::agent::ACT_CLAIM.to_string())?;
-        crate::agent::request_entities(&issuer.agent, &agent, &issuer.principal_type, |ty| {
+        crate::agent::request_entities(&issuer.agent, &t.agent, &issuer.principal_type, |ty| {
             self.subject_entity(t, ty)
         })
     }
@@ -1272,12 +1273,11 @@ impl Engine {
         }
         let mut context = vec![("token".to_string(), record(token)?)];
         // `delegation` and `task` (agent.rs); parsed and checked when the token was verified.
-        let agent = crate::agent::parse(&t.payload, &issuer.agent)
-            .map_err(|_| crate::agent::ACT_CLAIM.to_string())?;
+        let agent = &t.agent;
         let subject = self
             .principal_id(t)
             .map_err(|_| issuer.principal_claim.clone())?;
-        context.extend(crate::agent::context_parts(&agent, subject)?);
+        context.extend(crate::agent::context_parts(agent, subject)?);
         Ok(context)
     }
 

@@ -95,6 +95,41 @@ impl Issuer {
     }
 }
 
+/// A verified token's claims, kept compactly for as long as the token is cached: sorted by name
+/// in one exact-size allocation (a `serde_json::Map` is an index map here, with a hash table and
+/// spare capacity per token).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claims(Box<[(Box<str>, Value)]>);
+
+impl Claims {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+}
+
+impl From<Map<String, Value>> for Claims {
+    fn from(m: Map<String, Value>) -> Claims {
+        let mut v: Vec<(Box<str>, Value)> = m
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_str(), v))
+            .collect();
+        // Keys of a map are unique: the order is total.
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Claims(v.into_boxed_slice())
+    }
+}
+
 /// What a verified token says, in the shape the Cedar request needs.
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
@@ -109,7 +144,9 @@ pub struct VerifiedToken {
     pub expires_at: u64,
     pub jti: Option<String>,
     /// The whole payload, for principal mapping and chosen claims.
-    pub payload: Map<String, Value>,
+    pub payload: Claims,
+    /// `act` and the task claims, parsed and checked once, when the token was verified.
+    pub agent: crate::agent::AgentClaims,
     /// What of the Cedar request built from this token is already known to fit the schema.
     pub checked: crate::authz::Checked,
 }
@@ -251,7 +288,8 @@ pub fn verify(
         }
     }
     // A chain too deep or task claims the filter cannot judge: refused before Cedar sees them.
-    crate::agent::parse(&payload, &issuer.agent)?;
+    let payload = Claims::from(payload);
+    let agent = crate::agent::parse(&payload, &issuer.agent)?;
     let string = |name: &str| {
         payload
             .get(name)
@@ -278,12 +316,13 @@ pub fn verify(
         expires_at: exp,
         jti: string("jti"),
         payload,
+        agent,
         checked: crate::authz::Checked::default(),
     })
 }
 
 /// Scopes from `scope` (RFC 8693/9068: space-separated string) or `scp` (array or string).
-fn scopes(payload: &Map<String, Value>) -> Vec<String> {
+fn scopes(payload: &Claims) -> Vec<String> {
     let from = |v: &Value| -> Vec<String> {
         match v {
             Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
