@@ -296,14 +296,73 @@ fn demo(root: &Path) -> Result<()> {
             .spawn()
             .context("starting Envoy")?,
     );
+    // The MCP gateway: envoy-examples/envoy-mcp.yaml in a second Envoy, in front of the test MCP
+    // server (the official MCP Python SDK), so that any MCP client can be pointed at it.
+    let mut mcp_server = Command::new(&python)
+        .args(["tests/peers/mcp_server.py", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the demo MCP server")?;
+    let ready = mcp_server
+        .stdout
+        .take()
+        .map(|out| {
+            let mut reader = std::io::BufReader::new(out);
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+            // Keep reading what it prints later, so that it never writes to a closed pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            line
+        })
+        .unwrap_or_default();
+    children.0.push(mcp_server);
+    let mcp_upstream: u16 = ready
+        .strip_prefix("READY ")
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("the demo MCP server did not start: {ready:?}"))?;
+    let (mcp_listener, mcp_admin) = (10001, free_port()?);
+    let mcp_yaml = dir.join("envoy-mcp.yaml");
+    run(Command::new(&python)
+        .args([
+            "tests/e2e/envoy_config.py",
+            "envoy-examples/envoy-mcp.yaml",
+            "--output",
+        ])
+        .arg(&mcp_yaml)
+        .args([
+            "--listener-port",
+            &mcp_listener.to_string(),
+            "--upstream-port",
+            &mcp_upstream.to_string(),
+        ])
+        .args(["--admin-port", &mcp_admin.to_string(), "--wasm"])
+        .arg(&wasm))?;
+    children.0.push(
+        Command::new(venv.join("bin").join("envoy"))
+            .arg("-c")
+            .arg(&mcp_yaml)
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+            ])
+            .args(["--base-id", &(std::process::id() + 1).to_string()])
+            .spawn()
+            .context("starting the MCP gateway's Envoy")?,
+    );
+
     println!(
         "waiting for Envoy: V8 compiles the 4-5 MB module first (10-60 s on a busy 2-core machine)"
     );
-    wait_ready(
-        &format!("http://127.0.0.1:{admin}/ready"),
-        &mut children,
-        Duration::from_secs(120),
-    )?;
+    for port in [admin, mcp_admin] {
+        wait_ready(
+            &format!("http://127.0.0.1:{port}/ready"),
+            &mut children,
+            Duration::from_secs(120),
+        )?;
+    }
 
     let mint = |args: &[&str]| -> Result<String> {
         let out = Command::new(&python)
@@ -315,67 +374,64 @@ fn demo(root: &Path) -> Result<()> {
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     };
-    let agents = "https://agents.demo.tessera.dev";
-    let reader = mint(&[
-        "--alg",
-        "ES256",
-        "--iss",
-        agents,
-        "--sub",
-        "agent-7",
-        "--aud",
-        "orders-api",
-        "--scope",
-        "orders:read",
-    ])?;
+    // An agent token of the demo agents issuer for the orders API, with more claims if given.
+    let agent = |alg: &str, sub: &str, scope: &str, claims: &[&str]| -> Result<String> {
+        let mut args = vec![
+            "--alg",
+            alg,
+            "--iss",
+            "https://agents.demo.tessera.dev",
+            "--sub",
+            sub,
+            "--aud",
+            "orders-api",
+            "--scope",
+            scope,
+        ];
+        for c in claims {
+            args.extend(["--claim", c]);
+        }
+        mint(&args)
+    };
+    let reader = agent("ES256", "agent-7", "orders:read", &[])?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let (iat, exp) = (format!("iat={}", now - 900), format!("exp={}", now - 600));
-    let expired = mint(&[
+    let expired = agent("EdDSA", "agent-7", "orders:read", &[&iat, &exp])?;
+    let refunder = agent("ES256", "agent-9", "orders:write", &[])?;
+    let jti = format!("jti=\"demo-once-{now}\"");
+    let once = agent(
+        "ES256",
+        "agent-7",
+        "orders:read",
+        &["single_use=true", &jti],
+    )?;
+    // MCP callers (audience mcp-tools), valid for an hour so that an MCP client can be tried.
+    let mcp_token = |args: &[&str]| -> Result<String> {
+        let mut a = vec!["--aud", "mcp-tools", "--ttl", "3600"];
+        a.extend_from_slice(args);
+        mint(&a)
+    };
+    let mcp_alice = mcp_token(&[
         "--alg",
         "EdDSA",
         "--iss",
-        agents,
+        "https://idp.demo.tessera.dev",
         "--sub",
-        "agent-7",
-        "--aud",
-        "orders-api",
-        "--scope",
-        "orders:read",
-        "--claim",
-        &iat,
-        "--claim",
-        &exp,
+        "alice",
+        "--groups",
+        "staff",
     ])?;
-    let refunder = mint(&[
+    let mcp_agent = mcp_token(&[
         "--alg",
         "ES256",
         "--iss",
-        agents,
-        "--sub",
-        "agent-9",
-        "--aud",
-        "orders-api",
-        "--scope",
-        "orders:write",
-    ])?;
-    let jti = format!("jti=\"demo-once-{now}\"");
-    let once = mint(&[
-        "--alg",
-        "ES256",
-        "--iss",
-        agents,
+        "https://agents.demo.tessera.dev",
         "--sub",
         "agent-7",
-        "--aud",
-        "orders-api",
         "--scope",
-        "orders:read",
-        "--claim",
-        "single_use=true",
-        "--claim",
-        &jti,
+        "files:read",
     ])?;
     let asked = dir.join("approval-request.json");
     let asked = asked.display();
@@ -410,8 +466,29 @@ fn demo(root: &Path) -> Result<()> {
          curl -s -X POST {base}/orders/43/refund -H 'authorization: Bearer {refunder}' -H \"x-tessera-approval: $APPROVAL\"; echo\n\n\
          # counters\n\
          curl -s 127.0.0.1:{admin}/stats?filter=tessera\n\n\
-         Mint more tokens: .venv/bin/python tests/peers/mint.py --help\n\
-         Ctrl-C stops Envoy and the upstream."
+         Mint more tokens: .venv/bin/python tests/peers/mint.py --help\n"
+    );
+    let mcp = format!("http://127.0.0.1:{mcp_listener}/mcp");
+    let accept =
+        "-H 'content-type: application/json' -H 'accept: application/json, text/event-stream'";
+    println!(
+        "MCP gateway (envoy-examples/envoy-mcp.yaml) on {mcp}, in front of tests/peers/mcp_server.py \
+         (official MCP Python SDK; tools read_file, send_email, transfer_funds, delete_file), \
+         admin on 127.0.0.1:{mcp_admin}. Point any MCP client (Streamable HTTP) at it with one of \
+         these bearer tokens (1 hour):\n\
+         ALICE={mcp_alice}   # a person (group staff)\n\
+         AGENT={mcp_agent}   # an agent with scope files:read\n\n\
+         # open a session: the mcp-session-id response header is bound to the agent\n\
+         curl -si {mcp} {accept} -H \"authorization: Bearer $AGENT\" -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' | grep -i '^mcp-session-id'\n\
+         SESSION=<the mcp-session-id value>\n\
+         # the tool list the agent sees: read_file (its scope) and delete_file (a step-up away)\n\
+         curl -s {mcp} {accept} -H \"authorization: Bearer $AGENT\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}}'\n\
+         # allowed call, then one refused by policy no-reading-secrets (JSON-RPC error -32003)\n\
+         curl -s {mcp} {accept} -H \"authorization: Bearer $AGENT\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/workspace/README.md\"}}}}}}'\n\
+         curl -s {mcp} {accept} -H \"authorization: Bearer $AGENT\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/etc/passwd\"}}}}}}'\n\
+         # another principal presenting the agent's session: 403\n\
+         curl -si {mcp} {accept} -H \"authorization: Bearer $ALICE\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/list\"}}' | head -1\n\n\
+         Ctrl-C stops both Envoys, the upstream and the MCP server."
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -427,6 +504,6 @@ fn demo(root: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(children);
-    println!("\nstopped Envoy and the demo upstream");
+    println!("\nstopped the Envoys, the demo upstream and the MCP server");
     Ok(())
 }
