@@ -180,3 +180,34 @@ pub fn wasm_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/tessera_plugin.wasm"))
 }
+
+/// POSTs one JSON-RPC message to `/mcp` through the module in the harness, with `extra` request
+/// headers (e.g. `mcp-session-id`, an approval); returns the stream's context and the status of
+/// the local reply, if the module sent one. The module must pause on the headers: an MCP POST is
+/// judged by its body.
+pub fn post_mcp(
+    h: &mut tessera_harness::Harness,
+    auth: &str,
+    extra: &[(&str, &str)],
+    body: &Value,
+) -> Result<(u32, Option<u32>)> {
+    let ctx = h.new_http()?;
+    let body = body.to_string();
+    let len = body.len().to_string();
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "api.example.com"),
+        ("authorization", auth),
+        ("content-type", "application/json"),
+        ("content-length", len.as_str()),
+    ];
+    headers.extend_from_slice(extra);
+    let action = h.request_headers(ctx, &headers, false)?;
+    anyhow::ensure!(
+        action == tessera_harness::Action::Pause,
+        "the body must be judged first, but the headers got {action:?}"
+    );
+    h.request_body(ctx, body.as_bytes(), true)?;
+    Ok((ctx, h.local_reply(ctx).map(|r| r.status)))
+}

@@ -8,9 +8,10 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tessera_core::approval::once_key;
-use tessera_harness::{Action, Harness};
+use tessera_harness::Harness;
 use tessera_tests::{
-    mint, now_s, repo_root, test_config, wasm_path, AGENTS, APPROVALS, APPROVAL_AUDIENCE, IDP,
+    mint, now_s, post_mcp, repo_root, test_config, wasm_path, AGENTS, APPROVALS, APPROVAL_AUDIENCE,
+    IDP,
 };
 
 fn harness() -> Result<Harness> {
@@ -76,30 +77,6 @@ fn http(
     ];
     headers.extend_from_slice(extra);
     h.request_headers(ctx, &headers, true)?;
-    Ok((ctx, h.local_reply(ctx).map(|r| r.status)))
-}
-
-/// POSTs one JSON-RPC message to /mcp: (context, local reply status if any).
-fn post(
-    h: &mut Harness,
-    auth: &str,
-    extra: &[(&str, &str)],
-    body: &Value,
-) -> Result<(u32, Option<u32>)> {
-    let ctx = h.new_http()?;
-    let body = body.to_string();
-    let len = body.len().to_string();
-    let mut headers = vec![
-        (":method", "POST"),
-        (":path", "/mcp"),
-        (":authority", "api.example.com"),
-        ("authorization", auth),
-        ("content-type", "application/json"),
-        ("content-length", len.as_str()),
-    ];
-    headers.extend_from_slice(extra);
-    assert_eq!(h.request_headers(ctx, &headers, false)?, Action::Pause);
-    h.request_body(ctx, body.as_bytes(), true)?;
     Ok((ctx, h.local_reply(ctx).map(|r| r.status)))
 }
 
@@ -203,7 +180,7 @@ fn a_single_use_token_on_an_mcp_route_is_used_up_when_its_body_is_forwarded() ->
     )?;
     let secret = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "read_file", "arguments": {"path": "/etc/secret"}}});
-    let (_, status) = post(&mut h, &auth, &[], &secret)?;
+    let (_, status) = post_mcp(&mut h, &auth, &[], &secret)?;
     assert_eq!(
         status,
         Some(200),
@@ -211,9 +188,9 @@ fn a_single_use_token_on_an_mcp_route_is_used_up_when_its_body_is_forwarded() ->
     );
     let read = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "read_file", "arguments": {"path": "/workspace/a"}}});
-    let (ctx, status) = post(&mut h, &auth, &[], &read)?;
+    let (ctx, status) = post_mcp(&mut h, &auth, &[], &read)?;
     assert_eq!(status, None, "{:?}", reply_json(&h, ctx));
-    let (ctx, status) = post(&mut h, &auth, &[], &read)?;
+    let (ctx, status) = post_mcp(&mut h, &auth, &[], &read)?;
     assert_eq!(status, Some(401));
     assert!(www_authenticate(&h, ctx).contains("token already used"));
     Ok(())
@@ -287,7 +264,7 @@ fn long_lived(iss: &str, sub: &str) -> Result<String> {
 
 fn init_session(h: &mut Harness, auth: &str, session: &str) -> Result<()> {
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
-    let (ctx, status) = post(h, auth, &[], &init)?;
+    let (ctx, status) = post_mcp(h, auth, &[], &init)?;
     assert_eq!(status, None);
     h.response_headers(
         ctx,
@@ -316,20 +293,20 @@ fn an_idle_mcp_session_expires_and_the_tick_clears_its_binding() -> Result<()> {
     // Used within the idle period: still bound, and the use keeps it alive.
     h.advance(Duration::from_secs(500));
     assert_eq!(
-        post(&mut h, &alice, &[("mcp-session-id", "s-idle")], &ping)?.1,
+        post_mcp(&mut h, &alice, &[("mcp-session-id", "s-idle")], &ping)?.1,
         None
     );
     h.advance(Duration::from_secs(500));
     h.tick()?;
     assert_eq!(
-        post(&mut h, &alice, &[("mcp-session-id", "s-idle")], &ping)?.1,
+        post_mcp(&mut h, &alice, &[("mcp-session-id", "s-idle")], &ping)?.1,
         None,
         "1000 s after creation but 500 s after its last use"
     );
 
     // Idle for longer than session_idle_s: unknown (404), and the tick frees its value.
     h.advance(Duration::from_secs(601));
-    let (ctx, status) = post(&mut h, &alice, &[("mcp-session-id", "s-idle")], &ping)?;
+    let (ctx, status) = post_mcp(&mut h, &alice, &[("mcp-session-id", "s-idle")], &ping)?;
     assert_eq!(status, Some(404), "{:?}", reply_json(&h, ctx));
     h.tick()?;
     assert_eq!(h.shared_data(key), Some(vec![]));
@@ -347,13 +324,13 @@ fn an_mcp_session_in_use_still_ends_at_its_absolute_lifetime() -> Result<()> {
     for _ in 0..3 {
         h.advance(Duration::from_secs(300));
         assert_eq!(
-            post(&mut h, &alice, &[("mcp-session-id", "s-abs")], &ping)?.1,
+            post_mcp(&mut h, &alice, &[("mcp-session-id", "s-abs")], &ping)?.1,
             None
         );
     }
     h.advance(Duration::from_secs(101));
     assert_eq!(
-        post(&mut h, &alice, &[("mcp-session-id", "s-abs")], &ping)?.1,
+        post_mcp(&mut h, &alice, &[("mcp-session-id", "s-abs")], &ping)?.1,
         Some(404),
         "1001 s after creation"
     );
@@ -361,11 +338,11 @@ fn an_mcp_session_in_use_still_ends_at_its_absolute_lifetime() -> Result<()> {
     let bob = long_lived(IDP, "bob")?;
     init_session(&mut h, &bob, "s-abs")?;
     assert_eq!(
-        post(&mut h, &bob, &[("mcp-session-id", "s-abs")], &ping)?.1,
+        post_mcp(&mut h, &bob, &[("mcp-session-id", "s-abs")], &ping)?.1,
         None
     );
     assert_eq!(
-        post(&mut h, &alice, &[("mcp-session-id", "s-abs")], &ping)?.1,
+        post_mcp(&mut h, &alice, &[("mcp-session-id", "s-abs")], &ping)?.1,
         Some(403)
     );
     Ok(())
@@ -393,7 +370,7 @@ fn payer() -> Result<String> {
 
 /// Asks for a transfer that needs approval; returns the JSON-RPC error's `data.approval`.
 fn ask(h: &mut Harness, auth: &str, call: &Value) -> Result<Value> {
-    let (ctx, status) = post(h, auth, &[], call)?;
+    let (ctx, status) = post_mcp(h, auth, &[], call)?;
     assert_eq!(status, Some(200), "a JSON-RPC error answers the call");
     let reply = reply_json(h, ctx);
     assert_eq!(reply["id"], call["id"], "{reply}");
@@ -432,7 +409,7 @@ fn an_mcp_call_needing_approval_is_allowed_once_with_an_approval_of_exactly_that
 
     let approved = approval(&digest, json!({}))?;
     let header = [("x-tessera-approval", approved.as_str())];
-    let (ctx, status) = post(&mut h, &auth, &header, &call)?;
+    let (ctx, status) = post_mcp(&mut h, &auth, &header, &call)?;
     assert_eq!(
         status,
         None,
@@ -448,7 +425,7 @@ fn an_mcp_call_needing_approval_is_allowed_once_with_an_approval_of_exactly_that
     h.done(ctx)?;
 
     // The same approval again: used.
-    let (ctx, status) = post(&mut h, &auth, &header, &call)?;
+    let (ctx, status) = post_mcp(&mut h, &auth, &header, &call)?;
     assert_eq!(status, Some(200));
     let reply = reply_json(&h, ctx);
     assert_eq!(reply["error"]["code"], -32005, "{reply}");
@@ -472,7 +449,7 @@ fn an_approval_does_not_cover_other_arguments_another_principal_or_a_forged_sign
     let header = [("x-tessera-approval", approved.as_str())];
 
     // Other arguments: approval still required, and the presented approval is not consumed.
-    let (ctx, _) = post(&mut h, &auth, &header, &transfer(2, 900, "EXT-42"))?;
+    let (ctx, _) = post_mcp(&mut h, &auth, &header, &transfer(2, 900, "EXT-42"))?;
     let reply = reply_json(&h, ctx);
     assert_eq!(reply["error"]["code"], -32005, "{reply}");
     assert!(reply["error"]["message"]
@@ -482,7 +459,7 @@ fn an_approval_does_not_cover_other_arguments_another_principal_or_a_forged_sign
 
     // Another principal with the same arguments.
     let other = bearer(json!({"iss": AGENTS, "sub": "agent-other", "scope": "payments:write"}))?;
-    let (ctx, _) = post(&mut h, &other, &header, &transfer(3, 500, "EXT-42"))?;
+    let (ctx, _) = post_mcp(&mut h, &other, &header, &transfer(3, 500, "EXT-42"))?;
     assert_eq!(reply_json(&h, ctx)["error"]["code"], -32005);
     h.done(ctx)?;
 
@@ -492,7 +469,7 @@ fn an_approval_does_not_cover_other_arguments_another_principal_or_a_forged_sign
         &json!({"iss": APPROVALS, "aud": APPROVAL_AUDIENCE,
         "sub": "mallory", "jti": "f1", "approval_digest": digest}),
     )?;
-    let (ctx, _) = post(
+    let (ctx, _) = post_mcp(
         &mut h,
         &auth,
         &[("x-tessera-approval", &forged)],
@@ -510,7 +487,7 @@ fn an_approval_does_not_cover_other_arguments_another_principal_or_a_forged_sign
     // An approval that lives longer than max_ttl_s, or has no jti, is rejected.
     for bad in [json!({"exp": now_s() + 3000}), json!({"jti": null})] {
         let a = approval(&digest, bad)?;
-        let (ctx, _) = post(
+        let (ctx, _) = post_mcp(
             &mut h,
             &auth,
             &[("x-tessera-approval", &a)],
@@ -521,7 +498,7 @@ fn an_approval_does_not_cover_other_arguments_another_principal_or_a_forged_sign
     }
 
     // The original approval was never consumed by those attempts: it still works, once.
-    let (_, status) = post(&mut h, &auth, &header, &transfer(1, 500, "EXT-42"))?;
+    let (_, status) = post_mcp(&mut h, &auth, &header, &transfer(1, 500, "EXT-42"))?;
     assert_eq!(status, None);
     Ok(())
 }
@@ -531,7 +508,7 @@ fn approval_cannot_lift_a_hard_forbid_or_a_missing_permit() -> Result<()> {
     let mut h = harness()?;
     let auth = payer()?;
     // 5000 to an external account: also over the hard limit; a plain refusal naming both.
-    let (ctx, _) = post(&mut h, &auth, &[], &transfer(1, 5000, "EXT-42"))?;
+    let (ctx, _) = post_mcp(&mut h, &auth, &[], &transfer(1, 5000, "EXT-42"))?;
     let reply = reply_json(&h, ctx);
     assert_eq!(reply["error"]["code"], -32003, "{reply}");
     assert_eq!(
@@ -544,7 +521,7 @@ fn approval_cannot_lift_a_hard_forbid_or_a_missing_permit() -> Result<()> {
     h.done(ctx)?;
     // No payments scope: no permit, so an approval could not allow it either.
     let no_scope = bearer(json!({"iss": AGENTS, "sub": "agent-pay", "scope": "files:read"}))?;
-    let (ctx, _) = post(&mut h, &no_scope, &[], &transfer(2, 500, "EXT-42"))?;
+    let (ctx, _) = post_mcp(&mut h, &no_scope, &[], &transfer(2, 500, "EXT-42"))?;
     assert_eq!(reply_json(&h, ctx)["error"]["code"], -32003);
     Ok(())
 }
@@ -605,7 +582,7 @@ fn an_approval_request_is_announced_to_the_webhook_cluster() -> Result<()> {
     config["approval"]["webhook"] = json!({"cluster": "approvals", "path": "/hooks/approval"});
     let mut h = harness_with(config)?;
     let auth = payer()?;
-    let (ctx, status) = post(&mut h, &auth, &[], &transfer(9, 500, "EXT-42"))?;
+    let (ctx, status) = post_mcp(&mut h, &auth, &[], &transfer(9, 500, "EXT-42"))?;
     assert_eq!(status, Some(200));
     let digest = reply_json(&h, ctx)["error"]["data"]["approval"]["digest"].clone();
     let calls = h.http_calls().to_vec();
@@ -631,7 +608,7 @@ fn an_approval_request_is_announced_to_the_webhook_cluster() -> Result<()> {
     h.fail_call(call.token)?;
     h.done(ctx)?;
     // A plain denial announces nothing.
-    let (_, status) = post(&mut h, &auth, &[], &transfer(10, 5000, "EXT-42"))?;
+    let (_, status) = post_mcp(&mut h, &auth, &[], &transfer(10, 5000, "EXT-42"))?;
     assert_eq!(status, Some(200));
     assert!(h.http_calls().is_empty());
     Ok(())

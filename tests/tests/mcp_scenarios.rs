@@ -25,34 +25,16 @@ fn token(iss: &str, sub: &str, scope: &str) -> Result<String> {
     ))
 }
 
-/// POSTs one JSON-RPC message to /mcp; returns the context, and the local reply status if any.
+/// POSTs one JSON-RPC message to /mcp, in `session` if given; returns the context, and the local
+/// reply status if any.
 fn post(
     h: &mut Harness,
     auth: &str,
     session: Option<&str>,
     body: &Value,
 ) -> Result<(u32, Option<u32>)> {
-    let ctx = h.new_http()?;
-    let body = body.to_string();
-    let len = body.len().to_string();
-    let mut headers = vec![
-        (":method", "POST"),
-        (":path", "/mcp"),
-        (":authority", "api.example.com"),
-        ("authorization", auth),
-        ("content-type", "application/json"),
-        ("content-length", len.as_str()),
-    ];
-    if let Some(s) = session {
-        headers.push(("mcp-session-id", s));
-    }
-    assert_eq!(
-        h.request_headers(ctx, &headers, false)?,
-        Action::Pause,
-        "the body must be judged first"
-    );
-    h.request_body(ctx, body.as_bytes(), true)?;
-    Ok((ctx, h.local_reply(ctx).map(|r| r.status)))
+    let extra: Vec<(&str, &str)> = session.map(|s| ("mcp-session-id", s)).into_iter().collect();
+    tessera_tests::post_mcp(h, auth, &extra, body)
 }
 
 #[test]

@@ -257,21 +257,35 @@ fn demo(root: &Path) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let (listener, upstream, admin) = (10000, free_port()?, free_port()?);
     let envoy_yaml = dir.join("envoy.yaml");
-    run(Command::new(&python)
-        .args([
-            "tests/e2e/envoy_config.py",
-            "envoy-examples/envoy-http.yaml",
-            "--output",
-        ])
-        .arg(&envoy_yaml)
-        .args([
-            "--listener-port",
-            &listener.to_string(),
-            "--upstream-port",
-            &upstream.to_string(),
-        ])
-        .args(["--admin-port", &admin.to_string(), "--wasm"])
-        .arg(&wasm))?;
+    let example = |name: &str, out: &Path, ports: [u16; 3]| -> Result<()> {
+        let [listener, upstream, admin] = ports.map(|p| p.to_string());
+        run(Command::new(&python)
+            .args(["tests/e2e/envoy_config.py", name, "--output"])
+            .arg(out)
+            .args(["--listener-port", &listener, "--upstream-port", &upstream])
+            .args(["--admin-port", &admin, "--wasm"])
+            .arg(&wasm))
+    };
+    let envoy = |config: &Path, base_id: u32| -> Result<Child> {
+        Command::new(venv.join("bin").join("envoy"))
+            .arg("-c")
+            .arg(config)
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+            ])
+            .args(["--base-id", &base_id.to_string()])
+            .spawn()
+            .with_context(|| format!("starting Envoy with {}", config.display()))
+    };
+    example(
+        "envoy-examples/envoy-http.yaml",
+        &envoy_yaml,
+        [listener, upstream, admin],
+    )?;
 
     let mut children = Children(Vec::new());
     children.0.push(
@@ -281,21 +295,7 @@ fn demo(root: &Path) -> Result<()> {
             .spawn()
             .context("starting the demo upstream")?,
     );
-    children.0.push(
-        Command::new(venv.join("bin").join("envoy"))
-            .arg("-c")
-            .arg(&envoy_yaml)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "-l",
-                "warning",
-            ])
-            .args(["--base-id", &std::process::id().to_string()])
-            .spawn()
-            .context("starting Envoy")?,
-    );
+    children.0.push(envoy(&envoy_yaml, std::process::id())?);
     // The MCP gateway: envoy-examples/envoy-mcp.yaml in a second Envoy, in front of the test MCP
     // server (the official MCP Python SDK), so that any MCP client can be pointed at it.
     let mut mcp_server = Command::new(&python)
@@ -322,36 +322,12 @@ fn demo(root: &Path) -> Result<()> {
         .with_context(|| format!("the demo MCP server did not start: {ready:?}"))?;
     let (mcp_listener, mcp_admin) = (10001, free_port()?);
     let mcp_yaml = dir.join("envoy-mcp.yaml");
-    run(Command::new(&python)
-        .args([
-            "tests/e2e/envoy_config.py",
-            "envoy-examples/envoy-mcp.yaml",
-            "--output",
-        ])
-        .arg(&mcp_yaml)
-        .args([
-            "--listener-port",
-            &mcp_listener.to_string(),
-            "--upstream-port",
-            &mcp_upstream.to_string(),
-        ])
-        .args(["--admin-port", &mcp_admin.to_string(), "--wasm"])
-        .arg(&wasm))?;
-    children.0.push(
-        Command::new(venv.join("bin").join("envoy"))
-            .arg("-c")
-            .arg(&mcp_yaml)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "-l",
-                "warning",
-            ])
-            .args(["--base-id", &(std::process::id() + 1).to_string()])
-            .spawn()
-            .context("starting the MCP gateway's Envoy")?,
-    );
+    example(
+        "envoy-examples/envoy-mcp.yaml",
+        &mcp_yaml,
+        [mcp_listener, mcp_upstream, mcp_admin],
+    )?;
+    children.0.push(envoy(&mcp_yaml, std::process::id() + 1)?);
 
     println!(
         "waiting for Envoy: V8 compiles the 4-5 MB module first (10-60 s on a busy 2-core machine)"
