@@ -477,7 +477,6 @@ pub fn context_parts(
 /// stands.
 pub fn task_for_call(
     agent: &AgentClaims,
-    _cfg: &AgentConfig,
     tool: &str,
     arguments: Option<&Value>,
 ) -> Option<Result<RestrictedExpression, String>> {

@@ -1153,13 +1153,9 @@ impl Engine {
             fixed_context = false;
             // A tool call whose task names the tool: `context.task` gains that detail.
             if let Some(tool) = &target.tool {
-                let issuer = &self.issuers[t.issuer_index];
-                if let Some(task) = crate::agent::task_for_call(
-                    &t.agent,
-                    &issuer.agent,
-                    tool,
-                    target.arguments.as_ref(),
-                ) {
+                if let Some(task) =
+                    crate::agent::task_for_call(&t.agent, tool, target.arguments.as_ref())
+                {
                     context.retain(|(k, _)| k != "task");
                     context.push(("task".to_string(), task?));
                 }

@@ -162,15 +162,7 @@ pub fn mint(alg: &str, claims: &Value) -> Result<String> {
     header.kid = kid.map(str::to_string);
     let now = now_s();
     let mut c = json!({"iat": now, "exp": now + 300, "aud": AUDIENCE});
-    if let (Some(c), Some(extra)) = (c.as_object_mut(), claims.as_object()) {
-        for (k, v) in extra {
-            if v.is_null() {
-                c.remove(k);
-            } else {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    merge_claims(&mut c, claims);
     Ok(jsonwebtoken::encode(&header, &c, &key)?)
 }
 
@@ -179,6 +171,19 @@ pub fn wasm_path() -> PathBuf {
     std::env::var_os("TESSERA_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/tessera_plugin.wasm"))
+}
+
+/// Claims of `extra` set on `base` (both JSON objects); an `extra` claim that is `null` removes it.
+pub fn merge_claims(base: &mut Value, extra: &Value) {
+    if let (Some(c), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            if v.is_null() {
+                c.remove(k);
+            } else {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 /// POSTs one JSON-RPC message to `/mcp` through the module in the harness, with `extra` request
@@ -191,8 +196,19 @@ pub fn post_mcp(
     extra: &[(&str, &str)],
     body: &Value,
 ) -> Result<(u32, Option<u32>)> {
+    let (ctx, _, status) = post_mcp_raw(h, auth, extra, &body.to_string())?;
+    Ok((ctx, status))
+}
+
+/// [`post_mcp`] with the body as given, byte for byte; also returns what the module answered to
+/// the body.
+pub fn post_mcp_raw(
+    h: &mut tessera_harness::Harness,
+    auth: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Result<(u32, tessera_harness::Action, Option<u32>)> {
     let ctx = h.new_http()?;
-    let body = body.to_string();
     let len = body.len().to_string();
     let mut headers = vec![
         (":method", "POST"),
@@ -208,6 +224,6 @@ pub fn post_mcp(
         action == tessera_harness::Action::Pause,
         "the body must be judged first, but the headers got {action:?}"
     );
-    h.request_body(ctx, body.as_bytes(), true)?;
-    Ok((ctx, h.local_reply(ctx).map(|r| r.status)))
+    let on_body = h.request_body(ctx, body.as_bytes(), true)?;
+    Ok((ctx, on_body, h.local_reply(ctx).map(|r| r.status)))
 }

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use tessera_core::approval::once_key;
 use tessera_harness::Harness;
 use tessera_tests::{
-    mint, now_s, post_mcp, repo_root, test_config, wasm_path, AGENTS, APPROVALS, APPROVAL_AUDIENCE,
-    IDP,
+    merge_claims, mint, now_s, post_mcp, repo_root, test_config, wasm_path, AGENTS, APPROVALS,
+    APPROVAL_AUDIENCE, IDP,
 };
 
 fn harness() -> Result<Harness> {
@@ -44,15 +44,7 @@ fn approval(digest: &str, claims: Value) -> Result<String> {
         "iat": now, "exp": now + 120, "jti": format!("approval-{digest}-{now}"),
         "approval_digest": digest,
     });
-    if let (Some(c), Some(extra)) = (c.as_object_mut(), claims.as_object()) {
-        for (k, v) in extra {
-            if v.is_null() {
-                c.remove(k);
-            } else {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    merge_claims(&mut c, &claims);
     Ok(jsonwebtoken::encode(
         &header,
         &c,

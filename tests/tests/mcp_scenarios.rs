@@ -134,24 +134,8 @@ fn the_filter_serves_rfc9728_metadata_and_points_401s_to_it() -> Result<()> {
 
 /// POSTs a raw body to /mcp and returns the context; asserts that it was forwarded.
 fn forwarded(h: &mut Harness, auth: &str, body: &str) -> Result<u32> {
-    let ctx = h.new_http()?;
-    let len = body.len().to_string();
-    h.request_headers(
-        ctx,
-        &[
-            (":method", "POST"),
-            (":path", "/mcp"),
-            (":authority", "api.example.com"),
-            ("authorization", auth),
-            ("content-type", "application/json"),
-            ("content-length", len.as_str()),
-        ],
-        false,
-    )?;
-    assert_eq!(
-        h.request_body(ctx, body.as_bytes(), true)?,
-        Action::Continue
-    );
+    let (ctx, on_body, _) = tessera_tests::post_mcp_raw(h, auth, &[], body)?;
+    assert_eq!(on_body, Action::Continue);
     assert!(h.local_reply(ctx).is_none(), "{:?}", h.local_reply(ctx));
     assert_eq!(
         h.request_body_of(ctx),
