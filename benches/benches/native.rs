@@ -305,7 +305,7 @@ fn mcp(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("parse", n), &body, |b, body| {
             b.iter(|| {
                 let v: Value = serde_json::from_slice(black_box(body.as_bytes())).unwrap();
-                let (messages, _) = tessera_core::mcp::messages(&v).unwrap();
+                let (messages, _) = tessera_core::mcp::messages(&v, 128).unwrap();
                 messages
                     .iter()
                     .filter_map(|m| m.as_ref().ok())

@@ -159,6 +159,8 @@ pub fn config(setup: Setup) -> Result<Value> {
     c["limits"] = json!({
         "max_token_bytes": 16_384,
         "max_body_bytes": 1 << 20,
+        // The MCP benches decide batches of up to 100 messages.
+        "max_batch_messages": 128,
         "token_cache_entries": setup.cache_entries,
         "token_cache_bytes": setup.cache_bytes,
     });

@@ -125,6 +125,8 @@ impl FieldType {
 #[derive(Debug)]
 pub struct AgentConfig {
     pub actor_type: String,
+    /// `issuers[].delegation` is set: `act` is honoured (else a token with `act` is refused).
+    pub delegation: bool,
     /// `limits.max_delegation_depth`, set by the engine.
     pub max_delegation_depth: usize,
     id_claim: String,
@@ -136,10 +138,13 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// `path` is the issuer's (`issuers[1]`).
     pub fn compile(
-        d: &DelegationConfig,
+        d: Option<&DelegationConfig>,
         t: &TaskConfig,
         path: &str,
     ) -> Result<AgentConfig, ConfigError> {
+        let delegation = d.is_some();
+        let default = DelegationConfig::default();
+        let d = d.unwrap_or(&default);
         let non_empty = |v: &str, field: &str| {
             if v.is_empty() {
                 Err(ConfigError::new(
@@ -174,6 +179,7 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             actor_type: d.actor_type.clone(),
+            delegation,
             max_delegation_depth: DEFAULT_MAX_DELEGATION_DEPTH,
             id_claim: t.id_claim.clone(),
             intent_claim: t.intent_claim.clone(),
@@ -353,6 +359,12 @@ pub struct AgentClaims {
 
 /// Parses and checks `act` and the task claims of a verified payload.
 pub fn parse(payload: &crate::token::Claims, cfg: &AgentConfig) -> Result<AgentClaims, TokenError> {
+    if !cfg.delegation && payload.get(ACT_CLAIM).is_some_and(|v| !v.is_null()) {
+        return Err(TokenError::BadClaim(
+            ACT_CLAIM.into(),
+            "this issuer is not configured for delegation",
+        ));
+    }
     Ok(AgentClaims {
         delegation: delegation(payload, cfg.max_delegation_depth)?,
         task: task(payload, cfg)?.map(Box::new),
@@ -374,11 +386,7 @@ pub fn sample_claims(cfg: &AgentConfig) -> Vec<(String, Value)> {
         };
         detail.insert(name.clone(), v);
     }
-    vec![
-        (
-            ACT_CLAIM.into(),
-            serde_json::json!({"sub": "tessera-configure-check-actor"}),
-        ),
+    let mut claims = vec![
         (cfg.id_claim.clone(), Value::from("tessera-configure-check")),
         (
             cfg.intent_claim.clone(),
@@ -388,7 +396,14 @@ pub fn sample_claims(cfg: &AgentConfig) -> Vec<(String, Value)> {
             DETAILS_CLAIM.into(),
             Value::Array(vec![Value::Object(detail)]),
         ),
-    ]
+    ];
+    if cfg.delegation {
+        claims.push((
+            ACT_CLAIM.into(),
+            serde_json::json!({"sub": "tessera-configure-check-actor"}),
+        ));
+    }
+    claims
 }
 
 /// The entity types the issuer's delegated requests need: the actor type (the principal) and
@@ -398,7 +413,7 @@ pub fn check_schema(
     path: &str,
     has_type: impl Fn(&str) -> bool,
 ) -> Result<(), ConfigError> {
-    if !has_type(&cfg.actor_type) {
+    if cfg.delegation && !has_type(&cfg.actor_type) {
         return Err(ConfigError::new(
             format!("{path}.delegation.actor_type"),
             format!("the schema has no entity type `{}`", cfg.actor_type),
@@ -439,11 +454,15 @@ pub fn request_entities(
     cfg: &AgentConfig,
     claims: &AgentClaims,
     principal_type: &str,
+    namespace: &str,
     subject_as: impl Fn(&str) -> Result<Entity, String>,
 ) -> Result<Vec<Entity>, String> {
     let principal = match claims.delegation.current() {
         Some(actor) => Entity::new_no_attrs(
-            crate::authz::uid(&cfg.actor_type, actor)?,
+            crate::authz::uid(
+                &cfg.actor_type,
+                &crate::identity::entity_id(namespace, actor),
+            )?,
             Default::default(),
         ),
         None => subject_as(principal_type)?,
@@ -460,8 +479,12 @@ pub fn request_entities(
 pub fn context_parts(
     claims: &AgentClaims,
     subject: &str,
+    namespace: &str,
 ) -> Result<Vec<(String, RestrictedExpression)>, String> {
-    let on_behalf_of = crate::authz::uid(ON_BEHALF_OF_TYPE, subject)?;
+    let on_behalf_of = crate::authz::uid(
+        ON_BEHALF_OF_TYPE,
+        &crate::identity::entity_id(namespace, subject),
+    )?;
     let mut parts = vec![(
         "delegation".to_string(),
         delegation_record(&claims.delegation, on_behalf_of, subject)?,
@@ -624,7 +647,8 @@ mod tests {
         t.detail_fields.insert("max_amount".into(), "Long".into());
         t.detail_fields
             .insert("allowed_recipient_domain".into(), "String".into());
-        AgentConfig::compile(&DelegationConfig::default(), &t, "issuers[0]").expect("compiles")
+        AgentConfig::compile(Some(&DelegationConfig::default()), &t, "issuers[0]")
+            .expect("compiles")
     }
 
     /// `{"act": {"sub": last, "act": {… {"sub": first}}}}` for actors listed earliest first.
@@ -721,18 +745,29 @@ mod tests {
     fn a_delegated_request_has_the_actor_first_and_the_subject_as_user() {
         let c = cfg();
         let subject_as = |ty: &str| {
-            crate::authz::uid(ty, "alice").map(|u| Entity::new_no_attrs(u, Default::default()))
+            crate::authz::uid(ty, "ns|alice").map(|u| Entity::new_no_attrs(u, Default::default()))
         };
         let delegated = parse(&payload(nested(&["planner"])), &c).expect("parses");
-        let e = request_entities(&c, &delegated, "User", subject_as).expect("entities");
+        let e = request_entities(&c, &delegated, "User", "ns", subject_as).expect("entities");
         let uids: Vec<String> = e.iter().map(|e| e.uid().to_string()).collect();
-        assert_eq!(uids, ["Agent::\"planner\"", "User::\"alice\""]);
+        assert_eq!(uids, ["Agent::\"ns|planner\"", "User::\"ns|alice\""]);
         let direct = parse(&payload(json!({"sub": "alice"})), &c).expect("parses");
-        let e = request_entities(&c, &direct, "User", subject_as).expect("entities");
+        let e = request_entities(&c, &direct, "User", "ns", subject_as).expect("entities");
         assert_eq!(e.len(), 1, "a User subject is its own on_behalf_of");
-        let e = request_entities(&c, &direct, "Agent", subject_as).expect("entities");
+        let e = request_entities(&c, &direct, "Agent", "ns", subject_as).expect("entities");
         let uids: Vec<String> = e.iter().map(|e| e.uid().to_string()).collect();
-        assert_eq!(uids, ["Agent::\"alice\"", "User::\"alice\""]);
+        assert_eq!(uids, ["Agent::\"ns|alice\"", "User::\"ns|alice\""]);
+    }
+
+    #[test]
+    fn act_is_refused_from_an_issuer_without_delegation() {
+        let t = TaskConfig::default();
+        let c = AgentConfig::compile(None, &t, "issuers[0]").expect("compiles");
+        assert!(parse(&payload(json!({"sub": "alice"})), &c).is_ok());
+        let e = parse(&payload(nested(&["planner"])), &c)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("delegation")));
     }
 
     #[test]
@@ -802,13 +837,13 @@ mod tests {
         let mut t = TaskConfig::default();
         t.detail_fields
             .insert("max_amount".into(), "Decimal".into());
-        let e = AgentConfig::compile(&DelegationConfig::default(), &t, "issuers[2]")
+        let e = AgentConfig::compile(Some(&DelegationConfig::default()), &t, "issuers[2]")
             .expect_err("refused");
         assert_eq!(e.path, "issuers[2].task.detail_fields.max_amount");
         let mut t = TaskConfig::default();
         t.detail_fields
             .insert("argument_domains".into(), "String".into());
-        let e = AgentConfig::compile(&DelegationConfig::default(), &t, "issuers[0]")
+        let e = AgentConfig::compile(Some(&DelegationConfig::default()), &t, "issuers[0]")
             .expect_err("refused");
         assert_eq!(e.path, "issuers[0].task.detail_fields.argument_domains");
     }

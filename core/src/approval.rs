@@ -153,6 +153,10 @@ pub struct ApprovalConfig {
     /// Where to tell approvers that an approval is asked for.
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    /// The JOSE `typ` an approval must have: approvals and access tokens are never
+    /// interchangeable (an access issuer refuses this type, and approvals need it).
+    #[serde(default = "default_typ")]
+    pub typ: String,
 }
 
 /// `approval.webhook`: an Envoy cluster that receives each approval request as a JSON POST
@@ -184,6 +188,13 @@ fn default_clock_skew() -> u64 {
 fn default_max_ttl() -> u64 {
     300
 }
+fn default_typ() -> String {
+    APPROVAL_TYP.into()
+}
+
+/// The default `typ` of approvals.
+pub const APPROVAL_TYP: &str = "approval+jwt";
+
 fn default_header() -> String {
     "x-tessera-approval".into()
 }
@@ -260,6 +271,15 @@ impl Approval {
                 ));
             }
         }
+        let typ = c.typ.trim().to_ascii_lowercase();
+        if typ.is_empty()
+            || ["jwt", "at+jwt", "application/jwt", "application/at+jwt"].contains(&typ.as_str())
+        {
+            return Err(ConfigError::new(
+                "approval.typ",
+                "must be a type of its own (default `approval+jwt`): an access token is never an approval",
+            ));
+        }
         if c.max_ttl_s == 0 || c.max_ttl_s > 3600 {
             return Err(ConfigError::new(
                 "approval.max_ttl_s",
@@ -277,6 +297,7 @@ impl Approval {
             "max_ttl_s": c.max_ttl_s,
             "required_claims": ["jti", "iat", c.digest_claim, c.approver_claim],
             "principal": {"type": "User", "claim": c.approver_claim},
+            "typ": c.typ,
         }))
         .map_err(|e| ConfigError::new("approval", e.to_string()))?;
         let issuer = Issuer::compile(&ic, "approval")?;
@@ -371,6 +392,25 @@ pub fn subject(
         m.insert("path".into(), json!(p));
     }
     Value::Object(m)
+}
+
+/// Adds the whole identity behind a request to its approval subject: the issuer, the subject on
+/// whose behalf it is made (its entity id), the actor chain (earliest first) and the task id. An
+/// approval obtained for alice's request through an executor does not unlock the same call made
+/// for bob, by another chain, from another issuer or in another task; the approver sees all of it.
+pub fn bind_identity(
+    subject: &mut Value,
+    issuer: &str,
+    on_behalf_of: Option<&str>,
+    actors: &[String],
+    task: Option<&str>,
+) {
+    if let Some(m) = subject.as_object_mut() {
+        m.insert("issuer".into(), json!(issuer));
+        m.insert("on_behalf_of".into(), json!(on_behalf_of));
+        m.insert("actors".into(), json!(actors));
+        m.insert("task".into(), json!(task));
+    }
 }
 
 /// SHA-256 (base64url, unpadded) of the canonical serialisation of `v`.
@@ -622,7 +662,11 @@ mod tests {
         let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
         let input = format!(
             "{}.{}",
-            b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(if claims["iss"] == APPROVALS {
+                br#"{"alg":"HS256","typ":"approval+jwt"}"#.as_slice()
+            } else {
+                br#"{"alg":"HS256","typ":"JWT"}"#.as_slice()
+            }),
             b64(claims.to_string().as_bytes())
         );
         // HMAC (RFC 2104) over SHA-256.
@@ -716,8 +760,10 @@ mod tests {
         let asked = &b["approval"];
         assert_eq!(
             asked["request"],
-            json!({"principal": "Agent::\"agent-1\"", "action": "POST", "resource": "Route::\"orders\"",
-                   "route": "orders", "path": "/orders/1/refund"})
+            json!({"principal": "Agent::\"https://agents.test|agent-1\"", "action": "POST",
+                   "resource": "Route::\"orders\"", "route": "orders", "path": "/orders/1/refund",
+                   "issuer": AGENTS, "on_behalf_of": "https://agents.test|agent-1", "actors": [],
+                   "task": null})
         );
         assert_eq!(asked["digest"], json!(digest(&asked["request"])));
         assert!(d.once.is_empty(), "nothing is recorded for a denial");

@@ -27,6 +27,10 @@ pub struct Config {
     /// Human approval of requests denied only by `@approval("required")` policies.
     #[serde(default)]
     pub approval: Option<crate::approval::ApprovalConfig>,
+    /// MCP tool arguments with a format (`path`, `email`, `url`): tool → argument → format.
+    /// Cedar sees them in canonical form; a value that does not parse is refused (formats.rs).
+    #[serde(default)]
+    pub argument_formats: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,12 +87,23 @@ pub struct IssuerConfig {
     /// A token whose value of this claim is `true` is accepted once (its `jti` is recorded).
     #[serde(default)]
     pub single_use_claim: Option<String>,
-    /// RFC 8693 `act` chains: the entity type of the current actor.
+    /// RFC 8693 `act` chains: honoured only when set (then the current actor is the principal);
+    /// a token with `act` from an issuer without it is refused.
     #[serde(default)]
-    pub delegation: crate::agent::DelegationConfig,
+    pub delegation: Option<crate::agent::DelegationConfig>,
+    /// The identity namespace of this issuer's principals, groups and actors: Cedar entity ids
+    /// are `"<namespace>|<id>"`. Default: the `issuer` itself, so two issuers never name the same
+    /// principal; issuers that share a namespace (set explicitly) share identities.
+    #[serde(default)]
+    pub identity_namespace: Option<String>,
     /// Task claims: task id, intent, RFC 9396 tool details.
     #[serde(default)]
     pub task: crate::agent::TaskConfig,
+    /// The JOSE `typ` this issuer's access tokens must have (RFC 8725 §3.11), e.g. `at+jwt`
+    /// (RFC 9068). Unset: absent, `JWT` or `at+jwt`. Tokens typed for anything else (logout,
+    /// security events, status lists, DPoP proofs, approvals) are never access tokens.
+    #[serde(default)]
+    pub typ: Option<String>,
 }
 
 fn default_clock_skew() -> u64 {
@@ -190,6 +205,14 @@ pub struct Limits {
     /// An MCP session binding expires this long after its creation, used or not.
     #[serde(default = "default_session_ttl_s")]
     pub session_ttl_s: u64,
+    /// Most messages in one JSON-RPC batch; a longer batch is refused (-32600).
+    #[serde(default = "default_max_batch_messages")]
+    pub max_batch_messages: usize,
+    /// Most live MCP session bindings each worker thread keeps; past it, a new session is
+    /// refused (503) until old ones expire, so memory stays bounded under a flood of
+    /// `initialize`.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
 }
 
 impl Default for Limits {
@@ -203,8 +226,18 @@ impl Default for Limits {
             max_delegation_depth: default_max_delegation_depth(),
             session_idle_s: default_session_idle_s(),
             session_ttl_s: default_session_ttl_s(),
+            max_batch_messages: default_max_batch_messages(),
+            max_sessions: default_max_sessions(),
         }
     }
+}
+
+fn default_max_batch_messages() -> usize {
+    64
+}
+
+fn default_max_sessions() -> usize {
+    10_000
 }
 
 fn default_session_idle_s() -> u64 {

@@ -38,10 +38,7 @@ impl Route {
                 return false;
             }
         }
-        match path.strip_prefix(self.prefix.as_str()) {
-            None => false,
-            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        }
+        crate::path::under(path, &self.prefix)
     }
 }
 
@@ -68,7 +65,14 @@ pub struct HttpRequest<'a> {
     pub content_type: Option<&'a str>,
     /// The approval header (`approval.header`), when approval is configured and sent.
     pub approval: Option<&'a str>,
+    /// A header that must appear at most once and appeared more often (`authorization`,
+    /// `mcp-session-id`, the approval header): the request is refused (400), because the filter
+    /// and the upstream could each read a different copy.
+    pub repeated: Option<&'a str>,
 }
+
+/// Headers a request may carry at most once.
+pub const SINGLE_HEADERS: [&str; 2] = ["authorization", "mcp-session-id"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -193,18 +197,20 @@ impl Decision {
         }
     }
 
-    /// One line for the proxy's debug log.
+    /// One line for the proxy's debug log. Every value that can come from a request or a token
+    /// is escaped (`crate::reply::log_safe`), so that nothing a client sends starts a line.
     pub fn log_line(&self, method: &str, path: &str, request_id: &str) -> String {
+        use crate::reply::log_safe as e;
         format!(
             "tessera decision={} route={} principal={} method={} path={} policies=[{}] request_id={}{}",
             self.verdict.name(),
-            self.route.as_deref().unwrap_or("-"),
-            self.principal.as_deref().unwrap_or("-"),
-            method,
-            path,
-            self.policies.join(","),
-            request_id,
-            if self.reason.is_empty() { String::new() } else { format!(" reason=\"{}\"", self.reason) }
+            e(self.route.as_deref().unwrap_or("-")),
+            e(self.principal.as_deref().unwrap_or("-")),
+            e(method),
+            e(path),
+            e(&self.policies.join(",")),
+            e(request_id),
+            if self.reason.is_empty() { String::new() } else { format!(" reason=\"{}\"", crate::reply::log_quoted(&self.reason)) }
         )
     }
 }
@@ -221,6 +227,9 @@ pub struct Engine {
     max_token_bytes: usize,
     max_body_bytes: usize,
     max_json_depth: usize,
+    max_batch_messages: usize,
+    max_sessions: usize,
+    formats: crate::formats::ArgumentFormats,
     cache: Mutex<TokenCache>,
     /// RFC 9728: (metadata URL, well-known paths served, the JSON document).
     resource_metadata: Option<(String, Vec<String>, String)>,
@@ -284,6 +293,13 @@ impl Engine {
                 return Err(ConfigError::new(
                     format!("routes[{i}].name"),
                     "must not be empty",
+                ));
+            }
+            if r.kind == RouteKind::Mcp && r.auth == Auth::None {
+                // A public MCP route would forward every tool call undecided.
+                return Err(ConfigError::new(
+                    format!("routes[{i}].auth"),
+                    "an mcp route cannot be public (auth \"none\"): its calls are decided by policy",
                 ));
             }
             routes.push(Route {
@@ -367,6 +383,17 @@ impl Engine {
                 c.limits.max_token_bytes,
             )?),
         };
+        for (field, v) in [
+            ("max_batch_messages", c.limits.max_batch_messages),
+            ("max_sessions", c.limits.max_sessions),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(
+                    format!("limits.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
         if c.limits.session_idle_s == 0 || c.limits.session_ttl_s == 0 {
             return Err(ConfigError::new(
                 "limits.session_idle_s",
@@ -384,6 +411,9 @@ impl Engine {
             max_token_bytes: c.limits.max_token_bytes,
             max_body_bytes: c.limits.max_body_bytes,
             max_json_depth: c.limits.max_json_depth.max(2),
+            max_batch_messages: c.limits.max_batch_messages,
+            max_sessions: c.limits.max_sessions,
+            formats: crate::formats::ArgumentFormats::compile(&c.argument_formats)?,
             resource_metadata,
             session_expiry: (c.limits.session_idle_s, c.limits.session_ttl_s),
             approval,
@@ -553,6 +583,11 @@ impl Engine {
     }
 
     /// How long an MCP session binding lives: (idle, absolute) seconds.
+    /// Most live MCP session bindings per worker thread (`limits.max_sessions`).
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
     pub fn session_expiry(&self) -> (u64, u64) {
         self.session_expiry
     }
@@ -563,7 +598,7 @@ impl Engine {
 
     /// Decides one request. `now_s` is the proxy's clock in Unix seconds.
     pub fn check(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
-        self.in_mode(self.decide(req, now_s))
+        self.in_mode(canonical_path(req, |req| self.decide(req, now_s)))
     }
 
     /// Shadow mode: the decision is made, counted and logged, but nothing is sent.
@@ -603,11 +638,11 @@ impl Engine {
                 };
             }
         }
-        if !is_normalized(path) {
+        if let Some(name) = req.repeated {
             return deny_reply(
                 Verdict::Deny,
                 None,
-                "path is not normalized",
+                &format!("header `{name}` appears more than once"),
                 req.request_id,
                 400,
             );
@@ -679,6 +714,18 @@ impl Engine {
                 d.policies = policies;
                 d.set_headers = self.identity_headers(&verified, &principal);
                 d.once.extend(once);
+                if route.kind == RouteKind::Mcp && req.method == "GET" && self.mode == Mode::Enforce
+                {
+                    // The server's SSE stream can carry list answers again (a resumed stream).
+                    let pending = Pending {
+                        route: self.route_index(route),
+                        token: verified.clone(),
+                        principal: principal.clone(),
+                        once: None,
+                        approval: None,
+                    };
+                    d.mcp_lists = Some(crate::listing::ListRequests::stream(pending, req));
+                }
             }
             Evaluation::Deny { policies } => {
                 d.verdict = Verdict::Deny;
@@ -699,6 +746,13 @@ impl Engine {
         }
         d
     }
+    fn route_index(&self, route: &Route) -> usize {
+        self.routes
+            .iter()
+            .position(|r| std::ptr::eq(r, route))
+            .unwrap_or(0)
+    }
+
     /// An MCP POST: JSON content is required; the body decides.
     fn await_mcp_body(
         &self,
@@ -729,11 +783,7 @@ impl Engine {
             Some(principal.clone()),
         );
         d.pending = Some(Pending {
-            route: self
-                .routes
-                .iter()
-                .position(|r| std::ptr::eq(r, route))
-                .unwrap_or(0),
+            route: self.route_index(route),
             token,
             principal,
             once: None,
@@ -752,7 +802,9 @@ impl Engine {
         body: &[u8],
         now_s: u64,
     ) -> Decision {
-        self.in_mode(self.decide_mcp(pending, req, body, now_s))
+        self.in_mode(canonical_path(req, |req| {
+            self.decide_mcp(pending, req, body, now_s)
+        }))
     }
 
     fn decide_mcp(
@@ -769,6 +821,11 @@ impl Engine {
             Some(pending.principal.clone()),
         );
         let rpc_reply = |status: u32, body: Value| LocalReply::json_rpc(status, body.to_string());
+        // The token was checked at the headers; a body that trickles in must not outlive it.
+        let skew = self.issuers[pending.token.issuer_index].clock_skew_s();
+        if now_s > pending.token.expires_at.saturating_add(skew) {
+            return unauthenticated(route, &TokenError::Expired, req.request_id);
+        }
         if body.len() > self.max_body_bytes {
             d.verdict = Verdict::Deny;
             d.reason = "body too large".into();
@@ -798,7 +855,7 @@ impl Engine {
                 return d;
             }
         };
-        let (messages, batch) = match mcp::messages(&parsed) {
+        let (messages, batch) = match mcp::messages(&parsed, self.max_batch_messages) {
             Ok(m) => m,
             Err((code, msg)) => {
                 d.verdict = Verdict::Deny;
@@ -836,7 +893,7 @@ impl Engine {
                 refused.push(None);
                 continue;
             }
-            let outcome = match mcp::target(m, &route.name) {
+            let outcome = match mcp::target(m, &route.name).and_then(|t| self.formatted(t)) {
                 Err((code, msg)) => Err(Refusal::invalid(code, msg)),
                 Ok(t) => self
                     .evaluate_mcp(&pending.token, &t, req, now_s, None)
@@ -944,6 +1001,20 @@ impl Engine {
         });
         d.reply = Some(rpc_reply(if invalid { 400 } else { 200 }, reply));
         d
+    }
+
+    /// A tool call's arguments with their declared formats in canonical form (`formats.rs`).
+    fn formatted(&self, mut t: mcp::Target) -> Result<mcp::Target, mcp::RpcError> {
+        if let (Some(tool), Some(args)) = (&t.tool, &t.arguments) {
+            if let Some(canonical) = self
+                .formats
+                .apply(tool, args)
+                .map_err(|e| (mcp::INVALID_PARAMS, e))?
+            {
+                t.arguments = Some(canonical);
+            }
+        }
+        Ok(t)
     }
 
     /// One MCP message through Cedar: the determining policies when allowed.
@@ -1096,19 +1167,21 @@ impl Engine {
 
     fn principal_uid(&self, t: &VerifiedToken) -> Result<String, TokenError> {
         let (entity_type, id) = self.principal_type_and_id(t)?;
-        Ok(format!("{entity_type}::{}", Value::String(id.to_string())))
+        Ok(format!("{entity_type}::{}", Value::String(id)))
     }
 
-    /// The principal: the current actor of a delegated token (`agent.rs`), else the subject.
+    /// The principal: the current actor of a delegated token (`agent.rs`), else the subject;
+    /// its id in the issuer's identity namespace (`identity.rs`).
     fn principal_type_and_id<'t>(
         &'t self,
         t: &'t VerifiedToken,
-    ) -> Result<(&'t str, &'t str), TokenError> {
+    ) -> Result<(&'t str, String), TokenError> {
         let issuer = &self.issuers[t.issuer_index];
-        Ok(match t.agent.delegation.current() {
+        let (ty, id) = match t.agent.delegation.current() {
             Some(actor) => (issuer.agent.actor_type.as_str(), actor),
             None => (issuer.principal_type.as_str(), self.principal_id(t)?),
-        })
+        };
+        Ok((ty, crate::identity::entity_id(&issuer.namespace, id)))
     }
     /// Builds and evaluates the Cedar request. `Err` names a token claim with no Cedar value.
     ///
@@ -1188,9 +1261,13 @@ impl Engine {
     fn token_entities(&self, t: &VerifiedToken) -> Result<Vec<Entity>, String> {
         let issuer = &self.issuers[t.issuer_index];
         // Parsed and checked when the token was verified: a failure here cannot happen.
-        crate::agent::request_entities(&issuer.agent, &t.agent, &issuer.principal_type, |ty| {
-            self.subject_entity(t, ty)
-        })
+        crate::agent::request_entities(
+            &issuer.agent,
+            &t.agent,
+            &issuer.principal_type,
+            &issuer.namespace,
+            |ty| self.subject_entity(t, ty),
+        )
     }
 
     /// The token's subject as an entity of `entity_type`, with the issuer's groups and
@@ -1200,11 +1277,13 @@ impl Engine {
         let id = self
             .principal_id(t)
             .map_err(|_| issuer.principal_claim.clone())?;
-        let principal_uid = uid(entity_type, id).map_err(|_| issuer.principal_claim.clone())?;
+        let ns = |id: &str| crate::identity::entity_id(&issuer.namespace, id);
+        let principal_uid =
+            uid(entity_type, &ns(id)).map_err(|_| issuer.principal_claim.clone())?;
         let mut parents = HashSet::new();
         if let Some(gc) = &issuer.groups_claim {
             for g in string_list(t.claim(gc)) {
-                parents.insert(uid("Group", g).map_err(|_| gc.clone())?);
+                parents.insert(uid("Group", &ns(g)).map_err(|_| gc.clone())?);
             }
         }
         let mut attrs = std::collections::HashMap::new();
@@ -1273,7 +1352,11 @@ impl Engine {
         let subject = self
             .principal_id(t)
             .map_err(|_| issuer.principal_claim.clone())?;
-        context.extend(crate::agent::context_parts(agent, subject)?);
+        context.extend(crate::agent::context_parts(
+            agent,
+            subject,
+            &issuer.namespace,
+        )?);
         Ok(context)
     }
 
@@ -1282,10 +1365,7 @@ impl Engine {
         for (name, source) in &self.forward {
             let value = match source {
                 HeaderSource::Principal => Some(principal.to_string()),
-                HeaderSource::PrincipalId => self
-                    .principal_type_and_id(t)
-                    .ok()
-                    .map(|(_, id)| id.to_string()),
+                HeaderSource::PrincipalId => self.principal_type_and_id(t).ok().map(|(_, id)| id),
                 HeaderSource::PrincipalType => self
                     .principal_type_and_id(t)
                     .ok()
@@ -1331,22 +1411,24 @@ fn string_list(v: Option<&Value>) -> Vec<&str> {
     }
 }
 
-/// A path the filter can judge: absolute, no dot segments, no encoded separators or dots, no
-/// backslashes. Envoy normalises paths when configured to; this is the last line of defence
-/// against a route prefix being bypassed with `/public/../admin`.
-fn is_normalized(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
-        return false;
+/// Runs `decide` on `req` with its path in the canonical form (`path.rs`), the query kept as
+/// sent; a path that has none is refused (400) before anything else.
+fn canonical_path(
+    req: &HttpRequest<'_>,
+    decide: impl FnOnce(&HttpRequest<'_>) -> Decision,
+) -> Decision {
+    match crate::path::canonical(req.path) {
+        Err(why) => deny_reply(Verdict::Deny, None, why, req.request_id, 400),
+        Ok(std::borrow::Cow::Borrowed(_)) => decide(req),
+        Ok(std::borrow::Cow::Owned(path)) => {
+            let rest = req.path.find(['?', '#']).map_or("", |i| &req.path[i..]);
+            let full = format!("{path}{rest}");
+            decide(&HttpRequest {
+                path: &full,
+                ..*req
+            })
+        }
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%2e")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-    {
-        return false;
-    }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The RFC 9728 document, the URL clients are pointed to, and the paths it is served on: the
@@ -1478,6 +1560,22 @@ impl Pending {
 
 /// Human approval (core/src/approval.rs): the hooks of the HTTP and MCP paths.
 impl Engine {
+    /// `approval::bind_identity` with the token's issuer, subject, actors and task.
+    fn bind_identity(&self, subject: &mut Value, t: &VerifiedToken) {
+        let issuer = &self.issuers[t.issuer_index];
+        let on_behalf_of = self
+            .principal_id(t)
+            .ok()
+            .map(|s| crate::identity::entity_id(&issuer.namespace, s));
+        crate::approval::bind_identity(
+            subject,
+            &t.issuer,
+            on_behalf_of.as_deref(),
+            &t.agent.delegation.actors,
+            t.agent.task.as_ref().and_then(|task| task.id.as_deref()),
+        );
+    }
+
     /// A plain HTTP denial that approval may lift: asks for approval, or — with a valid approval
     /// of exactly this request — allows it, recording the approval before forwarding.
     #[allow(clippy::too_many_arguments)]
@@ -1495,7 +1593,7 @@ impl Engine {
             return;
         };
         let resource = format!("Route::{}", Value::String(route.name.clone()));
-        let subject = approval::subject(
+        let mut subject = approval::subject(
             &principal,
             req.method,
             &resource,
@@ -1503,6 +1601,7 @@ impl Engine {
             None,
             Some(req.path),
         );
+        self.bind_identity(&mut subject, t);
         let evaluate = |g: &approval::Granted| {
             uid("Route", &route.name)
                 .and_then(|resource| {
@@ -1591,7 +1690,7 @@ impl Engine {
             t.resource_type,
             Value::String(t.resource_id.clone())
         );
-        let subject = approval::subject(
+        let mut subject = approval::subject(
             &pending.principal,
             &action,
             &resource,
@@ -1599,6 +1698,7 @@ impl Engine {
             t.arguments.as_ref(),
             None,
         );
+        self.bind_identity(&mut subject, &pending.token);
         let presented = id.and(pending.approval.as_deref());
         let evaluate =
             |g: &approval::Granted| match self.evaluate_mcp(&pending.token, t, req, now_s, Some(g))

@@ -60,6 +60,8 @@ pub enum TokenError {
     },
     #[error("signature invalid")]
     BadSignature,
+    #[error("token type `{0}` is not accepted here")]
+    WrongType(String),
     #[error("token expired")]
     Expired,
     #[error("token not yet valid (nbf)")]

@@ -9,10 +9,13 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod formats;
+pub mod identity;
 pub mod json;
 pub mod jwks;
 pub mod listing;
 pub mod mcp;
+pub mod path;
 pub mod reply;
 pub mod token;
 

@@ -27,6 +27,8 @@ pub(crate) type RequestParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>
 pub enum ListKind {
     Tools,
     Resources,
+    /// `resources/templates/list`: a template is judged as a read of its URI template.
+    Templates,
     Prompts,
 }
 
@@ -35,15 +37,33 @@ impl ListKind {
         match method {
             "tools/list" => Some(ListKind::Tools),
             "resources/list" => Some(ListKind::Resources),
+            "resources/templates/list" => Some(ListKind::Templates),
             "prompts/list" => Some(ListKind::Prompts),
             _ => None,
         }
+    }
+
+    const ALL: [ListKind; 4] = [
+        ListKind::Tools,
+        ListKind::Resources,
+        ListKind::Templates,
+        ListKind::Prompts,
+    ];
+
+    /// The kind of list a result holds, by its shape: an answer whose id matches no awaited
+    /// list request (a server that rewrote the id) is still filtered.
+    fn of_result(message: &Value) -> Option<ListKind> {
+        let result = message.get("result")?;
+        ListKind::ALL
+            .into_iter()
+            .find(|k| result.get(k.field()).is_some_and(Value::is_array))
     }
 
     pub fn method(self) -> &'static str {
         match self {
             ListKind::Tools => "tools/list",
             ListKind::Resources => "resources/list",
+            ListKind::Templates => "resources/templates/list",
             ListKind::Prompts => "prompts/list",
         }
     }
@@ -53,6 +73,7 @@ impl ListKind {
         match self {
             ListKind::Tools => "tools",
             ListKind::Resources => "resources",
+            ListKind::Templates => "resourceTemplates",
             ListKind::Prompts => "prompts",
         }
     }
@@ -62,6 +83,7 @@ impl ListKind {
         match self {
             ListKind::Tools | ListKind::Prompts => "name",
             ListKind::Resources => "uri",
+            ListKind::Templates => "uriTemplate",
         }
     }
 
@@ -70,7 +92,7 @@ impl ListKind {
     fn usage(self) -> (&'static str, &'static str, &'static str) {
         match self {
             ListKind::Tools => ("tools/call", "Tool", "tool"),
-            ListKind::Resources => ("resources/read", "Resource", "uri"),
+            ListKind::Resources | ListKind::Templates => ("resources/read", "Resource", "uri"),
             ListKind::Prompts => ("prompts/get", "Prompt", "prompt"),
         }
     }
@@ -85,6 +107,10 @@ pub struct ListRequests {
     host: String,
     request_id: String,
     ids: Vec<(Value, ListKind)>,
+    /// The answer to a GET on an MCP route (the server's SSE stream, which a client can resume
+    /// with `Last-Event-ID` and so have list answers sent again): every list result in it is
+    /// filtered by its shape, until the stream ends.
+    stream: bool,
 }
 
 impl ListRequests {
@@ -109,16 +135,49 @@ impl ListRequests {
             host: req.host.to_string(),
             request_id: req.request_id.to_string(),
             ids,
+            stream: false,
         })
     }
 
-    /// Every list request has had its answer: the rest of the response is not looked at.
+    /// The filter of the server's SSE stream (a GET on an MCP route).
+    pub(crate) fn stream(pending: Pending, req: &HttpRequest<'_>) -> ListRequests {
+        ListRequests {
+            pending,
+            path: req.path.split(['?', '#']).next().unwrap_or("").to_string(),
+            host: req.host.to_string(),
+            request_id: req.request_id.to_string(),
+            ids: Vec::new(),
+            stream: true,
+        }
+    }
+
+    /// Every list request has had its answer: the rest of the response is not looked at (never,
+    /// on the server's stream).
     pub fn answered(&self) -> bool {
-        self.ids.is_empty()
+        !self.stream && self.ids.is_empty()
     }
 
     pub fn request_id(&self) -> &str {
         &self.request_id
+    }
+
+    /// The answer that replaces a list answer the filter cannot read (not JSON, encoded, an
+    /// unexpected content type): a JSON-RPC error for every list request still awaited, so that
+    /// nothing unfiltered reaches the client.
+    pub fn unreadable(&self, why: &str) -> Vec<u8> {
+        let message = format!("the list answer could not be filtered: {why}");
+        let data = serde_json::json!({"request_id": self.request_id});
+        let mut answers: Vec<Value> = self
+            .ids
+            .iter()
+            .map(|(id, _)| mcp::error_object(id, mcp::INTERNAL_ERROR, &message, Some(data.clone())))
+            .collect();
+        let body = match answers.len() {
+            0 => mcp::error_object(&Value::Null, mcp::INTERNAL_ERROR, &message, Some(data)),
+            1 => answers.remove(0),
+            _ => Value::Array(answers),
+        };
+        body.to_string().into_bytes()
     }
 
     /// Takes the list request with this JSON-RPC id, if it is one.
@@ -141,15 +200,17 @@ pub struct Filtered {
 
 impl Filtered {
     pub fn log_line(&self, request_id: &str) -> String {
+        use crate::reply::{log_quoted, log_safe};
         let error = self
             .error
             .as_ref()
-            .map_or(String::new(), |e| format!(" error=\"{e}\""));
+            .map_or(String::new(), |e| format!(" error=\"{}\"", log_quoted(e)));
         format!(
-            "tessera mcp_list methods=[{}] shown={} hidden={} request_id={request_id}{error}",
+            "tessera mcp_list methods=[{}] shown={} hidden={} request_id={}{error}",
             self.methods.join(","),
             self.shown,
-            self.hidden
+            self.hidden,
+            log_safe(request_id)
         )
     }
 }
@@ -171,7 +232,8 @@ impl Engine {
         // The principal is built once per reply, and only when there is something to judge.
         let mut judge: Option<Judge> = None;
         for m in messages {
-            let Some(kind) = m.get("id").and_then(|id| lists.take(id)) else {
+            let awaited = m.get("id").and_then(|id| lists.take(id));
+            let Some(kind) = awaited.or_else(|| ListKind::of_result(m)) else {
                 continue;
             };
             out.methods.push(kind.method());
@@ -200,20 +262,36 @@ impl Engine {
         (!out.methods.is_empty()).then_some(out)
     }
 
-    /// Filters a whole `application/json` reply body. `None`: leave the body as it is (not an
-    /// awaited list answer, or not JSON).
+    /// Filters a whole `application/json` reply body: `Some(new body)` when it changed. A body
+    /// that is not JSON is replaced by [`ListRequests::unreadable`]: what the filter cannot read
+    /// never reaches the client.
     pub fn filter_list_json(
         &self,
         lists: &mut ListRequests,
         body: &[u8],
         now_s: u64,
-    ) -> Option<(Vec<u8>, Filtered)> {
-        let mut reply: Value = serde_json::from_slice(body).ok()?;
-        let filtered = self.filter_list_reply(lists, &mut reply, now_s)?;
+    ) -> (Option<Vec<u8>>, Filtered) {
+        let unreadable = |lists: &ListRequests, why: &str| {
+            let f = Filtered {
+                error: Some(format!("unreadable list answer: {why}")),
+                ..Filtered::default()
+            };
+            (Some(lists.unreadable(why)), f)
+        };
+        let mut reply: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => return unreadable(lists, "not JSON"),
+        };
+        let Some(filtered) = self.filter_list_reply(lists, &mut reply, now_s) else {
+            return (None, Filtered::default());
+        };
         if filtered.hidden == 0 {
-            return Some((body.to_vec(), filtered));
+            return (None, filtered);
         }
-        Some((serde_json::to_vec(&reply).ok()?, filtered))
+        match serde_json::to_vec(&reply) {
+            Ok(out) => (Some(out), filtered),
+            Err(_) => unreadable(lists, "cannot be written back"),
+        }
     }
 
     /// Filters the data of one SSE event: `Some(new data)` when it changed.
@@ -227,7 +305,18 @@ impl Engine {
         if lists.answered() {
             return None;
         }
-        let mut reply: Value = serde_json::from_str(data).ok()?;
+        let mut reply: Value = match serde_json::from_str(data) {
+            Ok(v) => v,
+            // Data the filter cannot read is dropped (an event with empty data is not
+            // dispatched): a more lenient client parser must not see an unfiltered list in it.
+            Err(_) if data.is_empty() => return None,
+            Err(_) => {
+                total
+                    .error
+                    .get_or_insert_with(|| "an SSE event that is not JSON was dropped".into());
+                return Some(String::new());
+            }
+        };
         let f = self.filter_list_reply(lists, &mut reply, now_s)?;
         total.methods.extend(f.methods);
         total.shown += f.shown;
@@ -367,18 +456,24 @@ impl SseRewriter {
         out
     }
 
-    /// The end of the stream: an unfinished event goes out as it came (a client discards it).
-    pub fn finish(&mut self) -> Vec<u8> {
+    /// The end of the stream: an unfinished event is rewritten as a complete one would be (a
+    /// conforming client discards it, a lenient one must not see it unfiltered).
+    pub fn finish(&mut self, rewrite: &mut dyn FnMut(&str) -> Option<String>) -> Vec<u8> {
         self.scanned = 0;
         self.mid_line = false;
-        std::mem::take(&mut self.pending)
+        let rest = std::mem::take(&mut self.pending);
+        if rest.is_empty() {
+            return rest;
+        }
+        rewrite_event(&rest, rewrite)
     }
 }
 
 /// One complete event (its blank line included), rewritten when its data changes.
 fn rewrite_event(event: &[u8], rewrite: &mut dyn FnMut(&str) -> Option<String>) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(event) else {
-        return event.to_vec();
+        // Not UTF-8: not an SSE event a client reads the same way (dropped; it cannot be judged).
+        return Vec::new();
     };
     let lines = split_lines(text);
     let eol = lines.first().map_or("\n", |(_, e)| *e);
@@ -466,7 +561,7 @@ mod tests {
             out.extend(r.push(&stream[at..c], rewrite));
             at = c;
         }
-        out.extend(r.finish());
+        out.extend(r.finish(rewrite));
         out
     }
 
@@ -511,7 +606,7 @@ mod tests {
         // CR at the end of a chunk could be the first half of CRLF: held.
         assert_eq!(r.push(b"\r", &mut none), Vec::<u8>::new());
         assert_eq!(r.push(b"\ndata: c\n", &mut none), b"data: b\n\r\n".to_vec());
-        assert_eq!(r.finish(), b"data: c\n".to_vec());
+        assert_eq!(r.finish(&mut none), b"data: c\n".to_vec());
     }
 
     #[test]
@@ -569,7 +664,7 @@ mod engine_tests {
         type McpCall = { method: String, tool?: String, uri?: String, prompt?: String };
         type McpContext = { token: Token, request: HttpRequest, now: Long, mcp: McpCall,
                             delegation: Delegation, task?: Task };
-        action "tools/list", "resources/list", "prompts/list" appliesTo
+        action "tools/list", "resources/list", "resources/templates/list", "prompts/list" appliesTo
             { principal: [User, Agent], resource: [McpServer], context: McpContext };
         action "tools/call" appliesTo { principal: [User, Agent], resource: [Tool], context: McpContext };
         action "resources/read" appliesTo { principal: [User, Agent], resource: [Resource], context: McpContext };
@@ -584,7 +679,8 @@ mod engine_tests {
     "#;
 
     const POLICIES: &str = r#"
-        permit (principal, action in [Action::"tools/list", Action::"resources/list", Action::"prompts/list"], resource);
+        permit (principal, action in [Action::"tools/list", Action::"resources/list",
+                                      Action::"resources/templates/list", Action::"prompts/list"], resource);
         @id("read-tools") permit (principal, action in Action::"tools/call", resource);
         @id("small-payments") forbid (principal, action == Action::"call:pay", resource)
             when { context.mcp.arguments.amount > 100 };
@@ -683,9 +779,8 @@ mod engine_tests {
         assert_eq!(d.verdict, Verdict::Allow);
         let mut lists = d.mcp_lists.expect("a list request is announced");
         let body = tools_reply(1).to_string();
-        let (out, f) = e
-            .filter_list_json(&mut lists, body.as_bytes(), now())
-            .expect("filtered");
+        let (out, f) = e.filter_list_json(&mut lists, body.as_bytes(), now());
+        let out = out.expect("filtered");
         let out: Value = serde_json::from_slice(&out).expect("json");
         // pay: without pay:write only its `@scope` forbid holds it back, so it is listed (the
         // call gets the step-up challenge); delete: forbidden outright; boom: its forbid errors
@@ -709,9 +804,8 @@ mod engine_tests {
         let mut lists = post(&e, "pay:write", &list(1, "tools/list"))
             .mcp_lists
             .expect("lists");
-        let (out, _) = e
-            .filter_list_json(&mut lists, body.as_bytes(), now())
-            .expect("filtered");
+        let (out, _) = e.filter_list_json(&mut lists, body.as_bytes(), now());
+        let out = out.expect("filtered");
         let out: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(names(&out, "tools", "name"), ["read", "pay", "unknown"]);
     }
@@ -784,23 +878,90 @@ mod engine_tests {
     }
 
     #[test]
-    fn an_answer_to_another_id_is_left_alone() {
+    fn a_list_answer_is_filtered_whatever_id_it_carries() {
         let e = engine();
+        // A server that echoes an id in another form ("1" for 1, 1 for 1.0) still gets its
+        // answer filtered: the filter goes by the shape of the result, not only by the id.
+        for body in [
+            tools_reply(2).to_string(),
+            tools_reply(1)
+                .to_string()
+                .replace("\"id\":1", "\"id\":\"1\""),
+        ] {
+            let mut lists = post(&e, "", &list(1, "tools/list"))
+                .mcp_lists
+                .expect("lists");
+            let (out, f) = e.filter_list_json(&mut lists, body.as_bytes(), now());
+            let out: Value = serde_json::from_slice(&out.expect("filtered")).expect("json");
+            assert_eq!(names(&out, "tools", "name"), ["read", "pay", "unknown"]);
+            assert_eq!(f.hidden, 2);
+        }
+        // The answer of a tool call is not a list: left alone.
         let mut lists = post(&e, "", &list(1, "tools/list"))
             .mcp_lists
             .expect("lists");
-        let body = tools_reply(2).to_string();
+        let call = json!({"jsonrpc": "2.0", "id": 2, "result": {"content": []}}).to_string();
         assert!(e
-            .filter_list_json(&mut lists, body.as_bytes(), now())
+            .filter_list_json(&mut lists, call.as_bytes(), now())
+            .0
             .is_none());
         assert!(!lists.answered());
-        // "1" is not 1.
-        let body = tools_reply(1)
-            .to_string()
-            .replace("\"id\":1", "\"id\":\"1\"");
-        assert!(e
-            .filter_list_json(&mut lists, body.as_bytes(), now())
-            .is_none());
+    }
+
+    #[test]
+    fn an_unreadable_list_answer_never_reaches_the_client() {
+        let e = engine();
+        let mut lists = post(
+            &e,
+            "",
+            &json!([list(1, "tools/list"), list(2, "prompts/list")]),
+        )
+        .mcp_lists
+        .expect("lists");
+        // NaN is JSON to some parsers (Python's), not to serde_json: refused, not passed.
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"delete"}],"x":NaN}}"#;
+        let (out, f) = e.filter_list_json(&mut lists, body.as_bytes(), now());
+        let out: Value = serde_json::from_slice(&out.expect("replaced")).expect("json");
+        let ids: Vec<&Value> = out
+            .as_array()
+            .expect("batch")
+            .iter()
+            .map(|m| &m["id"])
+            .collect();
+        assert_eq!(ids, [&json!(1), &json!(2)]);
+        assert_eq!(out[0]["error"]["code"], mcp::INTERNAL_ERROR);
+        assert!(!out.to_string().contains("delete"));
+        assert!(f.error.is_some());
+        // In an SSE stream, an event whose data is not JSON is dropped while lists are awaited.
+        let stream = format!("data: {body}\n\ndata: {}\n\n", tools_reply(2));
+        let mut lists = post(&e, "", &list(2, "tools/list"))
+            .mcp_lists
+            .expect("lists");
+        let mut total = Filtered::default();
+        let mut r = SseRewriter::new();
+        let mut rewrite = |d: &str| e.filter_list_event(&mut lists, d, now(), &mut total);
+        let mut out = r.push(stream.as_bytes(), &mut rewrite);
+        out.extend(r.finish(&mut rewrite));
+        let out = String::from_utf8(out).expect("utf-8");
+        assert!(!out.contains("NaN") && !out.contains("delete"), "{out}");
+        assert!(out.contains("\"read\""), "{out}");
+    }
+
+    #[test]
+    fn resource_templates_are_filtered() {
+        let e = engine();
+        let mut lists = post(&e, "", &list(4, "resources/templates/list"))
+            .mcp_lists
+            .expect("lists");
+        let body = json!({"jsonrpc": "2.0", "id": 4, "result": {"resourceTemplates": [
+            {"uriTemplate": "file:///docs", "name": "d"}, {"uriTemplate": "file:///hr", "name": "h"}]}});
+        let (out, f) = e.filter_list_json(&mut lists, body.to_string().as_bytes(), now());
+        let out: Value = serde_json::from_slice(&out.expect("filtered")).expect("json");
+        assert_eq!(
+            names(&out, "resourceTemplates", "uriTemplate"),
+            ["file:///docs"]
+        );
+        assert_eq!(f.methods, vec!["resources/templates/list"]);
     }
 
     #[test]
@@ -825,7 +986,7 @@ mod engine_tests {
                 e.filter_list_event(&mut lists, d, now(), &mut total)
             }));
         }
-        out.extend(r.finish());
+        out.extend(r.finish(&mut |d| e.filter_list_event(&mut lists, d, now(), &mut total)));
         let out = String::from_utf8(out).expect("utf-8");
         assert!(out.starts_with(note), "{out}");
         assert!(out.ends_with(after), "{out}");

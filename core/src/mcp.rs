@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
 /// Implementation-defined server error (JSON-RPC reserves -32000..-32099): refused by policy.
 pub const FORBIDDEN: i64 = -32003;
 /// A batch with a refused message is not forwarded; its other requests get this.
@@ -49,14 +50,46 @@ pub type RpcError = (i64, String);
 /// One message of a body, or (its id, why it is not a valid message).
 pub type Parsed = Result<Message, (Value, RpcError)>;
 
-/// Splits a parsed body into messages. `Err` is the JSON-RPC error for the whole body.
-pub fn messages(body: &Value) -> Result<(Vec<Parsed>, bool), RpcError> {
+/// The largest integer id accepted: JavaScript's `Number.MAX_SAFE_INTEGER`, so that a server in
+/// any language echoes the id the filter matched its answer by.
+const MAX_SAFE_ID: u64 = (1 << 53) - 1;
+
+/// Splits a parsed body into messages. `Err` is the JSON-RPC error for the whole body: an empty
+/// batch, a batch of more than `max_batch` messages, or one where two requests share an id
+/// (answers are matched by id, so a repeated id could hide which answer is which).
+pub fn messages(body: &Value, max_batch: usize) -> Result<(Vec<Parsed>, bool), RpcError> {
     match body {
         Value::Array(items) => {
             if items.is_empty() {
                 return Err((INVALID_REQUEST, "empty batch".into()));
             }
-            Ok((items.iter().map(message).collect(), true))
+            if items.len() > max_batch {
+                return Err((
+                    INVALID_REQUEST,
+                    format!("a batch may hold at most {max_batch} messages"),
+                ));
+            }
+            let parsed: Vec<Parsed> = items.iter().map(message).collect();
+            let mut ids: Vec<&Value> = parsed
+                .iter()
+                .filter_map(|m| match m {
+                    Ok(Message {
+                        kind: Kind::Request { id },
+                        ..
+                    }) => Some(id),
+                    _ => None,
+                })
+                .collect();
+            let n = ids.len();
+            ids.sort_by_key(|id| id.to_string());
+            ids.dedup();
+            if ids.len() != n {
+                return Err((
+                    INVALID_REQUEST,
+                    "two requests of the batch share an id".into(),
+                ));
+            }
+            Ok((parsed, true))
         }
         other => Ok((vec![message(other)], false)),
     }
@@ -73,8 +106,11 @@ fn message(v: &Value) -> Parsed {
         return Err(invalid("jsonrpc must be \"2.0\""));
     }
     if let Some(id) = obj.get("id") {
-        if !(id.is_string() || id.is_i64() || id.is_u64()) {
-            return Err(invalid("id must be a string or an integer"));
+        let safe = id.as_i64().is_some_and(|n| n.unsigned_abs() <= MAX_SAFE_ID);
+        if !(id.is_string() || safe) {
+            return Err(invalid(
+                "id must be a string or an integer of at most 2^53 - 1",
+            ));
         }
     }
     let params = obj
@@ -172,7 +208,7 @@ mod tests {
     fn a_tool_call_targets_the_tool_with_its_arguments() {
         let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
             "params": {"name": "transfer_funds", "arguments": {"amount": 5}}});
-        let (msgs, batch) = messages(&body).expect("valid");
+        let (msgs, batch) = messages(&body, 64).expect("valid");
         assert!(!batch);
         let m = msgs[0].clone().expect("message");
         assert_eq!(m.kind, Kind::Request { id: json!(7) });
@@ -187,7 +223,7 @@ mod tests {
     #[test]
     fn invalid_messages_keep_their_id() {
         let body = json!([{"jsonrpc": "1.0", "id": "a", "method": "ping"}, {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
-        let (msgs, batch) = messages(&body).expect("batch");
+        let (msgs, batch) = messages(&body, 64).expect("batch");
         assert!(batch);
         assert_eq!(
             msgs[0].clone().err().map(|(id, e)| (id, e.0)),
@@ -197,7 +233,32 @@ mod tests {
             msgs[1].clone().map(|m| m.kind).ok(),
             Some(Kind::Notification)
         );
-        assert!(messages(&json!([])).is_err());
+        assert!(messages(&json!([]), 64).is_err());
+    }
+
+    #[test]
+    fn batches_are_bounded_and_ids_unique_and_safe() {
+        let ping = |id: Value| json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+        let code = |v: &Value, max| messages(v, max).err().map(|e| e.0);
+        assert_eq!(
+            code(&json!([ping(json!(1)), ping(json!(1))]), 64),
+            Some(INVALID_REQUEST)
+        );
+        assert_eq!(
+            code(&json!([ping(json!("a")), ping(json!("a"))]), 64),
+            Some(INVALID_REQUEST)
+        );
+        // "1" and 1 are different ids; notifications have none.
+        assert_eq!(code(&json!([ping(json!(1)), ping(json!("1"))]), 64), None);
+        assert_eq!(
+            code(&json!([ping(json!(1)), ping(json!(2)), ping(json!(3))]), 2),
+            Some(INVALID_REQUEST)
+        );
+        // 2^53 is not a safe integer: a JavaScript server would echo another number.
+        let (msgs, _) = messages(&ping(json!(9007199254740993_u64)), 64).expect("parsed");
+        assert!(msgs[0].is_err());
+        let (msgs, _) = messages(&ping(json!(-9007199254740991_i64)), 64).expect("parsed");
+        assert!(msgs[0].is_ok());
     }
 
     #[test]

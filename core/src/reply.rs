@@ -173,3 +173,64 @@ impl LocalReply {
         }
     }
 }
+
+/// `s` made safe for one unquoted log field: control characters (CR, LF, ESC, NEL, …) and the
+/// Unicode line and paragraph separators escaped as `\u{…}`, so that a value from a request or a
+/// token cannot start a forged line. (Principals are JSON-quoted already: `Agent::"a\nb"`.)
+pub fn log_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    escape(s, false)
+}
+
+/// `s` made safe inside a double-quoted log field (`reason="…"`): as [`log_safe`], and `"` and
+/// `\` escaped too, so that the value cannot close the field.
+pub fn log_quoted(s: &str) -> std::borrow::Cow<'_, str> {
+    escape(s, true)
+}
+
+fn escape(s: &str, quoted: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}')
+            || (quoted && matches!(c, '\\' | '"'))
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' if quoted => out.push_str("\\\\"),
+            '"' if quoted => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::{log_quoted, log_safe};
+
+    #[test]
+    fn control_characters_cannot_forge_a_log_line() {
+        assert_eq!(log_safe("plain /path"), "plain /path");
+        assert_eq!(
+            log_safe("Agent::\"a\\\"b\""),
+            "Agent::\"a\\\"b\"",
+            "JSON-quoted: kept"
+        );
+        assert_eq!(
+            log_quoted("k\ntessera decision=allow\r\u{1b}[2J\"\\"),
+            "k\\ntessera decision=allow\\r\\u{001b}[2J\\\"\\\\"
+        );
+        let nel = log_safe("a\u{85}b\u{2028}");
+        assert!(
+            !nel.contains('\u{85}') && !nel.contains('\u{2028}'),
+            "{nel}"
+        );
+    }
+}

@@ -32,6 +32,20 @@ pub struct Issuer {
     pub single_use_claim: Option<String>,
     /// Delegation (`act`) and task settings.
     pub agent: crate::agent::AgentConfig,
+    /// The one `typ` required (lowercase, without `application/`); `None`: absent, `jwt` or
+    /// `at+jwt`.
+    typ: Option<String>,
+    /// The identity namespace of this issuer's entity ids (`identity.rs`).
+    pub namespace: String,
+}
+
+/// A JOSE `typ` compared as RFC 7515 §4.1.9 says: case-insensitively, `application/` optional.
+fn media_type(typ: &str) -> String {
+    let t = typ.trim().to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => t,
+    }
 }
 
 impl Issuer {
@@ -61,6 +75,22 @@ impl Issuer {
                 "the issuer has no verification key (jwks or hmac_secret)",
             ));
         }
+        let typ = match &c.typ {
+            None => None,
+            Some(t) if media_type(t).is_empty() || media_type(t).contains(char::is_whitespace) => {
+                return Err(ConfigError::new(
+                    format!("{path}.typ"),
+                    "must be a media type such as `at+jwt`",
+                ))
+            }
+            Some(t) => Some(media_type(t)),
+        };
+        let namespace = c
+            .identity_namespace
+            .clone()
+            .unwrap_or_else(|| c.issuer.clone());
+        crate::identity::check_namespace(&namespace)
+            .map_err(|why| ConfigError::new(format!("{path}.identity_namespace"), why))?;
         if c.principal.claim.is_empty() {
             return Err(ConfigError::new(
                 format!("{path}.principal.claim"),
@@ -85,8 +115,32 @@ impl Issuer {
                 .collect(),
             claims: c.claims.clone(),
             single_use_claim: c.single_use_claim.clone(),
-            agent: crate::agent::AgentConfig::compile(&c.delegation, &c.task, path)?,
+            agent: crate::agent::AgentConfig::compile(c.delegation.as_ref(), &c.task, path)?,
+            typ,
+            namespace,
         })
+    }
+
+    /// RFC 8725 §3.11: a token typed for another use (a logout token, a security event, a
+    /// status list, a DPoP proof, an approval) is never taken for what this issuer's tokens are.
+    fn check_typ(&self, header: &Map<String, Value>) -> Result<(), TokenError> {
+        let typ = match header.get("typ") {
+            None => None,
+            Some(Value::String(t)) => Some(media_type(t)),
+            Some(_) => return Err(TokenError::Malformed("typ is not a string")),
+        };
+        let ok = match (&self.typ, &typ) {
+            (Some(required), Some(t)) => required == t,
+            (Some(_), None) => false,
+            (None, None) => true,
+            (None, Some(t)) => t == "jwt" || t == "at+jwt",
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(TokenError::WrongType(
+            typ.unwrap_or_else(|| "(none)".into()),
+        ))
     }
 
     /// Tolerance for `exp`, `nbf`, `iat`: a token verifies until `exp` plus this.
@@ -213,6 +267,7 @@ pub fn verify(
         .enumerate()
         .find(|(_, i)| i.issuer == iss)
         .ok_or(TokenError::UnknownIssuer)?;
+    issuer.check_typ(&header)?;
 
     let kid = header.get("kid").and_then(Value::as_str);
     let by_kid = kid.and_then(|k| issuer.keys.iter().find(|key| key.kid.as_deref() == Some(k)));

@@ -151,9 +151,12 @@ enum Lists {
     Filtering(listing::ResponseFilter),
 }
 
+/// Prefix of the shared-data keys of MCP sessions.
+const SESSION_PREFIX: &str = "tessera.mcp.session.";
+
 /// Shared-data key of an MCP session: shared by the proxy's worker threads.
 fn session_key(route: &str, session: &str) -> String {
-    format!("tessera.mcp.session.{route}.{session}")
+    format!("{SESSION_PREFIX}{route}.{session}")
 }
 
 /// `(absolute expiry, principal)` of a session binding's payload.
@@ -243,6 +246,10 @@ impl Filter {
         };
         decision.verdict = Verdict::Deny;
         decision.reason = reason.to_string();
+        // Shadow mode never refuses: the refusal is counted and logged, the request forwarded.
+        if engine.mode() == tessera_core::Mode::Shadow {
+            return;
+        }
         decision.set_headers.clear();
         decision.reply = Some(LocalReply::json_error(
             status,
@@ -255,17 +262,37 @@ impl Filter {
     }
 
     /// Binds a session the server just created to its creator, until it idles out or reaches its
-    /// absolute lifetime. An existing live binding is left alone (first creator wins).
+    /// absolute lifetime. An existing live binding is left alone (first creator wins). Past
+    /// `limits.max_sessions` live bindings of this worker, the session is not bound and the
+    /// answer becomes a 503 without its session id: memory stays bounded under a flood of
+    /// `initialize`, and the client can try again once old sessions expire.
     fn bind_session(&self, route: &str, principal: &str, session: &str) {
         let Some(engine) = self.engine.as_ref() else {
             return;
         };
         let (idle, ttl) = engine.session_expiry();
         let now = self.now_s();
+        let key = session_key(route, session);
+        if self.store.get(&key, now).is_some() {
+            // Bound already (servers repeat the id on every answer of the session).
+            return;
+        }
+        if self.store.live(SESSION_PREFIX, now) >= engine.max_sessions() {
+            log(
+                LogLevel::Warn,
+                "tessera: MCP session refused: limits.max_sessions live sessions on this worker",
+            );
+            if engine.mode() == tessera_core::Mode::Shadow {
+                return;
+            }
+            self.set_http_response_header("mcp-session-id", None);
+            self.set_http_response_header(":status", Some("503"));
+            self.set_http_response_header("retry-after", Some("60"));
+            return;
+        }
         let absolute = now.saturating_add(ttl);
         let payload = format!("{absolute} {principal}");
         let expires_at = now.saturating_add(idle).min(absolute);
-        let key = session_key(route, session);
         if let Err(e) = self.store.create(&key, payload.as_bytes(), expires_at, now) {
             log(
                 LogLevel::Error,
@@ -422,13 +449,19 @@ impl Filter {
             request_id: &p.request_id,
             content_type: None,
             approval: None,
+            repeated: None,
         };
         let mut decision = engine.check_mcp(&p.pending, &request, body, self.now_s());
         self.check_session(&engine, &mut decision, &p.request_id);
         if decision.reply.is_none() {
             self.lists = decision.mcp_lists.take().map(Lists::Awaiting);
         }
-        self.finish(&engine, &decision, &p.method, &p.path, &p.request_id)
+        let action = self.finish(&engine, &decision, &p.method, &p.path, &p.request_id);
+        if action == Action::Continue && self.lists.is_some() {
+            // A list answer must come back readable: an encoded one is refused (listing.rs).
+            self.set_http_request_header("accept-encoding", Some("identity"));
+        }
+        action
     }
 }
 
@@ -439,7 +472,10 @@ impl HttpContext for Filter {
             self.metrics.count(self.metrics.unavailable);
             log(
                 LogLevel::Warn,
-                &format!("tessera decision=unavailable request_id={request_id}"),
+                &format!(
+                    "tessera decision=unavailable request_id={}",
+                    tessera_core::reply::log_safe(&request_id)
+                ),
             );
             self.send(&LocalReply::unavailable(&request_id));
             return Action::Pause;
@@ -448,16 +484,27 @@ impl HttpContext for Filter {
         for name in engine.owned_headers() {
             self.set_http_request_header(name, None);
         }
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let host = self
-            .get_http_request_header(":authority")
-            .unwrap_or_default();
-        let authorization = self.get_http_request_header("authorization");
-        let content_type = self.get_http_request_header("content-type");
-        let approval = engine
-            .approval_header()
-            .and_then(|h| self.get_http_request_header(h));
+        // One read of the whole map: the values the engine needs, and whether a header that
+        // must be single came twice (the upstream could read the other copy).
+        let headers = self.get_http_request_headers();
+        let first = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let method = first(":method").unwrap_or_default();
+        let path = first(":path").unwrap_or_default();
+        let host = first(":authority").unwrap_or_default();
+        let authorization = first("authorization");
+        let content_type = first("content-type");
+        let approval_header = engine.approval_header();
+        let approval = approval_header.and_then(first);
+        let repeated = tessera_core::engine::SINGLE_HEADERS
+            .iter()
+            .copied()
+            .chain(approval_header)
+            .find(|name| headers.iter().filter(|(k, _)| k == name).count() > 1);
         let request = HttpRequest {
             method: &method,
             path: &path,
@@ -466,6 +513,7 @@ impl HttpContext for Filter {
             request_id: &request_id,
             content_type: content_type.as_deref(),
             approval: approval.as_deref(),
+            repeated,
         };
         let mut decision = engine.check(&request, self.now_s());
         if let Some(pending) = decision.pending.take() {
@@ -490,7 +538,16 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         self.check_session(&engine, &mut decision, &request_id);
-        self.finish(&engine, &decision, &method, &path, &request_id)
+        let lists = decision.mcp_lists.take();
+        let action = self.finish(&engine, &decision, &method, &path, &request_id);
+        if action == Action::Continue && decision.reply.is_none() {
+            // The server's stream (GET): list answers in it are filtered too.
+            if let Some(lists) = lists {
+                self.lists = Some(Lists::Awaiting(lists));
+                self.set_http_request_header("accept-encoding", Some("identity"));
+            }
+        }
+        action
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -514,17 +571,45 @@ impl HttpContext for Filter {
             return Action::Continue;
         };
         let step = f.on_body(&engine, body_size, end_of_stream, now);
-        if let Some(done) = step.finished {
-            if done.hidden > 0 {
-                let hidden = i64::try_from(done.hidden).unwrap_or(i64::MAX);
-                let _ = hostcalls::increment_metric(self.metrics.list_items_hidden, hidden);
-            }
-            if !done.methods.is_empty() {
-                log(LogLevel::Debug, &done.log_line(f.request_id()));
-            }
-            self.lists = None;
+        self.finish_lists(step)
+    }
+
+    /// A stream may end with trailers instead of a last body chunk (HTTP/2, chunked HTTP/1.1):
+    /// the body is then complete, and it is judged exactly as at the end of the body. Trailers
+    /// never carry the headers the filter owns to the upstream.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(engine) = self.engine.clone() else {
+            return Action::Pause;
+        };
+        for name in engine.owned_headers() {
+            self.set_http_request_trailer(name, None);
         }
-        step.action
+        if let Some(h) = engine.approval_header() {
+            self.set_http_request_trailer(h, None);
+        }
+        if self.pending.is_none() {
+            return Action::Continue;
+        }
+        let limit = engine.max_body_bytes();
+        let body = self
+            .get_http_request_body(0, limit.saturating_add(1))
+            .unwrap_or_default();
+        if body.len() > limit {
+            return self.refuse_oversize();
+        }
+        self.decide_body(&body)
+    }
+
+    /// A list answer that ends with trailers: its filtering finishes here (it never passes
+    /// unfiltered).
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let now = self.now_s();
+        let (Some(engine), Some(Lists::Filtering(f))) = (self.engine.clone(), self.lists.as_mut())
+        else {
+            return Action::Continue;
+        };
+        let step = f.on_trailers(&engine, now);
+        self.finish_lists(step)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -547,6 +632,23 @@ impl HttpContext for Filter {
 }
 
 impl Filter {
+    /// Counts and logs what list filtering hid once it is over.
+    fn finish_lists(&mut self, step: listing::Step) -> Action {
+        if let Some(done) = step.finished {
+            if done.hidden > 0 {
+                let hidden = i64::try_from(done.hidden).unwrap_or(i64::MAX);
+                let _ = hostcalls::increment_metric(self.metrics.list_items_hidden, hidden);
+            }
+            if !done.methods.is_empty() || done.error.is_some() {
+                if let Some(Lists::Filtering(f)) = &self.lists {
+                    log(LogLevel::Debug, &done.log_line(f.request_id()));
+                }
+            }
+            self.lists = None;
+        }
+        step.action
+    }
+
     fn refuse_oversize(&mut self) -> Action {
         let (Some(engine), Some(_)) = (self.engine.clone(), self.pending.as_ref()) else {
             return Action::Pause;

@@ -102,6 +102,16 @@ impl Store {
         let _ = hostcalls::set_shared_data(key, Some(&value), Some(entry.cas));
     }
 
+    /// How many entries under `prefix` this worker created that have not expired at `now_s`
+    /// (as far as this worker knows: another worker may have extended one).
+    pub fn live(&self, prefix: &str, now_s: u64) -> usize {
+        self.created
+            .borrow()
+            .iter()
+            .filter(|(k, e)| now_s < *e && k.starts_with(prefix))
+            .count()
+    }
+
     /// Clears the expired entries this worker created (value set to empty). Entries another worker
     /// extended are kept with their new expiry. Returns how many were cleared.
     pub fn sweep(&self, now_s: u64) -> usize {

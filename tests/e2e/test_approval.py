@@ -88,16 +88,17 @@ def test_a_refund_needs_approval_then_is_allowed_once_with_it(api, echo):
     bearer = refund_agent()
     body = ask_http(api, "/orders/42/refund", bearer)
     asked = body["approval"]
-    assert asked["request"] == {"principal": 'Agent::"agent-9"', "action": "POST",
+    assert asked["request"] == {"principal": 'Agent::"agents|agent-9"', "action": "POST",
                                 "resource": 'Route::"orders"', "route": "orders",
-                                "path": "/orders/42/refund"}
+                                "path": "/orders/42/refund", "issuer": "https://agents.demo.tessera.dev",
+                                "on_behalf_of": "agents|agent-9", "actors": [], "task": None}
     assert asked["digest"] == digest_of(asked["request"]), "digest recomputed independently"
     assert (asked["header"], asked["issuer"]) == (HEADER, "https://approvals.demo.tessera.dev")
 
     approval = approve(asked["digest"], approver="bob@example.com")
     before = echo.count()
     saw = upstream_saw(api.request("POST", "/orders/42/refund", bearer, headers={HEADER: approval}))
-    assert saw["headers"]["x-tessera-principal"] == 'Agent::"agent-9"'
+    assert saw["headers"]["x-tessera-principal"] == 'Agent::"agents|agent-9"'
     assert echo.count() == before + 1
 
     replay = ask_http(api, "/orders/42/refund", bearer, headers={HEADER: approval})
@@ -219,8 +220,10 @@ def test_mcp_transfer_needs_approval_then_goes_through_once_in_the_same_session(
     assert asked.code == APPROVAL_REQUIRED, asked
     assert asked.message == "approval required by policy external-transfers-need-approval"
     request = asked.data["approval"]["request"]
-    assert request == {"principal": 'Agent::"agent-pay"', "action": "call:transfer_funds",
-                       "resource": 'Tool::"transfer_funds"', "route": "tools", "arguments": args}
+    assert request == {"principal": 'Agent::"agents|agent-pay"', "action": "call:transfer_funds",
+                       "resource": 'Tool::"transfer_funds"', "route": "tools", "arguments": args,
+                       "issuer": "https://agents.demo.tessera.dev", "on_behalf_of": "agents|agent-pay",
+                       "actors": [], "task": None}
     assert asked.data["approval"]["digest"] == digest_of(request)
     assert "".join(c.text for c in done.content) == "transferred 500 to EXT-42"
     assert replay.code == APPROVAL_REQUIRED and "approval already used" in replay.message

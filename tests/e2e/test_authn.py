@@ -30,7 +30,7 @@ def test_health_route_strips_client_sent_identity_headers(api):
 def test_agent_token_signed_with_each_algorithm_is_allowed_with_identity_headers(api, alg):
     saw = upstream_saw(api.get("/orders/42", agent("orders:read", alg=alg), headers=SPOOFED))
     h = saw["headers"]
-    assert h.get("x-tessera-principal") == 'Agent::"agent-7"', h
+    assert h.get("x-tessera-principal") == 'Agent::"agents|agent-7"', h
     assert h.get("x-tessera-issuer") == minting.AGENTS, h
     assert h.get("x-tessera-subject") == "agent-7", h
     assert saw["path"] == "/orders/42" and saw["method"] == "GET"
@@ -40,14 +40,14 @@ def test_hs256_token_from_legacy_issuer_is_allowed_with_identity_headers(api):
     t = token(minting.LEGACY, "legacy-bot", "HS256", scope="orders:read")
     saw = upstream_saw(api.get("/orders/42", t, headers=SPOOFED))
     h = saw["headers"]
-    assert h.get("x-tessera-principal") == 'Agent::"legacy-bot"', h
+    assert h.get("x-tessera-principal") == 'Agent::"legacy|legacy-bot"', h
     assert h.get("x-tessera-issuer") == minting.LEGACY, h
     assert h.get("x-tessera-subject") == "legacy-bot", h
 
 
 def test_user_token_yields_user_principal_upstream(api):
     saw = upstream_saw(api.get("/orders/42", user("alice", ["staff"]), headers=SPOOFED))
-    assert saw["headers"].get("x-tessera-principal") == 'User::"alice"', saw["headers"]
+    assert saw["headers"].get("x-tessera-principal") == 'User::"corp|alice"', saw["headers"]
     assert saw["headers"].get("x-tessera-issuer") == minting.IDP
 
 

@@ -52,7 +52,7 @@ def test_agent_is_forbidden_on_admin_route_by_admin_api_people_only(api):
 
 def test_admin_user_can_delete_on_admin_route(api):
     saw = upstream_saw(api.request("DELETE", "/admin/x", user("root", ["admins"])))
-    assert saw["headers"].get("x-tessera-principal") == 'User::"root"'
+    assert saw["headers"].get("x-tessera-principal") == 'User::"corp|root"'
 
 
 def test_any_user_can_get_admin_route(api):

@@ -62,7 +62,7 @@ def get(api: httpx.Client, path: str, bearer: str) -> httpx.Response:
 
 def test_the_current_actor_is_the_principal_and_the_person_is_the_subject(http_api):
     saw = upstream_saw(get(http_api, "/orders/1", delegated("alice", ["planner", "executor"], scope="orders:read")))
-    assert saw["headers"].get("x-tessera-principal") == 'Agent::"executor"'
+    assert saw["headers"].get("x-tessera-principal") == 'Agent::"corp|executor"'
     assert saw["headers"].get("x-tessera-subject") == "alice"
 
 
@@ -161,7 +161,7 @@ def test_an_agent_acting_for_a_finance_person_pays_and_the_server_sees_the_agent
     assert text_of(result) == "transferred 120 to ACC-9"
     calls = [r for r in gw.server.requests()
              if r["rpc"] == ["tools/call"] and r["headers"].get("mcp-session-id") == ex.session_id]
-    assert [c["headers"].get("x-tessera-principal") for c in calls] == ['Agent::"planner"']
+    assert [c["headers"].get("x-tessera-principal") for c in calls] == ['Agent::"corp|planner"']
     assert calls[0]["headers"].get("x-tessera-subject") == "alice"
 
 

@@ -203,7 +203,7 @@ def test_user_lists_tools_and_a_call_returns_the_servers_result(gw):
     call = [r for r in gw.server.requests()
             if r["rpc"] == ["tools/call"] and r["headers"].get("mcp-session-id") == ex.session_id]
     assert len(call) == 1, call
-    assert call[0]["headers"].get("x-tessera-principal") == 'User::"alice"'
+    assert call[0]["headers"].get("x-tessera-principal") == 'User::"corp|alice"'
     assert "authorization" not in call[0]["headers"], "drop_authorization: the server must not get the token"
 
 
@@ -393,7 +393,7 @@ def test_allowed_post_is_forwarded_with_identity_and_without_the_token(gw_sse):
     assert r.status_code == 400 and "session" in r.text.lower(), r.text
     [seen] = gw_sse.server.requests()[before:]
     assert seen["rpc"] == ["ping"]
-    assert seen["headers"].get("x-tessera-principal") == 'Agent::"agent-raw"'
+    assert seen["headers"].get("x-tessera-principal") == 'Agent::"agents|agent-raw"'
     assert "authorization" not in seen["headers"]
 
 

@@ -74,7 +74,7 @@ def approve(digest: str, approver: str = "alice@example.com", ttl: int = 120, jt
     key = OKPKey.import_key((KEYS_DIR / "approver-ed25519.pem").read_bytes())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*EdDSA is deprecated.*")
-        return jwt.encode({"alg": "EdDSA", "typ": "JWT", "kid": APPROVER_KID}, payload, key,
+        return jwt.encode({"alg": "EdDSA", "typ": "approval+jwt", "kid": APPROVER_KID}, payload, key,
                           algorithms=["EdDSA"])
 
 

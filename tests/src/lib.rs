@@ -59,6 +59,7 @@ pub fn test_config() -> Result<Value> {
             {
                 "issuer": IDP, "audiences": [AUDIENCE], "jwks": jwks,
                 "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
+                "identity_namespace": "corp", "delegation": {},
                 "principal": {"type": "User", "claim": "sub", "groups_claim": "groups"},
                 "claims": ["email"],
                 "task": {"detail_fields": {"max_amount": "Long", "allowed_recipient_domain": "String"}}
@@ -66,12 +67,14 @@ pub fn test_config() -> Result<Value> {
             {
                 "issuer": AGENTS, "audiences": [AUDIENCE], "jwks": jwks,
                 "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
+                "identity_namespace": "agents", "delegation": {},
                 "principal": {"type": "Agent", "claim": "sub"},
                 "single_use_claim": "single_use"
             },
             {
                 "issuer": LEGACY, "audiences": [AUDIENCE], "hmac_secret": hmac,
                 "clock_skew_s": 60, "max_ttl_s": 3600, "required_claims": ["sub"],
+                "identity_namespace": "legacy",
                 "principal": {"type": "Agent", "claim": "sub"}
             }
         ],
@@ -95,6 +98,11 @@ pub fn test_config() -> Result<Value> {
                 "x-tessera-issuer": "issuer",
                 "x-tessera-subject": "subject"
             }
+        },
+        "argument_formats": {
+            "read_file": {"path": "path"},
+            "delete_file": {"path": "path"},
+            "send_email": {"to": "email"}
         },
         "approval": {
             "issuer": APPROVALS, "audiences": [APPROVAL_AUDIENCE],
@@ -157,9 +165,15 @@ fn key_for(alg: &str) -> Result<(Algorithm, EncodingKey, Option<&'static str>)> 
 /// Mints a token signed with the demo key for `alg`. `iat`, `exp` (now + 300 s) and `aud` are
 /// filled in unless `claims` has them (`null` removes one).
 pub fn mint(alg: &str, claims: &Value) -> Result<String> {
+    mint_typed(alg, Some("JWT"), claims)
+}
+
+/// [`mint`] with the JOSE header's `typ` as given (`None`: no `typ`).
+pub fn mint_typed(alg: &str, typ: Option<&str>, claims: &Value) -> Result<String> {
     let (algorithm, key, kid) = key_for(alg)?;
     let mut header = Header::new(algorithm);
     header.kid = kid.map(str::to_string);
+    header.typ = typ.map(str::to_string);
     let now = now_s();
     let mut c = json!({"iat": now, "exp": now + 300, "aud": AUDIENCE});
     merge_claims(&mut c, claims);

@@ -38,6 +38,7 @@ fn approval(digest: &str, claims: Value) -> Result<String> {
     let pem = std::fs::read(repo_root().join("tests/keys/approver-ed25519.pem"))?;
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("demo-approver".into());
+    header.typ = Some("approval+jwt".into());
     let now = now_s();
     let mut c = json!({
         "iss": APPROVALS, "aud": APPROVAL_AUDIENCE, "sub": "alice@example.com",
@@ -387,12 +388,13 @@ fn an_mcp_call_needing_approval_is_allowed_once_with_an_approval_of_exactly_that
     assert_eq!(asked["issuer"], APPROVALS);
     assert_eq!(
         asked["request"],
-        json!({"principal": "Agent::\"agent-pay\"", "action": "call:transfer_funds",
+        json!({"principal": "Agent::\"agents|agent-pay\"", "action": "call:transfer_funds",
                "resource": "Tool::\"transfer_funds\"", "route": "tools",
-               "arguments": {"amount": 500, "to_account": "EXT-42"}})
+               "arguments": {"amount": 500, "to_account": "EXT-42"},
+               "issuer": AGENTS, "on_behalf_of": "agents|agent-pay", "actors": [], "task": null})
     );
     // The digest is SHA-256 of the canonical JSON (sorted keys, no whitespace) of `request`.
-    let canonical = r#"{"action":"call:transfer_funds","arguments":{"amount":500,"to_account":"EXT-42"},"principal":"Agent::\"agent-pay\"","resource":"Tool::\"transfer_funds\"","route":"tools"}"#;
+    let canonical = r#"{"action":"call:transfer_funds","actors":[],"arguments":{"amount":500,"to_account":"EXT-42"},"issuer":"https://agents.demo.tessera.dev","on_behalf_of":"agents|agent-pay","principal":"Agent::\"agents|agent-pay\"","resource":"Tool::\"transfer_funds\"","route":"tools","task":null}"#;
     assert_eq!(
         digest,
         base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -532,8 +534,9 @@ fn an_http_request_needing_approval_gets_403_approval_required_then_is_allowed_o
     assert_eq!(body["policies"], json!(["agent-refunds-need-approval"]));
     assert_eq!(
         body["approval"]["request"],
-        json!({"principal": "Agent::\"agent-9\"", "action": "POST",
-               "resource": "Route::\"orders\"", "route": "orders", "path": "/orders/42/refund"})
+        json!({"principal": "Agent::\"agents|agent-9\"", "action": "POST",
+               "resource": "Route::\"orders\"", "route": "orders", "path": "/orders/42/refund",
+               "issuer": AGENTS, "on_behalf_of": "agents|agent-9", "actors": [], "task": null})
     );
     let digest = body["approval"]["digest"]
         .as_str()
@@ -555,7 +558,7 @@ fn an_http_request_needing_approval_gets_403_approval_required_then_is_allowed_o
     assert_eq!(status, None, "{:?}", reply_json(&h, ctx));
     assert_eq!(
         h.request_header(ctx, "x-tessera-principal").as_deref(),
-        Some("Agent::\"agent-9\"")
+        Some("Agent::\"agents|agent-9\"")
     );
     h.done(ctx)?;
     let (ctx, status) = http(&mut h, "POST", "/orders/42/refund", &auth, &header)?;

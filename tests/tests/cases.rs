@@ -153,6 +153,7 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
         request_id: "case",
         content_type: case.request.content_type(),
         approval: None,
+        repeated: None,
     };
     let mut d = engine.check(&req, now_s());
     if let Some(p) = d.pending.take() {

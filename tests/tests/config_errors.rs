@@ -219,3 +219,41 @@ fn a_detail_field_the_schema_does_not_declare_is_refused_at_configure_time() {
     });
     assert!(e.contains("issuers[0].task.detail_fields"), "{e}");
 }
+
+#[test]
+fn a_public_mcp_route_is_refused() {
+    let e = error_for(|c| {
+        let routes = c["routes"].as_array_mut().expect("routes");
+        let mcp = routes
+            .iter_mut()
+            .find(|r| r["kind"] == "mcp")
+            .expect("an mcp route");
+        mcp["auth"] = json!("none");
+    });
+    assert!(
+        e.contains("routes[") && e.contains(".auth") && e.contains("mcp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zero_batch_or_session_limits_are_refused() {
+    for field in ["max_batch_messages", "max_sessions"] {
+        let e = error_for(|c| c["limits"][field] = json!(0));
+        assert!(e.contains(&format!("limits.{field}")), "{e}");
+    }
+}
+
+#[test]
+fn an_approval_type_that_is_an_access_token_type_is_refused() {
+    for typ in ["JWT", "at+jwt"] {
+        let e = error_for(|c| c["approval"]["typ"] = json!(typ));
+        assert!(e.contains("approval.typ"), "{e}");
+    }
+}
+
+#[test]
+fn an_empty_issuer_typ_is_refused() {
+    let e = error_for(|c| c["issuers"][0]["typ"] = json!(" "));
+    assert!(e.contains("issuers[0].typ"), "{e}");
+}

@@ -399,7 +399,7 @@ fn a_batch_with_every_message_allowed_is_forwarded_unchanged() -> Result<()> {
     let ctx = forwarded(&mut h, &agent, body)?;
     assert_eq!(
         h.request_header(ctx, "x-tessera-principal").as_deref(),
-        Some("Agent::\"agent-7\"")
+        Some("Agent::\"agents|agent-7\"")
     );
     Ok(())
 }

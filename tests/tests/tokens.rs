@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tessera_core::{Engine, HttpRequest, Verdict};
-use tessera_tests::{mint, now_s, test_config, AGENTS};
+use tessera_tests::{mint, mint_typed, now_s, test_config, AGENTS};
 
 fn engine() -> Engine {
     Engine::from_json(test_config().expect("config").to_string().as_bytes()).expect("compiles")
@@ -26,6 +26,7 @@ fn check_with_clock(engine: &Engine, token: &str, now: u64) -> (Verdict, u32, St
         request_id: "t",
         content_type: None,
         approval: None,
+        repeated: None,
     };
     let d = engine.check(&req, now);
     let status = d.reply.as_ref().map_or(200, |r| r.status);
@@ -245,6 +246,7 @@ fn a_bearer_scheme_is_required() {
         request_id: "t",
         content_type: None,
         approval: None,
+        repeated: None,
     };
     let d = e.check(&req, now_s());
     assert_eq!(d.verdict, Verdict::Unauthenticated);
@@ -259,6 +261,7 @@ fn a_bearer_scheme_is_required() {
         request_id: "t",
         content_type: None,
         approval: None,
+        repeated: None,
     };
     assert_eq!(
         e.check(&req, now_s()).verdict,
@@ -339,4 +342,41 @@ fn a_token_without_kid_is_tried_against_the_keys_of_its_algorithm() {
     )
     .expect("sign");
     assert_eq!(check(&e, &t).1, 200);
+}
+
+/// RFC 8725 §3.11: tokens typed for another use are never access tokens; an issuer can require
+/// RFC 9068 `at+jwt`.
+#[test]
+fn tokens_typed_for_something_else_are_refused() {
+    let e = engine();
+    for typ in [
+        None,
+        Some("JWT"),
+        Some("at+jwt"),
+        Some("application/AT+JWT"),
+    ] {
+        let t = mint_typed("ES256", typ, &reader()).expect("mint");
+        assert_eq!(check(&e, &t).1, 200, "{typ:?}");
+    }
+    for typ in [
+        "logout+jwt",
+        "secevent+jwt",
+        "statuslist+jwt",
+        "dpop+jwt",
+        "approval+jwt",
+        "JOSE",
+    ] {
+        let t = mint_typed("ES256", Some(typ), &reader()).expect("mint");
+        assert_rejected(&e, &t, "token type");
+    }
+    // An issuer that requires at+jwt refuses a plain JWT and an untyped token.
+    let mut c = test_config().expect("config");
+    c["issuers"][1]["typ"] = json!("at+jwt");
+    let strict = Engine::from_json(c.to_string().as_bytes()).expect("compiles");
+    let t = mint_typed("ES256", Some("at+jwt"), &reader()).expect("mint");
+    assert_eq!(check(&strict, &t).1, 200);
+    for typ in [None, Some("JWT")] {
+        let t = mint_typed("ES256", typ, &reader()).expect("mint");
+        assert_rejected(&strict, &t, "token type");
+    }
 }

@@ -32,14 +32,16 @@ fn run_command() -> Result<()> {
         Some("demo") => demo(&root),
         Some("bench") => perf::bench(&root),
         Some("load") => perf::load(&root),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("wasm") => build_wasm(&root).map(|p| println!("{}", p.display())),
         Some("venv") => venv(&root).map(|_| ()),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test|bench|load|wasm|venv>");
+            eprintln!("usage: cargo xtask <demo|test|bench|load|fuzz|wasm|venv>");
             eprintln!("  demo   build the module, start Envoy + demo upstream on localhost, print curl lines");
             eprintln!("  test   fmt, clippy, unit + harness tests, the .wasm, end-to-end tests through Envoy");
             eprintln!("  bench  criterion benchmarks: native core vs the .wasm in the harness");
             eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera; writes docs/PERFORMANCE.md");
+            eprintln!("  fuzz   the property tests (tests/tests/props.rs) with many cases: fuzz [--minutes N] [--cases N]");
             std::process::exit(2);
         }
     }
@@ -181,7 +183,8 @@ fn test(root: &Path) -> Result<()> {
             "tessera-plugin",
             "--all-targets",
         ])
-        .env("TESSERA_WASM", &wasm))?;
+        .env("TESSERA_WASM", &wasm)
+        .env("PROPTEST_CASES", PROPTEST_CASES))?;
     step("end-to-end through a real Envoy");
     let venv = match venv(root) {
         Ok(v) => v,
@@ -196,6 +199,52 @@ fn test(root: &Path) -> Result<()> {
         .env("TESSERA_WASM", &wasm)
         .env("ENVOY", venv.join("bin").join("envoy")))?;
     println!("\ncargo xtask test: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Cases per property inside `cargo xtask test` (bounded; `cargo xtask fuzz` runs many more).
+const PROPTEST_CASES: &str = "256";
+
+/// The property tests of tests/tests/props.rs, round after round with a new seed each, until
+/// `--minutes` (default 10) have passed; `--cases` per property and round (default 5000).
+/// Prints the totals. A failing case stops it, with proptest's minimal counterexample.
+fn fuzz(args: &[String]) -> Result<()> {
+    let value = |flag: &str, default: u64| -> Result<u64> {
+        match args.iter().position(|a| a == flag) {
+            None => Ok(default),
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{flag} needs a number")),
+        }
+    };
+    let minutes = value("--minutes", 10)?;
+    let cases = value("--cases", 5000)?;
+    let started = Instant::now();
+    let budget = Duration::from_secs(minutes * 60);
+    step("building the property tests");
+    run(cargo().args(["test", "-p", "tessera-tests", "--test", "props", "--no-run"]))?;
+    let mut rounds = 0u64;
+    while rounds == 0 || started.elapsed() < budget {
+        rounds += 1;
+        let seed = 0x7e55_e7a0_u64.wrapping_mul(rounds);
+        step(&format!(
+            "round {rounds}: {cases} cases per property, seed {seed}"
+        ));
+        run(cargo()
+            .args(["test", "-q", "-p", "tessera-tests", "--test", "props"])
+            .env("PROPTEST_CASES", cases.to_string())
+            .env("PROPTEST_RNG_SEED", seed.to_string()))?;
+    }
+    // Every property of the file is one `#[test]` inside `proptest!`.
+    let source = std::fs::read_to_string("tests/tests/props.rs")?;
+    let properties = source.matches("    #[test]\n    fn ").count() as u64;
+    println!(
+        "
+cargo xtask fuzz: {rounds} rounds x {properties} properties x {cases} cases = {} cases, no failure, in {:.1} min",
+        rounds * properties * cases,
+        started.elapsed().as_secs_f64() / 60.0
+    );
     Ok(())
 }
 

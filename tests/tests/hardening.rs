@@ -1,0 +1,711 @@
+//! No way around a decision (issue 10), through the `.wasm` in the harness: bodies that end with
+//! trailers, list answers the filter cannot read, repeated single headers, bounds on the body
+//! path, forged log lines and shadow mode. Each test fails on the filter before the fix.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use tessera_harness::{Action, Harness, LogLevel};
+use tessera_tests::{mint, now_s, test_config, wasm_path, AGENTS, IDP};
+
+fn harness_with(edit: impl FnOnce(&mut Value)) -> Result<Harness> {
+    let mut h = Harness::load(wasm_path()).context("load the module (cargo xtask wasm)")?;
+    let mut c = test_config()?;
+    edit(&mut c);
+    assert!(h.configure(&c.to_string())?, "configure: {:?}", h.logs());
+    Ok(h)
+}
+
+fn harness() -> Result<Harness> {
+    harness_with(|_| {})
+}
+
+fn bearer(claims: Value) -> Result<String> {
+    Ok(format!("Bearer {}", mint("ES256", &claims)?))
+}
+
+fn agent(scope: &str) -> Result<String> {
+    bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": scope}))
+}
+
+fn read_file(id: i64, path: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "read_file", "arguments": {"path": path}}})
+}
+
+/// An MCP POST whose headers do not end the stream and carry no content-length (HTTP/2).
+fn open_post(h: &mut Harness, auth: &str, extra: &[(&str, &str)]) -> Result<u32> {
+    let ctx = h.new_http()?;
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "api.example.com"),
+        ("authorization", auth),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    assert_eq!(h.request_headers(ctx, &headers, false)?, Action::Pause);
+    Ok(ctx)
+}
+
+/// POSTs `body` as one DATA frame without END_STREAM, then trailers: returns the context and
+/// what the module answered to the trailers.
+fn post_with_trailers(
+    h: &mut Harness,
+    auth: &str,
+    extra: &[(&str, &str)],
+    body: &Value,
+    trailers: &[(&str, &str)],
+) -> Result<(u32, Action)> {
+    let ctx = open_post(h, auth, extra)?;
+    assert_eq!(
+        h.request_body(ctx, body.to_string().as_bytes(), false)?,
+        Action::Pause,
+        "nothing is forwarded before the body is judged"
+    );
+    let action = h.request_trailers(ctx, trailers)?;
+    Ok((ctx, action))
+}
+
+fn reply_json(h: &Harness, ctx: u32) -> Value {
+    h.local_reply(ctx)
+        .and_then(|r| serde_json::from_slice(&r.body).ok())
+        .unwrap_or(Value::Null)
+}
+
+// ---- item 1: trailers ----
+
+#[test]
+fn a_refused_call_whose_body_ends_with_trailers_is_refused() -> Result<()> {
+    let mut h = harness()?;
+    let auth = agent("files:read")?;
+    let (ctx, action) = post_with_trailers(
+        &mut h,
+        &auth,
+        &[],
+        &read_file(1, "/etc/shadow"),
+        &[("x-checksum", "1")],
+    )?;
+    assert_eq!(action, Action::Pause, "not forwarded");
+    let reply = reply_json(&h, ctx);
+    assert_eq!(reply["error"]["code"], -32003, "{reply}");
+    assert!(!h.request_resumed(ctx));
+    Ok(())
+}
+
+#[test]
+fn an_allowed_call_ending_with_trailers_gets_every_header_change() -> Result<()> {
+    let mut h = harness_with(|c| c["forward"]["drop_authorization"] = json!(true))?;
+    let auth = agent("files:read")?;
+    let (ctx, action) = post_with_trailers(
+        &mut h,
+        &auth,
+        &[],
+        &read_file(1, "/workspace/a"),
+        &[
+            ("x-tessera-principal", "User::\"admin\""),
+            ("x-tessera-approval", "forged"),
+            ("x-checksum", "1"),
+        ],
+    )?;
+    assert_eq!(action, Action::Continue);
+    assert!(h.local_reply(ctx).is_none());
+    assert_eq!(
+        h.request_header(ctx, "x-tessera-principal").as_deref(),
+        Some("Agent::\"agents|agent-7\""),
+        "identity headers set from the token"
+    );
+    assert_eq!(
+        h.request_header(ctx, "authorization"),
+        None,
+        "drop_authorization"
+    );
+    let trailers = h.request_trailers_of(ctx);
+    let names: Vec<&str> = trailers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["x-checksum"],
+        "owned headers never travel as trailers"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_single_use_token_is_redeemed_when_the_body_ends_with_trailers() -> Result<()> {
+    let mut h = harness()?;
+    let auth = bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
+                             "single_use": true, "jti": "trailers-once"}),
+    )?;
+    let (_, first) = post_with_trailers(&mut h, &auth, &[], &read_file(1, "/workspace/a"), &[])?;
+    assert_eq!(first, Action::Continue);
+    let (ctx, second) = post_with_trailers(&mut h, &auth, &[], &read_file(2, "/workspace/a"), &[])?;
+    assert_eq!(second, Action::Pause);
+    assert_eq!(
+        h.local_reply(ctx).map(|r| r.status),
+        Some(401),
+        "replay refused"
+    );
+    Ok(())
+}
+
+#[test]
+fn headers_then_trailers_without_a_body_is_judged_as_an_empty_body() -> Result<()> {
+    let mut h = harness()?;
+    let ctx = open_post(&mut h, &agent("files:read")?, &[])?;
+    assert_eq!(h.request_trailers(ctx, &[])?, Action::Pause);
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(400));
+    Ok(())
+}
+
+fn tools_answer(id: Value) -> Value {
+    let tools: Vec<Value> = ["read_file", "send_email", "transfer_funds", "delete_file"]
+        .iter()
+        .map(|n| json!({"name": n, "inputSchema": {"type": "object"}}))
+        .collect();
+    json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools}})
+}
+
+/// A forwarded `tools/list` of agent-7 with files:read, whose answer starts with `headers`.
+fn list_answer(h: &mut Harness, headers: &[(&str, &str)]) -> Result<u32> {
+    let auth = agent("files:read")?;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let (ctx, status) = tessera_tests::post_mcp(h, &auth, &[], &list)?;
+    assert_eq!(status, None, "forwarded");
+    assert_eq!(
+        h.request_header(ctx, "accept-encoding").as_deref(),
+        Some("identity"),
+        "a list answer is asked for uncompressed"
+    );
+    h.response_headers(ctx, headers, false)?;
+    Ok(ctx)
+}
+
+#[test]
+fn a_json_list_answer_that_ends_with_trailers_is_filtered() -> Result<()> {
+    let mut h = harness()?;
+    let ctx = list_answer(
+        &mut h,
+        &[(":status", "200"), ("content-type", "application/json")],
+    )?;
+    let body = tools_answer(json!(1)).to_string();
+    assert_eq!(h.response_body(ctx, body.as_bytes(), false)?, Action::Pause);
+    assert_eq!(
+        h.response_trailers(ctx, &[("grpc-status", "0")])?,
+        Action::Continue
+    );
+    let out: Value = serde_json::from_slice(&h.response_body_of(ctx))?;
+    let names: Vec<&str> = out["result"]["tools"]
+        .as_array()
+        .context("tools")?
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["read_file", "delete_file"]);
+    Ok(())
+}
+
+#[test]
+fn an_sse_list_answer_cut_short_by_trailers_leaks_nothing() -> Result<()> {
+    let mut h = harness()?;
+    let ctx = list_answer(
+        &mut h,
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+    )?;
+    // The answer's event never gets its blank line: the stream ends with trailers.
+    let event = format!("data: {}\n", tools_answer(json!(1)));
+    assert_eq!(
+        h.response_body(ctx, event.as_bytes(), false)?,
+        Action::Continue
+    );
+    assert_eq!(h.response_body_of(ctx), b"", "held while unfinished");
+    assert_eq!(h.response_trailers(ctx, &[])?, Action::Continue);
+    let out = String::from_utf8(h.response_body_of(ctx))?;
+    assert!(!out.contains("send_email"), "{out}");
+    Ok(())
+}
+
+// ---- item 4: unreadable list answers ----
+
+#[test]
+fn an_encoded_list_answer_is_replaced_by_an_error() -> Result<()> {
+    let mut h = harness()?;
+    let ctx = list_answer(
+        &mut h,
+        &[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+    )?;
+    assert_eq!(h.response_header(ctx, "content-encoding"), None);
+    // Whatever the bytes are, they do not reach the client.
+    assert_eq!(
+        h.response_body(ctx, b"\x1f\x8b\x08\x00send_email", true)?,
+        Action::Continue
+    );
+    let out: Value = serde_json::from_slice(&h.response_body_of(ctx))?;
+    assert_eq!(out["id"], 1);
+    assert_eq!(out["error"]["code"], -32603, "{out}");
+    Ok(())
+}
+
+#[test]
+fn a_list_answer_of_another_content_type_is_replaced() -> Result<()> {
+    let mut h = harness()?;
+    let ctx = list_answer(
+        &mut h,
+        &[(":status", "200"), ("content-type", "text/plain")],
+    )?;
+    let body = tools_answer(json!(1)).to_string();
+    h.response_body(ctx, body.as_bytes(), true)?;
+    let out = String::from_utf8(h.response_body_of(ctx))?;
+    assert!(
+        !out.contains("send_email") && out.contains("-32603"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_batch_with_a_repeated_id_is_refused() -> Result<()> {
+    let mut h = harness()?;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    ]);
+    let (ctx, status) = tessera_tests::post_mcp(&mut h, &agent("files:read")?, &[], &batch)?;
+    assert_eq!(status, Some(400));
+    assert_eq!(reply_json(&h, ctx)["error"]["code"], -32600);
+    Ok(())
+}
+
+// ---- item 5: bounds ----
+
+#[test]
+fn a_repeated_authorization_or_session_header_is_refused() -> Result<()> {
+    let mut h = harness()?;
+    let good = agent("orders:read")?;
+    for (name, a, b) in [
+        ("authorization", good.as_str(), "Bearer other"),
+        ("mcp-session-id", "s-1", "s-2"),
+    ] {
+        let ctx = h.new_http()?;
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", "/orders/1"),
+            (":authority", "api.example.com"),
+            ("authorization", good.as_str()),
+        ];
+        if name == "authorization" {
+            headers.push((name, b));
+        } else {
+            headers.push((name, a));
+            headers.push((name, b));
+        }
+        h.request_headers(ctx, &headers, true)?;
+        let reply = h.local_reply(ctx).context("refused")?;
+        assert_eq!(reply.status, 400, "{name}");
+        assert!(reply.body_text().contains(name), "{}", reply.body_text());
+        h.done(ctx)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_token_that_expires_while_its_body_trickles_in_is_refused() -> Result<()> {
+    let mut h = harness()?;
+    let now = now_s();
+    let auth = bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
+                             "iat": now, "exp": now + 5}),
+    )?;
+    let ctx = open_post(&mut h, &auth, &[])?;
+    h.request_body(ctx, b"{\"jsonrpc\":\"2.0\",", false)?;
+    // exp plus the issuer's 60 s clock skew has passed.
+    h.advance(Duration::from_secs(120));
+    let rest = &read_file(1, "/workspace/a").to_string()[17..];
+    assert_eq!(h.request_body(ctx, rest.as_bytes(), true)?, Action::Pause);
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(401));
+    Ok(())
+}
+
+#[test]
+fn a_batch_longer_than_the_limit_is_refused() -> Result<()> {
+    let mut h = harness_with(|c| c["limits"]["max_batch_messages"] = json!(2))?;
+    let ping = |id: i64| json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+    let auth = agent("files:read")?;
+    let (_, ok) = tessera_tests::post_mcp(&mut h, &auth, &[], &json!([ping(1), ping(2)]))?;
+    assert_eq!(ok, None);
+    let (ctx, refused) =
+        tessera_tests::post_mcp(&mut h, &auth, &[], &json!([ping(1), ping(2), ping(3)]))?;
+    assert_eq!(refused, Some(400));
+    assert_eq!(reply_json(&h, ctx)["error"]["code"], -32600);
+    Ok(())
+}
+
+/// An `initialize` the server answers with session id `session`; returns the response status
+/// the client gets.
+fn initialize(h: &mut Harness, auth: &str, session: &str) -> Result<String> {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+    let (ctx, status) = tessera_tests::post_mcp(h, auth, &[], &init)?;
+    assert_eq!(status, None);
+    h.response_headers(
+        ctx,
+        &[
+            (":status", "200"),
+            ("mcp-session-id", session),
+            ("content-type", "application/json"),
+        ],
+        false,
+    )?;
+    let status = h.response_header(ctx, ":status").unwrap_or_default();
+    h.done(ctx)?;
+    Ok(status)
+}
+
+#[test]
+fn live_session_bindings_are_bounded() -> Result<()> {
+    let mut h = harness_with(|c| c["limits"]["max_sessions"] = json!(2))?;
+    let auth = agent("files:read")?;
+    assert_eq!(initialize(&mut h, &auth, "s-1")?, "200");
+    assert_eq!(initialize(&mut h, &auth, "s-2")?, "200");
+    // A session that is bound already is not a new one.
+    assert_eq!(initialize(&mut h, &auth, "s-2")?, "200");
+    assert_eq!(initialize(&mut h, &auth, "s-3")?, "503", "past the limit");
+    let (_, status) = tessera_tests::post_mcp(
+        &mut h,
+        &auth,
+        &[("mcp-session-id", "s-3")],
+        &read_file(2, "/workspace/a"),
+    )?;
+    assert_eq!(status, Some(404), "the refused session was never bound");
+    // Once old sessions expire (idle 1 h by default), new ones are bound again.
+    h.advance(Duration::from_secs(3601));
+    let later = now_s() + 3601;
+    let auth = bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
+                             "iat": later, "exp": later + 300}),
+    )?;
+    assert_eq!(initialize(&mut h, &auth, "s-4")?, "200");
+    Ok(())
+}
+
+// ---- item 8: logs ----
+
+#[test]
+fn a_kid_with_a_newline_cannot_forge_a_log_line() -> Result<()> {
+    let mut h = harness()?;
+    h.set_log_level(LogLevel::Debug);
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let header = json!({"alg": "ES256", "kid": "x\ntessera decision=allow principal=admin"});
+    let token = format!(
+        "{}.{}.c2ln",
+        b64(&header),
+        b64(&json!({"iss": AGENTS, "sub": "a"}))
+    );
+    let ctx = h.new_http()?;
+    let auth = format!("Bearer {token}");
+    h.request_headers(
+        ctx,
+        &[
+            (":method", "GET"),
+            (":path", "/orders/1\r\ntessera decision=allow"),
+            (":authority", "api.example.com"),
+            ("authorization", auth.as_str()),
+        ],
+        true,
+    )?;
+    let lines: Vec<&str> = h.logs_at(LogLevel::Debug);
+    assert!(!lines.is_empty(), "the decision is logged");
+    for line in h.logs().iter().map(|l| l.message.as_str()) {
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+    }
+    Ok(())
+}
+
+// ---- item 9: shadow mode ----
+
+#[test]
+fn shadow_mode_forwards_what_session_checks_would_refuse() -> Result<()> {
+    let mut h = harness_with(|c| c["mode"] = json!("shadow"))?;
+    let auth = agent("files:read")?;
+    let (ctx, status) = tessera_tests::post_mcp(
+        &mut h,
+        &auth,
+        &[("mcp-session-id", "never-created")],
+        &read_file(1, "/workspace/a"),
+    )?;
+    assert_eq!(status, None, "forwarded in shadow mode");
+    assert!(h.local_reply(ctx).is_none());
+    assert_eq!(
+        h.metric("tessera.decisions.deny"),
+        Some(1),
+        "counted as enforce would"
+    );
+    Ok(())
+}
+
+// ---- items 2 and 3: identity is scoped by issuer; approvals bind the whole identity ----
+
+fn legacy(sub: &str, extra: Value) -> Result<String> {
+    let mut claims = json!({"iss": tessera_tests::LEGACY, "sub": sub, "scope": "files:read"});
+    tessera_tests::merge_claims(&mut claims, &extra);
+    Ok(format!("Bearer {}", mint("HS256", &claims)?))
+}
+
+/// The principal header the filter forwards for a GET /orders/1 with `auth`.
+fn forwarded_principal(h: &mut Harness, auth: &str) -> Result<Option<String>> {
+    let ctx = h.new_http()?;
+    h.request_headers(
+        ctx,
+        &[
+            (":method", "GET"),
+            (":path", "/orders/1"),
+            (":authority", "api.example.com"),
+            ("authorization", auth),
+        ],
+        true,
+    )?;
+    let p = h.request_header(ctx, "x-tessera-principal");
+    h.done(ctx)?;
+    Ok(p)
+}
+
+#[test]
+fn the_same_subject_from_two_issuers_is_two_principals_with_two_sessions() -> Result<()> {
+    let mut h = harness()?;
+    let ours = agent("files:read orders:read")?;
+    let theirs = legacy("agent-7", json!({"scope": "files:read orders:read"}))?;
+    assert_eq!(
+        forwarded_principal(&mut h, &ours)?.as_deref(),
+        Some("Agent::\"agents|agent-7\"")
+    );
+    assert_eq!(
+        forwarded_principal(&mut h, &theirs)?.as_deref(),
+        Some("Agent::\"legacy|agent-7\"")
+    );
+    assert_eq!(initialize(&mut h, &ours, "s-agents")?, "200");
+    let (_, status) = tessera_tests::post_mcp(
+        &mut h,
+        &theirs,
+        &[("mcp-session-id", "s-agents")],
+        &read_file(2, "/workspace/a"),
+    )?;
+    assert_eq!(
+        status,
+        Some(403),
+        "the other issuer's agent-7 does not own the session"
+    );
+    Ok(())
+}
+
+#[test]
+fn issuers_that_share_a_namespace_share_identities() -> Result<()> {
+    let mut h = harness_with(|c| c["issuers"][2]["identity_namespace"] = json!("agents"))?;
+    let ours = agent("files:read")?;
+    let theirs = legacy("agent-7", json!({}))?;
+    assert_eq!(initialize(&mut h, &ours, "s-shared")?, "200");
+    let (_, status) = tessera_tests::post_mcp(
+        &mut h,
+        &theirs,
+        &[("mcp-session-id", "s-shared")],
+        &read_file(2, "/workspace/a"),
+    )?;
+    assert_eq!(status, None, "one identity namespace: one principal");
+    Ok(())
+}
+
+#[test]
+fn act_is_honoured_only_from_issuers_configured_for_delegation() -> Result<()> {
+    let mut h = harness()?;
+    let t = legacy("legacy-bot", json!({"act": {"sub": "planner"}}))?;
+    let ctx = h.new_http()?;
+    h.request_headers(
+        ctx,
+        &[
+            (":method", "GET"),
+            (":path", "/orders/1"),
+            (":authority", "api.example.com"),
+            ("authorization", t.as_str()),
+        ],
+        true,
+    )?;
+    let reply = h.local_reply(ctx).context("refused")?;
+    assert_eq!(reply.status, 401);
+    assert!(
+        reply
+            .header("www-authenticate")
+            .is_some_and(|w| w.contains("delegation")),
+        "{:?}",
+        reply.header("www-authenticate")
+    );
+    Ok(())
+}
+
+fn approval_jwt(digest: &str) -> Result<String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(tessera_tests::repo_root().join("tests/keys/approver-ed25519.pem"))?;
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("demo-approver".into());
+    header.typ = Some("approval+jwt".into());
+    let now = now_s();
+    let claims = json!({"iss": tessera_tests::APPROVALS, "aud": tessera_tests::APPROVAL_AUDIENCE,
+        "sub": "approver@example.com", "iat": now, "exp": now + 120,
+        "jti": format!("hardening-{digest}"), "approval_digest": digest});
+    Ok(jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ed_pem(&pem)?,
+    )?)
+}
+
+#[test]
+fn an_approval_for_alice_through_an_executor_does_not_unlock_the_call_for_bob() -> Result<()> {
+    let mut h = harness()?;
+    let person = |sub: &str| {
+        bearer(
+            json!({"iss": IDP, "sub": sub, "groups": ["finance"], "act": {"sub": "executor"},
+                      "scope": "payments:write", "task_id": "t-1"}),
+        )
+    };
+    let transfer = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "transfer_funds", "arguments": {"amount": 500, "to_account": "EXT-42"}}});
+    let (ctx, _) = tessera_tests::post_mcp(&mut h, &person("alice")?, &[], &transfer)?;
+    let asked = reply_json(&h, ctx)["error"]["data"]["approval"].clone();
+    h.done(ctx)?;
+    let request = &asked["request"];
+    assert_eq!(request["principal"], "Agent::\"corp|executor\"");
+    assert_eq!(
+        request["on_behalf_of"], "corp|alice",
+        "the approver sees on whose behalf"
+    );
+    assert_eq!(request["issuer"], IDP);
+    assert_eq!(request["actors"], json!(["executor"]));
+    assert_eq!(request["task"], "t-1");
+    let approval = approval_jwt(asked["digest"].as_str().context("digest")?)?;
+    let header = [("x-tessera-approval", approval.as_str())];
+    // The same call by the same executor, for bob: not approved.
+    let (ctx, _) = tessera_tests::post_mcp(&mut h, &person("bob")?, &header, &transfer)?;
+    let refused = reply_json(&h, ctx);
+    assert_eq!(refused["error"]["code"], -32005, "{refused}");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("another request")));
+    h.done(ctx)?;
+    // For alice it is.
+    let (_, status) = tessera_tests::post_mcp(&mut h, &person("alice")?, &header, &transfer)?;
+    assert_eq!(status, None);
+    Ok(())
+}
+
+// ---- item 6: canonical paths and typed arguments ----
+
+/// A config whose catch-all route is public: a path that escaped `/admin` would be let through.
+fn with_public_catch_all(c: &mut Value) {
+    if let Some(routes) = c["routes"].as_array_mut() {
+        routes.push(json!({"name": "public", "prefix": "/", "auth": "none"}));
+    }
+}
+
+#[test]
+fn no_spelling_of_admin_reaches_the_public_catch_all() -> Result<()> {
+    let mut h = harness_with(with_public_catch_all)?;
+    for (path, want) in [
+        ("/admin;x", 400),
+        ("/ADMIN", 401),
+        ("/%61dmin", 401),
+        ("//admin", 400),
+        ("/admin/", 401),
+        ("/Admin/users", 401),
+        ("/public/..%2fadmin", 400),
+        ("/elsewhere", 200),
+    ] {
+        let ctx = h.new_http()?;
+        h.request_headers(
+            ctx,
+            &[
+                (":method", "GET"),
+                (":path", path),
+                (":authority", "api.example.com"),
+            ],
+            true,
+        )?;
+        let status = h.local_reply(ctx).map_or(200, |r| r.status);
+        assert_eq!(status, want, "{path}");
+        h.done(ctx)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn typed_arguments_are_compared_in_canonical_form() -> Result<()> {
+    let mut h = harness()?;
+    let reader = agent("files:read email:send")?;
+    let (ctx, _) = tessera_tests::post_mcp(
+        &mut h,
+        &reader,
+        &[],
+        &read_file(1, "/workspace/../etc/shadow"),
+    )?;
+    let r = reply_json(&h, ctx);
+    assert_eq!(r["error"]["code"], -32003, "no-reading-secrets holds: {r}");
+    h.done(ctx)?;
+    let email = |to: &str| {
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "send_email",
+               "arguments": {"to": to, "subject": "s", "body": "b"}}})
+    };
+    let (ctx, _) = tessera_tests::post_mcp(
+        &mut h,
+        &reader,
+        &[],
+        &email("eve@evil.com, bob@example.com"),
+    )?;
+    let r = reply_json(&h, ctx);
+    assert_eq!(
+        r["error"]["code"], -32602,
+        "not one address: refused before Cedar: {r}"
+    );
+    h.done(ctx)?;
+    let (_, status) = tessera_tests::post_mcp(&mut h, &reader, &[], &email("bob@EXAMPLE.com"))?;
+    assert_eq!(status, None, "the canonical address is inside the company");
+    Ok(())
+}
+
+#[test]
+fn list_answers_replayed_on_the_servers_stream_are_filtered() -> Result<()> {
+    let mut h = harness()?;
+    let auth = agent("files:read")?;
+    assert_eq!(initialize(&mut h, &auth, "s-get")?, "200");
+    let ctx = h.new_http()?;
+    h.request_headers(
+        ctx,
+        &[
+            (":method", "GET"),
+            (":path", "/mcp"),
+            (":authority", "api.example.com"),
+            ("authorization", auth.as_str()),
+            ("mcp-session-id", "s-get"),
+            ("last-event-id", "ev-1"),
+        ],
+        true,
+    )?;
+    assert!(h.local_reply(ctx).is_none(), "{:?}", h.local_reply(ctx));
+    h.response_headers(
+        ctx,
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+        false,
+    )?;
+    let replay = format!("id: ev-1\ndata: {}\n\n", tools_answer(json!(1)));
+    h.response_body(ctx, replay.as_bytes(), false)?;
+    let out = String::from_utf8(h.response_body_of(ctx))?;
+    assert!(
+        out.contains("read_file") && !out.contains("send_email"),
+        "{out}"
+    );
+    Ok(())
+}
