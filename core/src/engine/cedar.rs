@@ -1,0 +1,277 @@
+//! The Cedar request built from a verified token and a request: the principal (in its issuer's
+//! identity namespace), the entities, the context records; and its evaluation. The list filter
+//! (`listing.rs`) builds its requests from the same per-token parts.
+
+use std::collections::HashSet;
+
+use cedar_policy::{Entity, RestrictedExpression};
+use serde_json::Value;
+
+use crate::authz::{json_to_cedar, uid, Evaluation, Policies};
+use crate::error::TokenError;
+use crate::mcp;
+use crate::reply::LocalReply;
+use crate::token::VerifiedToken;
+
+use super::*;
+
+impl Engine {
+    pub(super) fn principal_id<'t>(&self, t: &'t VerifiedToken) -> Result<&'t str, TokenError> {
+        let issuer = &self.issuers[t.issuer_index];
+        t.claim(&issuer.principal_claim)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| TokenError::MissingClaim(issuer.principal_claim.clone()))
+    }
+
+    pub(super) fn principal_uid(&self, t: &VerifiedToken) -> Result<String, TokenError> {
+        let (entity_type, id) = self.principal_type_and_id(t)?;
+        Ok(format!("{entity_type}::{}", Value::String(id)))
+    }
+
+    /// The principal: the current actor of a delegated token (`agent.rs`), else the subject;
+    /// its id in the issuer's identity namespace (`identity.rs`).
+    pub(super) fn principal_type_and_id<'t>(
+        &'t self,
+        t: &'t VerifiedToken,
+    ) -> Result<(&'t str, String), TokenError> {
+        let issuer = &self.issuers[t.issuer_index];
+        let (ty, id) = match t.agent.delegation.current() {
+            Some(actor) => (issuer.agent.actor_type.as_str(), actor),
+            None => (issuer.principal_type.as_str(), self.principal_id(t)?),
+        };
+        Ok((ty, crate::identity::entity_id(&issuer.namespace, id)))
+    }
+    /// Builds and evaluates the Cedar request. `Err` names a token claim with no Cedar value.
+    ///
+    /// The request has per-token parts (entities and context attributes that come from the token
+    /// alone: [`Engine::token_entities`], [`Engine::token_context`]) and per-request parts (the
+    /// request line, the clock, the MCP call). Per-request parts of varying type (MCP arguments)
+    /// turn off the token's "already fits the schema" memo for this evaluation.
+    // The arguments are the parts of one Cedar request; a struct would only name them again.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn evaluate(
+        &self,
+        t: &VerifiedToken,
+        action: &str,
+        resource: cedar_policy::EntityUid,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+        mcp: Option<(RestrictedExpression, &mcp::Target)>,
+        approval: Option<&crate::approval::Granted>,
+    ) -> Result<Evaluation, String> {
+        if mcp.is_none() && approval.is_none() {
+            if let Some(e) = self.policies.remembered(&t.checked, action, &resource) {
+                return Ok(e);
+            }
+        }
+        let entities = self.token_entities(t)?;
+        let mut context = self.token_context(t)?;
+        // Per-request parts. Strings and the clock have one type whatever the request says.
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let path = req.path.split(['?', '#']).next().unwrap_or("");
+        let request = RestrictedExpression::new_record([
+            ("method".to_string(), s(req.method)),
+            ("path".to_string(), s(path)),
+            ("host".to_string(), s(req.host)),
+        ])
+        .map_err(|e| e.to_string())?;
+        context.push(("request".to_string(), request));
+        context.push(("now".to_string(), long(now_s)));
+        // Only fixed-type per-request parts so far.
+        let mut fixed_context = true;
+        if let Some((m, target)) = mcp {
+            context.push(("mcp".to_string(), m));
+            fixed_context = false;
+            // A tool call whose task names the tool: `context.task` gains that detail.
+            if let Some(tool) = &target.tool {
+                if let Some(task) =
+                    crate::agent::task_for_call(&t.agent, tool, target.arguments.as_ref())
+                {
+                    context.retain(|(k, _)| k != "task");
+                    context.push(("task".to_string(), task?));
+                }
+            }
+        }
+
+        // A human approval of this request (approval.rs): present only on a retry that carries
+        // one; rare, so it takes the checked path.
+        if let Some(a) = approval {
+            let approval = RestrictedExpression::new_record([
+                ("approver".to_string(), s(&a.approver)),
+                ("approved_at".to_string(), long(a.approved_at)),
+            ])
+            .map_err(|e| e.to_string())?;
+            context.push(("approval".to_string(), approval));
+            fixed_context = false;
+        }
+        Ok(self.policies.evaluate(
+            entities,
+            action,
+            resource,
+            context,
+            Some(&t.checked),
+            fixed_context,
+        ))
+    }
+
+    /// The entities a request built from `t` needs: the principal first, with its groups as
+    /// parents and its configured attributes. `Err` names the claim that has no Cedar value.
+    pub(super) fn token_entities(&self, t: &VerifiedToken) -> Result<Vec<Entity>, String> {
+        let issuer = &self.issuers[t.issuer_index];
+        // Parsed and checked when the token was verified: a failure here cannot happen.
+        crate::agent::request_entities(
+            &issuer.agent,
+            &t.agent,
+            &issuer.principal_type,
+            &issuer.namespace,
+            |ty| self.subject_entity(t, ty),
+        )
+    }
+
+    /// The token's subject as an entity of `entity_type`, with the issuer's groups and
+    /// attributes: the principal of a token without `act`, and `context.delegation.on_behalf_of`.
+    pub(super) fn subject_entity(
+        &self,
+        t: &VerifiedToken,
+        entity_type: &str,
+    ) -> Result<Entity, String> {
+        let issuer = &self.issuers[t.issuer_index];
+        let id = self
+            .principal_id(t)
+            .map_err(|_| issuer.principal_claim.clone())?;
+        let ns = |id: &str| crate::identity::entity_id(&issuer.namespace, id);
+        let principal_uid =
+            uid(entity_type, &ns(id)).map_err(|_| issuer.principal_claim.clone())?;
+        let mut parents = HashSet::new();
+        if let Some(gc) = &issuer.groups_claim {
+            for g in string_list(t.claim(gc)) {
+                parents.insert(uid("Group", &ns(g)).map_err(|_| gc.clone())?);
+            }
+        }
+        let mut attrs = std::collections::HashMap::new();
+        for (attr, claim) in &issuer.principal_attributes {
+            if let Some(v) = t.claim(claim) {
+                attrs.insert(attr.clone(), json_to_cedar(v).map_err(|_| claim.clone())?);
+            }
+        }
+        Entity::new(principal_uid, attrs, parents).map_err(|e| e.to_string())
+    }
+
+    /// The context attributes that come from `t` alone (`token`). `Err` names the claim that has
+    /// no Cedar value.
+    ///
+    /// ONLY values from the token belong here (and in [`Engine::token_entities`]): what is built
+    /// here is checked against the schema once per token, and decisions of actions whose policies
+    /// read only these attributes (named in `authz::PER_TOKEN_CONTEXT`) are remembered per token.
+    /// Anything that depends on the request goes with the per-request parts in
+    /// [`Engine::evaluate`], with `fixed_context` false unless its type never varies.
+    pub(super) fn token_context(
+        &self,
+        t: &VerifiedToken,
+    ) -> Result<Vec<(String, RestrictedExpression)>, String> {
+        let issuer = &self.issuers[t.issuer_index];
+        let set = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            )
+        };
+        let mut claims = Vec::new();
+        for c in &issuer.claims {
+            if let Some(v) = t.claim(c).filter(|v| !v.is_null()) {
+                claims.push((c.clone(), json_to_cedar(v).map_err(|_| c.clone())?));
+            }
+        }
+        let record = |fields: Vec<(String, RestrictedExpression)>| {
+            RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
+        };
+        let mut token = vec![
+            (
+                "issuer".to_string(),
+                RestrictedExpression::new_string(t.issuer.clone()),
+            ),
+            (
+                "subject".to_string(),
+                RestrictedExpression::new_string(t.subject.clone().unwrap_or_default()),
+            ),
+            ("audience".to_string(), set(&t.audience)),
+            ("scopes".to_string(), set(&t.scopes)),
+            ("expires_at".to_string(), long(t.expires_at)),
+            ("claims".to_string(), record(claims)?),
+        ];
+        if let Some(c) = &t.client_id {
+            token.push((
+                "client_id".to_string(),
+                RestrictedExpression::new_string(c.clone()),
+            ));
+        }
+        if let Some(iat) = t.issued_at {
+            token.push(("issued_at".to_string(), long(iat)));
+        }
+        let mut context = vec![("token".to_string(), record(token)?)];
+        // `delegation` and `task` (agent.rs); parsed and checked when the token was verified.
+        let agent = &t.agent;
+        let subject = self
+            .principal_id(t)
+            .map_err(|_| issuer.principal_claim.clone())?;
+        context.extend(crate::agent::context_parts(
+            agent,
+            subject,
+            &issuer.namespace,
+        )?);
+        Ok(context)
+    }
+
+    pub(super) fn identity_headers(
+        &self,
+        t: &VerifiedToken,
+        principal: &str,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(self.forward.len());
+        for (name, source) in &self.forward {
+            let value = match source {
+                HeaderSource::Principal => Some(principal.to_string()),
+                HeaderSource::PrincipalId => self.principal_type_and_id(t).ok().map(|(_, id)| id),
+                HeaderSource::PrincipalType => self
+                    .principal_type_and_id(t)
+                    .ok()
+                    .map(|(ty, _)| ty.to_string()),
+                HeaderSource::Issuer => Some(t.issuer.clone()),
+                HeaderSource::Subject => t.subject.clone(),
+                HeaderSource::Scopes => Some(t.scopes.join(" ")),
+                HeaderSource::Claim(c) => t.claim(c).map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }),
+            };
+            // Header values must not carry control characters (CR/LF would split headers).
+            if let Some(v) = value.filter(|v| !v.chars().any(char::is_control)) {
+                out.push((name.clone(), v));
+            }
+        }
+        out
+    }
+
+    pub(crate) fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The per-token parts of a Cedar request, as `Engine::evaluate` builds them: the entities
+    /// (principal first) and the `token` context attribute.
+    pub(crate) fn token_parts(
+        &self,
+        t: &VerifiedToken,
+    ) -> Result<crate::listing::RequestParts, String> {
+        Ok((self.token_entities(t)?, self.token_context(t)?))
+    }
+
+    pub(super) fn step_up_for(&self, policies: &[String], request_id: &str) -> Option<LocalReply> {
+        let scopes = self.policies.required_scopes(policies)?;
+        let url = self.resource_metadata.as_ref().map(|(u, _, _)| u.as_str());
+        Some(
+            LocalReply::insufficient_scope(&scopes, policies, request_id)
+                .with_resource_metadata(url),
+        )
+    }
+}
