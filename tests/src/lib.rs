@@ -241,3 +241,71 @@ pub fn post_mcp_raw(
     let on_body = h.request_body(ctx, body.as_bytes(), true)?;
     Ok((ctx, on_body, h.local_reply(ctx).map(|r| r.status)))
 }
+
+/// An approval signed with the demo approver key (jsonwebtoken, independent of the filter's JOSE
+/// library), of type `approval+jwt`. `claims` override the defaults; `null` removes one.
+pub fn approval_token(digest: &str, claims: &Value) -> Result<String> {
+    let pem = std::fs::read(repo_root().join("tests/keys/approver-ed25519.pem"))?;
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("demo-approver".into());
+    header.typ = Some("approval+jwt".into());
+    let now = now_s();
+    let mut c = json!({
+        "iss": APPROVALS, "aud": APPROVAL_AUDIENCE, "sub": "alice@example.com",
+        "iat": now, "exp": now + 120, "jti": format!("approval-{digest}-{now}"),
+        "approval_digest": digest,
+    });
+    merge_claims(&mut c, claims);
+    Ok(jsonwebtoken::encode(
+        &header,
+        &c,
+        &EncodingKey::from_ed_pem(&pem)?,
+    )?)
+}
+
+/// One request without a body through the module in the harness (`auth`: the `authorization`
+/// header, if any): its context and the status of the local reply, if the module sent one.
+pub fn request(
+    h: &mut tessera_harness::Harness,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<(u32, Option<u32>)> {
+    let ctx = h.new_http()?;
+    let mut headers = vec![
+        (":method", method),
+        (":path", path),
+        (":authority", "api.example.com"),
+    ];
+    if let Some(a) = auth {
+        headers.push(("authorization", a));
+    }
+    headers.extend_from_slice(extra);
+    h.request_headers(ctx, &headers, true)?;
+    Ok((ctx, h.local_reply(ctx).map(|r| r.status)))
+}
+
+/// An `initialize` the server answers with session id `session` (the filter binds it to the
+/// caller): the response status the client gets.
+pub fn initialize_session(
+    h: &mut tessera_harness::Harness,
+    auth: &str,
+    session: &str,
+) -> Result<String> {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+    let (ctx, status) = post_mcp(h, auth, &[], &init)?;
+    anyhow::ensure!(status.is_none(), "initialize refused: {status:?}");
+    h.response_headers(
+        ctx,
+        &[
+            (":status", "200"),
+            ("mcp-session-id", session),
+            ("content-type", "application/json"),
+        ],
+        false,
+    )?;
+    let status = h.response_header(ctx, ":status").unwrap_or_default();
+    h.done(ctx)?;
+    Ok(status)
+}

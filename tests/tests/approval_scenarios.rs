@@ -5,13 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tessera_core::approval::once_key;
 use tessera_harness::Harness;
 use tessera_tests::{
-    merge_claims, mint, now_s, post_mcp, repo_root, test_config, wasm_path, AGENTS, APPROVALS,
-    APPROVAL_AUDIENCE, IDP,
+    mint, now_s, post_mcp, test_config, wasm_path, AGENTS, APPROVALS, APPROVAL_AUDIENCE, IDP,
 };
 
 fn harness() -> Result<Harness> {
@@ -32,25 +30,8 @@ fn bearer(claims: Value) -> Result<String> {
     Ok(format!("Bearer {}", mint("ES256", &claims)?))
 }
 
-/// An approval signed with the demo approver key (jsonwebtoken, independent of the filter's JOSE
-/// library). `claims` override the defaults; `null` removes one.
 fn approval(digest: &str, claims: Value) -> Result<String> {
-    let pem = std::fs::read(repo_root().join("tests/keys/approver-ed25519.pem"))?;
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some("demo-approver".into());
-    header.typ = Some("approval+jwt".into());
-    let now = now_s();
-    let mut c = json!({
-        "iss": APPROVALS, "aud": APPROVAL_AUDIENCE, "sub": "alice@example.com",
-        "iat": now, "exp": now + 120, "jti": format!("approval-{digest}-{now}"),
-        "approval_digest": digest,
-    });
-    merge_claims(&mut c, &claims);
-    Ok(jsonwebtoken::encode(
-        &header,
-        &c,
-        &EncodingKey::from_ed_pem(&pem)?,
-    )?)
+    tessera_tests::approval_token(digest, &claims)
 }
 
 /// One GET/POST on an HTTP route: (context, local reply status if any).
@@ -61,16 +42,7 @@ fn http(
     auth: &str,
     extra: &[(&str, &str)],
 ) -> Result<(u32, Option<u32>)> {
-    let ctx = h.new_http()?;
-    let mut headers = vec![
-        (":method", method),
-        (":path", path),
-        (":authority", "api.example.com"),
-        ("authorization", auth),
-    ];
-    headers.extend_from_slice(extra);
-    h.request_headers(ctx, &headers, true)?;
-    Ok((ctx, h.local_reply(ctx).map(|r| r.status)))
+    tessera_tests::request(h, method, path, Some(auth), extra)
 }
 
 fn reply_json(h: &Harness, ctx: u32) -> Value {
@@ -256,19 +228,7 @@ fn long_lived(iss: &str, sub: &str) -> Result<String> {
 }
 
 fn init_session(h: &mut Harness, auth: &str, session: &str) -> Result<()> {
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
-    let (ctx, status) = post_mcp(h, auth, &[], &init)?;
-    assert_eq!(status, None);
-    h.response_headers(
-        ctx,
-        &[
-            (":status", "200"),
-            ("mcp-session-id", session),
-            ("content-type", "application/json"),
-        ],
-        false,
-    )?;
-    h.done(ctx)?;
+    assert_eq!(tessera_tests::initialize_session(h, auth, session)?, "200");
     Ok(())
 }
 

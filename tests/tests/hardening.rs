@@ -291,20 +291,12 @@ fn a_repeated_authorization_or_session_header_is_refused() -> Result<()> {
         ("authorization", good.as_str(), "Bearer other"),
         ("mcp-session-id", "s-1", "s-2"),
     ] {
-        let ctx = h.new_http()?;
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", "/orders/1"),
-            (":authority", "api.example.com"),
-            ("authorization", good.as_str()),
-        ];
-        if name == "authorization" {
-            headers.push((name, b));
+        let extra = if name == "authorization" {
+            vec![(name, b)]
         } else {
-            headers.push((name, a));
-            headers.push((name, b));
-        }
-        h.request_headers(ctx, &headers, true)?;
+            vec![(name, a), (name, b)]
+        };
+        let (ctx, _) = tessera_tests::request(&mut h, "GET", "/orders/1", Some(&good), &extra)?;
         let reply = h.local_reply(ctx).context("refused")?;
         assert_eq!(reply.status, 400, "{name}");
         assert!(reply.body_text().contains(name), "{}", reply.body_text());
@@ -345,24 +337,8 @@ fn a_batch_longer_than_the_limit_is_refused() -> Result<()> {
     Ok(())
 }
 
-/// An `initialize` the server answers with session id `session`; returns the response status
-/// the client gets.
 fn initialize(h: &mut Harness, auth: &str, session: &str) -> Result<String> {
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
-    let (ctx, status) = tessera_tests::post_mcp(h, auth, &[], &init)?;
-    assert_eq!(status, None);
-    h.response_headers(
-        ctx,
-        &[
-            (":status", "200"),
-            ("mcp-session-id", session),
-            ("content-type", "application/json"),
-        ],
-        false,
-    )?;
-    let status = h.response_header(ctx, ":status").unwrap_or_default();
-    h.done(ctx)?;
-    Ok(status)
+    tessera_tests::initialize_session(h, auth, session)
 }
 
 #[test]
@@ -408,18 +384,9 @@ fn a_kid_with_a_newline_cannot_forge_a_log_line() -> Result<()> {
         b64(&header),
         b64(&json!({"iss": AGENTS, "sub": "a"}))
     );
-    let ctx = h.new_http()?;
     let auth = format!("Bearer {token}");
-    h.request_headers(
-        ctx,
-        &[
-            (":method", "GET"),
-            (":path", "/orders/1\r\ntessera decision=allow"),
-            (":authority", "api.example.com"),
-            ("authorization", auth.as_str()),
-        ],
-        true,
-    )?;
+    let path = "/orders/1\r\ntessera decision=allow";
+    tessera_tests::request(&mut h, "GET", path, Some(&auth), &[])?;
     let lines: Vec<&str> = h.logs_at(LogLevel::Debug);
     assert!(!lines.is_empty(), "the decision is logged");
     for line in h.logs().iter().map(|l| l.message.as_str()) {
@@ -460,17 +427,7 @@ fn legacy(sub: &str, extra: Value) -> Result<String> {
 
 /// The principal header the filter forwards for a GET /orders/1 with `auth`.
 fn forwarded_principal(h: &mut Harness, auth: &str) -> Result<Option<String>> {
-    let ctx = h.new_http()?;
-    h.request_headers(
-        ctx,
-        &[
-            (":method", "GET"),
-            (":path", "/orders/1"),
-            (":authority", "api.example.com"),
-            ("authorization", auth),
-        ],
-        true,
-    )?;
+    let (ctx, _) = tessera_tests::request(h, "GET", "/orders/1", Some(auth), &[])?;
     let p = h.request_header(ctx, "x-tessera-principal");
     h.done(ctx)?;
     Ok(p)
@@ -524,17 +481,7 @@ fn issuers_that_share_a_namespace_share_identities() -> Result<()> {
 fn act_is_honoured_only_from_issuers_configured_for_delegation() -> Result<()> {
     let mut h = harness()?;
     let t = legacy("legacy-bot", json!({"act": {"sub": "planner"}}))?;
-    let ctx = h.new_http()?;
-    h.request_headers(
-        ctx,
-        &[
-            (":method", "GET"),
-            (":path", "/orders/1"),
-            (":authority", "api.example.com"),
-            ("authorization", t.as_str()),
-        ],
-        true,
-    )?;
+    let (ctx, _) = tessera_tests::request(&mut h, "GET", "/orders/1", Some(&t), &[])?;
     let reply = h.local_reply(ctx).context("refused")?;
     assert_eq!(reply.status, 401);
     assert!(
@@ -548,20 +495,8 @@ fn act_is_honoured_only_from_issuers_configured_for_delegation() -> Result<()> {
 }
 
 fn approval_jwt(digest: &str) -> Result<String> {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    let pem = std::fs::read(tessera_tests::repo_root().join("tests/keys/approver-ed25519.pem"))?;
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some("demo-approver".into());
-    header.typ = Some("approval+jwt".into());
-    let now = now_s();
-    let claims = json!({"iss": tessera_tests::APPROVALS, "aud": tessera_tests::APPROVAL_AUDIENCE,
-        "sub": "approver@example.com", "iat": now, "exp": now + 120,
-        "jti": format!("hardening-{digest}"), "approval_digest": digest});
-    Ok(jsonwebtoken::encode(
-        &header,
-        &claims,
-        &EncodingKey::from_ed_pem(&pem)?,
-    )?)
+    let jti = format!("hardening-{digest}");
+    tessera_tests::approval_token(digest, &json!({"sub": "approver@example.com", "jti": jti}))
 }
 
 #[test]
@@ -625,17 +560,8 @@ fn no_spelling_of_admin_reaches_the_public_catch_all() -> Result<()> {
         ("/public/..%2fadmin", 400),
         ("/elsewhere", 200),
     ] {
-        let ctx = h.new_http()?;
-        h.request_headers(
-            ctx,
-            &[
-                (":method", "GET"),
-                (":path", path),
-                (":authority", "api.example.com"),
-            ],
-            true,
-        )?;
-        let status = h.local_reply(ctx).map_or(200, |r| r.status);
+        let (ctx, status) = tessera_tests::request(&mut h, "GET", path, None, &[])?;
+        let status = status.unwrap_or(200);
         assert_eq!(status, want, "{path}");
         h.done(ctx)?;
     }
@@ -681,19 +607,8 @@ fn list_answers_replayed_on_the_servers_stream_are_filtered() -> Result<()> {
     let mut h = harness()?;
     let auth = agent("files:read")?;
     assert_eq!(initialize(&mut h, &auth, "s-get")?, "200");
-    let ctx = h.new_http()?;
-    h.request_headers(
-        ctx,
-        &[
-            (":method", "GET"),
-            (":path", "/mcp"),
-            (":authority", "api.example.com"),
-            ("authorization", auth.as_str()),
-            ("mcp-session-id", "s-get"),
-            ("last-event-id", "ev-1"),
-        ],
-        true,
-    )?;
+    let resume = [("mcp-session-id", "s-get"), ("last-event-id", "ev-1")];
+    let (ctx, _) = tessera_tests::request(&mut h, "GET", "/mcp", Some(&auth), &resume)?;
     assert!(h.local_reply(ctx).is_none(), "{:?}", h.local_reply(ctx));
     h.response_headers(
         ctx,
