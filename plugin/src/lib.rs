@@ -191,7 +191,10 @@ impl Filter {
     }
 
     fn request_id(&self) -> String {
-        match self.get_http_request_header("x-request-id") {
+        let id = self
+            .get_http_request_header_bytes("x-request-id")
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        match id {
             Some(id) if !id.is_empty() => id,
             _ => {
                 let n = self.next_id.get().wrapping_add(1);
@@ -225,7 +228,11 @@ impl Filter {
             return;
         }
         self.mcp_caller = Some((route.clone(), principal.clone()));
-        let Some(session) = self.get_http_request_header("mcp-session-id") else {
+        // Lossy: a session id that is not UTF-8 matches no binding (404), it is never "absent".
+        let Some(session) = self
+            .get_http_request_header_bytes("mcp-session-id")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        else {
             return;
         };
         let key = session_key(&route, &session);
@@ -486,12 +493,35 @@ impl HttpContext for Filter {
         }
         // One read of the whole map: the values the engine needs, and whether a header that
         // must be single came twice (the upstream could read the other copy).
-        let headers = self.get_http_request_headers();
+        // As bytes: the SDK's string accessors panic (and abort the VM) on a value that is not
+        // UTF-8. A header the engine reads must be UTF-8, or the request is refused.
+        let headers = self.get_http_request_headers_bytes();
+        let engine_reads = [
+            ":method",
+            ":path",
+            ":authority",
+            "authorization",
+            "content-type",
+        ];
+        if headers.iter().any(|(k, v)| {
+            (engine_reads.contains(&k.as_str()) || Some(k.as_str()) == engine.approval_header())
+                && std::str::from_utf8(v).is_err()
+        }) {
+            self.metrics.count(self.metrics.deny);
+            self.send(&LocalReply::json_error(
+                400,
+                "bad_request",
+                Some("a header the filter reads is not UTF-8"),
+                &[],
+                &request_id,
+            ));
+            return Action::Pause;
+        }
         let first = |name: &str| {
             headers
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
         let method = first(":method").unwrap_or_default();
         let path = first(":path").unwrap_or_default();
@@ -518,8 +548,8 @@ impl HttpContext for Filter {
         let mut decision = engine.check(&request, self.now_s());
         if let Some(pending) = decision.pending.take() {
             let declared = self
-                .get_http_request_header("content-length")
-                .and_then(|l| l.trim().parse::<usize>().ok());
+                .get_http_request_header_bytes("content-length")
+                .and_then(|l| String::from_utf8_lossy(&l).trim().parse::<usize>().ok());
             self.pending = Some(PendingBody {
                 pending,
                 method,
