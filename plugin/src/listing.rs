@@ -53,14 +53,20 @@ impl ResponseFilter {
     /// (an error status, 202), which is then left alone. The body may change length, so
     /// `content-length` goes (the proxy frames the body itself).
     pub fn on_headers(lists: ListRequests, end_of_stream: bool) -> Option<ResponseFilter> {
-        if end_of_stream || response_header(":status").as_deref() != Some("200") {
+        let status = response_header(":status").unwrap_or_default();
+        if end_of_stream || !status.starts_with('2') {
             return None;
         }
+        // 206, 203, …: a list answer in a form the filter does not judge (a range of it, a
+        // rewrite): replaced, never passed.
+        let other_success = status != "200";
         let encoded = response_header("content-encoding")
             .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
         let content_type = response_header("content-type").unwrap_or_default();
         let media = content_type.split(';').next().unwrap_or("").trim();
-        let body = if encoded {
+        let body = if other_success {
+            Body::Unreadable("its status is not 200")
+        } else if encoded {
             Body::Unreadable("it is encoded (content-encoding)")
         } else if media.eq_ignore_ascii_case("application/json") {
             Body::Json

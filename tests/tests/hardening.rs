@@ -624,3 +624,20 @@ fn list_answers_replayed_on_the_servers_stream_are_filtered() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_list_answer_with_another_success_status_is_replaced() -> Result<()> {
+    let mut h = harness()?;
+    let ctx = list_answer(
+        &mut h,
+        &[(":status", "206"), ("content-type", "application/json")],
+    )?;
+    let body = tools_answer(json!(1)).to_string();
+    h.response_body(ctx, body.as_bytes(), true)?;
+    let out = String::from_utf8(h.response_body_of(ctx))?;
+    assert!(
+        !out.contains("send_email") && out.contains("-32603"),
+        "{out}"
+    );
+    Ok(())
+}
