@@ -401,7 +401,6 @@ impl Filter {
         let redeemed = self.redeem(engine, decision);
         if redeemed.is_some() {
             // Refused after all: no response of the server to follow up on.
-            self.lists = None;
             self.mcp_caller = None;
         }
         let decision = redeemed.as_ref().unwrap_or(decision);
@@ -460,15 +459,20 @@ impl Filter {
         };
         let mut decision = engine.check_mcp(&p.pending, &request, body, self.now_s());
         self.check_session(&engine, &mut decision, &p.request_id);
-        if decision.reply.is_none() {
-            self.lists = decision.mcp_lists.take().map(Lists::Awaiting);
-        }
+        let lists = decision.mcp_lists.take();
         let action = self.finish(&engine, &decision, &p.method, &p.path, &p.request_id);
-        if action == Action::Continue && self.lists.is_some() {
-            // A list answer must come back readable: an encoded one is refused (listing.rs).
+        self.await_lists(action, lists);
+        action
+    }
+
+    /// A forwarded request whose answer carries list results (list requests in a POST, or the
+    /// server's GET stream): its answer is filtered, and must come back readable (an encoded
+    /// one is refused, listing.rs).
+    fn await_lists(&mut self, action: Action, lists: Option<tessera_core::listing::ListRequests>) {
+        if let (Action::Continue, Some(lists)) = (action, lists) {
+            self.lists = Some(Lists::Awaiting(lists));
             self.set_http_request_header("accept-encoding", Some("identity"));
         }
-        action
     }
 }
 
@@ -570,13 +574,7 @@ impl HttpContext for Filter {
         self.check_session(&engine, &mut decision, &request_id);
         let lists = decision.mcp_lists.take();
         let action = self.finish(&engine, &decision, &method, &path, &request_id);
-        if action == Action::Continue && decision.reply.is_none() {
-            // The server's stream (GET): list answers in it are filtered too.
-            if let Some(lists) = lists {
-                self.lists = Some(Lists::Awaiting(lists));
-                self.set_http_request_header("accept-encoding", Some("identity"));
-            }
-        }
+        self.await_lists(action, lists);
         action
     }
 

@@ -104,7 +104,9 @@ impl ResponseFilter {
                 action: Action::Pause,
                 finished: None,
             },
-            Body::Json | Body::Unreadable(_) => self.finish_buffered(engine, body_size, now_s),
+            Body::Json | Body::Unreadable(_) => {
+                self.finish_buffered(engine, read_body(body_size), now_s)
+            }
             Body::Sse(rewriter) => {
                 let chunk = read_body(body_size);
                 let (lists, total) = (&mut self.lists, &mut self.total);
@@ -135,8 +137,7 @@ impl ResponseFilter {
     pub fn on_trailers(&mut self, engine: &Engine, now_s: u64) -> Step {
         match &mut self.body {
             Body::Json | Body::Unreadable(_) => {
-                let size = read_body(usize::MAX).len();
-                self.finish_buffered(engine, size, now_s)
+                self.finish_buffered(engine, read_body(usize::MAX), now_s)
             }
             Body::Sse(rewriter) => {
                 let _ = rewriter.finish(&mut |_| None);
@@ -148,18 +149,17 @@ impl ResponseFilter {
         }
     }
 
-    /// The whole buffered body: filtered, or replaced by the error when it cannot be read.
-    fn finish_buffered(&mut self, engine: &Engine, body_size: usize, now_s: u64) -> Step {
+    /// The whole buffered `body`: filtered, or replaced by the error when it cannot be read.
+    fn finish_buffered(&mut self, engine: &Engine, body: Vec<u8>, now_s: u64) -> Step {
         match self.body {
             Body::Unreadable(why) => {
-                replace_body(body_size, &self.lists.unreadable(why));
+                replace_body(body.len(), &self.lists.unreadable(why));
                 self.total.error = Some(format!("unreadable list answer: {why}"));
             }
             _ => {
-                let body = read_body(body_size);
                 let (out, f) = engine.filter_list_json(&mut self.lists, &body, now_s);
                 if let Some(out) = out {
-                    replace_body(body_size, &out);
+                    replace_body(body.len(), &out);
                 }
                 self.total = f;
             }
