@@ -268,6 +268,11 @@ impl Policies {
                         format!("duplicate policy id `{id}`"),
                     ));
                 }
+                if let Ok(est) = policy.to_json() {
+                    crate::path::check_policy_literals(&est).map_err(|e| {
+                        ConfigError::new(path.clone(), format!("policy `{id}`: {e}"))
+                    })?;
+                }
                 set.add(policy.new_id(PolicyId::new(id.clone())))
                     .map_err(|e| ConfigError::new(path.clone(), e.to_string()))?;
                 origin.insert(id, (path.clone(), text));

@@ -213,6 +213,10 @@ pub struct Limits {
     /// `initialize`.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Most live MCP session bindings of one identity (principal, on whose behalf, actors, task)
+    /// per worker thread, so that one caller cannot use up `max_sessions`.
+    #[serde(default = "default_max_sessions_per_principal")]
+    pub max_sessions_per_principal: usize,
 }
 
 impl Default for Limits {
@@ -228,6 +232,7 @@ impl Default for Limits {
             session_ttl_s: default_session_ttl_s(),
             max_batch_messages: default_max_batch_messages(),
             max_sessions: default_max_sessions(),
+            max_sessions_per_principal: default_max_sessions_per_principal(),
         }
     }
 }
@@ -238,6 +243,10 @@ fn default_max_batch_messages() -> usize {
 
 fn default_max_sessions() -> usize {
     10_000
+}
+
+fn default_max_sessions_per_principal() -> usize {
+    100
 }
 
 fn default_session_idle_s() -> u64 {

@@ -2,16 +2,22 @@
 //! which tool are a `path`, an `email` or a `url`. Cedar's `like` over the raw string is a trap
 //! (`/workspace/../etc/shadow` is not under `/workspace/`; `eve@evil.com, bob@example.com` is
 //! not one address at example.com), so such an argument is brought to its canonical form before
-//! Cedar sees it, and a value that does not parse, or is ambiguous, is refused (-32602) before
-//! Cedar. Policies then compare canonical values:
-//! - `path`: `.` and empty segments dropped, `..` resolved (an absolute path cannot climb above
-//!   `/`; a relative one that climbs out of its base is refused); NUL, control characters and
-//!   backslashes refused.
+//! Cedar sees it, and a value that does not parse, or that two parsers could read differently,
+//! is refused (-32602) before Cedar. Policies then compare canonical values:
+//! - `path`: absolute; `.` and empty segments dropped; `..` refused (the server's file system
+//!   resolves it after symbolic links, not as text), as are NUL, control characters and
+//!   backslashes.
 //! - `email`: exactly one RFC 5322 addr-spec (the `email_address` crate), no display name, no
-//!   quoted local part, no domain literal; the domain lower-cased: `local@domain`.
+//!   quoted local part, no domain literal, no `%` or `!` (old relay routing); the local part
+//!   ASCII lower-cased and the domain in its IDNA ASCII form (UTS #46): `local@domain`.
 //! - `url`: parsed as the WHATWG URL standard says (the `url` crate), with a host and without
 //!   user or password; serialised canonically (scheme and host lower-cased, dot segments
-//!   resolved, default port dropped).
+//!   resolved, default port dropped). Refused first, because other parsers (Python's `urllib`,
+//!   curl) read them differently: a backslash, whitespace or a control character anywhere, a
+//!   scheme not followed by `//`, and a `%` or non-ASCII character in the authority.
+//!
+//! MCP resource URIs (`resources/read`, `resources/subscribe`) are brought to one form too
+//! ([`canonical_resource_uri`]), whether or not a format is configured.
 //!
 //! An argument that is an array of strings has each element brought to its form.
 
@@ -127,31 +133,24 @@ fn canonical_path(v: &str) -> Result<String, String> {
     if v.contains('\\') {
         return Err("it has a backslash".into());
     }
-    let absolute = v.starts_with('/');
+    if !v.starts_with('/') {
+        return Err("it is relative (the server's working directory is unknown)".into());
+    }
     let mut segments: Vec<&str> = Vec::new();
     for seg in v.split('/') {
         match seg {
             "" | "." => {}
-            ".." => {
-                if segments.pop().is_none() && !absolute {
-                    return Err("it climbs out of its base directory".into());
-                }
-            }
+            ".." => return Err("it has a `..` segment".into()),
             s => segments.push(s),
         }
     }
-    let joined = segments.join("/");
-    Ok(if absolute {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        ".".into()
-    } else {
-        joined
-    })
+    Ok(format!("/{}", segments.join("/")))
 }
 
 fn canonical_email(v: &str) -> Result<String, String> {
-    if v.contains(['"', ',', ';', '<', '>', '(', ')']) || v.chars().any(char::is_whitespace) {
+    if v.contains(['"', ',', ';', '<', '>', '(', ')', '%', '!'])
+        || v.chars().any(char::is_whitespace)
+    {
         return Err("not exactly one plain address".into());
     }
     let options = email_address::Options::default()
@@ -159,10 +158,37 @@ fn canonical_email(v: &str) -> Result<String, String> {
         .without_domain_literal();
     let a =
         email_address::EmailAddress::parse_with_options(v, options).map_err(|e| e.to_string())?;
-    Ok(format!("{}@{}", a.local_part(), a.domain().to_lowercase()))
+    let domain = match url::Host::parse(a.domain()) {
+        Ok(url::Host::Domain(d)) => d,
+        _ => return Err("the domain is not a valid domain name".into()),
+    };
+    Ok(format!("{}@{domain}", a.local_part().to_ascii_lowercase()))
+}
+
+/// What other URL parsers read differently from the WHATWG standard, refused in the raw text:
+/// a backslash (a `/` to WHATWG, part of the authority to `urllib`), whitespace and control
+/// characters (removed by WHATWG), a scheme without `//`, and an authority with `%` or non-ASCII.
+fn unambiguous_url(v: &str) -> Result<(), String> {
+    if v.contains('\\') {
+        return Err("it has a backslash".into());
+    }
+    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("it has whitespace or a control character".into());
+    }
+    let Some((_, rest)) = v.split_once("://") else {
+        return Err("its scheme is not followed by `//`".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('%') || !authority.is_ascii() {
+        return Err(
+            "its host has `%` or a non-ASCII character (write it in IDNA ASCII form)".into(),
+        );
+    }
+    Ok(())
 }
 
 fn canonical_url(v: &str) -> Result<String, String> {
+    unambiguous_url(v)?;
     let u = url::Url::parse(v).map_err(|e| e.to_string())?;
     if u.host_str().is_none_or(str::is_empty) {
         return Err("it has no host".into());
@@ -173,6 +199,54 @@ fn canonical_url(v: &str) -> Result<String, String> {
     Ok(u.to_string())
 }
 
+/// The one form of an MCP resource URI, which policies compare (`context.mcp.uri`, the
+/// `Resource` id) and list filtering judges: the scheme lower-cased; for a hierarchical URI
+/// (`scheme://authority/path`) the authority lower-cased and the path canonical as a request
+/// path is (`path.rs`: unreserved escapes decoded, `..`, `.`, `//`, `;` and encoded separators
+/// refused), so `file:///workspace/../etc/passwd` and `file:///workspace/%2e%2e/etc/passwd`
+/// never match `like "file:///workspace/*"`. The query and fragment are kept as sent. Refused
+/// anywhere: a backslash, whitespace and control characters.
+pub fn canonical_resource_uri(v: &str) -> Result<String, String> {
+    if v.contains('\\') {
+        return Err("it has a backslash".into());
+    }
+    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("it has whitespace or a control character".into());
+    }
+    let (scheme, rest) = v.split_once(':').ok_or("it has no scheme")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err("its scheme is not valid".into());
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let Some(hier) = rest.strip_prefix("//") else {
+        // Not hierarchical (`urn:…`, `mailto:…`): no dot segments to resolve.
+        return Ok(format!("{scheme}:{rest}"));
+    };
+    let end = hier.find(['/', '?', '#']).unwrap_or(hier.len());
+    let (authority, after) = hier.split_at(end);
+    if !authority
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~' | ':' | '[' | ']'))
+    {
+        return Err("its authority has a character other than a host and port".into());
+    }
+    let authority = authority.to_ascii_lowercase();
+    let path_end = after.find(['?', '#']).unwrap_or(after.len());
+    let (path, tail) = after.split_at(path_end);
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        crate::path::canonical(path)
+            .map_err(|e| e.replacen("the path", "its path", 1))?
+            .into_owned()
+    };
+    Ok(format!("{scheme}://{authority}{path}{tail}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,10 +255,11 @@ mod tests {
     #[test]
     fn paths_are_resolved_and_nul_refused() {
         let p = |v| canonical_path(v);
-        assert_eq!(p("/workspace/../etc/shadow").as_deref(), Ok("/etc/shadow"));
         assert_eq!(p("/workspace/./a//b/").as_deref(), Ok("/workspace/a/b"));
-        assert_eq!(p("/../../etc").as_deref(), Ok("/etc"));
-        assert_eq!(p("a/b/../c").as_deref(), Ok("a/c"));
+        assert_eq!(p("/").as_deref(), Ok("/"));
+        assert!(p("/workspace/../etc/shadow").is_err());
+        assert!(p("/../../etc").is_err());
+        assert!(p("etc/passwd").is_err());
         assert!(p("../etc").is_err());
         assert!(p("/a\0b").is_err());
         assert!(p("a\\..\\b").is_err());
@@ -194,7 +269,15 @@ mod tests {
     #[test]
     fn an_email_is_exactly_one_plain_address_with_its_domain_lower_cased() {
         let e = |v| canonical_email(v);
-        assert_eq!(e("Bob@Example.COM").as_deref(), Ok("Bob@example.com"));
+        assert_eq!(e("Bob@Example.COM").as_deref(), Ok("bob@example.com"));
+        assert_eq!(
+            e("bob@B\u{fc}cher.example").as_deref(),
+            Ok("bob@xn--bcher-kva.example")
+        );
+        assert_eq!(
+            e("bob@EXAMPLE\u{3002}com").as_deref(),
+            Ok("bob@example.com")
+        );
         for bad in [
             "eve@evil.com, bob@example.com",
             "Eve <eve@evil.com>",
@@ -203,6 +286,8 @@ mod tests {
             "bob",
             "bob@example.com ",
             "a@b@example.com",
+            "bob%evil.com@example.com",
+            "evil.com!bob@example.com",
         ] {
             assert!(e(bad).is_err(), "{bad:?} accepted");
         }
@@ -218,6 +303,44 @@ mod tests {
         assert!(u("https://docs.example.com@evil.com/").is_err());
         assert!(u("not a url").is_err());
         assert!(u("mailto:bob@example.com").is_err());
+        // Read as host evil.com by Python's urllib, as docs.example.com by WHATWG.
+        for bad in [
+            "https://docs.example.com\\@evil.com/x",
+            "https:\\\\evil.com/x",
+            "https:evil.com/x",
+            "https:/evil.com/x",
+            "https://docs.example.com\t@evil.com/",
+            " https://docs.example.com/",
+            "https://docs%2eexample.com/",
+            "https://d\u{f6}cs.example.com/",
+        ] {
+            assert!(u(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn resource_uris_have_one_form() {
+        let r = |v| canonical_resource_uri(v);
+        assert_eq!(
+            r("FILE:///workspace/%61/b?x").as_deref(),
+            Ok("file:///workspace/a/b?x")
+        );
+        assert_eq!(r("Res://Host:80").as_deref(), Ok("res://host:80"));
+        assert_eq!(r("urn:Example:A/../b").as_deref(), Ok("urn:Example:A/../b"));
+        for bad in [
+            "file:///workspace/../etc/passwd",
+            "file:///workspace/%2e%2e/etc/passwd",
+            "file:///workspace/.%2E/etc/passwd",
+            "file:///workspace//etc",
+            "file:///workspace/a%2f..%2f..%2fetc",
+            "file:///workspace\\..\\etc",
+            "file://evil@host/x",
+            "file:///work space",
+            "no-scheme",
+            "1x://a",
+        ] {
+            assert!(r(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -231,7 +354,7 @@ mod tests {
         let args = json!({"to": ["A@X.ORG", "b@y.org"], "subject": "Hi"});
         assert_eq!(
             f.apply("send_email", &args),
-            Ok(Some(json!({"to": ["A@x.org", "b@y.org"], "subject": "Hi"})))
+            Ok(Some(json!({"to": ["a@x.org", "b@y.org"], "subject": "Hi"})))
         );
         assert_eq!(f.apply("read_file", &args), Ok(None));
         assert!(f.apply("send_email", &json!({"to": 5})).is_err());

@@ -131,8 +131,8 @@ impl ListRequests {
             .collect();
         (!ids.is_empty()).then(|| ListRequests {
             pending: pending.clone(),
-            path: req.path.split(['?', '#']).next().unwrap_or("").to_string(),
-            host: req.host.to_string(),
+            path: crate::path::for_policy(req.path),
+            host: crate::path::host_for_policy(req.host),
             request_id: req.request_id.to_string(),
             ids,
             stream: false,
@@ -143,8 +143,8 @@ impl ListRequests {
     pub(crate) fn stream(pending: Pending, req: &HttpRequest<'_>) -> ListRequests {
         ListRequests {
             pending,
-            path: req.path.split(['?', '#']).next().unwrap_or("").to_string(),
-            host: req.host.to_string(),
+            path: crate::path::for_policy(req.path),
+            host: crate::path::host_for_policy(req.host),
             request_id: req.request_id.to_string(),
             ids: Vec::new(),
             stream: true,
@@ -232,7 +232,14 @@ impl Engine {
         // The principal is built once per reply, and only when there is something to judge.
         let mut judge: Option<Judge> = None;
         for m in messages {
-            let awaited = m.get("id").and_then(|id| lists.take(id));
+            // Only a response answers a list request: a server's own request (elicitation,
+            // sampling) may reuse the id, as ids are per sender.
+            let response = m.get("method").is_none()
+                && (m.get("result").is_some() || m.get("error").is_some());
+            let awaited = m
+                .get("id")
+                .filter(|_| response)
+                .and_then(|id| lists.take(id));
             let Some(kind) = awaited.or_else(|| ListKind::of_result(m)) else {
                 continue;
             };
@@ -366,6 +373,15 @@ impl Judge {
     fn may_use(&self, engine: &Engine, kind: ListKind, name: &str) -> Result<bool, String> {
         let (entities, context) = self.built.as_ref().map_err(Clone::clone)?;
         let (generic, resource_type, field) = kind.usage();
+        // A resource is judged by the URI a read of it is judged by (formats.rs).
+        let canonical;
+        let name = if kind == ListKind::Resources {
+            canonical = crate::formats::canonical_resource_uri(name)
+                .map_err(|e| format!("listed resource URI: {e}"))?;
+            canonical.as_str()
+        } else {
+            name
+        };
         let per_tool = (kind == ListKind::Tools)
             .then(|| format!("call:{name}"))
             .filter(|a| engine.policies().has_action(a));

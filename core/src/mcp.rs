@@ -176,7 +176,13 @@ pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
             t.arguments = Some(args);
         }
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            let uri = string_param("uri")?;
+            let raw = string_param("uri")?;
+            let uri = crate::formats::canonical_resource_uri(&raw).map_err(|e| {
+                (
+                    INVALID_PARAMS,
+                    format!("params.uri is not a resource URI with one meaning: {e}"),
+                )
+            })?;
             t.resource_type = "Resource";
             t.resource_id = uri.clone();
             t.uri = Some(uri);

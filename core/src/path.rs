@@ -12,7 +12,10 @@
 //!   the upstream decodes is the path that was routed.
 //!
 //! Routes match the canonical path case-insensitively (ASCII), so `/ADMIN` is the admin route
-//! for an upstream that ignores case; `context.request.path` keeps the case as sent.
+//! for an upstream that ignores case. Policies see the same leniency: `context.request.path`
+//! is the canonical path ASCII lower-cased, without a trailing `/` ([`for_policy`]), so that
+//! `like "/orders/*/refund"` also holds for `/Orders/1/REFUND/`; `context.request.host` is the
+//! host lower-cased, without a trailing dot ([`host_for_policy`]).
 
 use std::borrow::Cow;
 
@@ -102,6 +105,133 @@ pub fn under(path: &str, prefix: &str) -> bool {
     prefix.ends_with('/') || rest.is_empty() || rest[0] == b'/'
 }
 
+/// `context.request.path`: the canonical `path` (no query) with ASCII letters lower-cased outside
+/// escapes (whose hex digits stay upper-case) and one trailing `/` removed (except from `/`).
+/// Every spelling a case-insensitive upstream that ignores a trailing slash routes to one
+/// resource gives one value, so a policy's `like` pattern cannot be stepped around.
+pub fn for_policy(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let trimmed = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
+    };
+    let mut out = String::with_capacity(trimmed.len());
+    let mut escape = 0;
+    for c in trimmed.chars() {
+        if c == '%' {
+            escape = 2;
+            out.push(c);
+        } else if escape > 0 {
+            escape -= 1;
+            out.push(c);
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// `context.request.host`: `host` (a port kept) ASCII lower-cased, one trailing dot of the name
+/// removed (`Admin.Example.com.:443` → `admin.example.com:443`): DNS names one host either way.
+pub fn host_for_policy(host: &str) -> String {
+    let (name, port) = split_port(host);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut out = name.to_ascii_lowercase();
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(p);
+    }
+    out
+}
+
+/// The name of `host` without its port, and the port (digits after the last `:`, outside an
+/// IPv6 literal's brackets).
+pub fn split_port(host: &str) -> (&str, Option<&str>) {
+    match host.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_digit())
+                && (!h.starts_with('[') || h.ends_with(']')) =>
+        {
+            (h, Some(p))
+        }
+        _ => (host, None),
+    }
+}
+
+/// The host name a route's `host` is compared with: no port, no trailing dot.
+pub fn host_name(host: &str) -> &str {
+    let name = split_port(host).0;
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// `Some("path")` when `v` is `context.request.path` (likewise any attribute of the record).
+fn request_attr(v: &serde_json::Value) -> Option<&str> {
+    let get = v.get(".")?;
+    let request = get.get("left")?.get(".")?;
+    (request.get("left")?.get("Var")?.as_str() == Some("context")
+        && request.get("attr")?.as_str() == Some("request"))
+    .then(|| get.get("attr")?.as_str())
+    .flatten()
+}
+
+/// Checks a policy (its Cedar JSON form) for a comparison of `context.request.path` or
+/// `context.request.host` with a literal that no request can ever give (`== "/Admin"`,
+/// `like "/orders/*/"`, `== "Api.example.com."`): such a `forbid` would silently never apply.
+/// `Err` says which literal and what to write instead.
+pub fn check_policy_literals(est: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let check = |attr: &str, literal: &str| -> Result<(), String> {
+        let (fixed, rule) = match attr {
+            "path" => (
+                for_policy(literal),
+                "the path lower-cased and without a trailing `/`",
+            ),
+            "host" => (
+                host_for_policy(literal),
+                "the host lower-cased and without a trailing dot",
+            ),
+            _ => return Ok(()),
+        };
+        if fixed == literal {
+            return Ok(());
+        }
+        Err(format!(
+            "`context.request.{attr}` is compared with \"{literal}\", which no request gives: \
+             policies see {rule} (write \"{fixed}\")"
+        ))
+    };
+    match est {
+        Value::Object(m) => {
+            for op in ["==", "!="] {
+                if let Some(args) = m.get(op) {
+                    let (l, r) = (&args["left"], &args["right"]);
+                    for (side, other) in [(l, r), (r, l)] {
+                        if let (Some(a), Some(lit)) = (request_attr(side), other["Value"].as_str())
+                        {
+                            check(a, lit)?;
+                        }
+                    }
+                }
+            }
+            if let Some(args) = m.get("like") {
+                if let (Some(a), Some(pattern)) =
+                    (request_attr(&args["left"]), args["pattern"].as_array())
+                {
+                    let text: String = pattern
+                        .iter()
+                        .map(|p| p["Literal"].as_str().unwrap_or("*"))
+                        .collect();
+                    check(a, &text)?;
+                }
+            }
+            m.values().try_for_each(check_policy_literals)
+        }
+        Value::Array(items) => items.iter().try_for_each(check_policy_literals),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +284,42 @@ mod tests {
         assert!(!under("/administrator", "/admin"));
         assert!(under("/anything", "/"));
         assert!(!under("/adm", "/admin"));
+    }
+
+    #[test]
+    fn policies_see_one_spelling_of_a_path_and_a_host() {
+        assert_eq!(for_policy("/Orders/1/REFUND/"), "/orders/1/refund");
+        assert_eq!(for_policy("/orders/1/refund?x=/"), "/orders/1/refund");
+        assert_eq!(for_policy("/"), "/");
+        assert_eq!(for_policy("/A%C3%A9/"), "/a%C3%A9");
+        assert_eq!(host_for_policy("Admin.Example.COM."), "admin.example.com");
+        assert_eq!(
+            host_for_policy("admin.example.com.:8443"),
+            "admin.example.com:8443"
+        );
+        assert_eq!(host_for_policy("[::1]:80"), "[::1]:80");
+        assert_eq!(host_name("admin.example.com.:443"), "admin.example.com");
+        assert_eq!(host_name("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn a_policy_literal_no_request_can_give_is_named() {
+        use std::str::FromStr;
+        let check = |text: &str| {
+            let p = cedar_policy::Policy::from_str(text).expect("parses");
+            check_policy_literals(&p.to_json().expect("json"))
+        };
+        let ok = r#"forbid(principal, action, resource) when {
+            context.request.path like "/orders/*/refund" && context.request.host != "api.example.com" };"#;
+        assert_eq!(check(ok), Ok(()));
+        for bad in [
+            r#"forbid(principal, action, resource) when { context.request.path == "/Admin" };"#,
+            r#"forbid(principal, action, resource) when { "/admin/" == context.request.path };"#,
+            r#"forbid(principal, action, resource) when { context.request.path like "/orders/*/" };"#,
+            r#"forbid(principal, action, resource) when { context.request.host == "Api.example.com" };"#,
+        ] {
+            let e = check(bad).expect_err(bad);
+            assert!(e.contains("no request gives"), "{e}");
+        }
     }
 }

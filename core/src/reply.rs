@@ -174,9 +174,10 @@ impl LocalReply {
     }
 }
 
-/// `s` made safe for one unquoted log field: control characters (CR, LF, ESC, NEL, …) and the
-/// Unicode line and paragraph separators escaped as `\u{…}`, so that a value from a request or a
-/// token cannot start a forged line. (Principals are JSON-quoted already: `Agent::"a\nb"`.)
+/// `s` made safe for one unquoted log field: control characters (CR, LF, ESC, NEL, …), the
+/// Unicode line and paragraph separators and the space escaped as `\u{…}`, so that a value from a
+/// request or a token cannot start a forged line, nor a forged field (`id principal=admin`).
+/// (Principals are JSON-quoted already: `Agent::"a\nb"`.)
 pub fn log_safe(s: &str) -> std::borrow::Cow<'_, str> {
     escape(s, false)
 }
@@ -191,6 +192,7 @@ fn escape(s: &str, quoted: bool) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| {
         c.is_control()
             || matches!(c, '\u{2028}' | '\u{2029}')
+            || (!quoted && c == ' ')
             || (quoted && matches!(c, '\\' | '"'))
     };
     if !s.chars().any(unsafe_char) {
@@ -217,7 +219,9 @@ mod log_tests {
 
     #[test]
     fn control_characters_cannot_forge_a_log_line() {
-        assert_eq!(log_safe("plain /path"), "plain /path");
+        assert_eq!(log_safe("plain/path"), "plain/path");
+        assert_eq!(log_safe("id principal=admin"), "id\\u{0020}principal=admin");
+        assert_eq!(log_quoted("a reason"), "a reason");
         assert_eq!(
             log_safe("Agent::\"a\\\"b\""),
             "Agent::\"a\\\"b\"",

@@ -140,7 +140,7 @@ struct Filter {
     store: Rc<Store>,
     /// An MCP POST waiting for its whole body.
     pending: Option<PendingBody>,
-    /// An allowed MCP request: (route, principal), to bind a session the response creates.
+    /// An allowed MCP request: (route, session owner), to bind a session the response creates.
     mcp_caller: Option<(String, String)>,
     /// The list requests of an allowed MCP POST (then the filter for their answers).
     lists: Option<Lists>,
@@ -220,14 +220,14 @@ impl Filter {
     /// binding expired (`limits.session_idle_s`, `limits.session_ttl_s`) — gets 404, which tells
     /// an MCP client to start a new session.
     fn check_session(&mut self, engine: &Engine, decision: &mut Decision, request_id: &str) {
-        let (Some(route), Some(principal)) = (decision.route.clone(), decision.principal.clone())
+        let (Some(route), Some(owner)) = (decision.route.clone(), decision.session_owner.clone())
         else {
             return;
         };
         if decision.reply.is_some() || !engine.is_mcp_route(&route) {
             return;
         }
-        self.mcp_caller = Some((route.clone(), principal.clone()));
+        self.mcp_caller = Some((route.clone(), owner.clone()));
         // Lossy: a session id that is not UTF-8 matches no binding (404), it is never "absent".
         let Some(session) = self
             .get_http_request_header_bytes("mcp-session-id")
@@ -239,14 +239,14 @@ impl Filter {
         let now = self.now_s();
         let (status, error, reason) = match self.store.get(&key, now) {
             Some(entry) => match session_binding(&entry.payload) {
-                Some((absolute, owner)) if owner == principal.as_bytes() => {
+                Some((absolute, bound)) if bound == owner.as_bytes() => {
                     self.keep_session(engine, &key, &entry, absolute, now);
                     return;
                 }
                 _ => (
                     403,
                     "forbidden",
-                    "the MCP session belongs to another principal",
+                    "the MCP session belongs to another identity",
                 ),
             },
             None => (404, "not_found", "unknown MCP session"),
@@ -273,7 +273,7 @@ impl Filter {
     /// `limits.max_sessions` live bindings of this worker, the session is not bound and the
     /// answer becomes a 503 without its session id: memory stays bounded under a flood of
     /// `initialize`, and the client can try again once old sessions expire.
-    fn bind_session(&self, route: &str, principal: &str, session: &str) {
+    fn bind_session(&self, route: &str, owner: &str, session: &str) {
         let Some(engine) = self.engine.as_ref() else {
             return;
         };
@@ -284,10 +284,18 @@ impl Filter {
             // Bound already (servers repeat the id on every answer of the session).
             return;
         }
-        if self.store.live(SESSION_PREFIX, now) >= engine.max_sessions() {
+        let (all, theirs) = self.store.live(SESSION_PREFIX, now, owner);
+        let limit = if all >= engine.max_sessions() {
+            Some("limits.max_sessions live sessions on this worker")
+        } else if theirs >= engine.max_sessions_per_principal() {
+            Some("limits.max_sessions_per_principal live sessions of this caller on this worker")
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
             log(
                 LogLevel::Warn,
-                "tessera: MCP session refused: limits.max_sessions live sessions on this worker",
+                &format!("tessera: MCP session refused: {limit}"),
             );
             if engine.mode() == tessera_core::Mode::Shadow {
                 return;
@@ -298,9 +306,12 @@ impl Filter {
             return;
         }
         let absolute = now.saturating_add(ttl);
-        let payload = format!("{absolute} {principal}");
+        let payload = format!("{absolute} {owner}");
         let expires_at = now.saturating_add(idle).min(absolute);
-        if let Err(e) = self.store.create(&key, payload.as_bytes(), expires_at, now) {
+        if let Err(e) = self
+            .store
+            .create_for(&key, payload.as_bytes(), expires_at, now, owner)
+        {
             log(
                 LogLevel::Error,
                 &format!("tessera: cannot bind MCP session: {e:?}"),
@@ -584,9 +595,9 @@ impl HttpContext for Filter {
                 listing::ResponseFilter::on_headers(lists, end_of_stream).map(Lists::Filtering);
         }
         // The server created a session for this caller (on `initialize`): bind it.
-        if let Some((route, principal)) = self.mcp_caller.take() {
+        if let Some((route, owner)) = self.mcp_caller.take() {
             if let Some(session) = self.get_http_response_header("mcp-session-id") {
-                self.bind_session(&route, &principal, &session);
+                self.bind_session(&route, &owner, &session);
             }
         }
         Action::Continue

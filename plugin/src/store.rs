@@ -30,10 +30,19 @@ pub struct Entry {
     cas: u32,
 }
 
+#[derive(Debug)]
+struct Created {
+    key: String,
+    expires_at: u64,
+    /// Who the entry counts against (an MCP session's caller); empty for none.
+    owner: String,
+}
+
 #[derive(Default)]
 pub struct Store {
-    /// Keys this worker created and the expiry it last saw; the tick clears them once expired.
-    created: RefCell<Vec<(String, u64)>>,
+    /// Keys this worker created, the expiry it last saw and the owner they were created for;
+    /// the tick clears them once expired.
+    created: RefCell<Vec<Created>>,
     /// Makes each value this worker writes unique, so that a writer recognises its own write.
     writes: Cell<u64>,
 }
@@ -69,6 +78,18 @@ impl Store {
         expires_at: u64,
         now_s: u64,
     ) -> Result<bool, Status> {
+        self.create_for(key, payload, expires_at, now_s, "")
+    }
+
+    /// [`Store::create`], counted against `owner` by [`Store::live`].
+    pub fn create_for(
+        &self,
+        key: &str,
+        payload: &[u8],
+        expires_at: u64,
+        now_s: u64,
+        owner: &str,
+    ) -> Result<bool, Status> {
         let (value, cas) = hostcalls::get_shared_data(key)?;
         let live = value
             .as_deref()
@@ -89,9 +110,11 @@ impl Store {
         if hostcalls::get_shared_data(key)?.0.as_deref() != Some(ours.as_slice()) {
             return Ok(false);
         }
-        self.created
-            .borrow_mut()
-            .push((key.to_string(), expires_at));
+        self.created.borrow_mut().push(Created {
+            key: key.to_string(),
+            expires_at,
+            owner: owner.to_string(),
+        });
         Ok(true)
     }
 
@@ -103,20 +126,24 @@ impl Store {
     }
 
     /// How many entries under `prefix` this worker created that have not expired at `now_s`
-    /// (as far as this worker knows: another worker may have extended one).
-    pub fn live(&self, prefix: &str, now_s: u64) -> usize {
-        self.created
-            .borrow()
+    /// (as far as this worker knows: another worker may have extended one), in all and for
+    /// `owner`.
+    pub fn live(&self, prefix: &str, now_s: u64, owner: &str) -> (usize, usize) {
+        let created = self.created.borrow();
+        let live = created
             .iter()
-            .filter(|(k, e)| now_s < *e && k.starts_with(prefix))
-            .count()
+            .filter(|c| now_s < c.expires_at && c.key.starts_with(prefix));
+        live.fold((0, 0), |(all, theirs), c| {
+            (all + 1, theirs + usize::from(c.owner == owner))
+        })
     }
 
     /// Clears the expired entries this worker created (value set to empty). Entries another worker
     /// extended are kept with their new expiry. Returns how many were cleared.
     pub fn sweep(&self, now_s: u64) -> usize {
         let mut cleared = 0;
-        self.created.borrow_mut().retain_mut(|(key, expires_at)| {
+        self.created.borrow_mut().retain_mut(|c| {
+            let (key, expires_at) = (&c.key, &mut c.expires_at);
             if now_s < *expires_at {
                 return true;
             }

@@ -331,7 +331,7 @@ def test_an_mcp_session_cannot_be_used_by_another_principal(gw):
     thief = {**headers, "authorization": f"Bearer {mcp_agent('files:read', sub='mallory')}", "mcp-session-id": session}
     before = len(gw.server.requests())
     r = httpx.post(f"{gw.envoy.url}/mcp", json=call, headers=thief, timeout=10)
-    assert r.status_code == 403 and "another principal" in r.text, r.text
+    assert r.status_code == 403 and "another identity" in r.text, r.text
     assert len(gw.server.requests()) == before, "the hijacked call reached the server"
     r = httpx.post(f"{gw.envoy.url}/mcp", json=call, headers={**owner, "mcp-session-id": session}, timeout=10)
     assert r.status_code == 200, r.text

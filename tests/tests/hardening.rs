@@ -226,6 +226,26 @@ fn an_sse_list_answer_cut_short_by_trailers_leaks_nothing() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_server_request_reusing_the_awaited_id_does_not_end_list_filtering() -> Result<()> {
+    let mut h = harness()?;
+    let ctx = list_answer(
+        &mut h,
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+    )?;
+    // Ids are per sender: the server's own request may carry the id of the client's list.
+    let elicit = json!({"jsonrpc": "2.0", "id": 1, "method": "elicitation/create", "params": {}});
+    let stream = format!("data: {elicit}\n\ndata: {}\n\n", tools_answer(json!(1)));
+    h.response_body(ctx, stream.as_bytes(), true)?;
+    let out = String::from_utf8(h.response_body_of(ctx))?;
+    assert!(out.contains("elicitation/create"), "{out}");
+    assert!(
+        out.contains("read_file") && !out.contains("send_email"),
+        "{out}"
+    );
+    Ok(())
+}
+
 // ---- item 4: unreadable list answers ----
 
 #[test]
@@ -343,33 +363,6 @@ fn initialize(h: &mut Harness, auth: &str, session: &str) -> Result<String> {
     tessera_tests::initialize_session(h, auth, session)
 }
 
-#[test]
-fn live_session_bindings_are_bounded() -> Result<()> {
-    let mut h = harness_with(|c| c["limits"]["max_sessions"] = json!(2))?;
-    let auth = agent("files:read")?;
-    assert_eq!(initialize(&mut h, &auth, "s-1")?, "200");
-    assert_eq!(initialize(&mut h, &auth, "s-2")?, "200");
-    // A session that is bound already is not a new one.
-    assert_eq!(initialize(&mut h, &auth, "s-2")?, "200");
-    assert_eq!(initialize(&mut h, &auth, "s-3")?, "503", "past the limit");
-    let (_, status) = tessera_tests::post_mcp(
-        &mut h,
-        &auth,
-        &[("mcp-session-id", "s-3")],
-        &read_file(2, "/workspace/a"),
-    )?;
-    assert_eq!(status, Some(404), "the refused session was never bound");
-    // Once old sessions expire (idle 1 h by default), new ones are bound again.
-    h.advance(Duration::from_secs(3601));
-    let later = now_s() + 3601;
-    let auth = bearer(
-        json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
-                             "iat": later, "exp": later + 300}),
-    )?;
-    assert_eq!(initialize(&mut h, &auth, "s-4")?, "200");
-    Ok(())
-}
-
 // ---- item 8: logs ----
 
 #[test]
@@ -393,6 +386,43 @@ fn a_kid_with_a_newline_cannot_forge_a_log_line() -> Result<()> {
     assert!(!lines.is_empty(), "the decision is logged");
     for line in h.logs().iter().map(|l| l.message.as_str()) {
         assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_request_id_with_spaces_cannot_forge_a_log_field() -> Result<()> {
+    let mut h = harness()?;
+    h.set_log_level(LogLevel::Debug);
+    let forged = "r-1 principal=Agent::\"agents|admin\" decision=allow";
+    tessera_tests::request(
+        &mut h,
+        "GET",
+        "/orders/1",
+        None,
+        &[("x-request-id", forged)],
+    )?;
+    let lines: Vec<&str> = h
+        .logs_at(LogLevel::Debug)
+        .into_iter()
+        .filter(|l| l.starts_with("tessera decision="))
+        .collect();
+    assert!(!lines.is_empty(), "the decision is logged");
+    for line in lines {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            fields
+                .iter()
+                .filter(|f| f.starts_with("principal="))
+                .count(),
+            1,
+            "{line}"
+        );
+        assert_eq!(
+            fields.iter().filter(|f| f.starts_with("decision=")).count(),
+            1,
+            "{line}"
+        );
     }
     Ok(())
 }
@@ -574,12 +604,7 @@ fn no_spelling_of_admin_reaches_the_public_catch_all() -> Result<()> {
 fn typed_arguments_are_compared_in_canonical_form() -> Result<()> {
     let mut h = harness()?;
     let reader = agent("files:read email:send")?;
-    let (ctx, _) = tessera_tests::post_mcp(
-        &mut h,
-        &reader,
-        &[],
-        &read_file(1, "/workspace/../etc/shadow"),
-    )?;
+    let (ctx, _) = tessera_tests::post_mcp(&mut h, &reader, &[], &read_file(1, "//etc/./shadow"))?;
     let r = reply_json(&h, ctx);
     assert_eq!(r["error"]["code"], -32003, "no-reading-secrets holds: {r}");
     h.done(ctx)?;

@@ -72,7 +72,7 @@ fn an_mcp_session_is_bound_to_the_principal_that_created_it() -> Result<()> {
         .local_reply(ctx)
         .map(|r| r.body_text())
         .unwrap_or_default();
-    assert!(body.contains("another principal"), "{body}");
+    assert!(body.contains("another identity"), "{body}");
     h.done(ctx)?;
 
     let (_, status) = post(&mut h, &alice, Some("never-created"), &call)?;

@@ -26,6 +26,17 @@ impl Engine {
         );
     }
 
+    /// Who an MCP session of this request is bound to (`Decision::session_owner`): the digest
+    /// of the identity an approval binds — principal, on whose behalf, actors, task — with the
+    /// issuer's identity namespace in place of the issuer, so that issuers configured to share
+    /// identities share sessions too.
+    pub(super) fn session_owner(&self, t: &VerifiedToken, principal: &str) -> String {
+        let mut who = json!({"principal": principal});
+        self.bind_identity(&mut who, t);
+        who["issuer"] = json!(self.issuers[t.issuer_index].namespace);
+        crate::approval::digest(&who)
+    }
+
     /// A plain HTTP denial that approval may lift: asks for approval, or — with a valid approval
     /// of exactly this request — allows it, recording the approval before forwarding.
     #[allow(clippy::too_many_arguments)]

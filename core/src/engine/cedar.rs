@@ -69,11 +69,13 @@ impl Engine {
         let mut context = self.token_context(t)?;
         // Per-request parts. Strings and the clock have one type whatever the request says.
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let path = req.path.split(['?', '#']).next().unwrap_or("");
         let request = RestrictedExpression::new_record([
             ("method".to_string(), s(req.method)),
-            ("path".to_string(), s(path)),
-            ("host".to_string(), s(req.host)),
+            ("path".to_string(), s(&crate::path::for_policy(req.path))),
+            (
+                "host".to_string(),
+                s(&crate::path::host_for_policy(req.host)),
+            ),
         ])
         .map_err(|e| e.to_string())?;
         context.push(("request".to_string(), request));

@@ -160,6 +160,10 @@ impl Engine {
         for (field, v) in [
             ("max_batch_messages", c.limits.max_batch_messages),
             ("max_sessions", c.limits.max_sessions),
+            (
+                "max_sessions_per_principal",
+                c.limits.max_sessions_per_principal,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::new(
@@ -187,6 +191,7 @@ impl Engine {
             max_json_depth: c.limits.max_json_depth.max(2),
             max_batch_messages: c.limits.max_batch_messages,
             max_sessions: c.limits.max_sessions,
+            max_sessions_per_principal: c.limits.max_sessions_per_principal,
             formats: crate::formats::ArgumentFormats::compile(&c.argument_formats)?,
             resource_metadata,
             session_expiry: (c.limits.session_idle_s, c.limits.session_ttl_s),

@@ -67,6 +67,7 @@ impl Engine {
             Some(route.name.clone()),
             Some(pending.principal.clone()),
         );
+        d.session_owner = Some(self.session_owner(&pending.token, &pending.principal));
         let rpc_reply = |status: u32, body: Value| LocalReply::json_rpc(status, body.to_string());
         // The token was checked at the headers; a body that trickles in must not outlive it.
         let skew = self.issuers[pending.token.issuer_index].clock_skew_s();

@@ -43,12 +43,8 @@ struct Route {
 impl Route {
     fn matches(&self, host: &str, path: &str) -> bool {
         if let Some(h) = &self.host {
-            // Compare without a port, case-insensitively, as hosts are.
-            let host = host
-                .rsplit_once(':')
-                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-                .map_or(host, |(h, _)| h);
-            if !h.eq_ignore_ascii_case(host) {
+            // Compare without a port or a trailing dot, case-insensitively, as hosts are.
+            if !h.eq_ignore_ascii_case(crate::path::host_name(host)) {
                 return false;
             }
         }
@@ -138,6 +134,10 @@ pub struct Decision {
     pub once: Vec<crate::approval::Once>,
     /// An approval request to POST to the approval webhook (`approval.webhook`) with the reply.
     pub notify: Option<String>,
+    /// On an MCP route: who an MCP session is bound to — a digest of the principal, on whose
+    /// behalf, the actor chain and the task (as an approval binds them). A session is used only
+    /// by the identity that created it.
+    pub session_owner: Option<String>,
 }
 
 /// An authenticated MCP request waiting for its body.
@@ -167,6 +167,7 @@ impl Decision {
             mcp_lists: None,
             once: vec![],
             notify: None,
+            session_owner: None,
         }
     }
 
@@ -202,6 +203,7 @@ pub struct Engine {
     max_json_depth: usize,
     max_batch_messages: usize,
     max_sessions: usize,
+    max_sessions_per_principal: usize,
     formats: crate::formats::ArgumentFormats,
     cache: Mutex<TokenCache>,
     /// RFC 9728: (metadata URL, well-known paths served, the JSON document).
@@ -257,6 +259,12 @@ impl Engine {
     /// Most live MCP session bindings per worker thread (`limits.max_sessions`).
     pub fn max_sessions(&self) -> usize {
         self.max_sessions
+    }
+
+    /// Most live MCP session bindings of one identity per worker thread
+    /// (`limits.max_sessions_per_principal`): one caller cannot take every session.
+    pub fn max_sessions_per_principal(&self) -> usize {
+        self.max_sessions_per_principal
     }
 
     pub fn session_expiry(&self) -> (u64, u64) {
@@ -360,6 +368,9 @@ impl Engine {
             }
             return d;
         }
+        // A GET (the server's stream) or DELETE (the end) of an MCP session: whose it is.
+        let session_owner =
+            (route.kind == RouteKind::Mcp).then(|| self.session_owner(&verified, &principal));
         let resource = match uid("Route", &route.name) {
             Ok(r) => r,
             Err(reason) => return cannot_judge(route, reason, req.request_id),
@@ -380,6 +391,7 @@ impl Engine {
             Some(route.name.clone()),
             Some(principal.clone()),
         );
+        d.session_owner = session_owner;
         match evaluation {
             Evaluation::Allow { policies } => {
                 d.policies = policies;

@@ -1,0 +1,139 @@
+//! MCP session bindings (issue 10, items 2 and 7, and review findings): a session is used only by
+//! the whole identity that created it (principal, on whose behalf, actors, task), and live
+//! bindings are bounded per worker and per caller. Through the `.wasm` in the harness.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use tessera_harness::Harness;
+use tessera_tests::{initialize_session, mint, now_s, test_config, wasm_path, AGENTS, IDP};
+
+fn harness_with(edit: impl FnOnce(&mut Value)) -> Result<Harness> {
+    let mut h = Harness::load(wasm_path()).context("load the module (cargo xtask wasm)")?;
+    let mut c = test_config()?;
+    edit(&mut c);
+    assert!(h.configure(&c.to_string())?, "configure: {:?}", h.logs());
+    Ok(h)
+}
+
+fn bearer(claims: Value) -> Result<String> {
+    Ok(format!("Bearer {}", mint("ES256", &claims)?))
+}
+
+fn agent(scope: &str) -> Result<String> {
+    bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": scope}))
+}
+
+fn read_file(id: i64, path: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "read_file", "arguments": {"path": path}}})
+}
+
+/// The status the filter answered a `tools/call` in session `session` with (`None`: forwarded).
+fn call_in_session(h: &mut Harness, auth: &str, session: &str) -> Result<Option<u32>> {
+    let (ctx, status) = tessera_tests::post_mcp(
+        h,
+        auth,
+        &[("mcp-session-id", session)],
+        &read_file(2, "/workspace/a"),
+    )?;
+    h.done(ctx)?;
+    Ok(status)
+}
+
+#[test]
+fn a_session_created_for_alice_through_an_executor_is_not_bobs() -> Result<()> {
+    let mut h = harness_with(|_| {})?;
+    let person = |sub: &str, task: &str| {
+        bearer(json!({"iss": IDP, "sub": sub, "act": {"sub": "executor"},
+                      "scope": "files:read", "task_id": task}))
+    };
+    let alice = person("alice", "t-1")?;
+    assert_eq!(initialize_session(&mut h, &alice, "s-alice")?, "200");
+    assert_eq!(call_in_session(&mut h, &alice, "s-alice")?, None);
+    // The same executor (the same principal), acting for bob: not this session.
+    assert_eq!(
+        call_in_session(&mut h, &person("bob", "t-1")?, "s-alice")?,
+        Some(403)
+    );
+    // For alice in another task: not this session either.
+    assert_eq!(
+        call_in_session(&mut h, &person("alice", "t-2")?, "s-alice")?,
+        Some(403)
+    );
+    // Alice's own token again (a new one, same identity): still hers.
+    assert_eq!(
+        call_in_session(&mut h, &person("alice", "t-1")?, "s-alice")?,
+        None
+    );
+    Ok(())
+}
+
+#[test]
+fn one_caller_cannot_take_every_session() -> Result<()> {
+    let mut h = harness_with(|c| c["limits"]["max_sessions_per_principal"] = json!(2))?;
+    let greedy = agent("files:read")?;
+    assert_eq!(initialize_session(&mut h, &greedy, "g-1")?, "200");
+    assert_eq!(initialize_session(&mut h, &greedy, "g-2")?, "200");
+    assert_eq!(
+        initialize_session(&mut h, &greedy, "g-3")?,
+        "503",
+        "past this caller's limit"
+    );
+    assert_eq!(
+        call_in_session(&mut h, &greedy, "g-3")?,
+        Some(404),
+        "never bound"
+    );
+    let other = bearer(json!({"iss": AGENTS, "sub": "agent-8", "scope": "files:read"}))?;
+    assert_eq!(
+        initialize_session(&mut h, &other, "o-1")?,
+        "200",
+        "another caller still gets a session"
+    );
+    Ok(())
+}
+
+#[test]
+fn live_session_bindings_are_bounded() -> Result<()> {
+    let mut h = harness_with(|c| c["limits"]["max_sessions"] = json!(2))?;
+    let auth = agent("files:read")?;
+    assert_eq!(
+        tessera_tests::initialize_session(&mut h, &auth, "s-1")?,
+        "200"
+    );
+    assert_eq!(
+        tessera_tests::initialize_session(&mut h, &auth, "s-2")?,
+        "200"
+    );
+    // A session that is bound already is not a new one.
+    assert_eq!(
+        tessera_tests::initialize_session(&mut h, &auth, "s-2")?,
+        "200"
+    );
+    assert_eq!(
+        tessera_tests::initialize_session(&mut h, &auth, "s-3")?,
+        "503",
+        "past the limit"
+    );
+    let (_, status) = tessera_tests::post_mcp(
+        &mut h,
+        &auth,
+        &[("mcp-session-id", "s-3")],
+        &read_file(2, "/workspace/a"),
+    )?;
+    assert_eq!(status, Some(404), "the refused session was never bound");
+    // Once old sessions expire (idle 1 h by default), new ones are bound again.
+    h.advance(Duration::from_secs(3601));
+    let later = now_s() + 3601;
+    let auth = bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
+                             "iat": later, "exp": later + 300}),
+    )?;
+    assert_eq!(
+        tessera_tests::initialize_session(&mut h, &auth, "s-4")?,
+        "200"
+    );
+    Ok(())
+}
