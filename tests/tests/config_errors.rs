@@ -238,7 +238,11 @@ fn a_public_mcp_route_is_refused() {
 
 #[test]
 fn zero_batch_or_session_limits_are_refused() {
-    for field in ["max_batch_messages", "max_sessions", "max_sessions_per_principal"] {
+    for field in [
+        "max_batch_messages",
+        "max_sessions",
+        "max_sessions_per_principal",
+    ] {
         let e = error_for(|c| c["limits"][field] = json!(0));
         assert!(e.contains(&format!("limits.{field}")), "{e}");
     }
