@@ -218,17 +218,6 @@ impl Delegation {
     }
 }
 
-/// The current actor of a verified payload (its outermost `act.sub`), if it has one. Only for
-/// payloads `parse` accepted.
-pub fn current_actor(payload: &crate::token::Claims) -> Option<&str> {
-    payload
-        .get(ACT_CLAIM)?
-        .as_object()?
-        .get("sub")?
-        .as_str()
-        .filter(|s| !s.is_empty())
-}
-
 /// Reads the `act` chain iteratively (never recursively: the payload is the client's), refusing
 /// more than `max_depth` levels.
 pub fn delegation(

@@ -546,7 +546,6 @@ pub fn required_reply(
     let mut body: Value = serde_json::from_str(&r.body).unwrap_or_else(|_| json!({}));
     body["approval"] = approval;
     r.body = body.to_string();
-    r.details = "tessera_approval_required";
     r
 }
 

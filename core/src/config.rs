@@ -146,6 +146,16 @@ pub struct RouteConfig {
     /// Sensitive routes: tokens issued (`iat`) longer ago than this are refused (401).
     #[serde(default)]
     pub max_token_age_s: Option<u64>,
+    /// As Envoy's `RouteMatch.case_sensitive`: `false` says the upstream ignores the case of
+    /// paths, so policies see `context.request.path` lower-cased on this route (a `like`
+    /// pattern written in lower case then holds for `/Orders/1/REFUND`). Default `true`: the
+    /// path keeps its case, as most upstreams tell `/share/abc` from `/share/ABC`.
+    #[serde(default = "default_true")]
+    pub case_sensitive: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -175,7 +175,7 @@ fn unambiguous_url(v: &str) -> Result<(), String> {
     if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("it has whitespace or a control character".into());
     }
-    let Some((_, rest)) = v.split_once("://") else {
+    let Some(rest) = v.split_once(':').and_then(|(_, r)| r.strip_prefix("//")) else {
         return Err("its scheme is not followed by `//`".into());
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -200,12 +200,20 @@ fn canonical_url(v: &str) -> Result<String, String> {
 }
 
 /// The one form of an MCP resource URI, which policies compare (`context.mcp.uri`, the
-/// `Resource` id) and list filtering judges: the scheme lower-cased; for a hierarchical URI
-/// (`scheme://authority/path`) the authority lower-cased and the path canonical as a request
-/// path is (`path.rs`: unreserved escapes decoded, `..`, `.`, `//`, `;` and encoded separators
-/// refused), so `file:///workspace/../etc/passwd` and `file:///workspace/%2e%2e/etc/passwd`
-/// never match `like "file:///workspace/*"`. The query and fragment are kept as sent. Refused
-/// anywhere: a backslash, whitespace and control characters.
+/// `Resource` id) and list filtering judges. Refused anywhere: a backslash, whitespace and
+/// control characters. Then:
+/// - the scheme lower-cased;
+/// - a hierarchical URI (`scheme://authority/path`): the user part of the authority dropped (it
+///   names no other resource), the host lower-cased, in IDNA ASCII form, without a trailing
+///   dot; an empty or default port dropped (`http` 80, `https` 443, `ws` 80, `wss` 443, `ftp`
+///   21); `file://localhost/` is `file:///`; the path canonical as a request path is
+///   (`path.rs`: unreserved escapes decoded; `..`, `.`, `//`, `;` and encoded separators
+///   refused), so `file:///workspace/../etc/passwd` and `%2e%2e` never match
+///   `like "file:///workspace/*"`;
+/// - `scheme:/path` (no authority): the path canonical; `file:` without `//` is refused;
+/// - any other (`urn:…`, `mailto:…`): kept, but no `.` or `..` segment;
+/// - the query and fragment are kept as sent, but may not hold a dot segment or an encoded dot
+///   either: a server that takes the URI apart by hand must not find a path to resolve there.
 pub fn canonical_resource_uri(v: &str) -> Result<String, String> {
     if v.contains('\\') {
         return Err("it has a backslash".into());
@@ -222,29 +230,116 @@ pub fn canonical_resource_uri(v: &str) -> Result<String, String> {
         return Err("its scheme is not valid".into());
     }
     let scheme = scheme.to_ascii_lowercase();
-    let Some(hier) = rest.strip_prefix("//") else {
-        // Not hierarchical (`urn:…`, `mailto:…`): no dot segments to resolve.
-        return Ok(format!("{scheme}:{rest}"));
-    };
-    let end = hier.find(['/', '?', '#']).unwrap_or(hier.len());
-    let (authority, after) = hier.split_at(end);
-    if !authority
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~' | ':' | '[' | ']'))
-    {
-        return Err("its authority has a character other than a host and port".into());
+    let body_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (body, tail) = rest.split_at(body_end);
+    no_dot_segments(tail).map_err(|e| format!("its query or fragment {e}"))?;
+    if let Some(hier) = body.strip_prefix("//") {
+        let end = hier.find('/').unwrap_or(hier.len());
+        let (authority, path) = hier.split_at(end);
+        let authority = canonical_authority(&scheme, authority)?;
+        let path = if path.is_empty() {
+            String::new()
+        } else {
+            resource_path(path)?
+        };
+        Ok(format!("{scheme}://{authority}{path}{tail}"))
+    } else if scheme == "file" {
+        Err("a file URI must be file:///path (or file://host/path)".into())
+    } else if body.starts_with('/') {
+        Ok(format!("{scheme}:{}{tail}", resource_path(body)?))
+    } else {
+        no_dot_segments(body)?;
+        Ok(format!("{scheme}:{body}{tail}"))
     }
-    let authority = authority.to_ascii_lowercase();
-    let path_end = after.find(['?', '#']).unwrap_or(after.len());
-    let (path, tail) = after.split_at(path_end);
-    let path = if path.is_empty() {
+}
+
+fn resource_path(path: &str) -> Result<String, String> {
+    crate::path::canonical(path)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| e.replacen("the path", "its path", 1))
+}
+
+/// Refuses a `.` or `..` segment, also percent-encoded, in `s` (split at `/`).
+fn no_dot_segments(s: &str) -> Result<(), String> {
+    if s.to_ascii_lowercase().contains("%2e") {
+        return Err("has an encoded dot".into());
+    }
+    if s.split(['/', '?', '#', '=', '&'])
+        .any(|seg| seg == "." || seg == "..")
+    {
+        return Err("has a dot segment".into());
+    }
+    Ok(())
+}
+
+/// The host (and port) of an authority, in one form: see [`canonical_resource_uri`].
+fn canonical_authority(scheme: &str, authority: &str) -> Result<String, String> {
+    let host_port = match authority.rsplit_once('@') {
+        Some((user, hp)) => {
+            let user_ok = user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:%".contains(c));
+            if !user_ok {
+                return Err("its user part has a character a URI does not allow there".into());
+            }
+            hp
+        }
+        None => authority,
+    };
+    let (host, port) = if host_port.starts_with('[') {
+        let close = host_port.find(']').ok_or("its IPv6 host has no `]`")?;
+        let (h, p) = host_port.split_at(close + 1);
+        (h.to_ascii_lowercase(), p.strip_prefix(':'))
+    } else {
+        let (h, p) = match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        };
+        let ok = h
+            .chars()
+            .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=".contains(c));
+        if !ok {
+            return Err("its host has a character a URI does not allow there".into());
+        }
+        let h = h.strip_suffix('.').unwrap_or(h);
+        let h = if h.is_ascii() {
+            h.to_ascii_lowercase()
+        } else {
+            match url::Host::parse(h) {
+                Ok(url::Host::Domain(d)) => d,
+                _ => return Err("its host is not a valid domain name".into()),
+            }
+        };
+        (h, p)
+    };
+    if let Some(p) = port {
+        if !p.chars().all(|c| c.is_ascii_digit()) {
+            return Err("its port is not a number".into());
+        }
+    }
+    let default = match scheme {
+        "http" | "ws" => Some("80"),
+        "https" | "wss" => Some("443"),
+        "ftp" => Some("21"),
+        _ => None,
+    };
+    // `:0443` is port 443.
+    let port = port
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.trim_start_matches('0') {
+            "" => "0",
+            p => p,
+        })
+        .filter(|p| Some(*p) != default);
+    let host = if scheme == "file" && host == "localhost" {
         String::new()
     } else {
-        crate::path::canonical(path)
-            .map_err(|e| e.replacen("the path", "its path", 1))?
-            .into_owned()
+        host
     };
-    Ok(format!("{scheme}://{authority}{path}{tail}"))
+    Ok(match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
 }
 
 #[cfg(test)]
@@ -308,6 +403,7 @@ mod tests {
             "https://docs.example.com\\@evil.com/x",
             "https:\\\\evil.com/x",
             "https:evil.com/x",
+            "https:evil.com/x?u=https://a",
             "https:/evil.com/x",
             "https://docs.example.com\t@evil.com/",
             " https://docs.example.com/",
@@ -321,12 +417,40 @@ mod tests {
     #[test]
     fn resource_uris_have_one_form() {
         let r = |v| canonical_resource_uri(v);
-        assert_eq!(
-            r("FILE:///workspace/%61/b?x").as_deref(),
-            Ok("file:///workspace/a/b?x")
-        );
-        assert_eq!(r("Res://Host:80").as_deref(), Ok("res://host:80"));
-        assert_eq!(r("urn:Example:A/../b").as_deref(), Ok("urn:Example:A/../b"));
+        for (raw, want) in [
+            ("FILE:///workspace/%61/b?x", "file:///workspace/a/b?x"),
+            ("Res://Host:80", "res://host:80"),
+            ("file://localhost/etc/shadow", "file:///etc/shadow"),
+            (
+                "https://Internal.Example.com.:443/x",
+                "https://internal.example.com/x",
+            ),
+            (
+                "https://internal.example.com:/x",
+                "https://internal.example.com/x",
+            ),
+            (
+                "https://internal.example.com:0443/x",
+                "https://internal.example.com/x",
+            ),
+            (
+                "postgres://user@localhost:5432/t/schema",
+                "postgres://localhost:5432/t/schema",
+            ),
+            ("git+ssh://git@host/repo.git", "git+ssh://host/repo.git"),
+            (
+                "https://b\u{fc}cher.example/a",
+                "https://xn--bcher-kva.example/a",
+            ),
+            ("file:///project/src/main.rs", "file:///project/src/main.rs"),
+            ("screen://localhost/display1", "screen://localhost/display1"),
+            ("custom:/a/%62", "custom:/a/b"),
+            ("https://docs.example.com%2f@x/", "https://x/"),
+            ("urn:Example:A", "urn:Example:A"),
+            ("file:///logs/{date}.log", "file:///logs/{date}.log"),
+        ] {
+            assert_eq!(r(raw).as_deref(), Ok(want), "{raw}");
+        }
         for bad in [
             "file:///workspace/../etc/passwd",
             "file:///workspace/%2e%2e/etc/passwd",
@@ -334,7 +458,15 @@ mod tests {
             "file:///workspace//etc",
             "file:///workspace/a%2f..%2f..%2fetc",
             "file:///workspace\\..\\etc",
-            "file://evil@host/x",
+            "file:///workspace/?/../../etc/passwd",
+            "file:///workspace/#/../etc/passwd",
+            "file:///workspace/?x=%2e%2e",
+            "file:/workspace/../etc/shadow",
+            "file:etc/shadow",
+            "custom:/a/../b",
+            "custom:/a/./b",
+            "urn:a/../b",
+            "https://host:8x/",
             "file:///work space",
             "no-scheme",
             "1x://a",

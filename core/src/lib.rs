@@ -15,8 +15,10 @@ pub mod json;
 pub mod jwks;
 pub mod listing;
 pub mod mcp;
+pub mod obligations;
 pub mod path;
 pub mod reply;
+pub mod store;
 pub mod token;
 
 pub use config::Mode;

@@ -131,7 +131,7 @@ impl ListRequests {
             .collect();
         (!ids.is_empty()).then(|| ListRequests {
             pending: pending.clone(),
-            path: crate::path::for_policy(req.path),
+            path: crate::path::for_policy(req.path).to_string(),
             host: crate::path::host_for_policy(req.host),
             request_id: req.request_id.to_string(),
             ids,
@@ -143,7 +143,7 @@ impl ListRequests {
     pub(crate) fn stream(pending: Pending, req: &HttpRequest<'_>) -> ListRequests {
         ListRequests {
             pending,
-            path: crate::path::for_policy(req.path),
+            path: crate::path::for_policy(req.path).to_string(),
             host: crate::path::host_for_policy(req.host),
             request_id: req.request_id.to_string(),
             ids: Vec::new(),
@@ -375,7 +375,7 @@ impl Judge {
         let (generic, resource_type, field) = kind.usage();
         // A resource is judged by the URI a read of it is judged by (formats.rs).
         let canonical;
-        let name = if kind == ListKind::Resources {
+        let name = if matches!(kind, ListKind::Resources | ListKind::Templates) {
             canonical = crate::formats::canonical_resource_uri(name)
                 .map_err(|e| format!("listed resource URI: {e}"))?;
             canonical.as_str()

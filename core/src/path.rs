@@ -12,10 +12,9 @@
 //!   the upstream decodes is the path that was routed.
 //!
 //! Routes match the canonical path case-insensitively (ASCII), so `/ADMIN` is the admin route
-//! for an upstream that ignores case. Policies see the same leniency: `context.request.path`
-//! is the canonical path ASCII lower-cased, without a trailing `/` ([`for_policy`]), so that
-//! `like "/orders/*/refund"` also holds for `/Orders/1/REFUND/`; `context.request.host` is the
-//! host lower-cased, without a trailing dot ([`host_for_policy`]).
+//! for an upstream that ignores case. Policies see `context.request.path` without a trailing `/`
+//! ([`for_policy`]), lower-cased on a route whose upstream ignores case ([`fold_case`],
+//! `case_sensitive: false`), and `context.request.host` as routes match it ([`host_for_policy`]).
 
 use std::borrow::Cow;
 
@@ -105,19 +104,25 @@ pub fn under(path: &str, prefix: &str) -> bool {
     prefix.ends_with('/') || rest.is_empty() || rest[0] == b'/'
 }
 
-/// `context.request.path`: the canonical `path` (no query) with ASCII letters lower-cased outside
-/// escapes (whose hex digits stay upper-case) and one trailing `/` removed (except from `/`).
-/// Every spelling a case-insensitive upstream that ignores a trailing slash routes to one
-/// resource gives one value, so a policy's `like` pattern cannot be stepped around.
-pub fn for_policy(path: &str) -> String {
+/// `context.request.path`: the canonical `path` (no query) with one trailing `/` removed (except
+/// from `/`): `/orders/1/refund/` is the resource `/orders/1/refund` to nearly every framework, so
+/// a policy's `like "/orders/*/refund"` cannot be stepped around with a slash. (On a route with
+/// `case_sensitive: false` the path was lower-cased before: [`fold_case`].)
+pub fn for_policy(path: &str) -> &str {
     let path = path.split(['?', '#']).next().unwrap_or("");
-    let trimmed = match path.strip_suffix('/') {
+    match path.strip_suffix('/') {
         Some(p) if !p.is_empty() => p,
         _ => path,
-    };
-    let mut out = String::with_capacity(trimmed.len());
+    }
+}
+
+/// `path` with ASCII letters of its path part lower-cased outside percent-escapes (whose hex
+/// digits stay upper-case, as in the canonical form); the query is kept as sent.
+pub fn fold_case(path: &str) -> String {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    let mut out = String::with_capacity(path.len());
     let mut escape = 0;
-    for c in trimmed.chars() {
+    for c in path.get(..end).unwrap_or(path).chars() {
         if c == '%' {
             escape = 2;
             out.push(c);
@@ -128,20 +133,15 @@ pub fn for_policy(path: &str) -> String {
             out.push(c.to_ascii_lowercase());
         }
     }
+    out.push_str(path.get(end..).unwrap_or(""));
     out
 }
 
-/// `context.request.host`: `host` (a port kept) ASCII lower-cased, one trailing dot of the name
-/// removed (`Admin.Example.com.:443` → `admin.example.com:443`): DNS names one host either way.
+/// `context.request.host`: the host name as routes match it — ASCII lower-cased, without its
+/// port and one trailing dot (`Admin.Example.com.:443` → `admin.example.com`): a policy on
+/// `admin.example.com` holds for every spelling that reaches the same route.
 pub fn host_for_policy(host: &str) -> String {
-    let (name, port) = split_port(host);
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let mut out = name.to_ascii_lowercase();
-    if let Some(p) = port {
-        out.push(':');
-        out.push_str(p);
-    }
-    out
+    host_name(host).to_ascii_lowercase()
 }
 
 /// The name of `host` without its port, and the port (digits after the last `:`, outside an
@@ -183,13 +183,32 @@ pub fn check_policy_literals(est: &serde_json::Value) -> Result<(), String> {
     use serde_json::Value;
     let check = |attr: &str, literal: &str| -> Result<(), String> {
         let (fixed, rule) = match attr {
-            "path" => (
-                for_policy(literal),
-                "the path lower-cased and without a trailing `/`",
-            ),
+            // A `like` pattern that starts with a wildcard: only its end can be checked.
+            "path" if literal.starts_with('*') => {
+                let trailing = literal.len() > 2 && literal.ends_with('/');
+                if !trailing {
+                    return Ok(());
+                }
+                (
+                    literal.trim_end_matches('/').to_string(),
+                    "the canonical path without a trailing `/`",
+                )
+            }
+            "path" => match canonical(literal) {
+                Ok(c) => (
+                    for_policy(&c).to_string(),
+                    "the canonical path without a trailing `/`",
+                ),
+                Err(why) => {
+                    return Err(format!(
+                        "`context.request.path` is compared with \"{literal}\", which no request \
+                         gives: such a path is refused ({why})"
+                    ))
+                }
+            },
             "host" => (
                 host_for_policy(literal),
-                "the host lower-cased and without a trailing dot",
+                "the host lower-cased, without a port or a trailing dot",
             ),
             _ => return Ok(()),
         };
@@ -288,16 +307,16 @@ mod tests {
 
     #[test]
     fn policies_see_one_spelling_of_a_path_and_a_host() {
-        assert_eq!(for_policy("/Orders/1/REFUND/"), "/orders/1/refund");
+        assert_eq!(for_policy("/Orders/1/refund/"), "/Orders/1/refund");
         assert_eq!(for_policy("/orders/1/refund?x=/"), "/orders/1/refund");
         assert_eq!(for_policy("/"), "/");
-        assert_eq!(for_policy("/A%C3%A9/"), "/a%C3%A9");
+        assert_eq!(fold_case("/A%C3%A9/B?Q=X"), "/a%C3%A9/b?Q=X");
         assert_eq!(host_for_policy("Admin.Example.COM."), "admin.example.com");
         assert_eq!(
             host_for_policy("admin.example.com.:8443"),
-            "admin.example.com:8443"
+            "admin.example.com"
         );
-        assert_eq!(host_for_policy("[::1]:80"), "[::1]:80");
+        assert_eq!(host_for_policy("[::1]:80"), "[::1]");
         assert_eq!(host_name("admin.example.com.:443"), "admin.example.com");
         assert_eq!(host_name("[::1]"), "[::1]");
     }
@@ -309,17 +328,26 @@ mod tests {
             let p = cedar_policy::Policy::from_str(text).expect("parses");
             check_policy_literals(&p.to_json().expect("json"))
         };
-        let ok = r#"forbid(principal, action, resource) when {
-            context.request.path like "/orders/*/refund" && context.request.host != "api.example.com" };"#;
-        assert_eq!(check(ok), Ok(()));
+        for ok in [
+            r#"forbid(principal, action, resource) when {
+                context.request.path like "/orders/*/refund" && context.request.host != "api.example.com" };"#,
+            r#"forbid(principal, action, resource) when { context.request.path like "*/refund" };"#,
+            r#"forbid(principal, action, resource) when { context.request.path like "/" };"#,
+            r#"forbid(principal, action, resource) when { context.request.path == "/Orders" };"#,
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
         for bad in [
-            r#"forbid(principal, action, resource) when { context.request.path == "/Admin" };"#,
+            r#"forbid(principal, action, resource) when { context.request.path == "/%61dmin" };"#,
+            r#"forbid(principal, action, resource) when { context.request.path == "/a;b" };"#,
+            r#"forbid(principal, action, resource) when { context.request.host == "api.example.com:443" };"#,
             r#"forbid(principal, action, resource) when { "/admin/" == context.request.path };"#,
             r#"forbid(principal, action, resource) when { context.request.path like "/orders/*/" };"#,
+            r#"forbid(principal, action, resource) when { context.request.path like "*/refund/" };"#,
             r#"forbid(principal, action, resource) when { context.request.host == "Api.example.com" };"#,
         ] {
             let e = check(bad).expect_err(bad);
-            assert!(e.contains("no request gives"), "{e}");
+            assert!(e.contains("which no request"), "{e}");
         }
     }
 }

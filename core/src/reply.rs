@@ -8,8 +8,6 @@ pub struct LocalReply {
     pub status: u32,
     pub headers: Vec<(String, String)>,
     pub body: String,
-    /// Short reason for the proxy's response details / access log.
-    pub details: &'static str,
 }
 
 /// RFC 7230 quoted-string content: the description comes from our own messages, but a kid or
@@ -54,7 +52,6 @@ impl LocalReply {
             body:
                 json!({"error": "unauthorized", "error_description": "a bearer token is required", "request_id": request_id})
                     .to_string(),
-            details: "tessera_no_token",
         }
     }
 
@@ -72,7 +69,6 @@ impl LocalReply {
             body:
                 json!({"error": "invalid_token", "error_description": d, "request_id": request_id})
                     .to_string(),
-            details: "tessera_invalid_token",
         }
     }
 
@@ -98,7 +94,6 @@ impl LocalReply {
             body: json!({"error": "insufficient_scope", "error_description": d, "scope": scope,
                          "policies": policies, "request_id": request_id})
             .to_string(),
-            details: "tessera_insufficient_scope",
         }
     }
 
@@ -108,28 +103,24 @@ impl LocalReply {
 
     /// The filter cannot judge the request: denied (fail closed) with a reason.
     pub fn cannot_judge(request_id: &str) -> LocalReply {
-        let mut r = LocalReply::json_error(
+        LocalReply::json_error(
             403,
             "forbidden",
             Some("the request could not be evaluated"),
             &[],
             request_id,
-        );
-        r.details = "tessera_cannot_judge";
-        r
+        )
     }
 
     /// Not configured, or configuration failed: 503, never a pass.
     pub fn unavailable(request_id: &str) -> LocalReply {
-        let mut r = LocalReply::json_error(
+        LocalReply::json_error(
             503,
             "unavailable",
             Some("authorization is not configured"),
             &[],
             request_id,
-        );
-        r.details = "tessera_unavailable";
-        r
+        )
     }
     /// RFC 9728 protected-resource metadata, served by the filter itself.
     pub fn metadata(doc: &str) -> LocalReply {
@@ -140,7 +131,6 @@ impl LocalReply {
                 ("cache-control".into(), "max-age=300".into()),
             ],
             body: doc.to_string(),
-            details: "tessera_resource_metadata",
         }
     }
 
@@ -150,7 +140,6 @@ impl LocalReply {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body,
-            details: "tessera_mcp_refused",
         }
     }
 
@@ -169,13 +158,12 @@ impl LocalReply {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string(),
-            details: "tessera_denied",
         }
     }
 }
 
 /// `s` made safe for one unquoted log field: control characters (CR, LF, ESC, NEL, …), the
-/// Unicode line and paragraph separators and the space escaped as `\u{…}`, so that a value from a
+/// Unicode line and paragraph separators and whitespace (the space, NBSP, …) escaped as `\u{…}`, so that a value from a
 /// request or a token cannot start a forged line, nor a forged field (`id principal=admin`).
 /// (Principals are JSON-quoted already: `Agent::"a\nb"`.)
 pub fn log_safe(s: &str) -> std::borrow::Cow<'_, str> {
@@ -192,7 +180,7 @@ fn escape(s: &str, quoted: bool) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| {
         c.is_control()
             || matches!(c, '\u{2028}' | '\u{2029}')
-            || (!quoted && c == ' ')
+            || (!quoted && c.is_whitespace())
             || (quoted && matches!(c, '\\' | '"'))
     };
     if !s.chars().any(unsafe_char) {
@@ -222,6 +210,7 @@ mod log_tests {
         assert_eq!(log_safe("plain/path"), "plain/path");
         assert_eq!(log_safe("id principal=admin"), "id\\u{0020}principal=admin");
         assert_eq!(log_quoted("a reason"), "a reason");
+        assert_eq!(log_safe("a\u{a0}b\u{3000}c"), "a\\u{00a0}b\\u{3000}c");
         assert_eq!(
             log_safe("Agent::\"a\\\"b\""),
             "Agent::\"a\\\"b\"",

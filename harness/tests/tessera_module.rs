@@ -1,5 +1,5 @@
 //! Harness mechanics against the real Tessera module (`$TESSERA_WASM`, or the release build in
-//! the target directory). Assertions stick to what docs/CONTRACT.md promises, so the plugin can
+//! the target directory). Assertions stick to the configuration and replies README.md documents, so the plugin can
 //! evolve underneath without breaking these.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

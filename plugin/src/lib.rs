@@ -14,7 +14,8 @@ use tessera_core::{Decision, Engine, HttpRequest, LocalReply, Verdict};
 
 mod listing;
 mod store;
-use store::Store;
+use store::SharedData;
+use tessera_core::obligations::{Binding, SessionCaller};
 
 /// How often each worker clears the shared-data entries it created that have expired.
 const SWEEP_PERIOD: Duration = Duration::from_secs(5);
@@ -69,7 +70,7 @@ struct Root {
     /// For request ids when the proxy did not set `x-request-id`.
     next_id: Rc<Cell<u64>>,
     /// Expiring shared-data entries (consumed tokens, MCP sessions) this worker created.
-    store: Rc<Store>,
+    store: Rc<SharedData>,
 }
 
 impl Context for Root {}
@@ -137,11 +138,11 @@ struct Filter {
     engine: Option<Rc<Engine>>,
     metrics: Rc<Metrics>,
     next_id: Rc<Cell<u64>>,
-    store: Rc<Store>,
+    store: Rc<SharedData>,
     /// An MCP POST waiting for its whole body.
     pending: Option<PendingBody>,
-    /// An allowed MCP request: (route, session owner), to bind a session the response creates.
-    mcp_caller: Option<(String, String)>,
+    /// An allowed MCP request: a session the response creates is bound to this caller.
+    mcp_caller: Option<SessionCaller>,
     /// The list requests of an allowed MCP POST (then the filter for their answers).
     lists: Option<Lists>,
 }
@@ -152,20 +153,6 @@ enum Lists {
 }
 
 /// Prefix of the shared-data keys of MCP sessions.
-const SESSION_PREFIX: &str = "tessera.mcp.session.";
-
-/// Shared-data key of an MCP session: shared by the proxy's worker threads.
-fn session_key(route: &str, session: &str) -> String {
-    format!("{SESSION_PREFIX}{route}.{session}")
-}
-
-/// `(absolute expiry, principal)` of a session binding's payload.
-fn session_binding(payload: &[u8]) -> Option<(u64, &[u8])> {
-    let space = payload.iter().position(|b| *b == b' ')?;
-    let absolute = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
-    Some((absolute, &payload[space + 1..]))
-}
-
 struct PendingBody {
     pending: tessera_core::Pending,
     method: String,
@@ -215,165 +202,48 @@ impl Filter {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
-    /// An `Mcp-Session-Id` is bound to the principal whose `initialize` created it: another
-    /// principal presenting it is refused, and an id this proxy never saw created — or whose
-    /// binding expired (`limits.session_idle_s`, `limits.session_ttl_s`) — gets 404, which tells
-    /// an MCP client to start a new session.
-    fn check_session(&mut self, engine: &Engine, decision: &mut Decision, request_id: &str) {
-        let (Some(route), Some(owner)) = (decision.route.clone(), decision.session_owner.clone())
-        else {
-            return;
-        };
-        if decision.reply.is_some() || !engine.is_mcp_route(&route) {
-            return;
-        }
-        self.mcp_caller = Some((route.clone(), owner.clone()));
-        // Lossy: a session id that is not UTF-8 matches no binding (404), it is never "absent".
-        let Some(session) = self
-            .get_http_request_header_bytes("mcp-session-id")
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-        else {
-            return;
-        };
-        let key = session_key(&route, &session);
-        let now = self.now_s();
-        let (status, error, reason) = match self.store.get(&key, now) {
-            Some(entry) => match session_binding(&entry.payload) {
-                Some((absolute, bound)) if bound == owner.as_bytes() => {
-                    self.keep_session(engine, &key, &entry, absolute, now);
-                    return;
-                }
-                _ => (
-                    403,
-                    "forbidden",
-                    "the MCP session belongs to another identity",
-                ),
-            },
-            None => (404, "not_found", "unknown MCP session"),
-        };
-        decision.verdict = Verdict::Deny;
-        decision.reason = reason.to_string();
-        // Shadow mode never refuses: the refusal is counted and logged, the request forwarded.
-        if engine.mode() == tessera_core::Mode::Shadow {
-            return;
-        }
-        decision.set_headers.clear();
-        decision.reply = Some(LocalReply::json_error(
-            status,
-            error,
-            Some(reason),
-            &[],
-            request_id,
-        ));
-        self.mcp_caller = None;
-    }
-
-    /// Binds a session the server just created to its creator, until it idles out or reaches its
-    /// absolute lifetime. An existing live binding is left alone (first creator wins). Past
-    /// `limits.max_sessions` live bindings of this worker, the session is not bound and the
-    /// answer becomes a 503 without its session id: memory stays bounded under a flood of
-    /// `initialize`, and the client can try again once old sessions expire.
-    fn bind_session(&self, route: &str, owner: &str, session: &str) {
-        let Some(engine) = self.engine.as_ref() else {
-            return;
-        };
-        let (idle, ttl) = engine.session_expiry();
-        let now = self.now_s();
-        let key = session_key(route, session);
-        if self.store.get(&key, now).is_some() {
-            // Bound already (servers repeat the id on every answer of the session).
-            return;
-        }
-        let (all, theirs) = self.store.live(SESSION_PREFIX, now, owner);
-        let limit = if all >= engine.max_sessions() {
-            Some("limits.max_sessions live sessions on this worker")
-        } else if theirs >= engine.max_sessions_per_principal() {
-            Some("limits.max_sessions_per_principal live sessions of this caller on this worker")
-        } else {
-            None
-        };
-        if let Some(limit) = limit {
-            log(
-                LogLevel::Warn,
-                &format!("tessera: MCP session refused: {limit}"),
-            );
-            if engine.mode() == tessera_core::Mode::Shadow {
-                return;
-            }
-            self.set_http_response_header("mcp-session-id", None);
-            self.set_http_response_header(":status", Some("503"));
-            self.set_http_response_header("retry-after", Some("60"));
-            return;
-        }
-        let absolute = now.saturating_add(ttl);
-        let payload = format!("{absolute} {owner}");
-        let expires_at = now.saturating_add(idle).min(absolute);
-        if let Err(e) = self
-            .store
-            .create_for(&key, payload.as_bytes(), expires_at, now, owner)
-        {
-            log(
-                LogLevel::Error,
-                &format!("tessera: cannot bind MCP session: {e:?}"),
-            );
-        }
-    }
-
-    /// A session in use stays bound for another idle period (never past its absolute lifetime).
-    /// Written only once a quarter of the idle period has passed, not on every request.
-    fn keep_session(
-        &self,
+    /// The `Mcp-Session-Id` an allowed MCP request presents must be the caller's (core:
+    /// `obligations.rs`); a session its answer creates is bound to the caller.
+    fn check_session(
+        &mut self,
         engine: &Engine,
-        key: &str,
-        entry: &store::Entry,
-        absolute: u64,
-        now: u64,
+        decision: &mut Decision,
+        method: &str,
+        request_id: &str,
     ) {
-        let (idle, _) = engine.session_expiry();
-        let next = now.saturating_add(idle).min(absolute);
-        if next
-            >= entry
-                .expires_at
-                .saturating_add(idle / 4)
-                .max(entry.expires_at + 1)
-        {
-            self.store.extend(key, entry, next, now);
-        }
+        let session = self.get_http_request_header_bytes("mcp-session-id");
+        let now = self.now_s();
+        self.mcp_caller = engine.check_session(
+            &*self.store,
+            decision,
+            method,
+            session.as_deref(),
+            request_id,
+            now,
+        );
     }
 
-    /// Records the single-use credentials a forwarded request uses (first writer wins across
-    /// worker threads). A credential recorded already — a replay, or a concurrent use that won
-    /// the race — turns the decision into the refusal its obligation carries. `None`: unchanged.
-    fn redeem(&self, engine: &Engine, decision: &Decision) -> Option<Decision> {
-        if decision.once.is_empty() || decision.reply.is_some() {
-            return None;
-        }
-        let now = self.now_s();
-        for once in &decision.once {
-            let first = match self.store.create(&once.key, b"", once.until, now) {
-                Ok(first) => first,
-                Err(e) => {
-                    log(
-                        LogLevel::Error,
-                        &format!("tessera: cannot record a single-use credential: {e:?}"),
-                    );
-                    false
+    /// Binds the session the server just created (`obligations.rs`). Past a limit, the answer
+    /// becomes a 503 without its session id, so that the client tries again later.
+    fn bind_session(&self, engine: &Engine, caller: &SessionCaller, session: &str) {
+        match engine.bind_session(&*self.store, caller, session, self.now_s()) {
+            Binding::Bound => {}
+            Binding::Refused { limit, enforce } => {
+                log(
+                    LogLevel::Warn,
+                    &format!("tessera: MCP session refused: {limit}"),
+                );
+                if enforce {
+                    self.set_http_response_header("mcp-session-id", None);
+                    self.set_http_response_header(":status", Some("503"));
+                    self.set_http_response_header("retry-after", Some("60"));
                 }
-            };
-            if !first {
-                let mut d = decision.clone();
-                d.verdict = once.verdict;
-                d.reason = once.reason.clone();
-                d.set_headers.clear();
-                d.once.clear();
-                // Shadow mode forwards everything; the replay is still counted and logged.
-                if engine.mode() == tessera_core::Mode::Enforce {
-                    d.reply = Some(once.reply.clone());
-                }
-                return Some(d);
             }
+            Binding::Failed(e) => log(
+                LogLevel::Error,
+                &format!("tessera: cannot bind MCP session: {e}"),
+            ),
         }
-        None
     }
 
     /// Announces an approval request to the approval webhook: fire and forget (the reply to the
@@ -409,7 +279,7 @@ impl Filter {
         path: &str,
         request_id: &str,
     ) -> Action {
-        let redeemed = self.redeem(engine, decision);
+        let redeemed = engine.redeem(&*self.store, decision, self.now_s());
         if redeemed.is_some() {
             // Refused after all: no response of the server to follow up on.
             self.mcp_caller = None;
@@ -469,7 +339,7 @@ impl Filter {
             repeated: None,
         };
         let mut decision = engine.check_mcp(&p.pending, &request, body, self.now_s());
-        self.check_session(&engine, &mut decision, &p.request_id);
+        self.check_session(&engine, &mut decision, &p.method, &p.request_id);
         let lists = decision.mcp_lists.take();
         let action = self.finish(&engine, &decision, &p.method, &p.path, &p.request_id);
         self.await_lists(action, lists);
@@ -582,7 +452,7 @@ impl HttpContext for Filter {
             // Nothing is forwarded until the body has been judged.
             return Action::Pause;
         }
-        self.check_session(&engine, &mut decision, &request_id);
+        self.check_session(&engine, &mut decision, &method, &request_id);
         let lists = decision.mcp_lists.take();
         let action = self.finish(&engine, &decision, &method, &path, &request_id);
         self.await_lists(action, lists);
@@ -594,10 +464,16 @@ impl HttpContext for Filter {
             self.lists =
                 listing::ResponseFilter::on_headers(lists, end_of_stream).map(Lists::Filtering);
         }
-        // The server created a session for this caller (on `initialize`): bind it.
-        if let Some((route, owner)) = self.mcp_caller.take() {
+        // The server created a session for this caller (on `initialize`): bind it. Or it
+        // ended the caller's session (DELETE): unbind it.
+        if let (Some(caller), Some(engine)) = (self.mcp_caller.take(), self.engine.clone()) {
+            let status = self
+                .get_http_response_header(":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            engine.end_session(&*self.store, &caller, status);
             if let Some(session) = self.get_http_response_header("mcp-session-id") {
-                self.bind_session(&route, &owner, &session);
+                self.bind_session(&engine, &caller, &session);
             }
         }
         Action::Continue

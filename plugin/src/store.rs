@@ -1,5 +1,5 @@
-//! Expiring entries in the proxy's shared data: consumed single-use tokens and approvals, and MCP
-//! session bindings.
+//! [`tessera_core::store::Store`] on the proxy's shared data: consumed single-use tokens and
+//! approvals, and MCP session bindings.
 //!
 //! Shared data is one key-value map per VM id that all of Envoy's worker threads see, with get,
 //! set and compare-and-swap, but no delete and no listing (proxy-wasm ABI 0.2.1). So:
@@ -15,20 +15,13 @@ use std::cell::{Cell, RefCell};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
+use tessera_core::store::{Entry, Store, StoreError};
 
 /// CAS version given when creating a key that does not exist yet. A host applies a non-zero CAS
 /// only to an existing key, so of two threads that both saw the key absent, the first creates it
 /// and the second gets `CasMismatch` — unless the stored version happens to equal this value (one
 /// write in 2^32); the read-back of the writer's nonce in `create` covers that case too.
 const CREATE_CAS: u32 = u32::MAX;
-
-/// A live entry.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub expires_at: u64,
-    pub payload: Vec<u8>,
-    cas: u32,
-}
 
 #[derive(Debug)]
 struct Created {
@@ -39,7 +32,7 @@ struct Created {
 }
 
 #[derive(Default)]
-pub struct Store {
+pub struct SharedData {
     /// Keys this worker created, the expiry it last saw and the owner they were created for;
     /// the tick clears them once expired.
     created: RefCell<Vec<Created>>,
@@ -54,9 +47,9 @@ fn decode(value: &[u8]) -> Option<(u64, &[u8], &[u8])> {
     Some((expires_at, parts.next()?, parts.next()?))
 }
 
-impl Store {
+impl Store for SharedData {
     /// The live entry under `key`: present, not cleared, not expired at `now_s`.
-    pub fn get(&self, key: &str, now_s: u64) -> Option<Entry> {
+    fn get(&self, key: &str, now_s: u64) -> Option<Entry> {
         let (Some(value), Some(cas)) = hostcalls::get_shared_data(key).ok()? else {
             return None;
         };
@@ -64,33 +57,22 @@ impl Store {
         (now_s < expires_at).then(|| Entry {
             expires_at,
             payload: payload.to_vec(),
-            cas,
+            version: cas,
         })
     }
 
-    /// Creates `key` with `payload` until `expires_at`, unless a live entry holds it. `Ok(true)`:
-    /// this call created it (first writer wins across worker threads); `Ok(false)`: it exists.
+    /// First writer wins across worker threads: see [`CREATE_CAS`] and the read-back below.
     /// `Err`: the host refused the write; callers fail closed.
-    pub fn create(
-        &self,
-        key: &str,
-        payload: &[u8],
-        expires_at: u64,
-        now_s: u64,
-    ) -> Result<bool, Status> {
-        self.create_for(key, payload, expires_at, now_s, "")
-    }
-
-    /// [`Store::create`], counted against `owner` by [`Store::live`].
-    pub fn create_for(
+    fn create(
         &self,
         key: &str,
         payload: &[u8],
         expires_at: u64,
         now_s: u64,
         owner: &str,
-    ) -> Result<bool, Status> {
-        let (value, cas) = hostcalls::get_shared_data(key)?;
+    ) -> Result<bool, StoreError> {
+        let err = |e: Status| StoreError(format!("{e:?}"));
+        let (value, cas) = hostcalls::get_shared_data(key).map_err(err)?;
         let live = value
             .as_deref()
             .and_then(decode)
@@ -104,10 +86,10 @@ impl Store {
         match hostcalls::set_shared_data(key, Some(&ours), Some(cas)) {
             Ok(()) => {}
             Err(Status::CasMismatch) => return Ok(false),
-            Err(e) => return Err(e),
+            Err(e) => return Err(err(e)),
         }
         // Read back: a value that is not ours means another writer replaced it in between.
-        if hostcalls::get_shared_data(key)?.0.as_deref() != Some(ours.as_slice()) {
+        if hostcalls::get_shared_data(key).map_err(err)?.0.as_deref() != Some(ours.as_slice()) {
             return Ok(false);
         }
         self.created.borrow_mut().push(Created {
@@ -118,17 +100,24 @@ impl Store {
         Ok(true)
     }
 
-    /// Moves a live entry's expiry (an MCP session in use). Loses quietly to a concurrent writer:
-    /// its write is as recent.
-    pub fn extend(&self, key: &str, entry: &Entry, expires_at: u64, now_s: u64) {
+    fn extend(&self, key: &str, entry: &Entry, expires_at: u64, now_s: u64) {
         let value = self.encode(expires_at, &entry.payload, now_s);
-        let _ = hostcalls::set_shared_data(key, Some(&value), Some(entry.cas));
+        let _ = hostcalls::set_shared_data(key, Some(&value), Some(entry.version));
     }
 
-    /// How many entries under `prefix` this worker created that have not expired at `now_s`
-    /// (as far as this worker knows: another worker may have extended one), in all and for
-    /// `owner`.
-    pub fn live(&self, prefix: &str, now_s: u64, owner: &str) -> (usize, usize) {
+    /// Empties the value (the ABI cannot delete a key) and stops counting it.
+    fn clear(&self, key: &str) {
+        let _ = hostcalls::set_shared_data(key, Some(&[]), None);
+        for c in self.created.borrow_mut().iter_mut() {
+            if c.key == key {
+                c.expires_at = 0;
+            }
+        }
+    }
+
+    /// Entries this worker created that have not expired at `now_s`, as far as this worker
+    /// knows (another worker may have extended one).
+    fn live(&self, prefix: &str, now_s: u64, owner: &str) -> (usize, usize) {
         let created = self.created.borrow();
         let live = created
             .iter()
@@ -137,7 +126,9 @@ impl Store {
             (all + 1, theirs + usize::from(c.owner == owner))
         })
     }
+}
 
+impl SharedData {
     /// Clears the expired entries this worker created (value set to empty). Entries another worker
     /// extended are kept with their new expiry. Returns how many were cleared.
     pub fn sweep(&self, now_s: u64) -> usize {

@@ -47,18 +47,25 @@ fn a_resource_uri_climbing_out_of_the_workspace_is_never_read() -> Result<()> {
         mcp_error(&mut h, &auth, &read("file:///workspace/notes.md"))?,
         None
     );
-    assert_eq!(
-        mcp_error(&mut h, &auth, &read("FILE:///workspace/%6Eotes.md"))?,
-        None,
-        "the same resource in another spelling"
-    );
+    for same in [
+        "FILE:///workspace/%6Eotes.md",
+        "file://localhost/workspace/notes.md",
+    ] {
+        assert_eq!(
+            mcp_error(&mut h, &auth, &read(same))?,
+            None,
+            "{same}: the same resource in another spelling"
+        );
+    }
     for uri in [
         "file:///workspace/../etc/passwd",
         "file:///workspace/%2e%2e/etc/passwd",
         "file:///workspace/.%2E/etc/passwd",
         "file:///workspace/a%2f..%2f..%2fetc%2fpasswd",
         "file:///workspace/..\\etc\\passwd",
-        "file://evil@localhost/workspace/x",
+        "file:///workspace/?/../../etc/passwd",
+        "file:///workspace/#/../../etc/passwd",
+        "file:/workspace/../etc/passwd",
     ] {
         assert_eq!(
             mcp_error(&mut h, &auth, &read(uri))?,
@@ -66,31 +73,97 @@ fn a_resource_uri_climbing_out_of_the_workspace_is_never_read() -> Result<()> {
             "{uri} is refused before Cedar"
         );
     }
-    assert_eq!(
-        mcp_error(&mut h, &auth, &read("file:///etc/passwd"))?,
-        Some(-32003),
-        "outside the workspace: no permit"
-    );
+    for outside in ["file:///etc/passwd", "file://evil@localhost/etc/passwd"] {
+        assert_eq!(
+            mcp_error(&mut h, &auth, &read(outside))?,
+            Some(-32003),
+            "{outside}: outside the workspace, no permit"
+        );
+    }
     Ok(())
+}
+
+/// The status and `error` of a POST of `path` by an agent that may write orders.
+fn post_order(h: &mut Harness, path: &str, authority: &str) -> Result<(u32, String)> {
+    let auth = agent("orders:write")?;
+    let ctx = h.new_http()?;
+    h.request_headers(
+        ctx,
+        &[
+            (":method", "POST"),
+            (":path", path),
+            (":authority", authority),
+            ("authorization", &auth),
+        ],
+        true,
+    )?;
+    let reply = h.local_reply(ctx);
+    let out = match reply {
+        None => (200, String::new()),
+        Some(r) => {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            (r.status, body["error"].as_str().unwrap_or("").to_string())
+        }
+    };
+    h.done(ctx)?;
+    Ok(out)
 }
 
 #[test]
 fn every_spelling_of_a_refund_path_needs_the_approval() -> Result<()> {
     let mut h = harness_with(|_| {})?;
-    let auth = agent("orders:write")?;
     for path in [
         "/orders/1/refund",
         "/orders/1/refund/",
-        "/orders/1/REFUND",
-        "/Orders/1/Refund/?x=1",
+        "/orders/1/refund?x=1",
         "/orders/1/%72efund",
     ] {
-        let (ctx, status) = tessera_tests::request(&mut h, "POST", path, Some(&auth), &[])?;
-        assert_eq!(status, Some(403), "{path}: the approval policy applies");
-        h.done(ctx)?;
+        assert_eq!(
+            post_order(&mut h, path, "api.example.com")?,
+            (403, "approval_required".to_string()),
+            "{path}"
+        );
     }
-    let (_, status) = tessera_tests::request(&mut h, "POST", "/orders/1", Some(&auth), &[])?;
-    assert_eq!(status, None, "an ordinary write is allowed");
+    assert_eq!(
+        post_order(&mut h, "/orders/1", "api.example.com")?.0,
+        200,
+        "an ordinary write is allowed"
+    );
+    // A case-sensitive upstream (the default) serves /REFUND as another resource; one that
+    // ignores case says so on its route, and then policies see the path lower-cased.
+    assert_eq!(
+        post_order(&mut h, "/orders/1/REFUND", "api.example.com")?.0,
+        200
+    );
+    let mut h = harness_with(|c| c["routes"][1]["case_sensitive"] = json!(false))?;
+    for path in ["/orders/1/REFUND", "/Orders/1/Refund/"] {
+        assert_eq!(
+            post_order(&mut h, path, "api.example.com")?,
+            (403, "approval_required".to_string()),
+            "{path}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_host_policy_holds_for_every_spelling_of_the_host() -> Result<()> {
+    let mut h = harness_with(|c| {
+        c["policies"]["zz.cedar"] = json!(
+            "@id(\"no-writes-on-admin-host\") forbid (principal, action, resource) \
+             when { context.request.host == \"admin.example.com\" };"
+        );
+    })?;
+    for authority in [
+        "admin.example.com",
+        "admin.example.com:443",
+        "ADMIN.Example.com.",
+        "admin.example.com.:8443",
+    ] {
+        let (status, _) = post_order(&mut h, "/orders/1", authority)?;
+        assert_eq!(status, 403, "{authority}");
+    }
+    assert_eq!(post_order(&mut h, "/orders/1", "api.example.com")?.0, 200);
     Ok(())
 }
 

@@ -137,3 +137,27 @@ fn live_session_bindings_are_bounded() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_session_the_server_ended_frees_its_place() -> Result<()> {
+    let mut h = harness_with(|c| c["limits"]["max_sessions_per_principal"] = json!(1))?;
+    let auth = agent("files:read")?;
+    assert_eq!(initialize_session(&mut h, &auth, "d-1")?, "200");
+    let (ctx, status) = tessera_tests::request(
+        &mut h,
+        "DELETE",
+        "/mcp",
+        Some(&auth),
+        &[("mcp-session-id", "d-1")],
+    )?;
+    assert_eq!(status, None, "the owner may end its session");
+    h.response_headers(ctx, &[(":status", "204")], true)?;
+    h.done(ctx)?;
+    assert_eq!(call_in_session(&mut h, &auth, "d-1")?, Some(404), "ended");
+    assert_eq!(
+        initialize_session(&mut h, &auth, "d-2")?,
+        "200",
+        "the ended session no longer counts"
+    );
+    Ok(())
+}

@@ -71,7 +71,7 @@ impl Engine {
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let request = RestrictedExpression::new_record([
             ("method".to_string(), s(req.method)),
-            ("path".to_string(), s(&crate::path::for_policy(req.path))),
+            ("path".to_string(), s(crate::path::for_policy(req.path))),
             (
                 "host".to_string(),
                 s(&crate::path::host_for_policy(req.host)),

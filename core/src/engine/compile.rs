@@ -76,10 +76,21 @@ impl Engine {
                     "an mcp route cannot be public (auth \"none\"): its calls are decided by policy",
                 ));
             }
+            let host = match r.host.as_deref() {
+                None => None,
+                Some(h) if h.is_empty() || h.contains([':', '/', '@']) => {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].host"),
+                        "must be a host name without a port, path or user",
+                    ))
+                }
+                Some(h) => Some(h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()),
+            };
             routes.push(Route {
                 name: r.name.clone(),
                 prefix: r.prefix.clone(),
-                host: r.host.clone(),
+                host,
+                case_sensitive: r.case_sensitive,
                 auth: r.auth,
                 kind: r.kind,
                 max_token_age_s: r.max_token_age_s,

@@ -62,6 +62,8 @@ impl Engine {
         now_s: u64,
     ) -> Decision {
         let route = &self.routes[pending.route.min(self.routes.len() - 1)];
+        let folded = route.fold(req.path);
+        let req = &req.with_path(folded.as_deref());
         let mut d = Decision::new(
             Verdict::Allow,
             Some(route.name.clone()),

@@ -34,6 +34,8 @@ struct Route {
     name: String,
     prefix: String,
     host: Option<String>,
+    /// `false`: policies see the path lower-cased (`RouteConfig::case_sensitive`).
+    case_sensitive: bool,
     auth: Auth,
     kind: RouteKind,
     /// Sensitive routes: the oldest `iat` accepted, in seconds before now.
@@ -49,6 +51,12 @@ impl Route {
             }
         }
         crate::path::under(path, &self.prefix)
+    }
+
+    /// `path` as policies see it on this route, when that is not as sent: lower-cased on a
+    /// route whose upstream ignores case (`case_sensitive: false`).
+    fn fold(&self, path: &str) -> Option<String> {
+        (!self.case_sensitive).then(|| crate::path::fold_case(path))
     }
 }
 
@@ -79,6 +87,19 @@ pub struct HttpRequest<'a> {
     /// `mcp-session-id`, the approval header): the request is refused (400), because the filter
     /// and the upstream could each read a different copy.
     pub repeated: Option<&'a str>,
+}
+
+impl<'a> HttpRequest<'a> {
+    /// This request with `path` instead of its own (`None`: as it is).
+    fn with_path<'b>(&self, path: Option<&'b str>) -> HttpRequest<'b>
+    where
+        'a: 'b,
+    {
+        HttpRequest {
+            path: path.unwrap_or(self.path),
+            ..*self
+        }
+    }
 }
 
 /// Headers a request may carry at most once.
@@ -332,6 +353,8 @@ impl Engine {
         if route.auth == Auth::None {
             return Decision::new(Verdict::Public, Some(route.name.clone()), None);
         }
+        let folded = route.fold(req.path);
+        let req = &req.with_path(folded.as_deref());
         let Some(token) = req.authorization.and_then(bearer) else {
             let reason = if req.authorization.is_some() {
                 "authorization is not a bearer token"

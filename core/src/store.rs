@@ -1,0 +1,173 @@
+//! What outlives a request: consumed single-use tokens and approvals, MCP session bindings (and
+//! soon revocations). The pipeline reads and writes them through [`Store`]; the plugin backs it
+//! with the proxy's shared data (`plugin/src/store.rs`), native tests and benchmarks with
+//! [`MemoryStore`].
+//!
+//! Every entry expires (`expires_at`, Unix seconds): a reader treats an expired entry as absent.
+//! An entry is created once — the first writer wins, also across the proxy's worker threads — so
+//! a single-use credential is used once however many requests race for it.
+//!
+//! Operations answer at once: both backends today are in-process. A distributed backend (an HTTP
+//! callout to a store every replica shares) answers later; it will get its own `Pending` outcome
+//! in the pipeline, not a blocking call here.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+/// A live entry: its expiry, its payload, and the version a later [`Store::extend`] must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub expires_at: u64,
+    pub payload: Vec<u8>,
+    pub version: u32,
+}
+
+/// Why a store could not do what was asked; callers fail closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the store refused the write: {0}")]
+pub struct StoreError(pub String);
+
+pub trait Store {
+    /// The live entry under `key`: present and not expired at `now_s`.
+    fn get(&self, key: &str, now_s: u64) -> Option<Entry>;
+
+    /// Creates `key` with `payload` until `expires_at`, unless a live entry holds it, counted
+    /// against `owner` ("" for none) by [`Store::live`].  `Ok(true)`: this call created it (first
+    /// writer wins); `Ok(false)`: it exists.
+    fn create(
+        &self,
+        key: &str,
+        payload: &[u8],
+        expires_at: u64,
+        now_s: u64,
+        owner: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Moves a live entry's expiry, if it is still the version read. Loses quietly to a
+    /// concurrent writer: its write is as recent.
+    fn extend(&self, key: &str, entry: &Entry, expires_at: u64, now_s: u64);
+
+    /// Ends an entry before its expiry (an MCP session its client ended). Gone for every
+    /// reader at once.
+    fn clear(&self, key: &str);
+
+    /// How many live entries under `prefix` this store holds (a shared-data store: that this
+    /// worker created), in all and for `owner`. Bounds are per worker: counting every worker's
+    /// entries would need a listing the proxy does not offer.
+    fn live(&self, prefix: &str, now_s: u64, owner: &str) -> (usize, usize);
+}
+
+/// A [`Store`] in memory, for native tests and benchmarks (one thread, like a proxy worker).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: RefCell<BTreeMap<String, (Entry, String)>>,
+    versions: Cell<u32>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn next_version(&self) -> u32 {
+        let v = self.versions.get().wrapping_add(1);
+        self.versions.set(v);
+        v
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &str, now_s: u64) -> Option<Entry> {
+        let entries = self.entries.borrow();
+        let (entry, _) = entries.get(key)?;
+        (now_s < entry.expires_at).then(|| entry.clone())
+    }
+
+    fn create(
+        &self,
+        key: &str,
+        payload: &[u8],
+        expires_at: u64,
+        now_s: u64,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        if self.get(key, now_s).is_some() {
+            return Ok(false);
+        }
+        let entry = Entry {
+            expires_at,
+            payload: payload.to_vec(),
+            version: self.next_version(),
+        };
+        self.entries
+            .borrow_mut()
+            .insert(key.to_string(), (entry, owner.to_string()));
+        Ok(true)
+    }
+
+    fn extend(&self, key: &str, entry: &Entry, expires_at: u64, _now_s: u64) {
+        let version = self.next_version();
+        if let Some((stored, _)) = self.entries.borrow_mut().get_mut(key) {
+            if stored.version == entry.version {
+                stored.expires_at = expires_at;
+                stored.version = version;
+            }
+        }
+    }
+
+    fn clear(&self, key: &str) {
+        self.entries.borrow_mut().remove(key);
+    }
+
+    fn live(&self, prefix: &str, now_s: u64, owner: &str) -> (usize, usize) {
+        let entries = self.entries.borrow();
+        let live = entries
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, (e, _))| now_s < e.expires_at);
+        live.fold((0, 0), |(all, theirs), (_, (_, o))| {
+            (all + 1, theirs + usize::from(o == owner))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_writer_wins_until_the_entry_expires() {
+        let s = MemoryStore::new();
+        assert_eq!(s.create("k", b"a", 10, 0, ""), Ok(true));
+        assert_eq!(s.create("k", b"b", 10, 5, ""), Ok(false));
+        assert_eq!(s.get("k", 9).map(|e| e.payload), Some(b"a".to_vec()));
+        assert_eq!(s.get("k", 10), None, "expired");
+        assert_eq!(s.create("k", b"c", 20, 10, ""), Ok(true));
+    }
+
+    #[test]
+    fn an_extension_of_a_stale_read_is_lost() {
+        let s = MemoryStore::new();
+        s.create("k", b"a", 10, 0, "").expect("created");
+        let read = s.get("k", 1).expect("live");
+        s.extend("k", &read, 20, 1);
+        assert_eq!(s.get("k", 15).map(|e| e.expires_at), Some(20));
+        s.extend("k", &read, 30, 2);
+        assert_eq!(s.get("k", 15).map(|e| e.expires_at), Some(20), "stale");
+    }
+
+    #[test]
+    fn live_entries_are_counted_by_prefix_and_owner() {
+        let s = MemoryStore::new();
+        for (k, owner, until) in [("s.1", "a", 10), ("s.2", "a", 10), ("s.3", "b", 10)] {
+            s.create(k, b"", until, 0, owner).expect("created");
+        }
+        s.create("s.4", b"", 3, 0, "a").expect("created");
+        s.create("t.1", b"", 10, 0, "a").expect("created");
+        assert_eq!(s.live("s.", 5, "a"), (3, 2));
+        assert_eq!(s.live("s.", 5, "c"), (3, 0));
+        s.clear("s.1");
+        assert_eq!(s.live("s.", 5, "a"), (2, 1));
+        assert_eq!(s.get("s.1", 5), None);
+    }
+}
