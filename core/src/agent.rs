@@ -15,7 +15,7 @@ use cedar_policy::{Entity, EntityUid, RestrictedExpression};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::error::{ConfigError, TokenError};
+use crate::error::{ConfigError, RequestError, TokenError};
 
 /// RFC 8693 §4.1 claim carrying the actor chain.
 pub const ACT_CLAIM: &str = "act";
@@ -444,14 +444,15 @@ pub fn request_entities(
     claims: &AgentClaims,
     principal_type: &str,
     namespace: &str,
-    subject_as: impl Fn(&str) -> Result<Entity, String>,
-) -> Result<Vec<Entity>, String> {
+    subject_as: impl Fn(&str) -> Result<Entity, RequestError>,
+) -> Result<Vec<Entity>, RequestError> {
     let principal = match claims.delegation.current() {
         Some(actor) => Entity::new_no_attrs(
             crate::authz::uid(
                 &cfg.actor_type,
                 &crate::identity::entity_id(namespace, actor),
-            )?,
+            )
+            .map_err(RequestError::Build)?,
             Default::default(),
         ),
         None => subject_as(principal_type)?,
@@ -469,11 +470,12 @@ pub fn context_parts(
     claims: &AgentClaims,
     subject: &str,
     namespace: &str,
-) -> Result<Vec<(String, RestrictedExpression)>, String> {
+) -> Result<Vec<(String, RestrictedExpression)>, RequestError> {
     let on_behalf_of = crate::authz::uid(
         ON_BEHALF_OF_TYPE,
         &crate::identity::entity_id(namespace, subject),
-    )?;
+    )
+    .map_err(RequestError::Build)?;
     let mut parts = vec![(
         "delegation".to_string(),
         delegation_record(&claims.delegation, on_behalf_of, subject)?,
@@ -491,7 +493,7 @@ pub fn task_for_call(
     agent: &AgentClaims,
     tool: &str,
     arguments: Option<&Value>,
-) -> Option<Result<RestrictedExpression, String>> {
+) -> Option<Result<RestrictedExpression, RequestError>> {
     let t = agent.task.as_ref()?;
     t.detail_for(tool)?;
     Some(task_record(t, Some(tool), arguments))
@@ -505,8 +507,10 @@ fn string_set<'a>(v: impl IntoIterator<Item = &'a str>) -> RestrictedExpression 
     RestrictedExpression::new_set(v.into_iter().map(string))
 }
 
-fn record(fields: Vec<(String, RestrictedExpression)>) -> Result<RestrictedExpression, String> {
-    RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
+fn record(
+    fields: Vec<(String, RestrictedExpression)>,
+) -> Result<RestrictedExpression, RequestError> {
+    RestrictedExpression::new_record(fields).map_err(RequestError::build)
 }
 
 /// `context.delegation`: `on_behalf_of` (the subject's entity), `subject` (its id), `actor` (the
@@ -516,7 +520,7 @@ pub fn delegation_record(
     d: &Delegation,
     on_behalf_of: EntityUid,
     subject: &str,
-) -> Result<RestrictedExpression, String> {
+) -> Result<RestrictedExpression, RequestError> {
     let depth = i64::try_from(d.depth()).unwrap_or(i64::MAX);
     record(vec![
         (
@@ -540,7 +544,7 @@ pub fn task_record(
     t: &Task,
     tool: Option<&str>,
     arguments: Option<&Value>,
-) -> Result<RestrictedExpression, String> {
+) -> Result<RestrictedExpression, RequestError> {
     let mut fields = Vec::new();
     if let Some(id) = &t.id {
         fields.push(("id".to_string(), string(id)));
@@ -567,7 +571,7 @@ pub fn task_record(
 fn detail_record(
     d: &ToolDetail,
     arguments: Option<&Value>,
-) -> Result<RestrictedExpression, String> {
+) -> Result<RestrictedExpression, RequestError> {
     let mut fields = vec![(
         ARGUMENT_DOMAINS.to_string(),
         string_set(
@@ -580,7 +584,8 @@ fn detail_record(
     )];
     for (name, v) in &d.fields {
         // Types were checked when the token was parsed.
-        let e = crate::authz::json_to_cedar(v).map_err(|e| format!("{name}: {e}"))?;
+        let e = crate::authz::json_to_cedar(v)
+            .map_err(|e| RequestError::Build(format!("{name}: {e}")))?;
         fields.push((name.clone(), e));
     }
     record(fields)
@@ -734,7 +739,9 @@ mod tests {
     fn a_delegated_request_has_the_actor_first_and_the_subject_as_user() {
         let c = cfg();
         let subject_as = |ty: &str| {
-            crate::authz::uid(ty, "ns|alice").map(|u| Entity::new_no_attrs(u, Default::default()))
+            crate::authz::uid(ty, "ns|alice")
+                .map(|u| Entity::new_no_attrs(u, Default::default()))
+                .map_err(RequestError::Build)
         };
         let delegated = parse(&payload(nested(&["planner"])), &c).expect("parses");
         let e = request_entities(&c, &delegated, "User", "ns", subject_as).expect("entities");

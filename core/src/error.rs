@@ -91,3 +91,20 @@ pub enum TokenError {
     #[error("token already used")]
     AlreadyUsed,
 }
+
+/// Why a Cedar request could not be built for a verified token. Each failure keeps its own reply:
+/// a claim the policies cannot use is the token's fault (401 `invalid_token` on HTTP routes); any
+/// other failure is the filter's, and the request is denied as one it cannot judge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("claim `{0}` has no Cedar value")]
+    Claim(String),
+    #[error("the Cedar request could not be built: {0}")]
+    Build(String),
+}
+
+impl RequestError {
+    pub(crate) fn build(e: impl std::fmt::Display) -> RequestError {
+        RequestError::Build(e.to_string())
+    }
+}

@@ -23,5 +23,5 @@ pub mod token;
 
 pub use config::Mode;
 pub use engine::{Decision, Engine, HttpRequest, Pending, Verdict};
-pub use error::{ConfigError, TokenError};
+pub use error::{ConfigError, RequestError, TokenError};
 pub use reply::LocalReply;

@@ -350,12 +350,13 @@ impl Engine {
                     ("path".to_string(), s(&lists.path)),
                     ("host".to_string(), s(&lists.host)),
                 ])
-                .map_err(|e| e.to_string())?;
+                .map_err(crate::error::RequestError::build)?;
                 let now = i64::try_from(now_s).unwrap_or(i64::MAX);
                 context.push(("request".to_string(), request));
                 context.push(("now".to_string(), RestrictedExpression::new_long(now)));
                 Ok((entities, context))
-            });
+            })
+            .map_err(|e| e.to_string());
         Judge { built }
     }
 }

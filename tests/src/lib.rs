@@ -187,6 +187,32 @@ pub fn wasm_path() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/tessera_plugin.wasm"))
 }
 
+/// The module in the harness, configured with the test configuration as `edit` changes it.
+pub fn harness_with(edit: impl FnOnce(&mut Value)) -> Result<tessera_harness::Harness> {
+    let mut h = tessera_harness::Harness::load(wasm_path())
+        .context("load the module (cargo xtask wasm)")?;
+    let mut c = test_config()?;
+    edit(&mut c);
+    anyhow::ensure!(h.configure(&c.to_string())?, "configure: {:?}", h.logs());
+    Ok(h)
+}
+
+/// `Bearer <token>`, the token minted with ES256 from `claims`.
+pub fn bearer(claims: Value) -> Result<String> {
+    Ok(format!("Bearer {}", mint("ES256", &claims)?))
+}
+
+/// A bearer token of `agent-7` from the agents issuer with `scope`.
+pub fn agent(scope: &str) -> Result<String> {
+    bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": scope}))
+}
+
+/// A JSON-RPC `tools/call` of `read_file` on `path`.
+pub fn read_file(id: i64, path: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "read_file", "arguments": {"path": path}}})
+}
+
 /// Claims of `extra` set on `base` (both JSON objects); an `extra` claim that is `null` removes it.
 pub fn merge_claims(base: &mut Value, extra: &Value) {
     if let (Some(c), Some(extra)) = (base.as_object_mut(), extra.as_object()) {

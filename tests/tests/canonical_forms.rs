@@ -5,25 +5,7 @@
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tessera_harness::Harness;
-use tessera_tests::{mint, test_config, wasm_path, AGENTS};
-
-fn harness_with(edit: impl FnOnce(&mut Value)) -> Result<Harness> {
-    let mut h = Harness::load(wasm_path()).context("load the module (cargo xtask wasm)")?;
-    let mut c = test_config()?;
-    edit(&mut c);
-    assert!(h.configure(&c.to_string())?, "configure: {:?}", h.logs());
-    Ok(h)
-}
-
-fn agent(scope: &str) -> Result<String> {
-    Ok(format!(
-        "Bearer {}",
-        mint(
-            "ES256",
-            &json!({"iss": AGENTS, "sub": "agent-7", "scope": scope})
-        )?
-    ))
-}
+use tessera_tests::{agent, harness_with, test_config, wasm_path};
 
 /// The JSON-RPC error code the filter answered an MCP POST of `body` with (`None`: forwarded).
 fn mcp_error(h: &mut Harness, auth: &str, body: &Value) -> Result<Option<i64>> {

@@ -7,31 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tessera_harness::{Action, Harness, LogLevel};
-use tessera_tests::{mint, now_s, test_config, wasm_path, AGENTS, IDP};
-
-fn harness_with(edit: impl FnOnce(&mut Value)) -> Result<Harness> {
-    let mut h = Harness::load(wasm_path()).context("load the module (cargo xtask wasm)")?;
-    let mut c = test_config()?;
-    edit(&mut c);
-    assert!(h.configure(&c.to_string())?, "configure: {:?}", h.logs());
-    Ok(h)
-}
+use tessera_tests::{agent, bearer, harness_with, mint, now_s, read_file, AGENTS, IDP};
 
 fn harness() -> Result<Harness> {
     harness_with(|_| {})
-}
-
-fn bearer(claims: Value) -> Result<String> {
-    Ok(format!("Bearer {}", mint("ES256", &claims)?))
-}
-
-fn agent(scope: &str) -> Result<String> {
-    bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": scope}))
-}
-
-fn read_file(id: i64, path: &str) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-           "params": {"name": "read_file", "arguments": {"path": path}}})
 }
 
 /// An MCP POST whose headers do not end the stream and carry no content-length (HTTP/2).

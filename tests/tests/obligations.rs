@@ -4,19 +4,15 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use tessera_core::obligations::Binding;
+use tessera_core::obligations::{Binding, SessionCaller};
 use tessera_core::store::MemoryStore;
 use tessera_core::{Decision, Engine, HttpRequest, Verdict};
-use tessera_tests::{mint, now_s, test_config, AGENTS};
+use tessera_tests::{bearer, now_s, test_config, AGENTS};
 
 fn engine_with(edit: impl FnOnce(&mut Value)) -> Result<Engine> {
     let mut c = test_config()?;
     edit(&mut c);
     Engine::from_json(c.to_string().as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn bearer(claims: Value) -> Result<String> {
-    Ok(format!("Bearer {}", mint("ES256", &claims)?))
 }
 
 fn agent(sub: &str) -> Result<String> {
@@ -35,6 +31,13 @@ fn decide(e: &Engine, method: &str, path: &str, auth: &str) -> Decision {
         },
         now_s(),
     )
+}
+
+/// The caller of an allowed GET on the MCP route with `auth`: whose session its answer may create.
+fn caller_of(e: &Engine, store: &MemoryStore, auth: &str) -> Result<SessionCaller> {
+    let mut d = decide(e, "GET", "/mcp", auth);
+    e.check_session(store, &mut d, "GET", None, "r", now_s())
+        .ok_or_else(|| anyhow::anyhow!("no caller: {}", d.reason))
 }
 
 /// The status a GET on the MCP route presenting `session` gets from `e` (`None`: forwarded).
@@ -57,10 +60,7 @@ fn a_session_is_bound_to_its_creator_and_unknown_ids_are_not_found() -> Result<(
     let e = engine_with(|_| {})?;
     let store = MemoryStore::new();
     let (alice, bob) = (agent("alice")?, agent("bob")?);
-    let mut d = decide(&e, "GET", "/mcp", &alice);
-    let caller = e
-        .check_session(&store, &mut d, "GET", None, "r-1", now_s())
-        .expect("an allowed MCP request may create a session");
+    let caller = caller_of(&e, &store, &alice)?;
     assert_eq!(
         e.bind_session(&store, &caller, "s-1", now_s()),
         Binding::Bound
@@ -69,10 +69,7 @@ fn a_session_is_bound_to_its_creator_and_unknown_ids_are_not_found() -> Result<(
     assert_eq!(get_in_session(&e, &store, &bob, "s-1"), Some(403));
     assert_eq!(get_in_session(&e, &store, &alice, "s-2"), Some(404));
     // Bound already: the server repeating the id does not move the binding to someone else.
-    let mut d = decide(&e, "GET", "/mcp", &bob);
-    let bobs = e
-        .check_session(&store, &mut d, "GET", None, "r-2", now_s())
-        .expect("caller");
+    let bobs = caller_of(&e, &store, &bob)?;
     assert_eq!(
         e.bind_session(&store, &bobs, "s-1", now_s()),
         Binding::Bound
@@ -101,12 +98,10 @@ fn session_limits_hold_per_worker_and_per_caller() -> Result<()> {
         c["limits"]["max_sessions_per_principal"] = json!(2);
     })?;
     let store = MemoryStore::new();
-    let caller = |sub: &str| -> Result<_> {
-        let mut d = decide(&e, "GET", "/mcp", &agent(sub)?);
-        e.check_session(&store, &mut d, "GET", None, "r", now_s())
-            .ok_or_else(|| anyhow::anyhow!("no caller"))
-    };
-    let (a, b) = (caller("a")?, caller("b")?);
+    let (a, b) = (
+        caller_of(&e, &store, &agent("a")?)?,
+        caller_of(&e, &store, &agent("b")?)?,
+    );
     let bind = |c, s| e.bind_session(&store, c, s, now_s());
     assert_eq!(bind(&a, "a-1"), Binding::Bound);
     assert_eq!(bind(&a, "a-2"), Binding::Bound);
@@ -127,10 +122,7 @@ fn a_binding_expires_when_idle() -> Result<()> {
     let e = engine_with(|c| c["limits"]["session_idle_s"] = json!(60))?;
     let store = MemoryStore::new();
     let alice = agent("alice")?;
-    let mut d = decide(&e, "GET", "/mcp", &alice);
-    let caller = e
-        .check_session(&store, &mut d, "GET", None, "r", now_s())
-        .expect("caller");
+    let caller = caller_of(&e, &store, &alice)?;
     let start = now_s();
     assert_eq!(
         e.bind_session(&store, &caller, "s-1", start),
@@ -176,9 +168,7 @@ fn a_principal_with_many_tasks_still_has_one_session_quota() -> Result<()> {
             json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
                                  "task_id": task}),
         )?;
-        let mut d = decide(&e, "GET", "/mcp", &auth);
-        e.check_session(&store, &mut d, "GET", None, "r", now_s())
-            .ok_or_else(|| anyhow::anyhow!("no caller"))
+        caller_of(&e, &store, &auth)
     };
     assert_eq!(
         e.bind_session(&store, &in_task("t-1")?, "s-1", now_s()),
@@ -203,10 +193,7 @@ fn a_session_the_server_ended_is_unbound() -> Result<()> {
     let e = engine_with(|c| c["limits"]["max_sessions_per_principal"] = json!(1))?;
     let store = MemoryStore::new();
     let alice = agent("alice")?;
-    let mut d = decide(&e, "GET", "/mcp", &alice);
-    let caller = e
-        .check_session(&store, &mut d, "GET", None, "r", now_s())
-        .expect("caller");
+    let caller = caller_of(&e, &store, &alice)?;
     assert_eq!(
         e.bind_session(&store, &caller, "s-1", now_s()),
         Binding::Bound

@@ -4,31 +4,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use anyhow::Result;
+use serde_json::json;
 use tessera_harness::Harness;
-use tessera_tests::{initialize_session, mint, now_s, test_config, wasm_path, AGENTS, IDP};
-
-fn harness_with(edit: impl FnOnce(&mut Value)) -> Result<Harness> {
-    let mut h = Harness::load(wasm_path()).context("load the module (cargo xtask wasm)")?;
-    let mut c = test_config()?;
-    edit(&mut c);
-    assert!(h.configure(&c.to_string())?, "configure: {:?}", h.logs());
-    Ok(h)
-}
-
-fn bearer(claims: Value) -> Result<String> {
-    Ok(format!("Bearer {}", mint("ES256", &claims)?))
-}
-
-fn agent(scope: &str) -> Result<String> {
-    bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": scope}))
-}
-
-fn read_file(id: i64, path: &str) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-           "params": {"name": "read_file", "arguments": {"path": path}}})
-}
+use tessera_tests::{
+    agent, bearer, harness_with, initialize_session, now_s, read_file, AGENTS, IDP,
+};
 
 /// The status the filter answered a `tools/call` in session `session` with (`None`: forwarded).
 fn call_in_session(h: &mut Harness, auth: &str, session: &str) -> Result<Option<u32>> {

@@ -67,6 +67,7 @@ impl Engine {
             uid("Route", &route.name)
                 .and_then(|resource| {
                     self.evaluate(t, req.method, resource, req, now_s, None, Some(g))
+                        .map_err(|e| e.to_string())
                 })
                 .unwrap_or_else(|reason| Evaluation::Error { reason })
         };

@@ -8,7 +8,7 @@ use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::Value;
 
 use crate::authz::{json_to_cedar, uid, Evaluation, Policies};
-use crate::error::TokenError;
+use crate::error::{RequestError, TokenError};
 use crate::mcp;
 use crate::reply::LocalReply;
 use crate::token::VerifiedToken;
@@ -59,7 +59,7 @@ impl Engine {
         now_s: u64,
         mcp: Option<(RestrictedExpression, &mcp::Target)>,
         approval: Option<&crate::approval::Granted>,
-    ) -> Result<Evaluation, String> {
+    ) -> Result<Evaluation, RequestError> {
         if mcp.is_none() && approval.is_none() {
             if let Some(e) = self.policies.remembered(&t.checked, action, &resource) {
                 return Ok(e);
@@ -77,7 +77,7 @@ impl Engine {
                 s(&crate::path::host_for_policy(req.host)),
             ),
         ])
-        .map_err(|e| e.to_string())?;
+        .map_err(RequestError::build)?;
         context.push(("request".to_string(), request));
         context.push(("now".to_string(), long(now_s)));
         // Only fixed-type per-request parts so far.
@@ -103,7 +103,7 @@ impl Engine {
                 ("approver".to_string(), s(&a.approver)),
                 ("approved_at".to_string(), long(a.approved_at)),
             ])
-            .map_err(|e| e.to_string())?;
+            .map_err(RequestError::build)?;
             context.push(("approval".to_string(), approval));
             fixed_context = false;
         }
@@ -119,7 +119,7 @@ impl Engine {
 
     /// The entities a request built from `t` needs: the principal first, with its groups as
     /// parents and its configured attributes. `Err` names the claim that has no Cedar value.
-    pub(super) fn token_entities(&self, t: &VerifiedToken) -> Result<Vec<Entity>, String> {
+    pub(super) fn token_entities(&self, t: &VerifiedToken) -> Result<Vec<Entity>, RequestError> {
         let issuer = &self.issuers[t.issuer_index];
         // Parsed and checked when the token was verified: a failure here cannot happen.
         crate::agent::request_entities(
@@ -137,27 +137,31 @@ impl Engine {
         &self,
         t: &VerifiedToken,
         entity_type: &str,
-    ) -> Result<Entity, String> {
+    ) -> Result<Entity, RequestError> {
         let issuer = &self.issuers[t.issuer_index];
+        let claim = |c: &String| RequestError::Claim(c.clone());
         let id = self
             .principal_id(t)
-            .map_err(|_| issuer.principal_claim.clone())?;
+            .map_err(|_| claim(&issuer.principal_claim))?;
         let ns = |id: &str| crate::identity::entity_id(&issuer.namespace, id);
         let principal_uid =
-            uid(entity_type, &ns(id)).map_err(|_| issuer.principal_claim.clone())?;
+            uid(entity_type, &ns(id)).map_err(|_| claim(&issuer.principal_claim))?;
         let mut parents = HashSet::new();
         if let Some(gc) = &issuer.groups_claim {
             for g in string_list(t.claim(gc)) {
-                parents.insert(uid("Group", &ns(g)).map_err(|_| gc.clone())?);
+                parents.insert(uid("Group", &ns(g)).map_err(|_| claim(gc))?);
             }
         }
         let mut attrs = std::collections::HashMap::new();
         for (attr, claim) in &issuer.principal_attributes {
             if let Some(v) = t.claim(claim) {
-                attrs.insert(attr.clone(), json_to_cedar(v).map_err(|_| claim.clone())?);
+                attrs.insert(
+                    attr.clone(),
+                    json_to_cedar(v).map_err(|_| RequestError::Claim(claim.clone()))?,
+                );
             }
         }
-        Entity::new(principal_uid, attrs, parents).map_err(|e| e.to_string())
+        Entity::new(principal_uid, attrs, parents).map_err(RequestError::build)
     }
 
     /// The context attributes that come from `t` alone (`token`). `Err` names the claim that has
@@ -171,7 +175,7 @@ impl Engine {
     pub(super) fn token_context(
         &self,
         t: &VerifiedToken,
-    ) -> Result<Vec<(String, RestrictedExpression)>, String> {
+    ) -> Result<Vec<(String, RestrictedExpression)>, RequestError> {
         let issuer = &self.issuers[t.issuer_index];
         let set = |v: &[String]| {
             RestrictedExpression::new_set(
@@ -182,11 +186,14 @@ impl Engine {
         let mut claims = Vec::new();
         for c in &issuer.claims {
             if let Some(v) = t.claim(c).filter(|v| !v.is_null()) {
-                claims.push((c.clone(), json_to_cedar(v).map_err(|_| c.clone())?));
+                claims.push((
+                    c.clone(),
+                    json_to_cedar(v).map_err(|_| RequestError::Claim(c.clone()))?,
+                ));
             }
         }
         let record = |fields: Vec<(String, RestrictedExpression)>| {
-            RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
+            RestrictedExpression::new_record(fields).map_err(RequestError::build)
         };
         let mut token = vec![
             (
@@ -216,7 +223,7 @@ impl Engine {
         let agent = &t.agent;
         let subject = self
             .principal_id(t)
-            .map_err(|_| issuer.principal_claim.clone())?;
+            .map_err(|_| RequestError::Claim(issuer.principal_claim.clone()))?;
         context.extend(crate::agent::context_parts(
             agent,
             subject,
@@ -264,7 +271,7 @@ impl Engine {
     pub(crate) fn token_parts(
         &self,
         t: &VerifiedToken,
-    ) -> Result<crate::listing::RequestParts, String> {
+    ) -> Result<crate::listing::RequestParts, RequestError> {
         Ok((self.token_entities(t)?, self.token_context(t)?))
     }
 

@@ -269,7 +269,10 @@ impl Engine {
                 ..HttpRequest::default()
             };
             let resource = uid("Route", &route.name).map_err(|e| ConfigError::new("routes", e))?;
-            match self.evaluate(&token, method, resource, &req, 0, None, None) {
+            match self
+                .evaluate(&token, method, resource, &req, 0, None, None)
+                .map_err(|e| e.to_string())
+            {
                 Ok(Evaluation::Error { reason }) | Err(reason) => {
                     return Err(ConfigError::new(
                         format!("issuers[{i}]"),
@@ -320,15 +323,18 @@ impl Engine {
             ..HttpRequest::default()
         };
         let resource = uid("Tool", tool)?;
-        match self.evaluate(
-            token,
-            "tools/call",
-            resource,
-            &req,
-            0,
-            Some((record, &target)),
-            None,
-        ) {
+        match self
+            .evaluate(
+                token,
+                "tools/call",
+                resource,
+                &req,
+                0,
+                Some((record, &target)),
+                None,
+            )
+            .map_err(|e| e.to_string())
+        {
             Ok(Evaluation::Error { reason }) | Err(reason) => Err(reason),
             Ok(_) => Ok(()),
         }

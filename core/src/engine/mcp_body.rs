@@ -317,9 +317,8 @@ impl Engine {
             Some((mcp_record, t)),
             approval,
         ) {
-            Err(claim) => Err(Refusal::cannot_judge(format!(
-                "claim `{claim}` has no Cedar value"
-            ))),
+            // A claim or a request the policies cannot be asked about: cannot judge the call.
+            Err(e) => Err(Refusal::cannot_judge(e.to_string())),
             Ok(Evaluation::Allow { policies }) => Ok(policies),
             Ok(Evaluation::Deny { policies }) => Err(Refusal {
                 code: mcp::FORBIDDEN,

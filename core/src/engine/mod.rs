@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::authz::{uid, Evaluation, Policies};
 use crate::cache::{self, TokenCache};
 use crate::config::{Auth, Mode, RouteKind};
-use crate::error::TokenError;
+use crate::error::{RequestError, TokenError};
 use crate::reply::LocalReply;
 use crate::token::{self, Issuer, VerifiedToken};
 
@@ -401,12 +401,15 @@ impl Engine {
         let evaluation =
             match self.evaluate(&verified, req.method, resource, req, now_s, None, None) {
                 Ok(e) => e,
-                Err(e) => {
+                Err(RequestError::Claim(claim)) => {
                     return unauthenticated(
                         route,
-                        &TokenError::BadClaim(e, "has no Cedar value"),
+                        &TokenError::BadClaim(claim, "has no Cedar value"),
                         req.request_id,
                     )
+                }
+                Err(e @ RequestError::Build(_)) => {
+                    return cannot_judge(route, e.to_string(), req.request_id)
                 }
             };
         let mut d = Decision::new(
