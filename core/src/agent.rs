@@ -9,12 +9,10 @@
 //! top-level claims and the current actor should grant access; the earlier actors are exposed for
 //! policies that restrict (every actor trusted, chains no longer than N) and for logs.
 
-use std::collections::BTreeMap;
-
 use cedar_policy::{Entity, EntityUid, RestrictedExpression};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::config::{DelegationConfig, TaskConfig, DEFAULT_MAX_DELEGATION_DEPTH};
 use crate::error::{ConfigError, RequestError, TokenError};
 
 /// RFC 8693 §4.1 claim carrying the actor chain.
@@ -25,71 +23,8 @@ pub const DETAILS_CLAIM: &str = "authorization_details";
 pub const TOOL_MEMBER: &str = "identifier";
 /// Entity type of `context.delegation.on_behalf_of`.
 pub const ON_BEHALF_OF_TYPE: &str = "User";
-/// `limits.max_delegation_depth` unless configured.
-pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 8;
 /// Filter-derived member of `context.task.detail`; no detail field may take its name.
 const ARGUMENT_DOMAINS: &str = "argument_domains";
-
-/// `issuers[].delegation`: how a token's `act` chain becomes the Cedar principal.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DelegationConfig {
-    /// Cedar entity type of the current actor (the principal of a delegated token).
-    #[serde(default = "default_actor_type")]
-    pub actor_type: String,
-}
-
-impl Default for DelegationConfig {
-    fn default() -> Self {
-        DelegationConfig {
-            actor_type: default_actor_type(),
-        }
-    }
-}
-
-fn default_actor_type() -> String {
-    "Agent".into()
-}
-
-/// `issuers[].task`: where a token says which task it is for.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskConfig {
-    #[serde(default = "default_id_claim")]
-    pub id_claim: String,
-    #[serde(default = "default_intent_claim")]
-    pub intent_claim: String,
-    /// Authorization details of this `type` name a tool in their `identifier`.
-    #[serde(default = "default_tool_detail_type")]
-    pub tool_detail_type: String,
-    /// Members of a tool detail copied into `context.task.detail`, with their Cedar type
-    /// (`Long`, `String`, `Bool`, `Set<String>`).
-    #[serde(default)]
-    pub detail_fields: BTreeMap<String, String>,
-}
-
-impl Default for TaskConfig {
-    fn default() -> Self {
-        TaskConfig {
-            id_claim: default_id_claim(),
-            intent_claim: default_intent_claim(),
-            tool_detail_type: default_tool_detail_type(),
-            detail_fields: BTreeMap::new(),
-        }
-    }
-}
-
-fn default_id_claim() -> String {
-    "task_id".into()
-}
-
-fn default_intent_claim() -> String {
-    "intent".into()
-}
-
-fn default_tool_detail_type() -> String {
-    "mcp_tool".into()
-}
 
 /// The Cedar type of a detail field; a detail whose member has another JSON type is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +156,7 @@ impl Delegation {
 /// Reads the `act` chain iteratively (never recursively: the payload is the client's), refusing
 /// more than `max_depth` levels.
 pub fn delegation(
-    payload: &crate::token::Claims,
+    payload: &crate::claims::Claims,
     max_depth: usize,
 ) -> Result<Delegation, TokenError> {
     let bad = |why: &'static str| TokenError::BadClaim(ACT_CLAIM.into(), why);
@@ -275,7 +210,10 @@ impl Task {
 /// Reads the task claims and checks the authorization details: an array of objects with a string
 /// `type` (RFC 9396 §2); a detail of the tool type names its tool (`identifier`) once, and its
 /// configured fields have their declared types. Anything else is a token the filter cannot judge.
-pub fn task(payload: &crate::token::Claims, cfg: &AgentConfig) -> Result<Option<Task>, TokenError> {
+pub fn task(
+    payload: &crate::claims::Claims,
+    cfg: &AgentConfig,
+) -> Result<Option<Task>, TokenError> {
     let string = |claim: &str| -> Result<Option<String>, TokenError> {
         match payload.get(claim) {
             None | Some(Value::Null) => Ok(None),
@@ -347,7 +285,10 @@ pub struct AgentClaims {
 }
 
 /// Parses and checks `act` and the task claims of a verified payload.
-pub fn parse(payload: &crate::token::Claims, cfg: &AgentConfig) -> Result<AgentClaims, TokenError> {
+pub fn parse(
+    payload: &crate::claims::Claims,
+    cfg: &AgentConfig,
+) -> Result<AgentClaims, TokenError> {
     if !cfg.delegation && payload.get(ACT_CLAIM).is_some_and(|v| !v.is_null()) {
         return Err(TokenError::BadClaim(
             ACT_CLAIM.into(),
@@ -632,7 +573,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn payload(v: Value) -> crate::token::Claims {
+    fn payload(v: Value) -> crate::claims::Claims {
         v.as_object().cloned().unwrap_or_default().into()
     }
 

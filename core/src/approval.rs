@@ -18,16 +18,16 @@ use std::collections::HashSet;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use cedar_policy::PolicySet;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::authz::Evaluation;
 use crate::config::IssuerConfig;
-use crate::engine::Verdict;
+pub use crate::config::{ApprovalConfig, Webhook, APPROVAL_TYP};
 use crate::error::{ConfigError, TokenError};
 use crate::reply::LocalReply;
 use crate::token::{self, Issuer, VerifiedToken};
+use crate::verdict::Verdict;
 
 /// JSON-RPC error code (implementation-defined server error range) of a call that needs approval.
 pub const APPROVAL_REQUIRED: i64 = -32005;
@@ -120,89 +120,6 @@ pub fn approval_policies(set: &PolicySet) -> Result<HashSet<String>, ConfigError
         out.insert(id);
     }
     Ok(out)
-}
-
-/// `approval` in the configuration: the issuer of approvals and how a client presents one.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApprovalConfig {
-    /// Exact `iss` of approvals. Approvals are verified with their own keys below, never with a
-    /// bearer issuer's, so an approval is never a bearer token and a bearer token never an
-    /// approval.
-    pub issuer: String,
-    /// Audiences an approval must name (one of them).
-    pub audiences: Vec<String>,
-    #[serde(default)]
-    pub jwks: Option<Value>,
-    #[serde(default)]
-    pub hmac_secret: Option<String>,
-    #[serde(default = "default_clock_skew")]
-    pub clock_skew_s: u64,
-    /// Longest lifetime (`exp - iat`) an approval may have.
-    #[serde(default = "default_max_ttl")]
-    pub max_ttl_s: u64,
-    /// Request header carrying the approval on the retry.
-    #[serde(default = "default_header")]
-    pub header: String,
-    /// Claim holding the digest of the approved request.
-    #[serde(default = "default_digest_claim")]
-    pub digest_claim: String,
-    /// Claim naming the approver (`context.approval.approver`).
-    #[serde(default = "default_approver_claim")]
-    pub approver_claim: String,
-    /// Where to tell approvers that an approval is asked for.
-    #[serde(default)]
-    pub webhook: Option<Webhook>,
-    /// The JOSE `typ` an approval must have: approvals and access tokens are never
-    /// interchangeable (an access issuer refuses this type, and approvals need it).
-    #[serde(default = "default_typ")]
-    pub typ: String,
-}
-
-/// `approval.webhook`: an Envoy cluster that receives each approval request as a JSON POST
-/// (fire and forget: its answer is not waited for, and a failure only logs).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Webhook {
-    /// The Envoy cluster (`dispatch_http_call` target).
-    pub cluster: String,
-    #[serde(default = "default_webhook_path")]
-    pub path: String,
-    /// `:authority` of the call (default: the cluster name).
-    #[serde(default)]
-    pub authority: Option<String>,
-    #[serde(default = "default_webhook_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_webhook_path() -> String {
-    "/approval-requests".into()
-}
-fn default_webhook_timeout_ms() -> u64 {
-    2000
-}
-
-fn default_clock_skew() -> u64 {
-    60
-}
-fn default_max_ttl() -> u64 {
-    300
-}
-fn default_typ() -> String {
-    APPROVAL_TYP.into()
-}
-
-/// The default `typ` of approvals.
-pub const APPROVAL_TYP: &str = "approval+jwt";
-
-fn default_header() -> String {
-    "x-tessera-approval".into()
-}
-fn default_digest_claim() -> String {
-    "approval_digest".into()
-}
-fn default_approver_claim() -> String {
-    "sub".into()
 }
 
 /// The compiled approval issuer.

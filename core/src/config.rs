@@ -26,7 +26,7 @@ pub struct Config {
     pub resource_metadata: Option<ResourceMetadata>,
     /// Human approval of requests denied only by `@approval("required")` policies.
     #[serde(default)]
-    pub approval: Option<crate::approval::ApprovalConfig>,
+    pub approval: Option<ApprovalConfig>,
     /// MCP tool arguments with a format (`path`, `email`, `url`): tool → argument → format.
     /// Cedar sees them in canonical form; a value that does not parse is refused (formats.rs).
     #[serde(default)]
@@ -90,7 +90,7 @@ pub struct IssuerConfig {
     /// RFC 8693 `act` chains: honoured only when set (then the current actor is the principal);
     /// a token with `act` from an issuer without it is refused.
     #[serde(default)]
-    pub delegation: Option<crate::agent::DelegationConfig>,
+    pub delegation: Option<DelegationConfig>,
     /// The identity namespace of this issuer's principals, groups and actors: Cedar entity ids
     /// are `"<namespace>|<id>"`. Default: the `issuer` itself, so two issuers never name the same
     /// principal; issuers that share a namespace (set explicitly) share identities.
@@ -98,7 +98,7 @@ pub struct IssuerConfig {
     pub identity_namespace: Option<String>,
     /// Task claims: task id, intent, RFC 9396 tool details.
     #[serde(default)]
-    pub task: crate::agent::TaskConfig,
+    pub task: TaskConfig,
     /// The JOSE `typ` this issuer's access tokens must have (RFC 8725 §3.11), e.g. `at+jwt`
     /// (RFC 9068). Unset: absent, `JWT` or `at+jwt`. Tokens typed for anything else (logout,
     /// security events, status lists, DPoP proofs, approvals) are never access tokens.
@@ -268,7 +268,7 @@ fn default_session_ttl_s() -> u64 {
 }
 
 fn default_max_delegation_depth() -> usize {
-    crate::agent::DEFAULT_MAX_DELEGATION_DEPTH
+    DEFAULT_MAX_DELEGATION_DEPTH
 }
 
 fn default_token_cache_entries() -> usize {
@@ -302,4 +302,149 @@ impl Config {
             )
         })
     }
+}
+
+/// `limits.max_delegation_depth` unless configured.
+pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 8;
+
+/// `issuers[].delegation`: how a token's `act` chain becomes the Cedar principal.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationConfig {
+    /// Cedar entity type of the current actor (the principal of a delegated token).
+    #[serde(default = "default_actor_type")]
+    pub actor_type: String,
+}
+
+impl Default for DelegationConfig {
+    fn default() -> Self {
+        DelegationConfig {
+            actor_type: default_actor_type(),
+        }
+    }
+}
+
+fn default_actor_type() -> String {
+    "Agent".into()
+}
+
+/// `issuers[].task`: where a token says which task it is for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    #[serde(default = "default_id_claim")]
+    pub id_claim: String,
+    #[serde(default = "default_intent_claim")]
+    pub intent_claim: String,
+    /// Authorization details of this `type` name a tool in their `identifier`.
+    #[serde(default = "default_tool_detail_type")]
+    pub tool_detail_type: String,
+    /// Members of a tool detail copied into `context.task.detail`, with their Cedar type
+    /// (`Long`, `String`, `Bool`, `Set<String>`).
+    #[serde(default)]
+    pub detail_fields: BTreeMap<String, String>,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig {
+            id_claim: default_id_claim(),
+            intent_claim: default_intent_claim(),
+            tool_detail_type: default_tool_detail_type(),
+            detail_fields: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_id_claim() -> String {
+    "task_id".into()
+}
+
+fn default_intent_claim() -> String {
+    "intent".into()
+}
+
+fn default_tool_detail_type() -> String {
+    "mcp_tool".into()
+}
+
+/// `approval` in the configuration: the issuer of approvals and how a client presents one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// Exact `iss` of approvals. Approvals are verified with their own keys below, never with a
+    /// bearer issuer's, so an approval is never a bearer token and a bearer token never an
+    /// approval.
+    pub issuer: String,
+    /// Audiences an approval must name (one of them).
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_s: u64,
+    /// Longest lifetime (`exp - iat`) an approval may have.
+    #[serde(default = "default_approval_max_ttl")]
+    pub max_ttl_s: u64,
+    /// Request header carrying the approval on the retry.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Claim holding the digest of the approved request.
+    #[serde(default = "default_digest_claim")]
+    pub digest_claim: String,
+    /// Claim naming the approver (`context.approval.approver`).
+    #[serde(default = "default_approver_claim")]
+    pub approver_claim: String,
+    /// Where to tell approvers that an approval is asked for.
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+    /// The JOSE `typ` an approval must have: approvals and access tokens are never
+    /// interchangeable (an access issuer refuses this type, and approvals need it).
+    #[serde(default = "default_typ")]
+    pub typ: String,
+}
+
+/// `approval.webhook`: an Envoy cluster that receives each approval request as a JSON POST
+/// (fire and forget: its answer is not waited for, and a failure only logs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// The Envoy cluster (`dispatch_http_call` target).
+    pub cluster: String,
+    #[serde(default = "default_webhook_path")]
+    pub path: String,
+    /// `:authority` of the call (default: the cluster name).
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_path() -> String {
+    "/approval-requests".into()
+}
+fn default_webhook_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_approval_max_ttl() -> u64 {
+    300
+}
+fn default_typ() -> String {
+    APPROVAL_TYP.into()
+}
+
+/// The default `typ` of approvals.
+pub const APPROVAL_TYP: &str = "approval+jwt";
+
+fn default_header() -> String {
+    "x-tessera-approval".into()
+}
+
+fn default_digest_claim() -> String {
+    "approval_digest".into()
+}
+fn default_approver_claim() -> String {
+    "sub".into()
 }

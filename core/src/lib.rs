@@ -6,6 +6,7 @@ pub mod agent;
 pub mod approval;
 pub mod authz;
 pub mod cache;
+pub mod claims;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod path;
 pub mod reply;
 pub mod store;
 pub mod token;
+pub mod verdict;
 
 pub use config::Mode;
 pub use engine::{Decision, Engine, HttpRequest, Pending, Verdict};

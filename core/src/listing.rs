@@ -12,180 +12,12 @@
 //! answer is still awaited: complete events go out as they arrive, events that do not carry a
 //! list answer go out byte for byte.
 
-use cedar_policy::{Decision as CedarDecision, Entity, RestrictedExpression};
+use cedar_policy::{Decision as CedarDecision, RestrictedExpression};
 use serde_json::Value;
 
 use crate::authz::uid;
-use crate::engine::{Engine, HttpRequest, Pending};
-use crate::mcp;
-
-/// The entities (principal first) and context attributes of a Cedar request.
-pub(crate) type RequestParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>);
-
-/// The list methods whose results are filtered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListKind {
-    Tools,
-    Resources,
-    /// `resources/templates/list`: a template is judged as a read of its URI template.
-    Templates,
-    Prompts,
-}
-
-impl ListKind {
-    pub fn of(method: &str) -> Option<ListKind> {
-        match method {
-            "tools/list" => Some(ListKind::Tools),
-            "resources/list" => Some(ListKind::Resources),
-            "resources/templates/list" => Some(ListKind::Templates),
-            "prompts/list" => Some(ListKind::Prompts),
-            _ => None,
-        }
-    }
-
-    const ALL: [ListKind; 4] = [
-        ListKind::Tools,
-        ListKind::Resources,
-        ListKind::Templates,
-        ListKind::Prompts,
-    ];
-
-    /// The kind of list a result holds, by its shape: an answer whose id matches no awaited
-    /// list request (a server that rewrote the id) is still filtered.
-    fn of_result(message: &Value) -> Option<ListKind> {
-        let result = message.get("result")?;
-        ListKind::ALL
-            .into_iter()
-            .find(|k| result.get(k.field()).is_some_and(Value::is_array))
-    }
-
-    pub fn method(self) -> &'static str {
-        match self {
-            ListKind::Tools => "tools/list",
-            ListKind::Resources => "resources/list",
-            ListKind::Templates => "resources/templates/list",
-            ListKind::Prompts => "prompts/list",
-        }
-    }
-
-    /// The member of `result` that holds the items.
-    fn field(self) -> &'static str {
-        match self {
-            ListKind::Tools => "tools",
-            ListKind::Resources => "resources",
-            ListKind::Templates => "resourceTemplates",
-            ListKind::Prompts => "prompts",
-        }
-    }
-
-    /// The member of an item that names it (and the `context.mcp` field it goes to).
-    fn key(self) -> &'static str {
-        match self {
-            ListKind::Tools | ListKind::Prompts => "name",
-            ListKind::Resources => "uri",
-            ListKind::Templates => "uriTemplate",
-        }
-    }
-
-    /// The request that uses an item: its generic action (the MCP method), resource type and
-    /// `context.mcp` field.
-    fn usage(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            ListKind::Tools => ("tools/call", "Tool", "tool"),
-            ListKind::Resources | ListKind::Templates => ("resources/read", "Resource", "uri"),
-            ListKind::Prompts => ("prompts/get", "Prompt", "prompt"),
-        }
-    }
-}
-
-/// The list requests of an allowed MCP POST whose answers are still awaited, with what judging
-/// their items needs: the caller's token and the request's path and host.
-#[derive(Debug, Clone)]
-pub struct ListRequests {
-    pending: Pending,
-    path: String,
-    host: String,
-    request_id: String,
-    ids: Vec<(Value, ListKind)>,
-    /// The answer to a GET on an MCP route (the server's SSE stream, which a client can resume
-    /// with `Last-Event-ID` and so have list answers sent again): every list result in it is
-    /// filtered by its shape, until the stream ends.
-    stream: bool,
-}
-
-impl ListRequests {
-    /// The list requests among `messages` (all allowed); `None` when there are none, so that
-    /// the response to any other request is never looked at.
-    pub fn new(
-        pending: &Pending,
-        req: &HttpRequest<'_>,
-        messages: &[mcp::Parsed],
-    ) -> Option<ListRequests> {
-        let ids: Vec<(Value, ListKind)> = messages
-            .iter()
-            .flatten()
-            .filter_map(|m| match (&m.kind, ListKind::of(&m.method)) {
-                (mcp::Kind::Request { id }, Some(kind)) => Some((id.clone(), kind)),
-                _ => None,
-            })
-            .collect();
-        (!ids.is_empty()).then(|| ListRequests {
-            pending: pending.clone(),
-            path: crate::path::for_policy(req.path).to_string(),
-            host: crate::path::host_for_policy(req.host),
-            request_id: req.request_id.to_string(),
-            ids,
-            stream: false,
-        })
-    }
-
-    /// The filter of the server's SSE stream (a GET on an MCP route).
-    pub(crate) fn stream(pending: Pending, req: &HttpRequest<'_>) -> ListRequests {
-        ListRequests {
-            pending,
-            path: crate::path::for_policy(req.path).to_string(),
-            host: crate::path::host_for_policy(req.host),
-            request_id: req.request_id.to_string(),
-            ids: Vec::new(),
-            stream: true,
-        }
-    }
-
-    /// Every list request has had its answer: the rest of the response is not looked at (never,
-    /// on the server's stream).
-    pub fn answered(&self) -> bool {
-        !self.stream && self.ids.is_empty()
-    }
-
-    pub fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    /// The answer that replaces a list answer the filter cannot read (not JSON, encoded, an
-    /// unexpected content type): a JSON-RPC error for every list request still awaited, so that
-    /// nothing unfiltered reaches the client.
-    pub fn unreadable(&self, why: &str) -> Vec<u8> {
-        let message = format!("the list answer could not be filtered: {why}");
-        let data = serde_json::json!({"request_id": self.request_id});
-        let mut answers: Vec<Value> = self
-            .ids
-            .iter()
-            .map(|(id, _)| mcp::error_object(id, mcp::INTERNAL_ERROR, &message, Some(data.clone())))
-            .collect();
-        let body = match answers.len() {
-            0 => mcp::error_object(&Value::Null, mcp::INTERNAL_ERROR, &message, Some(data)),
-            1 => answers.remove(0),
-            _ => Value::Array(answers),
-        };
-        body.to_string().into_bytes()
-    }
-
-    /// Takes the list request with this JSON-RPC id, if it is one.
-    fn take(&mut self, id: &Value) -> Option<ListKind> {
-        let i = self.ids.iter().position(|(x, _)| x == id)?;
-        Some(self.ids.swap_remove(i).1)
-    }
-}
+pub use crate::engine::lists::{ListKind, ListRequests};
+use crate::engine::{Engine, RequestParts};
 
 /// What filtering one reply did, for the log line and the counter.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -657,7 +489,8 @@ mod tests {
 #[cfg(test)]
 mod engine_tests {
     use super::*;
-    use crate::engine::{Decision, Verdict};
+    use crate::engine::{Decision, HttpRequest, Verdict};
+    use crate::mcp;
     use jwt_simple::prelude::*;
     use serde_json::json;
 

@@ -11,9 +11,10 @@
 //! Shadow mode never refuses: what enforce would refuse is counted and logged, then forwarded.
 
 use crate::config::Mode;
-use crate::engine::{Decision, Engine, Verdict};
+use crate::engine::{Decision, Engine};
 use crate::reply::LocalReply;
 use crate::store::{Entry, Store};
+use crate::verdict::Verdict;
 
 /// Store keys of MCP session bindings start with this.
 pub const SESSION_PREFIX: &str = "tessera.mcp.session.";

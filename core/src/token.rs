@@ -10,6 +10,7 @@ use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
 use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
+pub use crate::claims::Claims;
 use crate::config::IssuerConfig;
 use crate::error::{ConfigError, TokenError};
 use crate::jwks::{self, Key};
@@ -146,41 +147,6 @@ impl Issuer {
     /// Tolerance for `exp`, `nbf`, `iat`: a token verifies until `exp` plus this.
     pub fn clock_skew_s(&self) -> u64 {
         self.clock_skew_s
-    }
-}
-
-/// A verified token's claims, kept compactly for as long as the token is cached: sorted by name
-/// in one exact-size allocation (a `serde_json::Map` is an index map here, with a hash table and
-/// spare capacity per token).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Claims(Box<[(Box<str>, Value)]>);
-
-impl Claims {
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0
-            .binary_search_by(|(k, _)| (**k).cmp(name))
-            .ok()
-            .map(|i| &self.0[i].1)
-    }
-
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
-    }
-}
-
-impl From<Map<String, Value>> for Claims {
-    fn from(m: Map<String, Value>) -> Claims {
-        let mut v: Vec<(Box<str>, Value)> = m
-            .into_iter()
-            .map(|(k, v)| (k.into_boxed_str(), v))
-            .collect();
-        // Keys of a map are unique: the order is total.
-        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Claims(v.into_boxed_slice())
     }
 }
 

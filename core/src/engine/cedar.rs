@@ -15,6 +15,9 @@ use crate::token::VerifiedToken;
 
 use super::*;
 
+/// The entities (principal first) and context attributes of a Cedar request.
+pub(crate) type RequestParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>);
+
 impl Engine {
     pub(super) fn principal_id<'t>(&self, t: &'t VerifiedToken) -> Result<&'t str, TokenError> {
         let issuer = &self.issuers[t.issuer_index];
@@ -268,10 +271,7 @@ impl Engine {
 
     /// The per-token parts of a Cedar request, as `Engine::evaluate` builds them: the entities
     /// (principal first) and the `token` context attribute.
-    pub(crate) fn token_parts(
-        &self,
-        t: &VerifiedToken,
-    ) -> Result<crate::listing::RequestParts, RequestError> {
+    pub(crate) fn token_parts(&self, t: &VerifiedToken) -> Result<RequestParts, RequestError> {
         Ok((self.token_entities(t)?, self.token_context(t)?))
     }
 

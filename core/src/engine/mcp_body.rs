@@ -180,7 +180,7 @@ impl Engine {
             d.set_headers = self.identity_headers(&pending.token, &pending.principal);
             d.once.extend(pending.once.clone());
             if self.mode == Mode::Enforce {
-                d.mcp_lists = crate::listing::ListRequests::new(pending, req, &messages);
+                d.mcp_lists = lists::ListRequests::new(pending, req, &messages);
             }
             return d;
         }
