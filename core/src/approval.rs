@@ -461,7 +461,7 @@ pub fn required_reply(
 ) -> LocalReply {
     let mut r = LocalReply::json_error(403, "approval_required", reason, policies, request_id);
     let mut body: Value = serde_json::from_str(&r.body).unwrap_or_else(|_| json!({}));
-    body["approval"] = approval;
+    crate::json::set(&mut body, "approval", approval);
     r.body = body.to_string();
     r
 }

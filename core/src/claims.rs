@@ -14,7 +14,8 @@ impl Claims {
         self.0
             .binary_search_by(|(k, _)| (**k).cmp(name))
             .ok()
-            .map(|i| &self.0[i].1)
+            .and_then(|i| self.0.get(i))
+            .map(|(_, v)| v)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {

@@ -93,6 +93,14 @@ pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, String> {
     Ok(v)
 }
 
+/// Sets member `key` of the object `v` (built by `json!({…})`); a `v` that is not an object is
+/// left as it is. `v[key] = …` would panic on one that is not, and shipped code may not panic.
+pub fn set(v: &mut serde_json::Value, key: &str, member: serde_json::Value) {
+    if let Some(m) = v.as_object_mut() {
+        m.insert(key.to_string(), member);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

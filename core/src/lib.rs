@@ -2,6 +2,9 @@
 //! Cedar evaluation and the replies a client sees. The plugin crate is thin glue over this; tests
 //! and benchmarks run it natively.
 
+// Indexing panics on a bad index, and a panic aborts the VM for every later request.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod agent;
 pub mod approval;
 pub mod authz;

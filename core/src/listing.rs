@@ -278,12 +278,12 @@ impl SseRewriter {
         let mut start = 0;
         let mut i = self.scanned;
         let buf = &self.pending;
-        while i < buf.len() {
-            let eol = match buf[i] {
+        while let Some(&b) = buf.get(i) {
+            let eol = match b {
                 b'\n' => 1,
                 // CR at the end of the buffer: CR or CRLF, the next chunk tells.
                 b'\r' if i + 1 == buf.len() => break,
-                b'\r' if buf[i + 1] == b'\n' => 2,
+                b'\r' if buf.get(i + 1) == Some(&b'\n') => 2,
                 b'\r' => 1,
                 _ => {
                     self.mid_line = true;
@@ -296,7 +296,7 @@ impl SseRewriter {
                 self.mid_line = false;
             } else {
                 // A blank line: the event [start, i) is complete.
-                out.extend_from_slice(&rewrite_event(&buf[start..i], rewrite));
+                out.extend_from_slice(&rewrite_event(buf.get(start..i).unwrap_or(&[]), rewrite));
                 start = i;
             }
         }
@@ -365,8 +365,8 @@ fn split_lines(text: &str) -> Vec<(&str, &str)> {
     let mut lines = Vec::new();
     let bytes = text.as_bytes();
     let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        let eol = match bytes[i] {
+    while let Some(&b) = bytes.get(i) {
+        let eol = match b {
             b'\r' if bytes.get(i + 1) == Some(&b'\n') => 2,
             b'\r' | b'\n' => 1,
             _ => {

@@ -201,7 +201,7 @@ pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
 pub fn error_object(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
     let mut error = json!({"code": code, "message": message});
     if let Some(d) = data {
-        error["data"] = d;
+        crate::json::set(&mut error, "data", d);
     }
     json!({"jsonrpc": "2.0", "id": id, "error": error})
 }

@@ -27,8 +27,7 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, &'static str> {
     let bytes = path.as_bytes();
     let mut out: Option<String> = None;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
+    while let Some(&b) = bytes.get(i) {
         match b {
             b'\\' => return Err("the path has a backslash"),
             b';' => return Err("the path has a `;` (path parameters are ambiguous)"),
@@ -97,11 +96,14 @@ fn utf8_len(first: u8) -> usize {
 /// `/` (or the prefix ends with `/`). ASCII case is ignored.
 pub fn under(path: &str, prefix: &str) -> bool {
     let (p, q) = (path.as_bytes(), prefix.as_bytes());
-    if p.len() < q.len() || !p[..q.len()].eq_ignore_ascii_case(q) {
+    if !p
+        .get(..q.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(q))
+    {
         return false;
     }
-    let rest = &p[q.len()..];
-    prefix.ends_with('/') || rest.is_empty() || rest[0] == b'/'
+    let rest = p.get(q.len()..).unwrap_or(&[]);
+    prefix.ends_with('/') || rest.first().is_none_or(|b| *b == b'/')
 }
 
 /// `context.request.path`: the canonical `path` (no query) with one trailing `/` removed (except

@@ -152,7 +152,7 @@ impl LocalReply {
     ) -> LocalReply {
         let mut body = json!({"error": error, "policies": policies, "request_id": request_id});
         if let Some(r) = reason {
-            body["reason"] = json!(r);
+            crate::json::set(&mut body, "reason", json!(r));
         }
         LocalReply {
             status,

@@ -3,22 +3,24 @@
 //!
 //! Fail closed: until a configuration compiled, every request gets a 503.
 
+// Indexing panics on a bad index, and a panic aborts the VM for every later request.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, LogLevel};
 use tessera_core::{Decision, Engine, HttpRequest, LocalReply, Verdict};
 
 mod listing;
+mod root;
 mod store;
+use root::{Metrics, Root};
 use store::SharedData;
 use tessera_core::obligations::{Binding, SessionCaller};
-
-/// How often each worker clears the shared-data entries it created that have expired.
-const SWEEP_PERIOD: Duration = Duration::from_secs(5);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -28,111 +30,6 @@ proxy_wasm::main! {{
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
-
-/// Counter ids, defined once per VM.
-#[derive(Default)]
-struct Metrics {
-    allow: u32,
-    deny: u32,
-    unauthenticated: u32,
-    error: u32,
-    public: u32,
-    unavailable: u32,
-    /// Items hidden from MCP list answers (`tools/list`, `resources/list`, `prompts/list`).
-    list_items_hidden: u32,
-}
-
-impl Metrics {
-    fn define() -> Metrics {
-        let def = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
-        Metrics {
-            allow: def("tessera.decisions.allow"),
-            deny: def("tessera.decisions.deny"),
-            unauthenticated: def("tessera.decisions.unauthenticated"),
-            error: def("tessera.decisions.error"),
-            public: def("tessera.decisions.public"),
-            unavailable: def("tessera.decisions.unavailable"),
-            list_items_hidden: def("tessera.mcp.list_items_hidden"),
-        }
-    }
-
-    fn count(&self, id: u32) {
-        if id != 0 {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
-    }
-}
-
-#[derive(Default)]
-struct Root {
-    engine: Option<Rc<Engine>>,
-    metrics: Rc<Metrics>,
-    /// For request ids when the proxy did not set `x-request-id`.
-    next_id: Rc<Cell<u64>>,
-    /// Expiring shared-data entries (consumed tokens, MCP sessions) this worker created.
-    store: Rc<SharedData>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        self.metrics = Rc::new(Metrics::define());
-        self.set_tick_period(SWEEP_PERIOD);
-        true
-    }
-
-    fn on_tick(&mut self) {
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.store.sweep(now);
-    }
-
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        // A failed reconfiguration must not leave the previous policies in force unnoticed:
-        // drop them, so that requests are refused until a valid configuration arrives.
-        self.engine = None;
-        let Some(config) = self.get_plugin_configuration() else {
-            log(LogLevel::Critical, "tessera: no plugin configuration");
-            return false;
-        };
-        match Engine::from_json(&config) {
-            Ok(engine) => {
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "tessera: configured with {} policies",
-                        engine.policy_count()
-                    ),
-                );
-                self.engine = Some(Rc::new(engine));
-                true
-            }
-            Err(e) => {
-                log(LogLevel::Critical, &format!("tessera: {e}"));
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter {
-            engine: self.engine.clone(),
-            metrics: self.metrics.clone(),
-            next_id: self.next_id.clone(),
-            store: self.store.clone(),
-            pending: None,
-            mcp_caller: None,
-            lists: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
 
 struct Filter {
     engine: Option<Rc<Engine>>,
@@ -152,7 +49,6 @@ enum Lists {
     Filtering(listing::ResponseFilter),
 }
 
-/// Prefix of the shared-data keys of MCP sessions.
 struct PendingBody {
     pending: tessera_core::Pending,
     method: String,
@@ -168,6 +64,23 @@ fn log(level: LogLevel, msg: &str) {
 }
 
 impl Filter {
+    fn new(
+        engine: Option<Rc<Engine>>,
+        metrics: Rc<Metrics>,
+        next_id: Rc<Cell<u64>>,
+        store: Rc<SharedData>,
+    ) -> Filter {
+        Filter {
+            engine,
+            metrics,
+            next_id,
+            store,
+            pending: None,
+            mcp_caller: None,
+            lists: None,
+        }
+    }
+
     fn send(&self, reply: &LocalReply) {
         let headers: Vec<(&str, &str)> = reply
             .headers

@@ -1,5 +1,8 @@
 //! A bad configuration is refused with an error naming the JSON path and the problem.
 
+// A helper that panics is a test failing with its message (clippy.toml allows it in #[test]s).
+#![allow(clippy::expect_used, clippy::panic)]
+
 use serde_json::{json, Value};
 use tessera_core::Engine;
 use tessera_tests::test_config;

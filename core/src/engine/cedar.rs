@@ -19,8 +19,16 @@ use super::*;
 pub(crate) type RequestParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>);
 
 impl Engine {
+    /// The issuer that verified `t` (always one of this engine's: the token cache is the
+    /// engine's own).
+    pub(super) fn issuer_of(&self, t: &VerifiedToken) -> Result<&Issuer, TokenError> {
+        self.issuers
+            .get(t.issuer_index)
+            .ok_or(TokenError::UnknownIssuer)
+    }
+
     pub(super) fn principal_id<'t>(&self, t: &'t VerifiedToken) -> Result<&'t str, TokenError> {
-        let issuer = &self.issuers[t.issuer_index];
+        let issuer = self.issuer_of(t)?;
         t.claim(&issuer.principal_claim)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
@@ -38,7 +46,7 @@ impl Engine {
         &'t self,
         t: &'t VerifiedToken,
     ) -> Result<(&'t str, String), TokenError> {
-        let issuer = &self.issuers[t.issuer_index];
+        let issuer = self.issuer_of(t)?;
         let (ty, id) = match t.agent.delegation.current() {
             Some(actor) => (issuer.agent.actor_type.as_str(), actor),
             None => (issuer.principal_type.as_str(), self.principal_id(t)?),
@@ -123,7 +131,7 @@ impl Engine {
     /// The entities a request built from `t` needs: the principal first, with its groups as
     /// parents and its configured attributes. `Err` names the claim that has no Cedar value.
     pub(super) fn token_entities(&self, t: &VerifiedToken) -> Result<Vec<Entity>, RequestError> {
-        let issuer = &self.issuers[t.issuer_index];
+        let issuer = self.issuer_of(t).map_err(RequestError::build)?;
         // Parsed and checked when the token was verified: a failure here cannot happen.
         crate::agent::request_entities(
             &issuer.agent,
@@ -141,7 +149,7 @@ impl Engine {
         t: &VerifiedToken,
         entity_type: &str,
     ) -> Result<Entity, RequestError> {
-        let issuer = &self.issuers[t.issuer_index];
+        let issuer = self.issuer_of(t).map_err(RequestError::build)?;
         let claim = |c: &String| RequestError::Claim(c.clone());
         let id = self
             .principal_id(t)
@@ -179,7 +187,7 @@ impl Engine {
         &self,
         t: &VerifiedToken,
     ) -> Result<Vec<(String, RestrictedExpression)>, RequestError> {
-        let issuer = &self.issuers[t.issuer_index];
+        let issuer = self.issuer_of(t).map_err(RequestError::build)?;
         let set = |v: &[String]| {
             RestrictedExpression::new_set(
                 v.iter()

@@ -379,10 +379,10 @@ fn compile_resource_metadata(
         "bearer_methods_supported": ["header"],
     });
     if !m.scopes_supported.is_empty() {
-        doc["scopes_supported"] = json!(m.scopes_supported);
+        crate::json::set(&mut doc, "scopes_supported", json!(m.scopes_supported));
     }
     if let Some(n) = &m.resource_name {
-        doc["resource_name"] = json!(n);
+        crate::json::set(&mut doc, "resource_name", json!(n));
     }
     Ok((url, paths, doc.to_string()))
 }

@@ -61,7 +61,15 @@ impl Engine {
         body: &[u8],
         now_s: u64,
     ) -> Decision {
-        let route = &self.routes[pending.route.min(self.routes.len() - 1)];
+        let Some(route) = self.routes.get(pending.route) else {
+            return deny_reply(
+                Verdict::Error,
+                None,
+                "the pending request's route is gone",
+                req.request_id,
+                500,
+            );
+        };
         let folded = route.fold(req.path);
         let req = &req.with_path(folded.as_deref());
         let mut d = Decision::new(
@@ -72,7 +80,9 @@ impl Engine {
         d.session_owner = Some(self.session_owner(&pending.token, &pending.principal));
         let rpc_reply = |status: u32, body: Value| LocalReply::json_rpc(status, body.to_string());
         // The token was checked at the headers; a body that trickles in must not outlive it.
-        let skew = self.issuers[pending.token.issuer_index].clock_skew_s();
+        let skew = self
+            .issuer_of(&pending.token)
+            .map_or(0, |i| i.clock_skew_s());
         if now_s > pending.token.expires_at.saturating_add(skew) {
             return unauthenticated(route, &TokenError::Expired, req.request_id);
         }
@@ -213,7 +223,7 @@ impl Engine {
                 (Some((id, r)), Some(_)) => {
                     let mut data = data(&r.policies);
                     if let Some(a) = &r.approval {
-                        data["approval"] = a.as_ref().clone();
+                        crate::json::set(&mut data, "approval", a.as_ref().clone());
                     }
                     answers.push(mcp::error_object(id, r.code, &r.message, Some(data)))
                 }

@@ -528,7 +528,7 @@ impl Engine {
         t: &VerifiedToken,
         request_id: &str,
     ) -> Result<Option<crate::approval::Once>, TokenError> {
-        let issuer = &self.issuers[t.issuer_index];
+        let issuer = self.issuer_of(t)?;
         let claim = issuer.single_use_claim.as_deref();
         let Some((key, until)) = crate::approval::single_use(claim, issuer.clock_skew_s(), t)?
         else {
