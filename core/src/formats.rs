@@ -243,8 +243,8 @@ pub fn canonical_resource_uri(v: &str) -> Result<String, String> {
             resource_path(path)?
         };
         Ok(format!("{scheme}://{authority}{path}{tail}"))
-    } else if scheme == "file" {
-        Err("a file URI must be file:///path (or file://host/path)".into())
+    } else if special_scheme(&scheme) {
+        Err(format!("a {scheme} URI must have `//` after its scheme"))
     } else if body.starts_with('/') {
         Ok(format!("{scheme}:{}{tail}", resource_path(body)?))
     } else {
@@ -272,6 +272,11 @@ fn no_dot_segments(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The schemes whose URIs browsers and the WHATWG URL standard parse specially.
+fn special_scheme(scheme: &str) -> bool {
+    matches!(scheme, "http" | "https" | "ws" | "wss" | "ftp" | "file")
+}
+
 /// The host (and port) of an authority, in one form: see [`canonical_resource_uri`].
 fn canonical_authority(scheme: &str, authority: &str) -> Result<String, String> {
     let host_port = match authority.rsplit_once('@') {
@@ -288,8 +293,15 @@ fn canonical_authority(scheme: &str, authority: &str) -> Result<String, String> 
     };
     let (host, port) = if host_port.starts_with('[') {
         let close = host_port.find(']').ok_or("its IPv6 host has no `]`")?;
-        let (h, p) = host_port.split_at(close + 1);
-        (h.to_ascii_lowercase(), p.strip_prefix(':'))
+        let (h, rest) = host_port.split_at(close + 1);
+        let port = match rest {
+            "" => None,
+            r => Some(
+                r.strip_prefix(':')
+                    .ok_or("its IPv6 host is followed by something other than a port")?,
+            ),
+        };
+        (h, port)
     } else {
         let (h, p) = match host_port.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -301,16 +313,23 @@ fn canonical_authority(scheme: &str, authority: &str) -> Result<String, String> 
         if !ok {
             return Err("its host has a character a URI does not allow there".into());
         }
-        let h = h.strip_suffix('.').unwrap_or(h);
-        let h = if h.is_ascii() {
-            h.to_ascii_lowercase()
-        } else {
-            match url::Host::parse(h) {
-                Ok(url::Host::Domain(d)) => d,
-                _ => return Err("its host is not a valid domain name".into()),
-            }
-        };
         (h, p)
+    };
+    let host = if host.is_empty() {
+        if special_scheme(scheme) && scheme != "file" {
+            return Err("it has no host".into());
+        }
+        String::new()
+    } else if special_scheme(scheme) || !host.is_ascii() || host.starts_with('[') {
+        // As a browser or Node reads it: IPv4 in any notation (`0x7f.1`, `2130706433`) is
+        // dotted decimal, IPv6 compressed, a domain in IDNA ASCII form.
+        match url::Host::parse(host) {
+            Ok(url::Host::Domain(d)) => d.strip_suffix('.').map_or(d.clone(), str::to_string),
+            Ok(ip) => ip.to_string(),
+            Err(e) => return Err(format!("its host is not valid: {e}")),
+        }
+    } else {
+        host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
     };
     if let Some(p) = port {
         if !p.chars().all(|c| c.is_ascii_digit()) {
@@ -446,6 +465,11 @@ mod tests {
             ("screen://localhost/display1", "screen://localhost/display1"),
             ("custom:/a/%62", "custom:/a/b"),
             ("https://docs.example.com%2f@x/", "https://x/"),
+            ("http://2130706433/latest", "http://127.0.0.1/latest"),
+            ("http://0x7f.1/", "http://127.0.0.1/"),
+            ("http://127.000.0.1/", "http://127.0.0.1/"),
+            ("http://[0:0::1]:80/", "http://[::1]/"),
+            ("https://internal.corp\u{ff0e}/x", "https://internal.corp/x"),
             ("urn:Example:A", "urn:Example:A"),
             ("file:///logs/{date}.log", "file:///logs/{date}.log"),
         ] {
@@ -462,6 +486,11 @@ mod tests {
             "file:///workspace/#/../etc/passwd",
             "file:///workspace/?x=%2e%2e",
             "file:/workspace/../etc/shadow",
+            "https:evil.com/x",
+            "https:/evil.com/x",
+            "https:///evil.com/x",
+            "http://[::1]evil/",
+            "http://[::1].evil.com/",
             "file:etc/shadow",
             "custom:/a/../b",
             "custom:/a/./b",

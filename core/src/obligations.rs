@@ -19,9 +19,10 @@ use crate::verdict::Verdict;
 /// Store keys of MCP session bindings start with this.
 pub const SESSION_PREFIX: &str = "tessera.mcp.session.";
 
-/// Store key of the MCP session `session` on route `route`.
+/// Store key of the MCP session `session` on route `route`. The route name is length-prefixed:
+/// route `mcp` with session `v2.x` and route `mcp.v2` with session `x` are two keys.
 pub fn session_key(route: &str, session: &str) -> String {
-    format!("{SESSION_PREFIX}{route}.{session}")
+    format!("{SESSION_PREFIX}{}.{route}.{session}", route.len())
 }
 
 /// `(absolute expiry, owner)` of a session binding's payload (`"<absolute> <owner>"`).
@@ -43,6 +44,13 @@ pub struct SessionCaller {
     owner: String,
     principal: String,
     ending: Option<String>,
+}
+
+impl SessionCaller {
+    /// The request ends the caller's session (a DELETE of it): its answer binds nothing.
+    pub fn ends_session(&self) -> bool {
+        self.ending.is_some()
+    }
 }
 
 /// What binding a session the server created came to.
@@ -224,5 +232,15 @@ impl Engine {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_key;
+
+    #[test]
+    fn session_keys_of_two_routes_never_meet() {
+        assert_ne!(session_key("mcp", "v2.x"), session_key("mcp.v2", "x"));
     }
 }

@@ -379,13 +379,21 @@ impl HttpContext for Filter {
         }
         // The server created a session for this caller (on `initialize`): bind it. Or it
         // ended the caller's session (DELETE): unbind it.
+        // Header values are read as bytes: the SDK's string accessor panics (and aborts the VM)
+        // on a value that is not UTF-8, and the upstream chooses these.
         if let (Some(caller), Some(engine)) = (self.mcp_caller.take(), self.engine.clone()) {
             let status = self
-                .get_http_response_header(":status")
+                .get_http_response_header_bytes(":status")
+                .and_then(|s| String::from_utf8(s).ok())
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            engine.end_session(&*self.store, &caller, status);
-            if let Some(session) = self.get_http_response_header("mcp-session-id") {
+            if caller.ends_session() {
+                // A DELETE answer that repeats the session id does not bind it again.
+                engine.end_session(&*self.store, &caller, status);
+            } else if let Some(session) = self
+                .get_http_response_header_bytes("mcp-session-id")
+                .and_then(|s| String::from_utf8(s).ok())
+            {
                 self.bind_session(&engine, &caller, &session);
             }
         }

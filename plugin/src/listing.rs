@@ -38,10 +38,14 @@ pub struct Step {
     pub finished: Option<Filtered>,
 }
 
+/// A response header, read as bytes: the SDK's string accessor panics (and aborts the VM) on a
+/// value that is not UTF-8, and the upstream chooses it. Such a value is read lossily, so it
+/// names no content type or encoding the filter can read: the answer is replaced (fail closed).
 fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
         .ok()
         .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 fn set_response_header(name: &str, value: Option<&str>) {

@@ -92,7 +92,10 @@ impl Store for SharedData {
         if hostcalls::get_shared_data(key).map_err(err)?.0.as_deref() != Some(ours.as_slice()) {
             return Ok(false);
         }
-        self.created.borrow_mut().push(Created {
+        let mut created = self.created.borrow_mut();
+        // A key created again (after it expired or was cleared) is remembered once.
+        created.retain(|c| c.key != key);
+        created.push(Created {
             key: key.to_string(),
             expires_at,
             owner: owner.to_string(),
@@ -108,11 +111,7 @@ impl Store for SharedData {
     /// Empties the value (the ABI cannot delete a key) and stops counting it.
     fn clear(&self, key: &str) {
         let _ = hostcalls::set_shared_data(key, Some(&[]), None);
-        for c in self.created.borrow_mut().iter_mut() {
-            if c.key == key {
-                c.expires_at = 0;
-            }
-        }
+        self.created.borrow_mut().retain(|c| c.key != key);
     }
 
     /// Entries this worker created that have not expired at `now_s`, as far as this worker

@@ -142,3 +142,51 @@ fn a_session_the_server_ended_frees_its_place() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_delete_answer_repeating_the_session_id_does_not_bind_it_again() -> Result<()> {
+    let mut h = harness_with(|_| {})?;
+    let auth = agent("files:read")?;
+    assert_eq!(initialize_session(&mut h, &auth, "r-1")?, "200");
+    let (ctx, status) = tessera_tests::request(
+        &mut h,
+        "DELETE",
+        "/mcp",
+        Some(&auth),
+        &[("mcp-session-id", "r-1")],
+    )?;
+    assert_eq!(status, None);
+    h.response_headers(ctx, &[(":status", "200"), ("mcp-session-id", "r-1")], true)?;
+    h.done(ctx)?;
+    assert_eq!(
+        call_in_session(&mut h, &auth, "r-1")?,
+        Some(404),
+        "ended, not bound again with a new lifetime"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_session_ended_and_created_again_counts_once() -> Result<()> {
+    let mut h = harness_with(|c| c["limits"]["max_sessions_per_principal"] = json!(2))?;
+    let auth = agent("files:read")?;
+    assert_eq!(initialize_session(&mut h, &auth, "again")?, "200");
+    let (ctx, _) = tessera_tests::request(
+        &mut h,
+        "DELETE",
+        "/mcp",
+        Some(&auth),
+        &[("mcp-session-id", "again")],
+    )?;
+    h.response_headers(ctx, &[(":status", "204")], true)?;
+    h.done(ctx)?;
+    assert_eq!(initialize_session(&mut h, &auth, "again")?, "200");
+    // The sweep runs on the tick: it must not count the re-created session twice.
+    h.tick()?;
+    assert_eq!(
+        initialize_session(&mut h, &auth, "other")?,
+        "200",
+        "one live session so far, the limit is two"
+    );
+    Ok(())
+}

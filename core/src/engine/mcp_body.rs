@@ -62,13 +62,12 @@ impl Engine {
         now_s: u64,
     ) -> Decision {
         let Some(route) = self.routes.get(pending.route) else {
-            return deny_reply(
-                Verdict::Error,
-                None,
-                "the pending request's route is gone",
-                req.request_id,
-                500,
-            );
+            // Cannot happen (a Pending comes from this engine): the call cannot be judged.
+            return Decision {
+                reason: "the pending request's route is gone".into(),
+                reply: Some(LocalReply::cannot_judge(req.request_id)),
+                ..Decision::new(Verdict::Error, None, None)
+            };
         };
         let folded = route.fold(req.path);
         let req = &req.with_path(folded.as_deref());
