@@ -165,16 +165,23 @@ fn canonical_email(v: &str) -> Result<String, String> {
     Ok(format!("{}@{domain}", a.local_part().to_ascii_lowercase()))
 }
 
-/// What other URL parsers read differently from the WHATWG standard, refused in the raw text:
-/// a backslash (a `/` to WHATWG, part of the authority to `urllib`), whitespace and control
-/// characters (removed by WHATWG), a scheme without `//`, and an authority with `%` or non-ASCII.
-fn unambiguous_url(v: &str) -> Result<(), String> {
+/// Refuses a backslash (a `/` to WHATWG, a plain character to RFC 3986 parsers), whitespace and
+/// control characters (removed by WHATWG, kept or refused by others) anywhere in a URI.
+fn no_backslash_or_whitespace(v: &str) -> Result<(), String> {
     if v.contains('\\') {
         return Err("it has a backslash".into());
     }
     if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("it has whitespace or a control character".into());
     }
+    Ok(())
+}
+
+/// What other URL parsers read differently from the WHATWG standard, refused in the raw text:
+/// a backslash (a `/` to WHATWG, part of the authority to `urllib`), whitespace and control
+/// characters (removed by WHATWG), a scheme without `//`, and an authority with `%` or non-ASCII.
+fn unambiguous_url(v: &str) -> Result<(), String> {
+    no_backslash_or_whitespace(v)?;
     let Some(rest) = v.split_once(':').and_then(|(_, r)| r.strip_prefix("//")) else {
         return Err("its scheme is not followed by `//`".into());
     };
@@ -215,12 +222,7 @@ fn canonical_url(v: &str) -> Result<String, String> {
 /// - the query and fragment are kept as sent, but may not hold a dot segment or an encoded dot
 ///   either: a server that takes the URI apart by hand must not find a path to resolve there.
 pub fn canonical_resource_uri(v: &str) -> Result<String, String> {
-    if v.contains('\\') {
-        return Err("it has a backslash".into());
-    }
-    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("it has whitespace or a control character".into());
-    }
+    no_backslash_or_whitespace(v)?;
     let (scheme, rest) = v.split_once(':').ok_or("it has no scheme")?;
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         && scheme

@@ -382,18 +382,15 @@ impl HttpContext for Filter {
         // Header values are read as bytes: the SDK's string accessor panics (and aborts the VM)
         // on a value that is not UTF-8, and the upstream chooses these.
         if let (Some(caller), Some(engine)) = (self.mcp_caller.take(), self.engine.clone()) {
-            let status = self
-                .get_http_response_header_bytes(":status")
-                .and_then(|s| String::from_utf8(s).ok())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            let header = |name| {
+                self.get_http_response_header_bytes(name)
+                    .and_then(|s| String::from_utf8(s).ok())
+            };
+            let status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
             if caller.ends_session() {
                 // A DELETE answer that repeats the session id does not bind it again.
                 engine.end_session(&*self.store, &caller, status);
-            } else if let Some(session) = self
-                .get_http_response_header_bytes("mcp-session-id")
-                .and_then(|s| String::from_utf8(s).ok())
-            {
+            } else if let Some(session) = header("mcp-session-id") {
                 self.bind_session(&engine, &caller, &session);
             }
         }

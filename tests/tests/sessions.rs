@@ -23,6 +23,28 @@ fn call_in_session(h: &mut Harness, auth: &str, session: &str) -> Result<Option<
     Ok(status)
 }
 
+/// A DELETE of `session` with `auth`; when the filter forwards it (`None`), the server answers
+/// with `answer`. Returns the status of the filter's own reply, if it sent one.
+fn delete_session(
+    h: &mut Harness,
+    auth: &str,
+    session: &str,
+    answer: &[(&str, &str)],
+) -> Result<Option<u32>> {
+    let (ctx, status) = tessera_tests::request(
+        h,
+        "DELETE",
+        "/mcp",
+        Some(auth),
+        &[("mcp-session-id", session)],
+    )?;
+    if status.is_none() {
+        h.response_headers(ctx, answer, true)?;
+    }
+    h.done(ctx)?;
+    Ok(status)
+}
+
 #[test]
 fn a_session_created_for_alice_through_an_executor_is_not_bobs() -> Result<()> {
     let mut h = harness_with(|_| {})?;
@@ -124,16 +146,11 @@ fn a_session_the_server_ended_frees_its_place() -> Result<()> {
     let mut h = harness_with(|c| c["limits"]["max_sessions_per_principal"] = json!(1))?;
     let auth = agent("files:read")?;
     assert_eq!(initialize_session(&mut h, &auth, "d-1")?, "200");
-    let (ctx, status) = tessera_tests::request(
-        &mut h,
-        "DELETE",
-        "/mcp",
-        Some(&auth),
-        &[("mcp-session-id", "d-1")],
-    )?;
-    assert_eq!(status, None, "the owner may end its session");
-    h.response_headers(ctx, &[(":status", "204")], true)?;
-    h.done(ctx)?;
+    assert_eq!(
+        delete_session(&mut h, &auth, "d-1", &[(":status", "204")])?,
+        None,
+        "the owner may end its session"
+    );
     assert_eq!(call_in_session(&mut h, &auth, "d-1")?, Some(404), "ended");
     assert_eq!(
         initialize_session(&mut h, &auth, "d-2")?,
@@ -148,16 +165,8 @@ fn a_delete_answer_repeating_the_session_id_does_not_bind_it_again() -> Result<(
     let mut h = harness_with(|_| {})?;
     let auth = agent("files:read")?;
     assert_eq!(initialize_session(&mut h, &auth, "r-1")?, "200");
-    let (ctx, status) = tessera_tests::request(
-        &mut h,
-        "DELETE",
-        "/mcp",
-        Some(&auth),
-        &[("mcp-session-id", "r-1")],
-    )?;
-    assert_eq!(status, None);
-    h.response_headers(ctx, &[(":status", "200"), ("mcp-session-id", "r-1")], true)?;
-    h.done(ctx)?;
+    let answer = [(":status", "200"), ("mcp-session-id", "r-1")];
+    assert_eq!(delete_session(&mut h, &auth, "r-1", &answer)?, None);
     assert_eq!(
         call_in_session(&mut h, &auth, "r-1")?,
         Some(404),
@@ -171,15 +180,7 @@ fn a_session_ended_and_created_again_counts_once() -> Result<()> {
     let mut h = harness_with(|c| c["limits"]["max_sessions_per_principal"] = json!(2))?;
     let auth = agent("files:read")?;
     assert_eq!(initialize_session(&mut h, &auth, "again")?, "200");
-    let (ctx, _) = tessera_tests::request(
-        &mut h,
-        "DELETE",
-        "/mcp",
-        Some(&auth),
-        &[("mcp-session-id", "again")],
-    )?;
-    h.response_headers(ctx, &[(":status", "204")], true)?;
-    h.done(ctx)?;
+    delete_session(&mut h, &auth, "again", &[(":status", "204")])?;
     assert_eq!(initialize_session(&mut h, &auth, "again")?, "200");
     // The sweep runs on the tick: it must not count the re-created session twice.
     h.tick()?;

@@ -84,7 +84,7 @@ impl Engine {
                         "must be a host name without a port, path or user",
                     ))
                 }
-                Some(h) => Some(h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()),
+                Some(h) => Some(crate::path::host_for_policy(h)),
             };
             routes.push(Route {
                 name: r.name.clone(),

@@ -113,25 +113,29 @@ impl ListRequests {
                 _ => None,
             })
             .collect();
-        (!ids.is_empty()).then(|| ListRequests {
-            pending: pending.clone(),
-            path: crate::path::for_policy(req.path).to_string(),
-            host: crate::path::host_for_policy(req.host),
-            request_id: req.request_id.to_string(),
-            ids,
-            stream: false,
-        })
+        (!ids.is_empty()).then(|| ListRequests::of(pending.clone(), req, ids, false))
     }
 
     /// The filter of the server's SSE stream (a GET on an MCP route).
     pub(crate) fn stream(pending: Pending, req: &HttpRequest<'_>) -> ListRequests {
+        ListRequests::of(pending, req, Vec::new(), true)
+    }
+
+    /// The path and host as policies see them (`path.rs`), as a call repeating the request
+    /// would see them.
+    fn of(
+        pending: Pending,
+        req: &HttpRequest<'_>,
+        ids: Vec<(Value, ListKind)>,
+        stream: bool,
+    ) -> ListRequests {
         ListRequests {
             pending,
             path: crate::path::for_policy(req.path).to_string(),
             host: crate::path::host_for_policy(req.host),
             request_id: req.request_id.to_string(),
-            ids: Vec::new(),
-            stream: true,
+            ids,
+            stream,
         }
     }
 

@@ -587,10 +587,7 @@ fn canonical_path(
         Ok(std::borrow::Cow::Owned(path)) => {
             let rest = req.path.find(['?', '#']).map_or("", |i| &req.path[i..]);
             let full = format!("{path}{rest}");
-            decide(&HttpRequest {
-                path: &full,
-                ..*req
-            })
+            decide(&req.with_path(Some(&full)))
         }
     }
 }
