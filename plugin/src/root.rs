@@ -9,6 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
+use tessera_core::outcome::Counter;
 use tessera_core::Engine;
 
 use crate::store::SharedData;
@@ -17,36 +18,26 @@ use crate::{log, Filter};
 /// How often each worker clears the shared-data entries it created that have expired.
 const SWEEP_PERIOD: Duration = Duration::from_secs(5);
 
-/// Counter ids, defined once per VM.
+/// Counter ids, defined once per VM, in the order of `Counter::ALL`.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    pub(crate) allow: u32,
-    pub(crate) deny: u32,
-    pub(crate) unauthenticated: u32,
-    pub(crate) error: u32,
-    pub(crate) public: u32,
-    pub(crate) unavailable: u32,
-    /// Items hidden from MCP list answers (`tools/list`, `resources/list`, `prompts/list`).
-    pub(crate) list_items_hidden: u32,
+    ids: Vec<u32>,
 }
 
 impl Metrics {
     fn define() -> Metrics {
         let def = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
         Metrics {
-            allow: def("tessera.decisions.allow"),
-            deny: def("tessera.decisions.deny"),
-            unauthenticated: def("tessera.decisions.unauthenticated"),
-            error: def("tessera.decisions.error"),
-            public: def("tessera.decisions.public"),
-            unavailable: def("tessera.decisions.unavailable"),
-            list_items_hidden: def("tessera.mcp.list_items_hidden"),
+            ids: Counter::ALL.iter().map(|(_, name)| def(name)).collect(),
         }
     }
 
-    pub(crate) fn count(&self, id: u32) {
-        if id != 0 {
-            let _ = hostcalls::increment_metric(id, 1);
+    pub(crate) fn count(&self, counter: Counter, n: u64) {
+        match self.ids.get(counter.index()) {
+            Some(&id) if id != 0 && n > 0 => {
+                let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            _ => {}
         }
     }
 }

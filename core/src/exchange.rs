@@ -1,0 +1,499 @@
+//! One request and its answer, hook by hook, as the proxy sees them: the request path top-down.
+//! Each hook takes what the proxy has (headers as bytes, a way to read the body), runs the
+//! stages, and returns the [`Outcome`] the proxy executes as it is.
+//!
+//! ```text
+//! request headers ─▶ route ─▶ credential ─▶ identity ─▶ Cedar ─▶ decision   (Engine::check)
+//!                                                        │
+//!        MCP POST: wait for the body ─▶ every message ─▶ decision   (Engine::check_mcp)
+//!                                                        │
+//!                    obligations: single-use, approval, session (obligations.rs, the Store)
+//!                                                        │
+//!                                   outcome: forward with edits │ reply │ wait
+//! answer headers ─▶ bind or end the MCP session; list answers ─▶ filtered (listing/)
+//! ```
+//!
+//! Everything that outlives the exchange goes through the [`Store`].
+
+use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS};
+use crate::listing::{ListRequests, ResponseFilter, Step};
+use crate::obligations::{Binding, SessionCaller};
+use crate::outcome::{Callout, Counter, Level, Next, Outcome};
+use crate::reply::{log_safe, LocalReply};
+use crate::store::Store;
+use crate::verdict::Verdict;
+use crate::Mode;
+
+/// The request headers the engine reads: each must be UTF-8, or the request is refused.
+const ENGINE_READS: [&str; 5] = [
+    ":method",
+    ":path",
+    ":authority",
+    "authorization",
+    "content-type",
+];
+
+/// The state of one exchange between hooks.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// Format the per-request decision line (the proxy keeps debug lines).
+    debug: bool,
+    /// An MCP POST waiting for its whole body.
+    pending: Option<PendingBody>,
+    /// An allowed MCP request: a session its answer creates is bound to this caller.
+    caller: Option<SessionCaller>,
+    /// The list requests of an allowed MCP request, then the filter of their answers.
+    lists: Option<Lists>,
+}
+
+#[derive(Debug)]
+enum Lists {
+    Awaiting(ListRequests),
+    Filtering(ResponseFilter),
+}
+
+#[derive(Debug)]
+struct PendingBody {
+    pending: Pending,
+    method: String,
+    path: String,
+    host: String,
+    request_id: String,
+    /// `Mcp-Session-Id`, read with the other headers.
+    session: Option<Vec<u8>>,
+}
+
+/// The request id a log line and a reply carry: `x-request-id` as the proxy set it, or `fresh`.
+pub fn request_id(headers: &[(String, Vec<u8>)], fresh: &dyn Fn() -> String) -> String {
+    match headers.iter().find(|(k, _)| k == "x-request-id") {
+        Some((_, v)) if !v.is_empty() => String::from_utf8_lossy(v).into_owned(),
+        _ => fresh(),
+    }
+}
+
+/// No configuration compiled: every request gets 503.
+pub fn unavailable(request_id: &str) -> Outcome {
+    let mut o = Outcome::forward();
+    o.count(Counter::Unavailable, 1);
+    o.log(
+        Level::Warn,
+        format!(
+            "tessera decision=unavailable request_id={}",
+            log_safe(request_id)
+        ),
+    );
+    o.next = Next::Reply(LocalReply::unavailable(request_id));
+    o
+}
+
+impl Exchange {
+    /// `debug`: the proxy keeps debug lines, so the decision line is worth formatting.
+    pub fn new(debug: bool) -> Exchange {
+        Exchange {
+            debug,
+            ..Exchange::default()
+        }
+    }
+
+    /// The request headers (as bytes: a value that is not UTF-8 must not abort anything).
+    pub fn on_request_headers(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        headers: &[(String, Vec<u8>)],
+        request_id: String,
+        end_of_stream: bool,
+        now_s: u64,
+    ) -> Outcome {
+        let mut out = Outcome::forward();
+        // Client-sent copies of the identity headers never reach the upstream.
+        for name in engine.owned_headers() {
+            out.remove(name);
+        }
+        let approval_header = engine.approval_header();
+        let not_utf8 = headers.iter().any(|(k, v)| {
+            (ENGINE_READS.contains(&k.as_str()) || Some(k.as_str()) == approval_header)
+                && std::str::from_utf8(v).is_err()
+        });
+        if not_utf8 {
+            out.count(Counter::Deny, 1);
+            out.next = Next::Reply(LocalReply::json_error(
+                400,
+                "bad_request",
+                Some("a header the filter reads is not UTF-8"),
+                &[],
+                &request_id,
+            ));
+            return out;
+        }
+        let first = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let method = first(":method").unwrap_or_default();
+        let path = first(":path").unwrap_or_default();
+        let host = first(":authority").unwrap_or_default();
+        let authorization = first("authorization");
+        let content_type = first("content-type");
+        let approval = approval_header.and_then(first);
+        // A header that must be single came twice: the upstream could read the other copy.
+        let repeated = SINGLE_HEADERS
+            .iter()
+            .copied()
+            .chain(approval_header)
+            .find(|name| headers.iter().filter(|(k, _)| k == name).count() > 1);
+        let request = HttpRequest {
+            method: &method,
+            path: &path,
+            host: &host,
+            authorization: authorization.as_deref(),
+            request_id: &request_id,
+            content_type: content_type.as_deref(),
+            approval: approval.as_deref(),
+            repeated,
+        };
+        let mut decision = engine.check(&request, now_s);
+        let session = headers
+            .iter()
+            .find(|(k, _)| k == "mcp-session-id")
+            .map(|(_, v)| v.clone());
+        if let Some(pending) = decision.pending.take() {
+            let declared = first("content-length").and_then(|l| l.trim().parse::<usize>().ok());
+            self.pending = Some(PendingBody {
+                pending,
+                method,
+                path,
+                host,
+                request_id,
+                session,
+            });
+            let next = if declared.is_some_and(|l| l > engine.max_body_bytes()) {
+                // Refused before anything is buffered: the decision sees an over-size body.
+                self.oversize(engine, store, now_s)
+            } else if end_of_stream {
+                self.decide_body(engine, store, &[], now_s)
+            } else {
+                // Nothing is forwarded until the body has been judged.
+                Outcome {
+                    next: Next::WaitForBody,
+                    ..Outcome::forward()
+                }
+            };
+            return Outcome {
+                headers: [out.headers, next.headers].concat(),
+                ..next
+            };
+        }
+        self.caller = engine.check_session(
+            store,
+            &mut decision,
+            &method,
+            session.as_deref(),
+            &request_id,
+            now_s,
+        );
+        self.finish(
+            engine,
+            store,
+            &mut out,
+            decision,
+            &method,
+            &path,
+            &request_id,
+            now_s,
+        );
+        out
+    }
+
+    /// A chunk of the request body arrived (`body_size`: all the proxy holds so far); `read`
+    /// gives those bytes, and is called only when the body is judged.
+    pub fn on_request_body(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        body_size: usize,
+        end_of_stream: bool,
+        now_s: u64,
+        read: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Outcome {
+        if self.pending.is_none() {
+            return Outcome::forward();
+        }
+        if body_size > engine.max_body_bytes() {
+            return self.oversize(engine, store, now_s);
+        }
+        if !end_of_stream {
+            // Buffer: the proxy holds the chunks until the end of the stream.
+            return Outcome {
+                next: Next::WaitForBody,
+                ..Outcome::forward()
+            };
+        }
+        let body = read(body_size);
+        self.decide_body(engine, store, &body, now_s)
+    }
+
+    /// A request may end with trailers instead of a last body chunk (HTTP/2, chunked HTTP/1.1):
+    /// the body is then complete, and it is judged exactly as at the end of the body. Trailers
+    /// never carry the headers the filter owns to the upstream.
+    pub fn on_request_trailers(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        now_s: u64,
+        read: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Outcome {
+        let mut trailers: Vec<_> = engine
+            .owned_headers()
+            .iter()
+            .map(|n| (n.clone(), None))
+            .collect();
+        trailers.extend(engine.approval_header().map(|h| (h.to_string(), None)));
+        let mut out = if self.pending.is_none() {
+            Outcome::forward()
+        } else {
+            let limit = engine.max_body_bytes();
+            let body = read(limit.saturating_add(1));
+            if body.len() > limit {
+                self.oversize(engine, store, now_s)
+            } else {
+                self.decide_body(engine, store, &body, now_s)
+            }
+        };
+        out.trailers = trailers;
+        out
+    }
+
+    /// The answer's headers (`header` reads one as bytes: the upstream chooses them).
+    pub fn on_response_headers(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        header: &dyn Fn(&str) -> Option<Vec<u8>>,
+        end_of_stream: bool,
+        now_s: u64,
+    ) -> Outcome {
+        let mut out = Outcome::forward();
+        if let Some(Lists::Awaiting(lists)) = self.lists.take() {
+            let lossy = |name: &str| header(name).map(|v| String::from_utf8_lossy(&v).into_owned());
+            let (filter, edits) = ResponseFilter::on_headers(lists, &lossy, end_of_stream);
+            self.lists = filter.map(Lists::Filtering);
+            out.headers = edits;
+        }
+        // The server created a session for this caller (on `initialize`): bind it. Or it
+        // ended the caller's session (DELETE): unbind it.
+        let Some(caller) = self.caller.take() else {
+            return out;
+        };
+        let text = |name| header(name).and_then(|s| String::from_utf8(s).ok());
+        let status = text(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if caller.ends_session() {
+            // A DELETE answer that repeats the session id does not bind it again.
+            engine.end_session(store, &caller, status);
+            return out;
+        }
+        let Some(session) = text("mcp-session-id") else {
+            return out;
+        };
+        match engine.bind_session(store, &caller, &session, now_s) {
+            Binding::Bound => {}
+            Binding::Refused { limit, enforce } => {
+                out.log(
+                    Level::Warn,
+                    format!("tessera: MCP session refused: {limit}"),
+                );
+                if enforce {
+                    // The client tries again later, without a session it cannot use.
+                    out.remove("mcp-session-id");
+                    out.set(":status", "503");
+                    out.set("retry-after", "60");
+                }
+            }
+            Binding::Failed(e) => out.log(
+                Level::Error,
+                format!("tessera: cannot bind MCP session: {e}"),
+            ),
+        }
+        out
+    }
+
+    /// A chunk of the answer's body: a list answer is filtered (`read` gives what the proxy
+    /// holds, and is called only when it is judged).
+    pub fn on_response_body(
+        &mut self,
+        engine: &Engine,
+        end_of_stream: bool,
+        now_s: u64,
+        read: &mut dyn FnMut() -> Vec<u8>,
+    ) -> Outcome {
+        let Some(Lists::Filtering(f)) = self.lists.as_mut() else {
+            return Outcome::forward();
+        };
+        let step = f.on_body(engine, end_of_stream, now_s, read);
+        self.finish_lists(step)
+    }
+
+    /// A list answer that ends with trailers: its filtering finishes here (it never passes
+    /// unfiltered).
+    pub fn on_response_trailers(
+        &mut self,
+        engine: &Engine,
+        now_s: u64,
+        read: &mut dyn FnMut() -> Vec<u8>,
+    ) -> Outcome {
+        let Some(Lists::Filtering(f)) = self.lists.as_mut() else {
+            return Outcome::forward();
+        };
+        let step = f.on_trailers(engine, now_s, read);
+        self.finish_lists(step)
+    }
+
+    /// Decides a buffered MCP body (or an absent one).
+    fn decide_body(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        body: &[u8],
+        now_s: u64,
+    ) -> Outcome {
+        let mut out = Outcome::forward();
+        let Some(p) = self.pending.take() else {
+            return out;
+        };
+        let request = HttpRequest {
+            method: &p.method,
+            path: &p.path,
+            host: &p.host,
+            request_id: &p.request_id,
+            ..HttpRequest::default()
+        };
+        let mut decision = engine.check_mcp(&p.pending, &request, body, now_s);
+        self.caller = engine.check_session(
+            store,
+            &mut decision,
+            &p.method,
+            p.session.as_deref(),
+            &p.request_id,
+            now_s,
+        );
+        self.finish(
+            engine,
+            store,
+            &mut out,
+            decision,
+            &p.method,
+            &p.path,
+            &p.request_id,
+            now_s,
+        );
+        out
+    }
+
+    /// The body is over the limit: the engine's own size check makes the 413 and the log line.
+    fn oversize(&mut self, engine: &Engine, store: &dyn Store, now_s: u64) -> Outcome {
+        let oversize = vec![b' '; engine.max_body_bytes().saturating_add(1)];
+        self.decide_body(engine, store, &oversize, now_s)
+    }
+
+    /// The obligations of a final decision, then its outcome: counted, logged, and a reply or
+    /// the request forwarded with its edits (a forwarded request whose answer carries list
+    /// results has that answer filtered).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        out: &mut Outcome,
+        mut decision: Decision,
+        method: &str,
+        path: &str,
+        request_id: &str,
+        now_s: u64,
+    ) {
+        if let Some(refused) = engine.redeem(store, &decision, now_s) {
+            // Refused after all: no answer of the server to follow up on.
+            self.caller = None;
+            decision = refused;
+        }
+        out.count(
+            match decision.verdict {
+                Verdict::Allow => Counter::Allow,
+                Verdict::Public => Counter::Public,
+                Verdict::Deny => Counter::Deny,
+                Verdict::Unauthenticated => Counter::Unauthenticated,
+                Verdict::Error => Counter::Error,
+            },
+            1,
+        );
+        if self.debug {
+            let mut line = decision.log_line(method, path, request_id);
+            if engine.mode() == Mode::Shadow {
+                line.push_str(" mode=shadow");
+            }
+            out.log(Level::Debug, line);
+        }
+        if let Some(reply) = decision.reply {
+            if let (Some(body), Some(w)) = (decision.notify, engine.approval_webhook()) {
+                // Announced to the approvers; the reply does not wait for it.
+                let authority = w.authority.as_deref().unwrap_or(&w.cluster);
+                out.callouts.push(Callout {
+                    cluster: w.cluster.clone(),
+                    headers: [
+                        (":method", "POST"),
+                        (":path", w.path.as_str()),
+                        (":authority", authority),
+                        ("content-type", "application/json"),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .to_vec(),
+                    body: body.into_bytes(),
+                    timeout_ms: w.timeout_ms,
+                });
+            }
+            out.next = Next::Reply(reply);
+            return;
+        }
+        for (name, value) in decision.set_headers {
+            out.headers.push((name, Some(value)));
+        }
+        if engine.drop_authorization() && decision.verdict == Verdict::Allow {
+            out.remove("authorization");
+        }
+        // An approval is for the filter; once used it means nothing upstream.
+        if let Some(h) = engine.approval_header() {
+            out.remove(h);
+        }
+        if let Some(lists) = decision.mcp_lists {
+            // The answer must come back readable (an encoded one is refused, listing/).
+            self.lists = Some(Lists::Awaiting(lists));
+            out.set("accept-encoding", "identity");
+        }
+    }
+
+    /// Counts and logs what list filtering hid once it is over.
+    fn finish_lists(&mut self, step: Step) -> Outcome {
+        let mut out = Outcome {
+            body: step.body,
+            next: if step.wait {
+                Next::WaitForBody
+            } else {
+                Next::Forward
+            },
+            ..Outcome::forward()
+        };
+        if let Some(done) = step.finished {
+            if done.hidden > 0 {
+                out.count(Counter::ListItemsHidden, done.hidden as u64);
+            }
+            if !done.methods.is_empty() || done.error.is_some() {
+                if let Some(Lists::Filtering(f)) = &self.lists {
+                    out.log(Level::Debug, done.log_line(f.request_id()));
+                }
+            }
+            self.lists = None;
+        }
+        out
+    }
+}

@@ -1,0 +1,117 @@
+//! What one hook of the request path tells the proxy to do: the only thing the plugin reads from
+//! core, and it executes it as it is. Made by [`crate::exchange::Exchange`].
+//!
+//! In order: header edits, then counters and log lines, then callouts, then what comes next —
+//! forward, a local reply, or wait for more of the body.
+
+use crate::reply::LocalReply;
+
+/// One header edit: set `name` to `value`, or remove it (`None`).
+pub type Edit = (String, Option<String>);
+
+/// What comes after the edits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Next {
+    /// Go on: forward the request (or pass the answer) with the edits made.
+    #[default]
+    Forward,
+    /// Forward nothing: send this reply instead.
+    Reply(LocalReply),
+    /// Hold the message until more of its body has arrived (the proxy buffers it).
+    WaitForBody,
+}
+
+/// The filter's counters (`tessera.decisions.*`, `tessera.mcp.list_items_hidden`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Allow,
+    Public,
+    Deny,
+    Unauthenticated,
+    Error,
+    /// No configuration compiled: the request got 503.
+    Unavailable,
+    /// Items hidden from MCP list answers.
+    ListItemsHidden,
+}
+
+impl Counter {
+    /// Every counter, with the name the proxy shows it under.
+    pub const ALL: [(Counter, &'static str); 7] = [
+        (Counter::Allow, "tessera.decisions.allow"),
+        (Counter::Public, "tessera.decisions.public"),
+        (Counter::Deny, "tessera.decisions.deny"),
+        (
+            Counter::Unauthenticated,
+            "tessera.decisions.unauthenticated",
+        ),
+        (Counter::Error, "tessera.decisions.error"),
+        (Counter::Unavailable, "tessera.decisions.unavailable"),
+        (Counter::ListItemsHidden, "tessera.mcp.list_items_hidden"),
+    ];
+
+    /// Position in [`Counter::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Log levels, as the proxy has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// An HTTP call the proxy makes to a cluster, not waited for (the approval webhook): a failure
+/// to send it is logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    pub cluster: String,
+    /// `:method`, `:path`, `:authority` and the rest, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// What the proxy does after one hook.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Edits to the headers of the request (on request hooks) or of the answer (on response
+    /// hooks), in order.
+    pub headers: Vec<Edit>,
+    /// Edits to the request's trailers (on the request-trailers hook).
+    pub trailers: Vec<Edit>,
+    /// Replaces the body this hook read (response hooks: a filtered list answer).
+    pub body: Option<Vec<u8>>,
+    pub counters: Vec<(Counter, u64)>,
+    pub logs: Vec<(Level, String)>,
+    pub callouts: Vec<Callout>,
+    pub next: Next,
+}
+
+impl Outcome {
+    /// Nothing to do: go on.
+    pub fn forward() -> Outcome {
+        Outcome::default()
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.headers
+            .push((name.to_string(), Some(value.to_string())));
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.headers.push((name.to_string(), None));
+    }
+
+    pub fn count(&mut self, counter: Counter, n: u64) {
+        self.counters.push((counter, n));
+    }
+
+    pub fn log(&mut self, level: Level, line: String) {
+        self.logs.push((level, line));
+    }
+}
