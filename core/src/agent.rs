@@ -22,7 +22,7 @@ pub const DETAILS_CLAIM: &str = "authorization_details";
 /// The member of a tool detail that names the tool (RFC 9396 §2.2 common field `identifier`).
 pub const TOOL_MEMBER: &str = "identifier";
 /// Entity type of `context.delegation.on_behalf_of`.
-pub const ON_BEHALF_OF_TYPE: &str = "User";
+pub use crate::names::ON_BEHALF_OF as ON_BEHALF_OF_TYPE;
 /// Filter-derived member of `context.task.detail`; no detail field may take its name.
 const ARGUMENT_DOMAINS: &str = "argument_domains";
 

@@ -339,6 +339,14 @@ impl Policies {
         self.by_action.contains_key(name)
     }
 
+    /// The action of an MCP request: `call:<tool>` for a call of `tool` when the schema declares
+    /// it (`names::call_action`), else the method (`generic`).
+    pub fn action_for(&self, tool: Option<&str>, generic: &str) -> String {
+        tool.map(crate::names::call_action)
+            .filter(|a| self.has_action(a))
+            .unwrap_or_else(|| generic.to_string())
+    }
+
     pub fn policy_count(&self) -> usize {
         self.set.policies().count()
     }

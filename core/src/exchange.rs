@@ -15,6 +15,7 @@
 //!
 //! Everything that outlives the exchange goes through the [`Store`].
 
+use crate::config::Mode;
 use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS};
 use crate::listing::{ListRequests, ResponseFilter, Step};
 use crate::obligations::{Binding, SessionCaller};
@@ -22,7 +23,6 @@ use crate::outcome::{Callout, Counter, Level, Next, Outcome};
 use crate::reply::{log_safe, LocalReply};
 use crate::store::Store;
 use crate::verdict::Verdict;
-use crate::Mode;
 
 /// The request headers the engine reads: each must be UTF-8, or the request is refused.
 const ENGINE_READS: [&str; 5] = [

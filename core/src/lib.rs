@@ -20,6 +20,7 @@ pub mod json;
 pub mod jwks;
 pub mod listing;
 pub mod mcp;
+pub mod names;
 pub mod obligations;
 pub mod outcome;
 pub mod path;

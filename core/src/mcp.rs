@@ -156,7 +156,7 @@ pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
     };
     let mut t = Target {
         action: m.method.clone(),
-        resource_type: "McpServer",
+        resource_type: crate::names::MCP_SERVER,
         resource_id: server.to_string(),
         tool: None,
         uri: None,
@@ -170,7 +170,7 @@ pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
             if !args.is_object() {
                 return Err((INVALID_PARAMS, "params.arguments must be an object".into()));
             }
-            t.resource_type = "Tool";
+            t.resource_type = crate::names::TOOL;
             t.resource_id = name.clone();
             t.tool = Some(name);
             t.arguments = Some(args);
@@ -183,13 +183,13 @@ pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
                     format!("params.uri is not a resource URI with one meaning: {e}"),
                 )
             })?;
-            t.resource_type = "Resource";
+            t.resource_type = crate::names::RESOURCE;
             t.resource_id = uri.clone();
             t.uri = Some(uri);
         }
         "prompts/get" => {
             let name = string_param("name")?;
-            t.resource_type = "Prompt";
+            t.resource_type = crate::names::PROMPT;
             t.resource_id = name.clone();
             t.prompt = Some(name);
         }

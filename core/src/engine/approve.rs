@@ -10,36 +10,6 @@ use crate::token::VerifiedToken;
 use super::*;
 
 impl Engine {
-    /// `approval::bind_identity` with the token's issuer, subject, actors and task.
-    pub(super) fn bind_identity(&self, subject: &mut Value, t: &VerifiedToken) {
-        // The namespace of an issuer this engine does not have (cannot happen) is empty: never
-        // a real one, so the digest still binds nothing it should not.
-        let namespace = self.issuer_of(t).map_or("", |i| i.namespace.as_str());
-        let on_behalf_of = self
-            .principal_id(t)
-            .ok()
-            .map(|s| crate::identity::entity_id(namespace, s));
-        crate::approval::bind_identity(
-            subject,
-            &t.issuer,
-            on_behalf_of.as_deref(),
-            &t.agent.delegation.actors,
-            t.agent.task.as_ref().and_then(|task| task.id.as_deref()),
-        );
-    }
-
-    /// Who an MCP session of this request is bound to (`Decision::session_owner`): the digest
-    /// of the identity an approval binds — principal, on whose behalf, actors, task — with the
-    /// issuer's identity namespace in place of the issuer, so that issuers configured to share
-    /// identities share sessions too.
-    pub(super) fn session_owner(&self, t: &VerifiedToken, principal: &str) -> String {
-        let mut who = json!({"principal": principal});
-        self.bind_identity(&mut who, t);
-        let namespace = self.issuer_of(t).map_or("", |i| i.namespace.as_str());
-        crate::json::set(&mut who, "issuer", json!(namespace));
-        crate::approval::digest(&who)
-    }
-
     /// A plain HTTP denial that approval may lift: asks for approval, or — with a valid approval
     /// of exactly this request — allows it, recording the approval before forwarding.
     #[allow(clippy::too_many_arguments)]
@@ -67,7 +37,7 @@ impl Engine {
         );
         self.bind_identity(&mut subject, t);
         let evaluate = |g: &approval::Granted| {
-            uid("Route", &route.name)
+            uid(names::ROUTE, &route.name)
                 .and_then(|resource| {
                     self.evaluate(t, req.method, resource, req, now_s, None, Some(g))
                         .map_err(|e| e.to_string())
@@ -144,12 +114,7 @@ impl Engine {
         if refusal.code != mcp::FORBIDDEN || refusal.verdict != Verdict::Deny {
             return Err(refusal);
         }
-        let action = t
-            .tool
-            .as_ref()
-            .map(|n| format!("call:{n}"))
-            .filter(|a| self.policies.has_action(a))
-            .unwrap_or_else(|| t.action.clone());
+        let action = self.policies.action_for(t.tool.as_deref(), &t.action);
         let resource = format!(
             "{}::{}",
             t.resource_type,

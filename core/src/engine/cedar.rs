@@ -1,6 +1,7 @@
 //! The Cedar request built from a verified token and a request: the principal (in its issuer's
 //! identity namespace), the entities, the context records; and its evaluation. The list filter
-//! (`listing.rs`) builds its requests from the same per-token parts.
+//! (`listing/`) builds its requests from the same per-token parts. The principal and the other
+//! identities a token names are `identity.rs`'s.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,7 @@ use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::Value;
 
 use crate::authz::{json_to_cedar, uid, Evaluation, Policies};
-use crate::error::{RequestError, TokenError};
+use crate::error::RequestError;
 use crate::mcp;
 use crate::reply::LocalReply;
 use crate::token::VerifiedToken;
@@ -19,40 +20,6 @@ use super::*;
 pub(crate) type RequestParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>);
 
 impl Engine {
-    /// The issuer that verified `t` (always one of this engine's: the token cache is the
-    /// engine's own).
-    pub(super) fn issuer_of(&self, t: &VerifiedToken) -> Result<&Issuer, TokenError> {
-        self.issuers
-            .get(t.issuer_index)
-            .ok_or(TokenError::UnknownIssuer)
-    }
-
-    pub(super) fn principal_id<'t>(&self, t: &'t VerifiedToken) -> Result<&'t str, TokenError> {
-        let issuer = self.issuer_of(t)?;
-        t.claim(&issuer.principal_claim)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| TokenError::MissingClaim(issuer.principal_claim.clone()))
-    }
-
-    pub(super) fn principal_uid(&self, t: &VerifiedToken) -> Result<String, TokenError> {
-        let (entity_type, id) = self.principal_type_and_id(t)?;
-        Ok(format!("{entity_type}::{}", Value::String(id)))
-    }
-
-    /// The principal: the current actor of a delegated token (`agent.rs`), else the subject;
-    /// its id in the issuer's identity namespace (`identity.rs`).
-    pub(super) fn principal_type_and_id<'t>(
-        &'t self,
-        t: &'t VerifiedToken,
-    ) -> Result<(&'t str, String), TokenError> {
-        let issuer = self.issuer_of(t)?;
-        let (ty, id) = match t.agent.delegation.current() {
-            Some(actor) => (issuer.agent.actor_type.as_str(), actor),
-            None => (issuer.principal_type.as_str(), self.principal_id(t)?),
-        };
-        Ok((ty, crate::identity::entity_id(&issuer.namespace, id)))
-    }
     /// Builds and evaluates the Cedar request. `Err` names a token claim with no Cedar value.
     ///
     /// The request has per-token parts (entities and context attributes that come from the token
@@ -160,7 +127,7 @@ impl Engine {
         let mut parents = HashSet::new();
         if let Some(gc) = &issuer.groups_claim {
             for g in string_list(t.claim(gc)) {
-                parents.insert(uid("Group", &ns(g)).map_err(|_| claim(gc))?);
+                parents.insert(uid(names::GROUP, &ns(g)).map_err(|_| claim(gc))?);
             }
         }
         let mut attrs = std::collections::HashMap::new();
@@ -243,36 +210,6 @@ impl Engine {
         Ok(context)
     }
 
-    pub(super) fn identity_headers(
-        &self,
-        t: &VerifiedToken,
-        principal: &str,
-    ) -> Vec<(String, String)> {
-        let mut out = Vec::with_capacity(self.forward.len());
-        for (name, source) in &self.forward {
-            let value = match source {
-                HeaderSource::Principal => Some(principal.to_string()),
-                HeaderSource::PrincipalId => self.principal_type_and_id(t).ok().map(|(_, id)| id),
-                HeaderSource::PrincipalType => self
-                    .principal_type_and_id(t)
-                    .ok()
-                    .map(|(ty, _)| ty.to_string()),
-                HeaderSource::Issuer => Some(t.issuer.clone()),
-                HeaderSource::Subject => t.subject.clone(),
-                HeaderSource::Scopes => Some(t.scopes.join(" ")),
-                HeaderSource::Claim(c) => t.claim(c).map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                }),
-            };
-            // Header values must not carry control characters (CR/LF would split headers).
-            if let Some(v) = value.filter(|v| !v.chars().any(char::is_control)) {
-                out.push((name.clone(), v));
-            }
-        }
-        out
-    }
-
     pub(crate) fn policies(&self) -> &Policies {
         &self.policies
     }
@@ -290,5 +227,19 @@ impl Engine {
             LocalReply::insufficient_scope(&scopes, policies, request_id)
                 .with_resource_metadata(url),
         )
+    }
+}
+
+/// A Cedar `Long` from a clock or token time (saturating: Cedar longs are signed 64-bit).
+fn long(n: u64) -> RestrictedExpression {
+    RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Groups may come as an array of strings or one space-separated string.
+fn string_list(v: Option<&Value>) -> Vec<&str> {
+    match v {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        _ => Vec::new(),
     }
 }

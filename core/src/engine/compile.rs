@@ -44,7 +44,7 @@ impl Engine {
                     format!("the schema has no entity type `{}`", issuer.principal_type),
                 ));
             }
-            if issuer.groups_claim.is_some() && !policies.has_entity_type("Group") {
+            if issuer.groups_claim.is_some() && !policies.has_entity_type(names::GROUP) {
                 return Err(ConfigError::new(
                     format!("{path}.principal.groups_claim"),
                     "the schema has no entity type `Group`",
@@ -97,7 +97,7 @@ impl Engine {
             });
         }
         if routes.iter().any(|r| r.kind == RouteKind::Mcp) {
-            for t in ["McpServer", "Tool", "Resource", "Prompt"] {
+            for t in names::MCP_ENTITY_TYPES {
                 if !policies.has_entity_type(t) {
                     return Err(ConfigError::new(
                         "schema",
@@ -106,7 +106,9 @@ impl Engine {
                 }
             }
         }
-        if routes.iter().any(|r| r.auth == Auth::Required) && !policies.has_entity_type("Route") {
+        if routes.iter().any(|r| r.auth == Auth::Required)
+            && !policies.has_entity_type(names::ROUTE)
+        {
             return Err(ConfigError::new(
                 "schema",
                 "the schema has no entity type `Route`",
@@ -268,7 +270,8 @@ impl Engine {
                 path: &route.prefix,
                 ..HttpRequest::default()
             };
-            let resource = uid("Route", &route.name).map_err(|e| ConfigError::new("routes", e))?;
+            let resource =
+                uid(names::ROUTE, &route.name).map_err(|e| ConfigError::new("routes", e))?;
             match self
                 .evaluate(&token, method, resource, &req, 0, None, None)
                 .map_err(|e| e.to_string())
@@ -305,7 +308,7 @@ impl Engine {
         let tool = "tessera-configure-check";
         let target = mcp::Target {
             action: "tools/call".into(),
-            resource_type: "Tool",
+            resource_type: names::TOOL,
             resource_id: tool.into(),
             tool: Some(tool.into()),
             uri: None,
@@ -322,7 +325,7 @@ impl Engine {
             method: "POST",
             ..HttpRequest::default()
         };
-        let resource = uid("Tool", tool)?;
+        let resource = uid(names::TOOL, tool)?;
         match self
             .evaluate(
                 token,

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::{HttpRequest, Pending};
 use crate::mcp;
+use crate::names;
 
 /// The list methods whose results are filtered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +76,9 @@ impl ListKind {
     /// `context.mcp` field.
     pub(crate) fn usage(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            ListKind::Tools => ("tools/call", "Tool", "tool"),
-            ListKind::Resources | ListKind::Templates => ("resources/read", "Resource", "uri"),
-            ListKind::Prompts => ("prompts/get", "Prompt", "prompt"),
+            ListKind::Tools => ("tools/call", names::TOOL, "tool"),
+            ListKind::Resources | ListKind::Templates => ("resources/read", names::RESOURCE, "uri"),
+            ListKind::Prompts => ("prompts/get", names::PROMPT, "prompt"),
         }
     }
 }

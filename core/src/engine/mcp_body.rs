@@ -285,12 +285,8 @@ impl Engine {
         now_s: u64,
         approval: Option<&crate::approval::Granted>,
     ) -> Result<Vec<String>, Refusal> {
-        let per_tool = t
-            .tool
-            .as_ref()
-            .map(|n| format!("call:{n}"))
-            .filter(|a| self.policies.has_action(a));
-        let action = per_tool.clone().unwrap_or_else(|| t.action.clone());
+        let action = self.policies.action_for(t.tool.as_deref(), &t.action);
+        let per_tool = action != t.action;
         if !self.policies.has_action(&action) {
             return Err(Refusal::cannot_judge(format!(
                 "method `{}` is not declared in the schema",
@@ -310,7 +306,7 @@ impl Engine {
             fields.push(("prompt".to_string(), s(v)));
         }
         // Arguments are typed only by a per-tool action's schema; the generic action has none.
-        if let (Some(_), Some(args)) = (&per_tool, &t.arguments) {
+        if let (true, Some(args)) = (per_tool, &t.arguments) {
             let a = json_to_cedar(args)
                 .map_err(|e| Refusal::invalid(mcp::INVALID_PARAMS, format!("arguments: {e}")))?;
             fields.push(("arguments".to_string(), a));
@@ -345,7 +341,7 @@ impl Engine {
             // do not fit the tool's declared type: the client's error, said briefly. The Cedar
             // detail goes to the log only.
             Ok(Evaluation::Error { reason })
-                if per_tool.is_some() && reason.starts_with("request does not fit the schema") =>
+                if per_tool && reason.starts_with("request does not fit the schema") =>
             {
                 Err(Refusal {
                     detail: reason,

@@ -1,82 +1,48 @@
-//! The compiled configuration and the request path, top-down: `Engine::check` (headers) →
-//! route → credential → verify (cached) → identity → Cedar → act, and `Engine::check_mcp` for an
-//! MCP body. By responsibility:
-//! - `compile.rs`: configuration → `Engine` (every check that can be made before a request);
-//! - `cedar.rs`: the Cedar request — principal, entities, context — built from a token and a
-//!   request, and evaluated (the one place that names the entity types built from tokens);
-//! - `mcp_body.rs`: an MCP POST body, message by message;
-//! - `approve.rs`: human approval on the HTTP and MCP paths;
-//! - `lists.rs`: the list requests whose answers must be filtered (`listing.rs` filters them).
+//! The compiled configuration and the decision stages, top-down in `Engine::stages`:
+//! 1. `route.rs` — the route, with the path in its canonical form;
+//! 2. `credential.rs` — the bearer token, verified (cached), its age, whether it is single-use;
+//! 3. `identity.rs` — the principal, on whose behalf, the identity headers;
+//! 4. `cedar.rs` — the Cedar request (the one place that names entity types and actions and
+//!    builds context records; list filtering builds its requests with it too) and evaluation;
+//! 5. `decision.rs` — what the decision says; `approve.rs` lifts an `@approval` forbid.
 //!
-//! After the decision, `obligations.rs` (single-use, sessions) runs over the `Store`.
+//! An MCP POST waits for its body: `Engine::check_mcp` (`mcp_body.rs`) decides each message;
+//! `lists.rs` keeps the list requests whose answers must be filtered (`listing/`).
+//! `compile.rs` turns a configuration into an `Engine` (every check that can be made before a
+//! request). The obligations (`obligations.rs`) and the outcome (`exchange.rs`) come after.
 //!
-//! Built once per configuration; every request only reads it. (Slightly over 600 lines: the
-//! request path stays in one file so that it reads top-down.)
+//! Built once per configuration; every request only reads it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::RestrictedExpression;
-use serde_json::Value;
 
 use crate::authz::{uid, Evaluation, Policies};
-use crate::cache::{self, TokenCache};
+use crate::cache::TokenCache;
 use crate::config::{Auth, Mode, RouteKind};
 use crate::error::{RequestError, TokenError};
+use crate::names;
 use crate::reply::LocalReply;
-use crate::token::{self, Issuer, VerifiedToken};
+use crate::token::{Issuer, VerifiedToken};
 pub use crate::verdict::Verdict;
 
 mod approve;
 mod cedar;
 mod compile;
+mod credential;
+mod decision;
+mod identity;
 pub mod lists;
 mod mcp_body;
+mod route;
 pub(crate) use cedar::RequestParts;
+use decision::{cannot_judge, deny_reply, unauthenticated};
+pub use decision::{Decision, Pending};
+use identity::HeaderSource;
+use route::{canonical_path, Route};
 
 use mcp_body::Refusal;
-
-#[derive(Debug)]
-struct Route {
-    name: String,
-    prefix: String,
-    host: Option<String>,
-    /// `false`: policies see the path lower-cased (`RouteConfig::case_sensitive`).
-    case_sensitive: bool,
-    auth: Auth,
-    kind: RouteKind,
-    /// Sensitive routes: the oldest `iat` accepted, in seconds before now.
-    max_token_age_s: Option<u64>,
-}
-
-impl Route {
-    fn matches(&self, host: &str, path: &str) -> bool {
-        if let Some(h) = &self.host {
-            // Compare without a port or a trailing dot, case-insensitively, as hosts are.
-            if !h.eq_ignore_ascii_case(crate::path::host_name(host)) {
-                return false;
-            }
-        }
-        crate::path::under(path, &self.prefix)
-    }
-
-    /// `path` as policies see it on this route, when that is not as sent: lower-cased on a
-    /// route whose upstream ignores case (`case_sensitive: false`).
-    fn fold(&self, path: &str) -> Option<String> {
-        (!self.case_sensitive).then(|| crate::path::fold_case(path))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HeaderSource {
-    Principal,
-    PrincipalId,
-    PrincipalType,
-    Issuer,
-    Subject,
-    Scopes,
-    Claim(String),
-}
 
 /// What the proxy tells the engine about one request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,85 +77,6 @@ impl<'a> HttpRequest<'a> {
 
 /// Headers a request may carry at most once.
 pub const SINGLE_HEADERS: [&str; 2] = ["authorization", "mcp-session-id"];
-
-#[derive(Debug, Clone)]
-pub struct Decision {
-    pub verdict: Verdict,
-    pub route: Option<String>,
-    pub principal: Option<String>,
-    pub policies: Vec<String>,
-    /// Why (for the log line); empty on allow.
-    pub reason: String,
-    /// The reply to send instead of forwarding; `None` forwards (always `None` in shadow mode).
-    pub reply: Option<LocalReply>,
-    /// Headers to set on the forwarded request.
-    pub set_headers: Vec<(String, String)>,
-    /// Set on an MCP POST whose token verified: the body decides (`Engine::check_mcp`). The
-    /// proxy buffers the body and forwards nothing until then.
-    pub pending: Option<Pending>,
-    /// Set on an allowed MCP POST with `tools/list`, `resources/list` or `prompts/list`
-    /// requests: the proxy filters their answers (`Engine::filter_list_json`, `listing.rs`).
-    pub mcp_lists: Option<lists::ListRequests>,
-    /// Credentials to record as used before forwarding (single-use tokens, approvals): the
-    /// proxy records each in its shared data, first writer wins, and sends the obligation's
-    /// refusal instead when it was recorded already (`approval::Once`).
-    pub once: Vec<crate::approval::Once>,
-    /// An approval request to POST to the approval webhook (`approval.webhook`) with the reply.
-    pub notify: Option<String>,
-    /// On an MCP route: who an MCP session is bound to — a digest of the principal, on whose
-    /// behalf, the actor chain and the task (as an approval binds them). A session is used only
-    /// by the identity that created it.
-    pub session_owner: Option<String>,
-}
-
-/// An authenticated MCP request waiting for its body.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    route: usize,
-    token: Arc<VerifiedToken>,
-    principal: String,
-    /// The token is single-use: recorded if the body is forwarded.
-    once: Option<crate::approval::Once>,
-    /// The approval header, for a call that needs one.
-    approval: Option<String>,
-}
-
-impl Decision {
-    /// A decision with nothing to send and no headers to set yet.
-    fn new(verdict: Verdict, route: Option<String>, principal: Option<String>) -> Decision {
-        Decision {
-            verdict,
-            route,
-            principal,
-            policies: vec![],
-            reason: String::new(),
-            reply: None,
-            set_headers: vec![],
-            pending: None,
-            mcp_lists: None,
-            once: vec![],
-            notify: None,
-            session_owner: None,
-        }
-    }
-
-    /// One line for the proxy's debug log. Every value that can come from a request or a token
-    /// is escaped (`crate::reply::log_safe`), so that nothing a client sends starts a line.
-    pub fn log_line(&self, method: &str, path: &str, request_id: &str) -> String {
-        use crate::reply::log_safe as e;
-        format!(
-            "tessera decision={} route={} principal={} method={} path={} policies=[{}] request_id={}{}",
-            self.verdict.name(),
-            e(self.route.as_deref().unwrap_or("-")),
-            e(self.principal.as_deref().unwrap_or("-")),
-            e(method),
-            e(path),
-            e(&self.policies.join(",")),
-            e(request_id),
-            if self.reason.is_empty() { String::new() } else { format!(" reason=\"{}\"", crate::reply::log_quoted(&self.reason)) }
-        )
-    }
-}
 
 pub struct Engine {
     mode: Mode,
@@ -305,77 +192,88 @@ impl Engine {
         d
     }
 
+    /// The stages, top-down. Each returns what the next needs, or (`Err`) the decision that
+    /// ends the request there.
     fn decide_inner(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
+        match self.stages(req, now_s) {
+            Ok(d) | Err(d) => d,
+        }
+    }
+
+    // The `Err` is the decision itself, returned at once, never stored: boxing it would only
+    // add an allocation to every refusal.
+    #[allow(clippy::result_large_err)]
+    fn stages(&self, req: &HttpRequest<'_>, now_s: u64) -> Result<Decision, Decision> {
         let path = req.path.split(['?', '#']).next().unwrap_or("");
         if let Some((_, paths, doc)) = &self.resource_metadata {
             if (req.method == "GET" || req.method == "HEAD") && paths.iter().any(|p| p == path) {
-                return Decision {
+                return Ok(Decision {
                     reply: Some(LocalReply::metadata(doc)),
                     ..Decision::new(
                         Verdict::Public,
                         Some("oauth-protected-resource".into()),
                         None,
                     )
-                };
+                });
             }
         }
         if let Some(name) = req.repeated {
-            return deny_reply(
+            return Err(deny_reply(
                 Verdict::Deny,
                 None,
                 &format!("header `{name}` appears more than once"),
                 req.request_id,
                 400,
-            );
+            ));
         }
-        let Some(route) = self.routes.iter().find(|r| r.matches(req.host, path)) else {
-            return deny_reply(Verdict::Deny, None, "no route", req.request_id, 403);
-        };
+        // 1. Route (route.rs).
+        let route = self
+            .route_for(req.host, path)
+            .ok_or_else(|| deny_reply(Verdict::Deny, None, "no route", req.request_id, 403))?;
         if route.auth == Auth::None {
-            return Decision::new(Verdict::Public, Some(route.name.clone()), None);
+            return Ok(Decision::new(
+                Verdict::Public,
+                Some(route.name.clone()),
+                None,
+            ));
         }
         let folded = route.fold(req.path);
         let req = &req.with_path(folded.as_deref());
-        let Some(token) = req.authorization.and_then(bearer) else {
-            let reason = if req.authorization.is_some() {
-                "authorization is not a bearer token"
-            } else {
-                "no token"
-            };
-            return Decision {
-                reason: reason.into(),
-                reply: Some(LocalReply::missing_token(req.request_id)),
-                ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
-            };
-        };
-        let verified = match self.verify_cached(token, now_s) {
-            Ok(v) => v,
-            Err(e) => return unauthenticated(route, &e, req.request_id),
-        };
-        if let Err(e) =
-            crate::agent::check_token_age(route.max_token_age_s, verified.issued_at, now_s)
-        {
-            return unauthenticated(route, &e, req.request_id);
-        }
-        let principal = match self.principal_uid(&verified) {
-            Ok(p) => p,
-            Err(e) => return unauthenticated(route, &e, req.request_id),
-        };
-        let once = match self.single_use(&verified, req.request_id) {
-            Ok(o) => o,
-            Err(e) => return unauthenticated(route, &e, req.request_id),
-        };
+        // 2. Credential (credential.rs).
+        let verified = self.credential(route, req, now_s)?;
+        let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);
+        // 3. Identity (identity.rs).
+        let principal = self.principal_uid(&verified).map_err(refused)?;
+        // A single-use credential: its first use is recorded before forwarding (credential.rs).
+        let once = self
+            .single_use(&verified, req.request_id)
+            .map_err(refused)?;
+        // An MCP POST: the body decides (mcp_body.rs).
         if route.kind == RouteKind::Mcp && req.method == "POST" {
             let mut d = self.await_mcp_body(route, verified, principal, req);
             if let Some(p) = d.pending.as_mut() {
                 p.once = once;
             }
-            return d;
+            return Ok(d);
         }
+        Ok(self.decide_http(route, verified, principal, once, req, now_s))
+    }
+
+    /// Stages 4 (the Cedar request, `cedar.rs`) and 5 (the decision) of a request without a
+    /// body to judge.
+    fn decide_http(
+        &self,
+        route: &Route,
+        verified: Arc<VerifiedToken>,
+        principal: String,
+        once: Option<crate::approval::Once>,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+    ) -> Decision {
         // A GET (the server's stream) or DELETE (the end) of an MCP session: whose it is.
         let session_owner =
             (route.kind == RouteKind::Mcp).then(|| self.session_owner(&verified, &principal));
-        let resource = match uid("Route", &route.name) {
+        let resource = match uid(names::ROUTE, &route.name) {
             Ok(r) => r,
             Err(reason) => return cannot_judge(route, reason, req.request_id),
         };
@@ -436,13 +334,6 @@ impl Engine {
         }
         d
     }
-    fn route_index(&self, route: &Route) -> usize {
-        self.routes
-            .iter()
-            .position(|r| std::ptr::eq(r, route))
-            .unwrap_or(0)
-    }
-
     /// An MCP POST: JSON content is required; the body decides.
     fn await_mcp_body(
         &self,
@@ -497,139 +388,8 @@ impl Engine {
         }))
     }
 
-    /// Verifies a token, or finds its earlier verification in the cache.
-    fn verify_cached(&self, token: &str, now_s: u64) -> Result<Arc<VerifiedToken>, TokenError> {
-        if token.len() > self.max_token_bytes {
-            return Err(TokenError::TooLarge);
-        }
-        let key = cache::digest(token);
-        // A poisoned lock only means a panic elsewhere; the cache holds no invariant a panic can
-        // break that matters for safety (entries are immutable verifications), so keep using it.
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = c.get(&key, now_s) {
-            return Ok(hit);
-        }
-        drop(c);
-        let verified = Arc::new(token::verify(
-            &self.issuers,
-            token,
-            now_s,
-            self.max_token_bytes,
-        )?);
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        c.insert(key, verified.clone(), token.len(), now_s);
-        Ok(verified)
-    }
-
-    /// The obligation to record a single-use token's first use (`approval::single_use`); a
-    /// replay gets 401 `invalid_token` "token already used".
-    fn single_use(
-        &self,
-        t: &VerifiedToken,
-        request_id: &str,
-    ) -> Result<Option<crate::approval::Once>, TokenError> {
-        let issuer = self.issuer_of(t)?;
-        let claim = issuer.single_use_claim.as_deref();
-        let Some((key, until)) = crate::approval::single_use(claim, issuer.clock_skew_s(), t)?
-        else {
-            return Ok(None);
-        };
-        let used = TokenError::AlreadyUsed.to_string();
-        let url = self.resource_metadata.as_ref().map(|(u, _, _)| u.as_str());
-        Ok(Some(crate::approval::Once {
-            key,
-            until,
-            verdict: Verdict::Unauthenticated,
-            reply: LocalReply::invalid_token(&used, request_id).with_resource_metadata(url),
-            reason: used,
-        }))
-    }
-
     /// Number of verified tokens in the cache.
     pub fn cached_tokens(&self) -> usize {
         self.cache.lock().map_or(0, |c| c.len())
-    }
-}
-
-/// A Cedar `Long` from a clock or token time (saturating: Cedar longs are signed 64-bit).
-fn long(n: u64) -> RestrictedExpression {
-    RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-/// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235 §2.1).
-fn bearer(h: &str) -> Option<&str> {
-    let (scheme, rest) = h.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim();
-    (!token.is_empty()).then_some(token)
-}
-
-/// Groups may come as an array of strings or one space-separated string.
-fn string_list(v: Option<&Value>) -> Vec<&str> {
-    match v {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-        Some(Value::String(s)) => s.split_whitespace().collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Runs `decide` on `req` with its path in the canonical form (`path.rs`), the query kept as
-/// sent; a path that has none is refused (400) before anything else.
-fn canonical_path(
-    req: &HttpRequest<'_>,
-    decide: impl FnOnce(&HttpRequest<'_>) -> Decision,
-) -> Decision {
-    match crate::path::canonical(req.path) {
-        Err(why) => deny_reply(Verdict::Deny, None, why, req.request_id, 400),
-        Ok(std::borrow::Cow::Borrowed(_)) => decide(req),
-        Ok(std::borrow::Cow::Owned(path)) => {
-            let rest = req.path.find(['?', '#']).map_or("", |i| &req.path[i..]);
-            let full = format!("{path}{rest}");
-            decide(&req.with_path(Some(&full)))
-        }
-    }
-}
-
-fn cannot_judge(route: &Route, reason: String, request_id: &str) -> Decision {
-    Decision {
-        reason,
-        reply: Some(LocalReply::cannot_judge(request_id)),
-        ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
-    }
-}
-
-fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -> Decision {
-    Decision {
-        reason: e.to_string(),
-        reply: Some(LocalReply::invalid_token(&e.to_string(), request_id)),
-        ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
-    }
-}
-
-fn deny_reply(
-    verdict: Verdict,
-    route: Option<String>,
-    reason: &str,
-    request_id: &str,
-    status: u32,
-) -> Decision {
-    Decision {
-        reason: reason.to_string(),
-        reply: Some(LocalReply::json_error(
-            status,
-            "forbidden",
-            Some(reason),
-            &[],
-            request_id,
-        )),
-        ..Decision::new(verdict, route, None)
-    }
-}
-
-impl Pending {
-    pub(crate) fn token(&self) -> &VerifiedToken {
-        &self.token
     }
 }

@@ -215,10 +215,10 @@ impl Judge {
         } else {
             name
         };
-        let per_tool = (kind == ListKind::Tools)
-            .then(|| format!("call:{name}"))
-            .filter(|a| engine.policies().has_action(a));
-        let action = per_tool.as_deref().unwrap_or(generic);
+        let tool = (kind == ListKind::Tools).then_some(name);
+        let action = engine.policies().action_for(tool, generic);
+        let per_tool = action != generic;
+        let action = action.as_str();
         if !engine.policies().has_action(action) {
             return Err(format!("action `{action}` is not declared in the schema"));
         }
@@ -228,7 +228,7 @@ impl Judge {
             (field.to_string(), s(name)),
         ];
         // The arguments of a per-tool action are what the listing cannot know: unknown.
-        if per_tool.is_some() {
+        if per_tool {
             mcp_fields.push((
                 "arguments".to_string(),
                 RestrictedExpression::new_unknown("arguments"),

@@ -1,0 +1,136 @@
+//! What a decision says: the verdict, who and which policies, and what the proxy must do (reply,
+//! header edits, wait for the body, filter the answer, obligations). Made by the stages in
+//! `mod.rs`; turned into an `Outcome` by `exchange.rs`.
+
+use std::sync::Arc;
+
+use super::{lists, Route};
+use crate::error::TokenError;
+use crate::reply::LocalReply;
+use crate::token::VerifiedToken;
+use crate::verdict::Verdict;
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub route: Option<String>,
+    pub principal: Option<String>,
+    pub policies: Vec<String>,
+    /// Why (for the log line); empty on allow.
+    pub reason: String,
+    /// The reply to send instead of forwarding; `None` forwards (always `None` in shadow mode).
+    pub reply: Option<LocalReply>,
+    /// Headers to set on the forwarded request.
+    pub set_headers: Vec<(String, String)>,
+    /// Set on an MCP POST whose token verified: the body decides (`Engine::check_mcp`). The
+    /// proxy buffers the body and forwards nothing until then.
+    pub pending: Option<Pending>,
+    /// Set on an allowed MCP POST with `tools/list`, `resources/list` or `prompts/list`
+    /// requests: the proxy filters their answers (`Engine::filter_list_json`, `listing.rs`).
+    pub mcp_lists: Option<lists::ListRequests>,
+    /// Credentials to record as used before forwarding (single-use tokens, approvals): the
+    /// proxy records each in its shared data, first writer wins, and sends the obligation's
+    /// refusal instead when it was recorded already (`approval::Once`).
+    pub once: Vec<crate::approval::Once>,
+    /// An approval request to POST to the approval webhook (`approval.webhook`) with the reply.
+    pub notify: Option<String>,
+    /// On an MCP route: who an MCP session is bound to — a digest of the principal, on whose
+    /// behalf, the actor chain and the task (as an approval binds them). A session is used only
+    /// by the identity that created it.
+    pub session_owner: Option<String>,
+}
+
+/// An authenticated MCP request waiting for its body.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub(super) route: usize,
+    pub(super) token: Arc<VerifiedToken>,
+    pub(super) principal: String,
+    /// The token is single-use: recorded if the body is forwarded.
+    pub(super) once: Option<crate::approval::Once>,
+    /// The approval header, for a call that needs one.
+    pub(super) approval: Option<String>,
+}
+
+impl Decision {
+    /// A decision with nothing to send and no headers to set yet.
+    pub(super) fn new(
+        verdict: Verdict,
+        route: Option<String>,
+        principal: Option<String>,
+    ) -> Decision {
+        Decision {
+            verdict,
+            route,
+            principal,
+            policies: vec![],
+            reason: String::new(),
+            reply: None,
+            set_headers: vec![],
+            pending: None,
+            mcp_lists: None,
+            once: vec![],
+            notify: None,
+            session_owner: None,
+        }
+    }
+
+    /// One line for the proxy's debug log. Every value that can come from a request or a token
+    /// is escaped (`crate::reply::log_safe`), so that nothing a client sends starts a line.
+    pub fn log_line(&self, method: &str, path: &str, request_id: &str) -> String {
+        use crate::reply::log_safe as e;
+        format!(
+            "tessera decision={} route={} principal={} method={} path={} policies=[{}] request_id={}{}",
+            self.verdict.name(),
+            e(self.route.as_deref().unwrap_or("-")),
+            e(self.principal.as_deref().unwrap_or("-")),
+            e(method),
+            e(path),
+            e(&self.policies.join(",")),
+            e(request_id),
+            if self.reason.is_empty() { String::new() } else { format!(" reason=\"{}\"", crate::reply::log_quoted(&self.reason)) }
+        )
+    }
+}
+
+impl Pending {
+    pub(crate) fn token(&self) -> &VerifiedToken {
+        &self.token
+    }
+}
+
+pub(super) fn cannot_judge(route: &Route, reason: String, request_id: &str) -> Decision {
+    Decision {
+        reason,
+        reply: Some(LocalReply::cannot_judge(request_id)),
+        ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
+    }
+}
+
+pub(super) fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -> Decision {
+    Decision {
+        reason: e.to_string(),
+        reply: Some(LocalReply::invalid_token(&e.to_string(), request_id)),
+        ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
+    }
+}
+
+pub(super) fn deny_reply(
+    verdict: Verdict,
+    route: Option<String>,
+    reason: &str,
+    request_id: &str,
+    status: u32,
+) -> Decision {
+    Decision {
+        reason: reason.to_string(),
+        reply: Some(LocalReply::json_error(
+            status,
+            "forbidden",
+            Some(reason),
+            &[],
+            request_id,
+        )),
+        ..Decision::new(verdict, route, None)
+    }
+}
