@@ -330,50 +330,35 @@ pub fn bind_identity(
     }
 }
 
-/// SHA-256 (base64url, unpadded) of the canonical serialisation of `v`.
-pub fn digest(v: &Value) -> String {
-    let mut s = String::new();
-    canonical(v, &mut s);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(s.as_bytes()))
+/// SHA-256 (base64url, unpadded) of the RFC 8785 (JCS) serialisation of `v`; `None` when `v`
+/// is not I-JSON (RFC 7493), which JCS requires: an integer beyond ±(2^53 − 1) has no exact JCS
+/// form (JCS writes numbers as IEEE doubles), so two different amounts would share one digest.
+pub fn digest(v: &Value) -> Option<String> {
+    let bytes = canonical(v)?;
+    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(&bytes)))
 }
 
-/// RFC 8785-like canonical JSON: no whitespace, object members sorted by the UTF-16 code units of
-/// their names, strings escaped as JSON.stringify does (serde_json escapes the same set, with
-/// lowercase hex). Integers are written as integers; other numbers as serde_json writes them
-/// (a whole number below 2^53 is written without a fraction, as ECMAScript does).
-pub fn canonical(v: &Value, out: &mut String) {
+/// The RFC 8785 (JCS) serialisation of `v` (`serde_json_canonicalizer`); `None` when `v` is not
+/// I-JSON ([`digest`]).
+pub fn canonical(v: &Value) -> Option<Vec<u8>> {
+    if !i_json(v) {
+        return None;
+    }
+    serde_json_canonicalizer::to_vec(v).ok()
+}
+
+/// Every number of `v` is exact as an IEEE double (RFC 7493 §2.2).
+fn i_json(v: &Value) -> bool {
+    const MAX_EXACT: u64 = (1 << 53) - 1;
     match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&m[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(x, out);
-            }
-            out.push(']');
-        }
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                out.push_str(&format!("{}", f as i64));
-            }
-            _ => out.push_str(&n.to_string()),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => u <= MAX_EXACT,
+            (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT,
+            (None, None) => true,
         },
-        other => out.push_str(&other.to_string()),
+        Value::Array(a) => a.iter().all(i_json),
+        Value::Object(m) => m.values().all(i_json),
+        _ => true,
     }
 }
 
@@ -418,7 +403,9 @@ where
     if !only_approval_policies(denying, approvable) {
         return None;
     }
-    let digest = digest(subject);
+    // Not I-JSON (an integer JCS cannot write exactly): no digest names this request alone, so
+    // no approval can lift the denial.
+    let digest = digest(subject)?;
     let ask = approval.request_object(subject, &digest);
     let reason = match presented {
         None => None,
@@ -503,11 +490,35 @@ mod tests {
             r#"{"b": [1, {"z": true, "a": null}], "a": "x\u0001\"", "é": 2.0, "A": 1e3}"#,
         )
         .expect("json");
-        let mut s = String::new();
-        canonical(&v, &mut s);
+        let s = String::from_utf8(canonical(&v).expect("I-JSON")).expect("UTF-8");
         assert_eq!(
             s,
             r#"{"A":1000,"a":"x\u0001\"","b":[1,{"a":null,"z":true}],"é":2}"#
+        );
+    }
+
+    /// RFC 8785 §3.2.3: members sorted by UTF-16 code units, so U+1F600 (D83D DE00) comes
+    /// before U+FB01; sorting by code points (Python's `sort_keys`) would put it after.
+    #[test]
+    fn members_are_sorted_by_utf16_code_units() {
+        let v = json!({"\u{fb01}": 1, "\u{1f600}": 2, "\u{80}": 3});
+        let s = String::from_utf8(canonical(&v).expect("I-JSON")).expect("UTF-8");
+        assert_eq!(s, "{\"\u{80}\":3,\"\u{1f600}\":2,\"\u{fb01}\":1}");
+    }
+
+    #[test]
+    fn an_integer_jcs_cannot_write_exactly_has_no_digest() {
+        let exact = (1_u64 << 53) - 1;
+        assert!(digest(&json!({"amount": exact})).is_some());
+        assert!(digest(&json!({"amount": -(exact as i64)})).is_some());
+        assert_eq!(digest(&json!({"amount": exact + 1})), None);
+        assert_eq!(
+            digest(&json!({"n": [{"amount": -(exact as i64) - 1}]})),
+            None
+        );
+        assert!(
+            digest(&json!({"amount": 1e300})).is_some(),
+            "a double is exact as itself"
         );
     }
 
@@ -521,10 +532,8 @@ mod tests {
             Some(&json!({"to_account": "DE89", "amount": 500})),
             None,
         );
-        // Cross-checked with Python: base64url(sha256(json.dumps(a, sort_keys=True,
-        // separators=(",", ":")).encode())).
-        let mut s = String::new();
-        canonical(&a, &mut s);
+        // Cross-checked with Python: base64url(sha256(jcs.canonicalize(a))).
+        let s = String::from_utf8(canonical(&a).expect("I-JSON")).expect("UTF-8");
         assert_eq!(
             s,
             r#"{"action":"call:transfer_funds","arguments":{"amount":500,"to_account":"DE89"},"principal":"Agent::\"agent-7\"","resource":"Tool::\"transfer_funds\"","route":"tools"}"#
@@ -537,7 +546,10 @@ mod tests {
             Some(&json!({"to_account": "DE89", "amount": 501})),
             None,
         );
-        assert_eq!(digest(&a), "7dTTMHhkF6NPstRQajR62recqYBQw8WIxzgxhagTXKk");
+        assert_eq!(
+            digest(&a).as_deref(),
+            Some("7dTTMHhkF6NPstRQajR62recqYBQw8WIxzgxhagTXKk")
+        );
         assert_ne!(digest(&a), digest(&b));
         assert_eq!(digest(&a), digest(&a.clone()));
     }

@@ -2,7 +2,7 @@
 """The demo approver: mint a human approval (a JWT) for one request Tessera asked approval for.
 
 A request denied only by `@approval("required")` policies gets `approval_required` with an
-approval request: `digest` (SHA-256, base64url, of the canonical JSON of principal, action,
+approval request: `digest` (SHA-256, base64url, of the RFC 8785 (JCS) canonical JSON of principal, action,
 resource, route and MCP arguments or HTTP path) and `request` (what was asked, for the approver to
 read). The approver signs an approval naming that digest; the client retries the same request with
 the approval in the `x-tessera-approval` header; Tessera accepts it once.
@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import jcs
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
@@ -54,13 +55,13 @@ def approval_config(**overrides: Any) -> dict:
 
 
 def canonical(value: Any) -> str:
-    """Canonical JSON (sorted keys, no whitespace): what the filter hashes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """RFC 8785 (JCS) canonical JSON, by the `jcs` package: what the filter hashes."""
+    return jcs.canonicalize(value).decode()
 
 
 def digest_of(request: dict) -> str:
     """The digest of an approval request's `request` object, computed independently of the filter."""
-    d = hashlib.sha256(canonical(request).encode()).digest()
+    d = hashlib.sha256(jcs.canonicalize(request)).digest()
     return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
 
 

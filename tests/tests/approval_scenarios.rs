@@ -336,6 +336,25 @@ fn ask(h: &mut Harness, auth: &str, call: &Value) -> Result<Value> {
     Ok(reply["error"]["data"]["approval"].clone())
 }
 
+/// The digest is RFC 8785 (JCS), which writes numbers as IEEE doubles: 2^53 + 1 and 2^53 would
+/// share a digest, so an approval of one would approve the other. Such a call is not approvable:
+/// its denial stands.
+#[test]
+fn a_call_with_an_integer_jcs_cannot_write_exactly_is_denied_without_an_approval_offer(
+) -> Result<()> {
+    let mut h = harness()?;
+    let call = transfer(8, (1 << 53) + 1, "EXT-42");
+    let (ctx, status) = post_mcp(&mut h, &payer()?, &[], &call)?;
+    assert_eq!(status, Some(200), "a JSON-RPC error answers the call");
+    let reply = reply_json(&h, ctx);
+    assert_eq!(
+        reply["error"]["code"], -32003,
+        "forbidden, not approvable: {reply}"
+    );
+    assert_eq!(reply["error"]["data"]["approval"], Value::Null, "{reply}");
+    Ok(())
+}
+
 #[test]
 fn an_mcp_call_needing_approval_is_allowed_once_with_an_approval_of_exactly_that_call() -> Result<()>
 {
@@ -353,7 +372,7 @@ fn an_mcp_call_needing_approval_is_allowed_once_with_an_approval_of_exactly_that
                "arguments": {"amount": 500, "to_account": "EXT-42"},
                "issuer": AGENTS, "on_behalf_of": "agents|agent-pay", "actors": [], "task": null})
     );
-    // The digest is SHA-256 of the canonical JSON (sorted keys, no whitespace) of `request`.
+    // The digest is SHA-256 of the RFC 8785 (JCS) form of `request`.
     let canonical = r#"{"action":"call:transfer_funds","actors":[],"arguments":{"amount":500,"to_account":"EXT-42"},"issuer":"https://agents.demo.tessera.dev","on_behalf_of":"agents|agent-pay","principal":"Agent::\"agents|agent-pay\"","resource":"Tool::\"transfer_funds\"","route":"tools","task":null}"#;
     assert_eq!(
         digest,

@@ -82,7 +82,8 @@ impl Engine {
         self.bind_identity(&mut who, t);
         let namespace = self.issuer_of(t).map_or("", |i| i.namespace.as_str());
         crate::json::set(&mut who, "issuer", json!(namespace));
-        crate::approval::digest(&who)
+        // Strings only, so always I-JSON; the fallback is as unique, only not JCS.
+        crate::approval::digest(&who).unwrap_or_else(|| who.to_string())
     }
 
     pub(super) fn identity_headers(
