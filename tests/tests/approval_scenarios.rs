@@ -336,14 +336,26 @@ fn ask(h: &mut Harness, auth: &str, call: &Value) -> Result<Value> {
     Ok(reply["error"]["data"]["approval"].clone())
 }
 
-/// The digest is RFC 8785 (JCS), which writes numbers as IEEE doubles: 2^53 + 1 and 2^53 would
+/// The digest is RFC 8785 (JCS), which writes numbers as IEEE doubles: 2^53 and 2^53 + 1 would
 /// share a digest, so an approval of one would approve the other. Such a call is not approvable:
 /// its denial stands.
 #[test]
 fn a_call_with_an_integer_jcs_cannot_write_exactly_is_denied_without_an_approval_offer(
 ) -> Result<()> {
-    let mut h = harness()?;
-    let call = transfer(8, (1 << 53) + 1, "EXT-42");
+    // Without the hard limit of 1000, so that only the approval forbid holds the call.
+    let mut config = test_config()?;
+    let mcp = config["policies"]["mcp.cedar"]
+        .as_str()
+        .context("mcp.cedar")?
+        .replace(
+            "when { context.mcp.arguments.amount > 1000 };",
+            "when { false };",
+        );
+    config["policies"]["mcp.cedar"] = json!(mcp);
+    let mut h = harness_with(config)?;
+    let exact = transfer(8, (1 << 53) - 1, "EXT-42");
+    ask(&mut h, &payer()?, &exact)?;
+    let call = transfer(9, 1 << 53, "EXT-42");
     let (ctx, status) = post_mcp(&mut h, &payer()?, &[], &call)?;
     assert_eq!(status, Some(200), "a JSON-RPC error answers the call");
     let reply = reply_json(&h, ctx);
