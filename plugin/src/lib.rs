@@ -60,18 +60,6 @@ fn edit(map: MapType, edits: &[Edit]) {
     }
 }
 
-/// Reads up to `max` bytes of `buffer`, remembering how many were read (to replace them).
-fn reader(buffer: BufferType, len: &Cell<usize>) -> impl FnMut(usize) -> Vec<u8> + '_ {
-    move |max| {
-        let body = hostcalls::get_buffer(buffer, 0, max)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        len.set(body.len());
-        body
-    }
-}
-
 impl Filter {
     fn new(
         engine: Option<Rc<Engine>>,
@@ -113,13 +101,15 @@ impl Filter {
             self.metrics.count(counter, n);
         }
         for (level, line) in &o.logs {
-            let level = match level {
-                Level::Debug => LogLevel::Debug,
-                Level::Info => LogLevel::Info,
-                Level::Warn => LogLevel::Warn,
-                Level::Error => LogLevel::Error,
-            };
-            log(level, line);
+            log(
+                match level {
+                    Level::Debug => LogLevel::Debug,
+                    Level::Info => LogLevel::Info,
+                    Level::Warn => LogLevel::Warn,
+                    Level::Error => LogLevel::Error,
+                },
+                line,
+            );
         }
         for c in &o.callouts {
             let headers = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -153,14 +143,36 @@ impl Filter {
         }
     }
 
-    fn apply_request(&self, o: Outcome) -> Action {
-        self.apply(
-            o,
-            MapType::HttpRequestHeaders,
-            (BufferType::HttpRequestBody, 0),
-        )
+    /// Runs one hook on the exchange and executes its outcome; `read_max` bounds a body read
+    /// (`None`: no body in this hook). Before a configuration compiled, `unconfigured` is the
+    /// answer (the request itself got 503 at its headers).
+    fn run(
+        &mut self,
+        unconfigured: Action,
+        message: (MapType, BufferType),
+        read_max: usize,
+        hook: impl FnOnce(&mut Exchange, &Engine, &SharedData, &mut dyn FnMut() -> Vec<u8>) -> Outcome,
+    ) -> Action {
+        let Some(engine) = self.engine.clone() else {
+            return unconfigured;
+        };
+        let mut read_len = 0;
+        let mut read = || {
+            let body = hostcalls::get_buffer(message.1, 0, read_max)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            read_len = body.len();
+            body
+        };
+        let o = hook(&mut self.exchange, &engine, &self.store, &mut read);
+        self.apply(o, message.0, (message.1, read_len))
     }
 }
+
+const REQUEST: (MapType, BufferType) = (MapType::HttpRequestHeaders, BufferType::HttpRequestBody);
+const RESPONSE: (MapType, BufferType) =
+    (MapType::HttpResponseHeaders, BufferType::HttpResponseBody);
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -168,104 +180,70 @@ impl HttpContext for Filter {
         // UTF-8.
         let headers = self.get_http_request_headers_bytes();
         let request_id = exchange::request_id(&headers, &|| self.fresh_id());
-        let Some(engine) = self.engine.clone() else {
-            return self.apply_request(exchange::unavailable(&request_id));
-        };
-        let o = self.exchange.on_request_headers(
-            &engine,
-            &*self.store,
-            &headers,
-            request_id,
-            end_of_stream,
-            now_s(),
-        );
-        self.apply_request(o)
+        if self.engine.is_none() {
+            let o = exchange::unavailable(&request_id);
+            return self.apply(o, REQUEST.0, (REQUEST.1, 0));
+        }
+        self.run(Action::Pause, REQUEST, 0, |x, engine, store, _| {
+            x.on_request_headers(engine, store, &headers, request_id, end_of_stream, now_s())
+        })
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(engine) = self.engine.clone() else {
-            return Action::Pause;
-        };
-        let len = Cell::new(0);
-        let mut read = reader(BufferType::HttpRequestBody, &len);
-        let o = self.exchange.on_request_body(
-            &engine,
-            &*self.store,
+        self.run(
+            Action::Pause,
+            REQUEST,
             body_size,
-            end_of_stream,
-            now_s(),
-            &mut read,
-        );
-        self.apply_request(o)
+            |x, engine, store, read| {
+                x.on_request_body(
+                    engine,
+                    store,
+                    body_size,
+                    end_of_stream,
+                    now_s(),
+                    &mut |_| read(),
+                )
+            },
+        )
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        let Some(engine) = self.engine.clone() else {
-            return Action::Pause;
-        };
-        let len = Cell::new(0);
-        let mut read = reader(BufferType::HttpRequestBody, &len);
-        let o = self
-            .exchange
-            .on_request_trailers(&engine, &*self.store, now_s(), &mut read);
-        self.apply_request(o)
+        let max = self
+            .engine
+            .as_ref()
+            .map_or(0, |e| e.max_body_bytes().saturating_add(1));
+        self.run(Action::Pause, REQUEST, max, |x, engine, store, read| {
+            x.on_request_trailers(engine, store, now_s(), &mut |_| read())
+        })
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(engine) = self.engine.clone() else {
-            return Action::Continue;
-        };
         // As bytes: the upstream chooses these.
         let header = |name: &str| {
             hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
                 .ok()
                 .flatten()
         };
-        let o = self.exchange.on_response_headers(
-            &engine,
-            &*self.store,
-            &header,
-            end_of_stream,
-            now_s(),
-        );
-        self.apply(
-            o,
-            MapType::HttpResponseHeaders,
-            (BufferType::HttpResponseBody, 0),
-        )
+        self.run(Action::Continue, RESPONSE, 0, |x, engine, store, _| {
+            x.on_response_headers(engine, store, &header, end_of_stream, now_s())
+        })
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(engine) = self.engine.clone() else {
-            return Action::Continue;
-        };
-        let len = Cell::new(0);
-        let mut read = reader(BufferType::HttpResponseBody, &len);
-        let o = self
-            .exchange
-            .on_response_body(&engine, end_of_stream, now_s(), &mut || read(body_size));
-        drop(read);
-        self.apply(
-            o,
-            MapType::HttpResponseHeaders,
-            (BufferType::HttpResponseBody, len.get()),
+        self.run(
+            Action::Continue,
+            RESPONSE,
+            body_size,
+            |x, engine, _, read| x.on_response_body(engine, end_of_stream, now_s(), read),
         )
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        let Some(engine) = self.engine.clone() else {
-            return Action::Continue;
-        };
-        let len = Cell::new(0);
-        let mut read = reader(BufferType::HttpResponseBody, &len);
-        let o = self
-            .exchange
-            .on_response_trailers(&engine, now_s(), &mut || read(usize::MAX));
-        drop(read);
-        self.apply(
-            o,
-            MapType::HttpResponseTrailers,
-            (BufferType::HttpResponseBody, len.get()),
+        self.run(
+            Action::Continue,
+            RESPONSE,
+            usize::MAX,
+            |x, engine, _, read| x.on_response_trailers(engine, now_s(), read),
         )
     }
 }

@@ -74,7 +74,7 @@ impl Engine {
     }
 
     /// Who an MCP session of this request is bound to (`Decision::session_owner`): the digest
-    /// of the identity an approval binds — principal, on whose behalf, actors, task — with the
+    /// (SHA-256, base64url) of the identity an approval binds — principal, on whose behalf, actors, task — with the
     /// issuer's identity namespace in place of the issuer, so that issuers configured to share
     /// identities share sessions too.
     pub(super) fn session_owner(&self, t: &VerifiedToken, principal: &str) -> String {
@@ -82,8 +82,11 @@ impl Engine {
         self.bind_identity(&mut who, t);
         let namespace = self.issuer_of(t).map_or("", |i| i.namespace.as_str());
         crate::json::set(&mut who, "issuer", json!(namespace));
-        // Strings only, so always I-JSON; the fallback is as unique, only not JCS.
-        crate::approval::digest(&who).unwrap_or_else(|| who.to_string())
+        // A key of this filter's own: any one-to-one serialisation does (serde_json's, built in
+        // a fixed order), and JCS would cost a serialiser pass per MCP request.
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(crate::cache::digest(&who.to_string()))
     }
 
     pub(super) fn identity_headers(
