@@ -5,8 +5,8 @@ The plugin configuration in the examples names the Cedar files instead of inlini
     "schema": "@policies/tessera.cedarschema"
     "policies": "@policies/*.cedar"
 A string member of the plugin config that starts with "@" is a glob relative to the repository
-root; it is replaced by the text of the matching files, sorted by name and separated by a blank
-line (the same expansion `cargo xtask` does when it bundles the config).
+root. `schema` becomes the text of the one file it names; `policies` becomes an object of named
+documents (file name -> text, sorted by name), so that a policy error names its file.
 
     python tests/e2e/envoy_config.py envoy-examples/envoy-http.yaml -o target/envoy-http.yaml \
         [--admin-port 9901] [--listener-port 10000] [--upstream-port 8080] [--wasm PATH]
@@ -43,14 +43,26 @@ def dump_yaml(doc: Any, path: str | Path) -> Path:
     return path
 
 
-def read_placeholder(ref: str, root: Path = REPO_ROOT) -> str:
-    """Text of the files matching "@<glob>" (relative to root), sorted by name, blank-line separated."""
+def placeholder_files(ref: str, root: Path = REPO_ROOT) -> list[Path]:
+    """The files matching "@<glob>" (relative to root), sorted by name."""
     pattern = ref[1:]
-    files = sorted(root.glob(pattern), key=lambda p: p.name)
-    files = [f for f in files if f.is_file()]
+    files = [f for f in sorted(root.glob(pattern), key=lambda p: p.name) if f.is_file()]
     if not files:
         raise ConfigError(f"placeholder {ref!r}: no file matches {root / pattern}")
-    return "\n\n".join(f.read_text().strip("\n") + "\n" for f in files)
+    return files
+
+
+def read_placeholder(member: str, ref: str, root: Path = REPO_ROOT) -> str | dict[str, str]:
+    """`policies`: named documents {file name: text}; `schema`: the text of its one file."""
+    files = placeholder_files(ref, root)
+    if member == "policies":
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"placeholder {ref!r}: two files have the same name")
+        return {f.name: f.read_text() for f in files}
+    if len(files) != 1:
+        raise ConfigError(f"placeholder {ref!r}: `{member}` is one file, {len(files)} match")
+    return files[0].read_text()
 
 
 def expand_plugin_config(cfg: dict, root: Path = REPO_ROOT) -> dict:
@@ -59,7 +71,7 @@ def expand_plugin_config(cfg: dict, root: Path = REPO_ROOT) -> dict:
     for member in EXPANDED_MEMBERS:
         value = out.get(member)
         if isinstance(value, str) and value.startswith("@"):
-            out[member] = read_placeholder(value, root)
+            out[member] = read_placeholder(member, value, root)
     return out
 
 

@@ -11,7 +11,7 @@ from helpers import agent, user
 
 
 def _bad_policy_syntax(cfg):
-    cfg["policies"] += "\npermit(principal, action, resource) when { principal == ;\n"
+    cfg["policies"]["broken.cedar"] = "permit(principal, action, resource) when { principal == ;\n"
     return cfg
 
 
@@ -26,7 +26,7 @@ def _oct_key_in_jwks(cfg):
 
 
 def _unknown_schema_entity(cfg):
-    cfg["policies"] += '\npermit(principal is NoSuchType, action, resource);\n'
+    cfg["policies"]["broken.cedar"] = "permit(principal is NoSuchType, action, resource);\n"
     return cfg
 
 
@@ -39,8 +39,9 @@ BROKEN = {
 
 
 # What the plugin's error must name (DESIGN.md: "every error names the field and what is wrong").
-NAMED_FIELD = {"policy_syntax_error": "policies", "issuer_without_audiences": "audiences",
-               "oct_key_in_jwks": "kty", "policy_not_valid_against_schema": "policies"}
+# A policy error names the document it is in (the examples bundle policies/*.cedar by file name).
+NAMED_FIELD = {"policy_syntax_error": "broken.cedar", "issuer_without_audiences": "audiences",
+               "oct_key_in_jwks": "kty", "policy_not_valid_against_schema": "broken.cedar"}
 
 
 @pytest.fixture(scope="module")
