@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod http;
 mod perf;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
@@ -266,38 +267,6 @@ pub(crate) fn free_port() -> Result<u16> {
         .port())
 }
 
-pub(crate) fn wait_ready(url: &str, children: &mut Children, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let (host, path) = url
-        .trim_start_matches("http://")
-        .split_once('/')
-        .unwrap_or((url, ""));
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(host) {
-            use std::io::{Read, Write};
-            // HTTP/1.1: Envoy's admin answers HTTP/1.0 with 426 Upgrade Required.
-            let _ = write!(
-                s,
-                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-            );
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
-        for c in &mut children.0 {
-            if let Ok(Some(status)) = c.try_wait() {
-                bail!("a demo process exited early ({status}); see its output above");
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{url} not ready after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn demo(root: &Path) -> Result<()> {
     let wasm = build_wasm(root)?;
     let venv = venv(root)?;
@@ -382,10 +351,11 @@ fn demo(root: &Path) -> Result<()> {
         "waiting for Envoy: V8 compiles the 4-5 MB module first (10-60 s on a busy 2-core machine)"
     );
     for port in [admin, mcp_admin] {
-        wait_ready(
-            &format!("http://127.0.0.1:{port}/ready"),
+        http::wait_ready(
+            port,
             &mut children,
             Duration::from_secs(120),
+            "its output above",
         )?;
     }
 

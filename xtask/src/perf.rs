@@ -759,60 +759,22 @@ fn command_output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// One HTTP/1.1 request to 127.0.0.1: the response status and body.
-fn http(port: u16, path: &str, authorization: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = if authorization.is_empty() {
-        String::new()
-    } else {
-        format!("authorization: Bearer {authorization}\r\n")
-    };
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{auth}connection: close\r\n\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no HTTP status from 127.0.0.1:{port}{path}"))?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((status, body))
-}
-
-/// Waits for an Envoy admin's `/ready` to answer 200. (Envoy answers HTTP/1.0 with 426, so this
-/// speaks HTTP/1.1.)
-fn ready(admin: u16, children: &mut Children) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if matches!(http(admin, "/ready", ""), Ok((200, _))) {
-            return Ok(());
-        }
-        for c in &mut children.0 {
-            if let Ok(Some(status)) = c.try_wait() {
-                bail!("an Envoy exited early ({status}); see target/load/*.log");
-            }
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("Envoy admin on 127.0.0.1:{admin} not ready after 60 s; see target/load/*.log");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn http_status(port: u16, token: &str) -> Result<u16> {
-    Ok(http(port, "/orders/42", token)?.0)
+    let bearer = (!token.is_empty()).then_some(token);
+    Ok(crate::http::get(port, "/orders/42", bearer)?.0)
 }
 
 fn http_get(port: u16, path: &str) -> Result<String> {
-    Ok(http(port, path, "")?.1)
+    Ok(crate::http::get(port, path, None)?.1)
+}
+
+fn ready(admin: u16, children: &mut Children) -> Result<()> {
+    crate::http::wait_ready(
+        admin,
+        children,
+        Duration::from_secs(60),
+        "target/load/*.log",
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

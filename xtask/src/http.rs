@@ -1,0 +1,49 @@
+//! The xtask's one HTTP client (ureq, plain HTTP/1.1 to 127.0.0.1): readiness of the Envoys it
+//! starts and the checks and counters of `cargo xtask load`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::Children;
+
+/// `GET http://127.0.0.1:<port><path>` (with `authorization: Bearer <token>` when given): the
+/// status, whatever it is, and the body.
+pub(crate) fn get(port: u16, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+    let mut req = ureq::get(format!("http://127.0.0.1:{port}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build();
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let mut resp = req.call()?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.body_mut().read_to_string()?))
+}
+
+/// Waits until the Envoy admin on `admin` answers `/ready` with 200; fails at once when one of
+/// `children` exits (`what`: where its output went), and after `timeout`.
+pub(crate) fn wait_ready(
+    admin: u16,
+    children: &mut Children,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if matches!(get(admin, "/ready", None), Ok((200, _))) {
+            return Ok(());
+        }
+        for c in &mut children.0 {
+            if let Ok(Some(status)) = c.try_wait() {
+                bail!("a process exited early ({status}); see {what}");
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("Envoy admin on 127.0.0.1:{admin} not ready after {timeout:?}; see {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
