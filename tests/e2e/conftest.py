@@ -96,7 +96,7 @@ def wasm_path() -> Path:
 def example_bootstrap() -> dict:
     """envoy-examples/envoy-http.yaml with its policy placeholders expanded (ports/paths untouched)."""
     try:
-        return envoy_config.expand(envoy_config.load_yaml(EXAMPLE))
+        return envoy_config.rendered(EXAMPLE)
     except envoy_config.ConfigError as e:
         require(False, f"cannot expand {EXAMPLE.name}: {e}")
         raise

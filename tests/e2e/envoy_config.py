@@ -1,22 +1,12 @@
 #!/usr/bin/env python3
-"""Load an example from envoy-examples/, expand its policy placeholders, patch ports and paths.
-
-The plugin configuration in the examples names the Cedar files instead of inlining them:
-    "schema": "@policies/tessera.cedarschema"
-    "policies": "@policies/*.cedar"
-A string member of the plugin config that starts with "@" is a glob relative to the repository
-root. `schema` becomes the text of the one file it names; `policies` becomes an object of named
-documents (file name -> text, sorted by name), so that a policy error names its file.
-
-    python tests/e2e/envoy_config.py envoy-examples/envoy-http.yaml -o target/envoy-http.yaml \
-        [--admin-port 9901] [--listener-port 10000] [--upstream-port 8080] [--wasm PATH]
-"""
+"""Envoy examples for the end-to-end tests: rendered by `cargo xtask render` (policy placeholders
+expanded), then patched here (ports, the module, a plugin configuration of a test's own)."""
 from __future__ import annotations
 
-import argparse
 import copy
+import functools
 import json
-import sys
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +14,6 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WASM_FILTER = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
-EXPANDED_MEMBERS = ("schema", "policies")
 
 
 class ConfigError(Exception):
@@ -43,36 +32,22 @@ def dump_yaml(doc: Any, path: str | Path) -> Path:
     return path
 
 
-def placeholder_files(ref: str, root: Path = REPO_ROOT) -> list[Path]:
-    """The files matching "@<glob>" (relative to root), sorted by name."""
-    pattern = ref[1:]
-    files = [f for f in sorted(root.glob(pattern), key=lambda p: p.name) if f.is_file()]
-    if not files:
-        raise ConfigError(f"placeholder {ref!r}: no file matches {root / pattern}")
-    return files
+def rendered(example: str | Path) -> dict:
+    """The example with its placeholders expanded by `cargo xtask render`, the one implementation
+    of that expansion (`xtask/src/render.rs`): schema text, one named document per policy file."""
+    example = Path(example)
+    if example.is_absolute():
+        example = example.relative_to(REPO_ROOT)
+    return copy.deepcopy(_rendered(str(example)))
 
 
-def read_placeholder(member: str, ref: str, root: Path = REPO_ROOT) -> str | dict[str, str]:
-    """`policies`: named documents {file name: text}; `schema`: the text of its one file."""
-    files = placeholder_files(ref, root)
-    if member == "policies":
-        names = [f.name for f in files]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"placeholder {ref!r}: two files have the same name")
-        return {f.name: f.read_text() for f in files}
-    if len(files) != 1:
-        raise ConfigError(f"placeholder {ref!r}: `{member}` is one file, {len(files)} match")
-    return files[0].read_text()
-
-
-def expand_plugin_config(cfg: dict, root: Path = REPO_ROOT) -> dict:
-    """A copy of the plugin config with "@…" placeholders in schema/policies replaced by file text."""
-    out = copy.deepcopy(cfg)
-    for member in EXPANDED_MEMBERS:
-        value = out.get(member)
-        if isinstance(value, str) and value.startswith("@"):
-            out[member] = read_placeholder(member, value, root)
-    return out
+@functools.lru_cache(maxsize=None)
+def _rendered(example: str) -> dict:
+    r = subprocess.run(["cargo", "xtask", "render", example], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0:
+        raise ConfigError(f"cargo xtask render {example}: {r.stderr.strip()}")
+    return json.loads(r.stdout)
 
 
 def is_envoy_bootstrap(doc: Any) -> bool:
@@ -113,17 +88,6 @@ def set_plugin_config(doc: dict, cfg: dict | str, index: int = 0) -> dict:
     return doc
 
 
-def expand(doc: dict, root: Path = REPO_ROOT) -> dict:
-    """A copy of a bootstrap (every wasm filter) or WasmPlugin with its placeholders expanded."""
-    doc = copy.deepcopy(doc)
-    if not is_envoy_bootstrap(doc):
-        doc["spec"]["pluginConfig"] = expand_plugin_config(doc["spec"]["pluginConfig"], root)
-        return doc
-    for i, _ in enumerate(wasm_plugin_configs(doc)):
-        set_plugin_config(doc, expand_plugin_config(get_plugin_config(doc, i), root), i)
-    return doc
-
-
 def patch(doc: dict, *, admin_port: int | None = None, listener_port: int | None = None,
           upstream_port: int | None = None, wasm_path: str | Path | None = None,
           cluster: str = "upstream") -> dict:
@@ -146,32 +110,3 @@ def patch(doc: dict, *, admin_port: int | None = None, listener_port: int | None
         for pc in wasm_plugin_configs(doc):
             pc["vm_config"]["code"]["local"]["filename"] = str(wasm_path)
     return doc
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("example", type=Path)
-    ap.add_argument("-o", "--output", type=Path, help="default: stdout")
-    ap.add_argument("--root", type=Path, default=REPO_ROOT, help="where @… placeholders are resolved")
-    ap.add_argument("--admin-port", type=int)
-    ap.add_argument("--listener-port", type=int)
-    ap.add_argument("--upstream-port", type=int)
-    ap.add_argument("--wasm", type=Path, help="path of the .wasm module")
-    args = ap.parse_args(argv)
-    try:
-        doc = expand(load_yaml(args.example), args.root)
-        if is_envoy_bootstrap(doc):
-            patch(doc, admin_port=args.admin_port, listener_port=args.listener_port,
-                  upstream_port=args.upstream_port, wasm_path=args.wasm)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.output:
-        dump_yaml(doc, args.output)
-    else:
-        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, width=1000))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -173,7 +173,7 @@ class McpServer(Peer):
 
 @pytest.fixture(scope="module")
 def gw(envoy_bin, wasm_path):
-    bootstrap = envoy_config.expand(envoy_config.load_yaml(MCP_EXAMPLE))
+    bootstrap = envoy_config.rendered(MCP_EXAMPLE)
     # The example trusts the demo approver as configured here.
     assert envoy_config.get_plugin_config(bootstrap)["approval"] == approval_config(), MCP_EXAMPLE
     server = McpServer()

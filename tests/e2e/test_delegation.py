@@ -131,7 +131,7 @@ MCP_AUD = "mcp-tools"
 
 @pytest.fixture(scope="module")
 def gw(envoy_bin, wasm_path):
-    bootstrap = envoy_config.expand(envoy_config.load_yaml(MCP_EXAMPLE))
+    bootstrap = envoy_config.rendered(MCP_EXAMPLE)
     # The example configures the task detail fields that policies/agents.cedar reads.
     assert envoy_config.get_plugin_config(bootstrap)["issuers"][0]["task"] == TASK
     server = McpServer("mcp-server-delegation")

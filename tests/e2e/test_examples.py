@@ -17,10 +17,9 @@ EXAMPLES = [p for p in sorted((REPO_ROOT / "envoy-examples").glob("*.yaml"))
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_envoy_validate_accepts_example(example: Path, request):
-    doc = envoy_config.load_yaml(example)
     envoy_bin = request.getfixturevalue("envoy_bin")
     wasm_path = request.getfixturevalue("wasm_path")
-    expanded = envoy_config.expand(doc)
+    expanded = envoy_config.rendered(example)
     # `--mode validate` loads the module named in the config, so point it at the one under test.
     envoy_config.patch(expanded, wasm_path=wasm_path)
     out = envoy_config.dump_yaml(expanded, ARTIFACTS / f"validate-{example.name}")

@@ -76,7 +76,7 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def mcp_bootstrap() -> dict:
-    return envoy_config.expand(envoy_config.load_yaml(EXAMPLE))
+    return envoy_config.rendered(EXAMPLE)
 
 
 def _gateway(envoy_bin, wasm_path, bootstrap: dict, mode: str):

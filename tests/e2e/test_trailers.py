@@ -141,7 +141,7 @@ class Gateway:
 
 
 def bootstrap() -> dict:
-    doc = envoy_config.expand(envoy_config.load_yaml(EXAMPLE))
+    doc = envoy_config.rendered(EXAMPLE)
     cfg = envoy_config.get_plugin_config(doc)
     [agents] = [i for i in cfg["issuers"] if i["issuer"] == minting.AGENTS]
     agents["single_use_claim"] = "single_use"

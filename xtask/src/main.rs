@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 
 mod http;
 mod perf;
+mod render;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 
@@ -36,12 +37,14 @@ fn run_command() -> Result<()> {
         Some("fuzz") => fuzz(&args[1..]),
         Some("wasm") => build_wasm(&root).map(|p| println!("{}", p.display())),
         Some("venv") => venv(&root).map(|_| ()),
+        Some("render") => render::command(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test|bench|load|fuzz|wasm|venv>");
+            eprintln!("usage: cargo xtask <demo|test|bench|load|fuzz|wasm|venv|render>");
             eprintln!("  demo   build the module, start Envoy + demo upstream on localhost, print curl lines");
             eprintln!("  test   fmt, clippy, unit + harness tests, the .wasm, end-to-end tests through Envoy");
             eprintln!("  bench  criterion benchmarks: native core vs the .wasm in the harness");
             eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera; writes docs/PERFORMANCE.md");
+            eprintln!("  render an example of envoy-examples/ with its policies bundled: render <example> [--output F] [--wasm PATH] [--admin-port N] [--listener-port N] [--upstream-port N]");
             eprintln!("  fuzz   the property tests (tests/tests/props.rs) with many cases: fuzz [--minutes N] [--cases N]");
             std::process::exit(2);
         }
@@ -274,15 +277,16 @@ fn demo(root: &Path) -> Result<()> {
     let dir = root.join("target").join("demo");
     std::fs::create_dir_all(&dir)?;
     let (listener, upstream, admin) = (10000, free_port()?, free_port()?);
-    let envoy_yaml = dir.join("envoy.yaml");
+    let envoy_json = dir.join("envoy.json");
     let example = |name: &str, out: &Path, ports: [u16; 3]| -> Result<()> {
-        let [listener, upstream, admin] = ports.map(|p| p.to_string());
-        run(Command::new(&python)
-            .args(["tests/e2e/envoy_config.py", name, "--output"])
-            .arg(out)
-            .args(["--listener-port", &listener, "--upstream-port", &upstream])
-            .args(["--admin-port", &admin, "--wasm"])
-            .arg(&wasm))
+        let [listener, upstream, admin] = ports.map(Some);
+        let patch = render::Patch {
+            admin,
+            listener,
+            upstream,
+            wasm: Some(wasm.clone()),
+        };
+        render::render_to(root, name, out, &patch)
     };
     let envoy = |config: &Path, base_id: u32| -> Result<Child> {
         Command::new(venv.join("bin").join("envoy"))
@@ -301,7 +305,7 @@ fn demo(root: &Path) -> Result<()> {
     };
     example(
         "envoy-examples/envoy-http.yaml",
-        &envoy_yaml,
+        &envoy_json,
         [listener, upstream, admin],
     )?;
 
@@ -313,7 +317,7 @@ fn demo(root: &Path) -> Result<()> {
             .spawn()
             .context("starting the demo upstream")?,
     );
-    children.0.push(envoy(&envoy_yaml, std::process::id())?);
+    children.0.push(envoy(&envoy_json, std::process::id())?);
     // The MCP gateway: envoy-examples/envoy-mcp.yaml in a second Envoy, in front of the test MCP
     // server (the official MCP Python SDK), so that any MCP client can be pointed at it.
     let mut mcp_server = Command::new(&python)
@@ -339,13 +343,13 @@ fn demo(root: &Path) -> Result<()> {
         .and_then(|p| p.trim().parse().ok())
         .with_context(|| format!("the demo MCP server did not start: {ready:?}"))?;
     let (mcp_listener, mcp_admin) = (10001, free_port()?);
-    let mcp_yaml = dir.join("envoy-mcp.yaml");
+    let mcp_json = dir.join("envoy-mcp.json");
     example(
         "envoy-examples/envoy-mcp.yaml",
-        &mcp_yaml,
+        &mcp_json,
         [mcp_listener, mcp_upstream, mcp_admin],
     )?;
-    children.0.push(envoy(&mcp_yaml, std::process::id() + 1)?);
+    children.0.push(envoy(&mcp_json, std::process::id() + 1)?);
 
     println!(
         "waiting for Envoy: V8 compiles the 4-5 MB module first (10-60 s on a busy 2-core machine)"

@@ -472,23 +472,16 @@ pub fn load(root: &Path) -> Result<()> {
 
     step("rendering the Envoy configurations");
     let render = |example: &str, out: &Path, listener: u16, admin: u16| -> Result<()> {
-        let mut cmd = Command::new(&python);
-        cmd.arg("tests/e2e/envoy_config.py")
-            .arg(example)
-            .arg("--output")
-            .arg(out)
-            .args(["--listener-port", &listener.to_string()])
-            .args(["--admin-port", &admin.to_string()]);
-        if example != "envoy-examples/load/upstream.yaml" {
-            cmd.args(["--upstream-port", &upstream_port.to_string()]);
-        }
-        if example == "envoy-examples/envoy-http.yaml" {
-            cmd.arg("--wasm").arg(&wasm);
-        }
-        run(&mut cmd)
+        let patch = crate::render::Patch {
+            admin: Some(admin),
+            listener: Some(listener),
+            upstream: (example != "envoy-examples/load/upstream.yaml").then_some(upstream_port),
+            wasm: (example == "envoy-examples/envoy-http.yaml").then(|| wasm.clone()),
+        };
+        crate::render::render_to(root, example, out, &patch)
     };
     let upstream_admin = free_port()?;
-    let upstream_yaml = dir.join("upstream.yaml");
+    let upstream_yaml = dir.join("upstream.json");
     render(
         "envoy-examples/load/upstream.yaml",
         &upstream_yaml,
@@ -498,7 +491,7 @@ pub fn load(root: &Path) -> Result<()> {
     for p in &proxies {
         render(
             p.example,
-            &dir.join(format!("{}.yaml", p.key)),
+            &dir.join(format!("{}.json", p.key)),
             p.port,
             p.admin,
         )?;
@@ -529,7 +522,7 @@ pub fn load(root: &Path) -> Result<()> {
     children.0.push(start(&upstream_yaml, "upstream", 0)?);
     for (i, p) in proxies.iter().enumerate() {
         children.0.push(start(
-            &dir.join(format!("{}.yaml", p.key)),
+            &dir.join(format!("{}.json", p.key)),
             p.key,
             i as u32 + 1,
         )?);
