@@ -46,11 +46,13 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
+/// The proxy's clock in Unix seconds. A clock that cannot be read is the end of time: every
+/// token is then expired (401), never valid forever (0 would pass every `exp` check).
 fn now_s() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+        .map_or(u64::MAX, |d| d.as_secs())
 }
 
 /// Sets or removes headers of `map`. Values are set as bytes (the proxy takes any).
@@ -162,7 +164,13 @@ impl Filter {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            read_len = body.len();
+            // A replacement covers what the proxy holds (`read_max`, the size it reported), even
+            // if the read returned less; unbounded reads (trailers) cover what was read.
+            read_len = if read_max == usize::MAX {
+                body.len()
+            } else {
+                read_max.max(body.len())
+            };
             body
         };
         let o = hook(&mut self.exchange, &engine, &self.store, &mut read);

@@ -158,6 +158,27 @@ fn invalid_json_is_refused() {
     assert!(e.starts_with("invalid configuration"), "{e}");
 }
 
+/// A forwarded identity header named like one the filter reads would make the client's copy of
+/// it the one the filter reads (found in review of the exchange refactor).
+#[test]
+fn forward_headers_the_filter_reads_are_refused() {
+    for name in [
+        "authorization",
+        "Content-Type",
+        "content-length",
+        "mcp-session-id",
+        "x-request-id",
+        "accept-encoding",
+        "x-tessera-approval",
+    ] {
+        let e = error_for(|c| c["forward"]["headers"][name] = json!("principal"));
+        assert!(
+            e.contains(&format!("forward.headers.{name}")) && e.contains("reads it"),
+            "{name}: {e}"
+        );
+    }
+}
+
 #[test]
 fn bad_forward_header_source_names_the_header() {
     let e = error_for(|c| c["forward"]["headers"]["x-who"] = json!("whoever"));

@@ -15,6 +15,18 @@ use crate::token::{Issuer, VerifiedToken};
 
 use super::*;
 
+/// Request headers the filter reads, or sets for its own use (`accept-encoding` on list
+/// requests), besides the approval header.
+const READ_HEADERS: [&str; 7] = [
+    "authorization",
+    "host",
+    "content-type",
+    "content-length",
+    "mcp-session-id",
+    "x-request-id",
+    "accept-encoding",
+];
+
 impl Engine {
     pub fn from_json(json: &[u8]) -> Result<Engine, ConfigError> {
         Engine::compile(Config::parse(json)?)
@@ -126,10 +138,13 @@ impl Engine {
             {
                 return Err(ConfigError::new(path, "not a valid header name"));
             }
-            if lower == "authorization" || lower == "host" {
+            // Headers the filter reads from the request (or sets itself) are never its output:
+            // otherwise a client's copy would be read as if it were the filter's.
+            let approval_header = c.approval.as_ref().map(|a| a.header.to_ascii_lowercase());
+            if READ_HEADERS.contains(&lower.as_str()) || Some(&lower) == approval_header.as_ref() {
                 return Err(ConfigError::new(
                     path,
-                    "this header cannot be set by the filter",
+                    "this header cannot be set by the filter: the filter reads it from the request",
                 ));
             }
             let s = match source.as_str() {
