@@ -39,7 +39,7 @@ pub struct Exchange {
     /// Format the per-request decision line (the proxy keeps debug lines).
     debug: bool,
     /// An MCP POST waiting for its whole body.
-    pending: Option<PendingBody>,
+    pending: Option<(Pending, Head)>,
     /// An allowed MCP request: a session its answer creates is bound to this caller.
     caller: Option<SessionCaller>,
     /// The list requests of an allowed MCP request, then the filter of their answers.
@@ -52,14 +52,14 @@ enum Lists {
     Filtering(ResponseFilter),
 }
 
+/// What the obligations and the log line need of the request, read with its headers.
 #[derive(Debug)]
-struct PendingBody {
-    pending: Pending,
+struct Head {
     method: String,
     path: String,
     host: String,
     request_id: String,
-    /// `Mcp-Session-Id`, read with the other headers.
+    /// `Mcp-Session-Id`.
     session: Option<Vec<u8>>,
 }
 
@@ -155,20 +155,19 @@ impl Exchange {
             repeated,
         };
         let mut decision = engine.check(&request, now_s);
-        let session = headers
-            .iter()
-            .find(|(k, _)| k == "mcp-session-id")
-            .map(|(_, v)| v.clone());
+        let head = Head {
+            session: headers
+                .iter()
+                .find(|(k, _)| k == "mcp-session-id")
+                .map(|(_, v)| v.clone()),
+            method,
+            path,
+            host,
+            request_id,
+        };
         if let Some(pending) = decision.pending.take() {
             let declared = first("content-length").and_then(|l| l.trim().parse::<usize>().ok());
-            self.pending = Some(PendingBody {
-                pending,
-                method,
-                path,
-                host,
-                request_id,
-                session,
-            });
+            self.pending = Some((pending, head));
             let next = if declared.is_some_and(|l| l > engine.max_body_bytes()) {
                 // Refused before anything is buffered: the decision sees an over-size body.
                 self.oversize(engine, store, now_s)
@@ -186,24 +185,7 @@ impl Exchange {
                 ..next
             };
         }
-        self.caller = engine.check_session(
-            store,
-            &mut decision,
-            &method,
-            session.as_deref(),
-            &request_id,
-            now_s,
-        );
-        self.finish(
-            engine,
-            store,
-            &mut out,
-            decision,
-            &method,
-            &path,
-            &request_id,
-            now_s,
-        );
+        self.finish(engine, store, &mut out, decision, &head, now_s);
         out
     }
 
@@ -359,35 +341,18 @@ impl Exchange {
         now_s: u64,
     ) -> Outcome {
         let mut out = Outcome::forward();
-        let Some(p) = self.pending.take() else {
+        let Some((pending, head)) = self.pending.take() else {
             return out;
         };
         let request = HttpRequest {
-            method: &p.method,
-            path: &p.path,
-            host: &p.host,
-            request_id: &p.request_id,
+            method: &head.method,
+            path: &head.path,
+            host: &head.host,
+            request_id: &head.request_id,
             ..HttpRequest::default()
         };
-        let mut decision = engine.check_mcp(&p.pending, &request, body, now_s);
-        self.caller = engine.check_session(
-            store,
-            &mut decision,
-            &p.method,
-            p.session.as_deref(),
-            &p.request_id,
-            now_s,
-        );
-        self.finish(
-            engine,
-            store,
-            &mut out,
-            decision,
-            &p.method,
-            &p.path,
-            &p.request_id,
-            now_s,
-        );
+        let decision = engine.check_mcp(&pending, &request, body, now_s);
+        self.finish(engine, store, &mut out, decision, &head, now_s);
         out
     }
 
@@ -397,21 +362,28 @@ impl Exchange {
         self.decide_body(engine, store, &oversize, now_s)
     }
 
-    /// The obligations of a final decision, then its outcome: counted, logged, and a reply or
-    /// the request forwarded with its edits (a forwarded request whose answer carries list
-    /// results has that answer filtered).
-    #[allow(clippy::too_many_arguments)]
+    /// The obligations of a final decision (the session it presents, the single-use
+    /// credentials it uses), then its outcome: counted, logged, and a reply or the request
+    /// forwarded with its edits (a forwarded request whose answer carries list results has that
+    /// answer filtered).
     fn finish(
         &mut self,
         engine: &Engine,
         store: &dyn Store,
         out: &mut Outcome,
         mut decision: Decision,
-        method: &str,
-        path: &str,
-        request_id: &str,
+        head: &Head,
         now_s: u64,
     ) {
+        let (method, path, request_id) = (&head.method, &head.path, &head.request_id);
+        self.caller = engine.check_session(
+            store,
+            &mut decision,
+            method,
+            head.session.as_deref(),
+            request_id,
+            now_s,
+        );
         if let Some(refused) = engine.redeem(store, &decision, now_s) {
             // Refused after all: no answer of the server to follow up on.
             self.caller = None;

@@ -60,6 +60,17 @@ fn post(
     })
 }
 
+/// A GET of `path` with `extra` headers through a new exchange: the outcome of its headers.
+fn get(e: &Engine, store: &MemoryStore, path: &str, extra: &[(&str, &[u8])]) -> Outcome {
+    let mut h = headers(&[
+        (":method", b"GET"),
+        (":path", path.as_bytes()),
+        (":authority", b"api.example.com"),
+    ]);
+    h.extend(headers(extra));
+    Exchange::new(false).on_request_headers(e, store, &h, "r-1".into(), true, now_s())
+}
+
 fn status(o: &Outcome) -> Option<u32> {
     match &o.next {
         Next::Reply(r) => Some(r.status),
@@ -80,19 +91,14 @@ fn client_copies_of_owned_headers_go_before_the_filter_sets_its_own() -> Result<
     let e = engine()?;
     let store = MemoryStore::new();
     let auth = agent("orders:read")?;
-    let o = Exchange::new(false).on_request_headers(
+    let o = get(
         &e,
         &store,
-        &headers(&[
-            (":method", b"GET"),
-            (":path", b"/orders/1"),
-            (":authority", b"api.example.com"),
+        "/orders/1",
+        &[
             ("authorization", auth.as_bytes()),
             ("x-tessera-principal", b"Agent::\"root\""),
-        ]),
-        "r-1".into(),
-        true,
-        now_s(),
+        ],
     );
     assert_eq!(o.next, Next::Forward);
     let removed = o
@@ -115,18 +121,11 @@ fn client_copies_of_owned_headers_go_before_the_filter_sets_its_own() -> Result<
 #[test]
 fn a_header_the_filter_reads_that_is_not_utf8_is_refused() -> Result<()> {
     let e = engine()?;
-    let o = Exchange::new(false).on_request_headers(
+    let o = get(
         &e,
         &MemoryStore::new(),
-        &headers(&[
-            (":method", b"GET"),
-            (":path", b"/orders/1"),
-            (":authority", b"api.example.com"),
-            ("authorization", b"Bearer \xff\xfe"),
-        ]),
-        "r-1".into(),
-        true,
-        now_s(),
+        "/orders/1",
+        &[("authorization", b"Bearer \xff\xfe")],
     );
     assert_eq!(status(&o), Some(400));
     assert_eq!(o.counters, vec![(Counter::Deny, 1)]);
@@ -179,33 +178,28 @@ fn a_session_created_in_one_exchange_is_refused_to_another_identity_in_the_next(
 
     let call = read_file(2, "/workspace/a.txt");
     let mallory = bearer(json!({"iss": AGENTS, "sub": "mallory", "scope": "files:read"}))?;
-    let o = post(
-        &e,
-        &store,
-        &mut Exchange::new(false),
-        &mallory,
-        &call,
-        &[("mcp-session-id", b"s-1")],
+    let in_session = |auth: &str, session: &[u8]| {
+        let o = post(
+            &e,
+            &store,
+            &mut Exchange::new(false),
+            auth,
+            &call,
+            &[("mcp-session-id", session)],
+        );
+        (status(&o), o.next == Next::Forward)
+    };
+    assert_eq!(
+        in_session(&mallory, b"s-1"),
+        (Some(403), false),
+        "another identity"
     );
-    assert_eq!(status(&o), Some(403), "another identity");
-    let o = post(
-        &e,
-        &store,
-        &mut Exchange::new(false),
-        &alice,
-        &call,
-        &[("mcp-session-id", b"s-1")],
+    assert_eq!(in_session(&alice, b"s-1"), (None, true), "its creator");
+    assert_eq!(
+        in_session(&alice, b"s-2"),
+        (Some(404), false),
+        "never created"
     );
-    assert_eq!(o.next, Next::Forward, "its creator");
-    let o = post(
-        &e,
-        &store,
-        &mut Exchange::new(false),
-        &alice,
-        &call,
-        &[("mcp-session-id", b"s-2")],
-    );
-    assert_eq!(status(&o), Some(404), "never created");
     Ok(())
 }
 
@@ -261,14 +255,14 @@ fn a_single_use_token_is_forwarded_once_across_exchanges() -> Result<()> {
         json!({"iss": AGENTS, "sub": "agent-7", "scope": "orders:read",
                               "single_use": true, "jti": "x-once-1"}),
     )?;
-    let get = headers(&[
-        (":method", b"GET"),
-        (":path", b"/orders/1"),
-        (":authority", b"api.example.com"),
-        ("authorization", token.as_bytes()),
-    ]);
-    let run =
-        || Exchange::new(false).on_request_headers(&e, &store, &get, "r".into(), true, now_s());
+    let run = || {
+        get(
+            &e,
+            &store,
+            "/orders/1",
+            &[("authorization", token.as_bytes())],
+        )
+    };
     assert_eq!(run().next, Next::Forward);
     let replay = run();
     assert_eq!(status(&replay), Some(401));
