@@ -16,22 +16,13 @@
 //! Everything that outlives the exchange goes through the [`Store`].
 
 use crate::config::Mode;
-use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS};
+use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS, UTF8_HEADERS};
 use crate::listing::{ListRequests, ResponseFilter, Step};
 use crate::obligations::{Binding, SessionCaller};
 use crate::outcome::{Callout, Counter, Level, Next, Outcome};
 use crate::reply::{log_safe, LocalReply};
 use crate::store::Store;
 use crate::verdict::Verdict;
-
-/// The request headers the engine reads: each must be UTF-8, or the request is refused.
-const ENGINE_READS: [&str; 5] = [
-    ":method",
-    ":path",
-    ":authority",
-    "authorization",
-    "content-type",
-];
 
 /// The state of one exchange between hooks.
 #[derive(Debug, Default)]
@@ -112,7 +103,7 @@ impl Exchange {
         }
         let approval_header = engine.approval_header();
         let not_utf8 = headers.iter().any(|(k, v)| {
-            (ENGINE_READS.contains(&k.as_str()) || Some(k.as_str()) == approval_header)
+            (UTF8_HEADERS.contains(&k.as_str()) || Some(k.as_str()) == approval_header)
                 && std::str::from_utf8(v).is_err()
         });
         if not_utf8 {

@@ -115,3 +115,17 @@ impl Outcome {
         self.logs.push((level, line));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Counter;
+
+    /// The plugin keeps one metric id per counter, found by `index`: `ALL` must be in the
+    /// enum's order.
+    #[test]
+    fn every_counter_is_at_its_index_in_all() {
+        for (i, (counter, _)) in Counter::ALL.iter().enumerate() {
+            assert_eq!(counter.index(), i, "{counter:?}");
+        }
+    }
+}

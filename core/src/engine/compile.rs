@@ -15,18 +15,6 @@ use crate::token::{Issuer, VerifiedToken};
 
 use super::*;
 
-/// Request headers the filter reads, or sets for its own use (`accept-encoding` on list
-/// requests), besides the approval header.
-const READ_HEADERS: [&str; 7] = [
-    "authorization",
-    "host",
-    "content-type",
-    "content-length",
-    "mcp-session-id",
-    "x-request-id",
-    "accept-encoding",
-];
-
 impl Engine {
     pub fn from_json(json: &[u8]) -> Result<Engine, ConfigError> {
         Engine::compile(Config::parse(json)?)

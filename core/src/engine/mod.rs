@@ -75,8 +75,35 @@ impl<'a> HttpRequest<'a> {
     }
 }
 
+// The request headers the filter reads (`exchange.rs`), in three lists kept together: a
+// header the exchange starts reading belongs in `READ_HEADERS`, and in the others if they apply.
+
 /// Headers a request may carry at most once.
 pub const SINGLE_HEADERS: [&str; 2] = ["authorization", "mcp-session-id"];
+
+/// Request headers whose values the engine reads as text: each must be UTF-8, or the request is
+/// refused (400), as is the approval header.
+pub const UTF8_HEADERS: [&str; 5] = [
+    ":method",
+    ":path",
+    ":authority",
+    "authorization",
+    "content-type",
+];
+
+/// Request headers the filter reads, or sets for its own use (`accept-encoding` on list
+/// requests), besides the pseudo-headers and the approval header: never the name of a
+/// forwarded identity header (`forward.headers`), or the client's copy would be read as the
+/// filter's.
+pub const READ_HEADERS: [&str; 7] = [
+    "authorization",
+    "host",
+    "content-type",
+    "content-length",
+    "mcp-session-id",
+    "x-request-id",
+    "accept-encoding",
+];
 
 pub struct Engine {
     mode: Mode,
