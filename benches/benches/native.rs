@@ -22,6 +22,7 @@ use tessera_benches::{
 use tessera_core::authz::{uid, Policies};
 use tessera_core::cache::{self, TokenCache};
 use tessera_core::config::{Config, PolicySource};
+use tessera_core::store::MemoryStore;
 use tessera_core::token::{self, Issuer, VerifiedToken};
 use tessera_core::{Engine, HttpRequest, Verdict};
 use tessera_tests::{now_s, AGENTS};
@@ -35,7 +36,9 @@ fn issuers() -> Vec<Issuer> {
     c.issuers
         .iter()
         .enumerate()
-        .map(|(i, ic)| Issuer::compile(ic, &format!("issuers[{i}]")).expect("issuer compiles"))
+        .map(|(i, ic)| {
+            Issuer::compile(ic, &format!("issuers[{i}]"), &c.limits).expect("issuer compiles")
+        })
         .collect()
 }
 
@@ -60,7 +63,7 @@ fn mcp_request(authorization: &str) -> HttpRequest<'_> {
 }
 
 fn check_allows(engine: &Engine, authorization: &str) {
-    let d = engine.check(&request(authorization), now_s());
+    let d = engine.check(&request(authorization), &MemoryStore::new(), now_s());
     assert_eq!(
         d.verdict,
         Verdict::Allow,
@@ -106,6 +109,7 @@ fn verified(i: usize, now: u64) -> Arc<VerifiedToken> {
         issued_at: Some(now),
         expires_at: now + 3_000,
         jti: None,
+        key_generation: 0,
         checked: Default::default(),
         payload: payload.into(),
         agent: Default::default(),
@@ -259,14 +263,14 @@ fn whole_request(c: &mut Criterion) {
     let es256 = format!("Bearer {}", agent_token("ES256", &json!({})).unwrap());
     check_allows(&cached, &es256);
     g.bench_function("cached", |b| {
-        b.iter(|| cached.check(&request(black_box(&es256)), now_s()))
+        b.iter(|| cached.check(&request(black_box(&es256)), &MemoryStore::new(), now_s()))
     });
     let cold = engine(Setup::COLD).unwrap();
     for alg in ALGORITHMS {
         let auth = format!("Bearer {}", agent_token(alg, &json!({})).unwrap());
         check_allows(&cold, &auth);
         g.bench_with_input(BenchmarkId::new("cold", alg), &auth, |b, auth| {
-            b.iter(|| cold.check(&request(black_box(auth)), now_s()))
+            b.iter(|| cold.check(&request(black_box(auth)), &MemoryStore::new(), now_s()))
         });
     }
     for n in POLICY_COUNTS {
@@ -274,7 +278,7 @@ fn whole_request(c: &mut Criterion) {
         assert!(e.policy_count() >= n);
         check_allows(&e, &es256);
         g.bench_with_input(BenchmarkId::new("cached_policies", n), &e, |b, e| {
-            b.iter(|| e.check(&request(black_box(&es256)), now_s()))
+            b.iter(|| e.check(&request(black_box(&es256)), &MemoryStore::new(), now_s()))
         });
     }
     g.finish();
@@ -288,7 +292,7 @@ fn mcp(c: &mut Criterion) {
         "Bearer {}",
         agent_token("ES256", &json!({"scope": "files:read"})).unwrap()
     );
-    let headers = e.check(&mcp_request(&auth), now_s());
+    let headers = e.check(&mcp_request(&auth), &MemoryStore::new(), now_s());
     let pending = headers
         .pending
         .clone()
@@ -342,7 +346,7 @@ fn token_size(c: &mut Criterion) {
             b.iter(|| token::verify(&issuers, black_box(t), now, MAX_TOKEN_BYTES))
         });
         g.bench_with_input(BenchmarkId::new("cached", size), &auth, |b, auth| {
-            b.iter(|| cached.check(&request(black_box(auth)), now_s()))
+            b.iter(|| cached.check(&request(black_box(auth)), &MemoryStore::new(), now_s()))
         });
     }
     g.finish();
@@ -357,7 +361,7 @@ fn delegation(c: &mut Criterion) {
         let auth = format!("Bearer {}", delegated_token(depth).unwrap());
         check_allows(&e, &auth);
         g.bench_with_input(BenchmarkId::new("cached", depth), &auth, |b, auth| {
-            b.iter(|| e.check(&request(black_box(auth)), now_s()))
+            b.iter(|| e.check(&request(black_box(auth)), &MemoryStore::new(), now_s()))
         });
     }
     g.finish();

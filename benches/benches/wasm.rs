@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::json;
 use tessera_benches::{
-    agent_token, borrowed, delegated_token, expect_allowed, harness, mcp_body, mcp_headers,
-    padded_token, request_headers, Setup, ALGORITHMS, DELEGATION_DEPTHS, MCP_BATCHES,
-    POLICY_COUNTS, TOKEN_SIZES,
+    agent_token, borrowed, config, delegated_token, expect_allowed, harness, harness_with_config,
+    mcp_body, mcp_headers, padded_token, request_headers, Setup, ALGORITHMS, DELEGATION_DEPTHS,
+    MCP_BATCHES, POLICY_COUNTS, TOKEN_SIZES,
 };
 use tessera_harness::Harness;
+use tessera_tests::signed::{revocation_config, revoke, status_list_token, LISTS, STATUS_SIGNER};
 
 /// Times `on_http_request_headers` alone, `iters` times; each request gets its own HTTP context
 /// (created and finished outside the timed span), as in the proxy.
@@ -151,9 +152,71 @@ fn delegation(c: &mut Criterion) {
     g.finish();
 }
 
+/// Revocation on a cached request: with security events configured and one revocation recorded
+/// (so every request looks its token up), and with a status list the module has cached.
+fn revocation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wasm/revocation");
+    let mut cfg = config(Setup::CACHED).unwrap();
+    cfg["revocation"] = revocation_config().unwrap();
+    let uri = format!("{LISTS}bench");
+
+    let mut h = harness_with_config(cfg.clone()).unwrap();
+    let set = revoke(
+        json!({"format": "jwt_id", "iss": "https://agents.demo.tessera.dev", "jti": "gone"}),
+    )
+    .unwrap();
+    let push = [
+        (":method", "POST"),
+        (":path", tessera_tests::signed::EVENTS_PATH),
+        (":authority", "api.example.com"),
+        ("content-type", "application/secevent+jwt"),
+    ];
+    let ctx = h.new_http().unwrap();
+    h.request_headers(ctx, &push, false).unwrap();
+    h.request_body(ctx, set.as_bytes(), true).unwrap();
+    assert_eq!(
+        h.local_reply(ctx).map(|r| r.status),
+        Some(202),
+        "{:?}",
+        h.logs()
+    );
+    h.done(ctx).unwrap();
+    let t = agent_token("ES256", &json!({"jti": "kept"})).unwrap();
+    let headers = request_headers(&t);
+    let headers = borrowed(&headers);
+    expect_allowed(&mut h, &headers).unwrap();
+    g.bench_function("cached_events_recorded", |b| {
+        b.iter_custom(|iters| time_request_headers(&mut h, &headers, iters))
+    });
+
+    let mut h = harness_with_config(cfg).unwrap();
+    let t = agent_token(
+        "ES256",
+        &json!({"status": {"status_list": {"idx": 3, "uri": uri}}}),
+    )
+    .unwrap();
+    let headers = request_headers(&t);
+    let headers = borrowed(&headers);
+    // The first request fetches the list; the benchmark then runs on the cached list.
+    let ctx = h.new_http().unwrap();
+    h.request_headers(ctx, &headers, true).unwrap();
+    let call = h.http_calls().first().cloned().expect("the list fetch");
+    let list =
+        status_list_token(&uri, 1, &[0; 1024], STATUS_SIGNER, "statuslist+jwt", 3600).unwrap();
+    h.respond_to_call(call.token, 200, &[], list.as_bytes())
+        .unwrap();
+    assert!(h.request_resumed(ctx), "{:?}", h.local_reply(ctx));
+    h.done(ctx).unwrap();
+    expect_allowed(&mut h, &headers).unwrap();
+    g.bench_function("cached_status_list", |b| {
+        b.iter_custom(|iters| time_request_headers(&mut h, &headers, iters))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = whole_request, mcp, token_size, delegation
+    targets = whole_request, mcp, token_size, delegation, revocation
 }
 criterion_main!(benches);

@@ -185,6 +185,11 @@ pub fn engine(setup: Setup) -> Result<tessera_core::Engine> {
 /// The release module in the harness, configured for `setup`, its clock at the real time and
 /// logging below warnings dropped by the host (as an Envoy at `-l warning` does).
 pub fn harness(setup: Setup) -> Result<Harness> {
+    harness_with_config(config(setup)?)
+}
+
+/// [`harness`] with a configuration of the caller's.
+pub fn harness_with_config(config: Value) -> Result<Harness> {
     let wasm = tessera_tests::wasm_path();
     if !wasm.is_file() {
         bail!(
@@ -195,7 +200,7 @@ pub fn harness(setup: Setup) -> Result<Harness> {
     let mut h = Harness::load(&wasm)?;
     h.set_time(SystemTime::now());
     h.set_log_level(LogLevel::Warn);
-    let config = serde_json::to_string(&config(setup)?)?;
+    let config = serde_json::to_string(&config)?;
     if !h.configure(&config)? {
         bail!(
             "the module refused the bench configuration: {:?}",

@@ -220,7 +220,7 @@ impl Approval {
             "typ": c.typ,
         }))
         .map_err(|e| ConfigError::new("approval", e.to_string()))?;
-        let issuer = Issuer::compile(&ic, "approval")?;
+        let issuer = Issuer::compile(&ic, "approval", &crate::config::Limits::default())?;
         Ok(Approval {
             issuer,
             header,
@@ -670,7 +670,7 @@ mod tests {
             approval,
             ..crate::HttpRequest::default()
         };
-        e.check(&req, NOW)
+        e.check(&req, &crate::store::MemoryStore::new(), NOW)
     }
 
     fn body(d: &crate::Decision) -> Value {

@@ -95,7 +95,7 @@ impl TokenCache {
         self.bytes += size;
     }
 
-    fn remove(&mut self, key: &TokenDigest) {
+    pub fn remove(&mut self, key: &TokenDigest) {
         if let Some(e) = self.entries.remove(key) {
             self.bytes -= e.size;
             self.order.retain(|k| k != key);

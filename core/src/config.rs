@@ -31,6 +31,9 @@ pub struct Config {
     /// Cedar sees them in canonical form; a value that does not parse is refused (formats.rs).
     #[serde(default)]
     pub argument_formats: BTreeMap<String, BTreeMap<String, String>>,
+    /// Cutting tokens off before they expire: OAuth Token Status Lists and security events.
+    #[serde(default)]
+    pub revocation: Option<RevocationConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +74,10 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
+    /// The issuer's keys fetched from its identity provider (a JWKS, or OIDC discovery first)
+    /// through an Envoy cluster, instead of inline `jwks`.
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
     /// base64url (or standard base64) HMAC secret; the only way HS256 tokens are accepted.
     #[serde(default)]
     pub hmac_secret: Option<String>,
@@ -227,6 +234,16 @@ pub struct Limits {
     /// per worker thread, so that one caller cannot use up `max_sessions`.
     #[serde(default = "default_max_sessions_per_principal")]
     pub max_sessions_per_principal: usize,
+    /// Largest JWKS document (`remote_jwks`) accepted, in bytes.
+    #[serde(default = "default_max_jwks_bytes")]
+    pub max_jwks_bytes: usize,
+    /// Most keys a fetched JWKS may hold.
+    #[serde(default = "default_max_jwks_keys")]
+    pub max_jwks_keys: usize,
+    /// Most HTTP calls one worker keeps waiting for on behalf of requests (keys refetched for an
+    /// unknown `kid`, status lists not yet fetched); past it such a request gets 503.
+    #[serde(default = "default_max_pending_calls")]
+    pub max_pending_calls: usize,
 }
 
 impl Default for Limits {
@@ -243,8 +260,23 @@ impl Default for Limits {
             max_batch_messages: default_max_batch_messages(),
             max_sessions: default_max_sessions(),
             max_sessions_per_principal: default_max_sessions_per_principal(),
+            max_jwks_bytes: default_max_jwks_bytes(),
+            max_jwks_keys: default_max_jwks_keys(),
+            max_pending_calls: default_max_pending_calls(),
         }
     }
+}
+
+fn default_max_jwks_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_jwks_keys() -> usize {
+    32
+}
+
+fn default_max_pending_calls() -> usize {
+    64
 }
 
 fn default_max_batch_messages() -> usize {
@@ -447,4 +479,169 @@ fn default_digest_claim() -> String {
 }
 fn default_approver_claim() -> String {
     "sub".into()
+}
+
+/// `issuers[].remote_jwks`: where and how often the issuer's keys are fetched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// The Envoy cluster that reaches the identity provider.
+    pub cluster: String,
+    /// The JWKS path, or with `discovery` the OIDC discovery document's (default
+    /// `/.well-known/openid-configuration`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `:authority` of the fetch (default: the cluster name).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// `path` is an OpenID Connect discovery document: its `issuer` must be this issuer, and its
+    /// `jwks_uri` is fetched next, through the same cluster.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Keys are fetched again this long after the last good fetch.
+    #[serde(default = "default_refresh_s")]
+    pub refresh_s: u64,
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub timeout_ms: u64,
+    /// When refreshes fail, the last good keys serve this long past `refresh_s`; then the
+    /// issuer's tokens get 503.
+    #[serde(default = "default_max_stale_s")]
+    pub max_stale_s: u64,
+    /// A token with a `kid` the keys lack makes the keys be fetched again, at most this often.
+    #[serde(default = "default_refetch_interval_s")]
+    pub refetch_interval_s: u64,
+}
+
+fn default_refresh_s() -> u64 {
+    300
+}
+fn default_fetch_timeout_ms() -> u64 {
+    5000
+}
+fn default_max_stale_s() -> u64 {
+    3600
+}
+fn default_refetch_interval_s() -> u64 {
+    30
+}
+
+/// `revocation`: status lists checked per token, and security events that revoke tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    #[serde(default)]
+    pub status_list: Option<StatusListConfig>,
+    #[serde(default)]
+    pub events: Option<EventsConfig>,
+    /// How long a revocation is kept: at least the longest lifetime of a token it can affect.
+    #[serde(default = "default_retain_s")]
+    pub retain_s: u64,
+    /// Most revocations one worker records (the store bounds them per worker).
+    #[serde(default = "default_max_revocations")]
+    pub max_entries: usize,
+}
+
+fn default_retain_s() -> u64 {
+    86_400
+}
+fn default_max_revocations() -> usize {
+    10_000
+}
+
+/// `revocation.status_list` (draft-ietf-oauth-status-list).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusListConfig {
+    /// Who may sign status list tokens, with their keys.
+    pub signers: Vec<SignerConfig>,
+    /// Where lists are fetched: a token's `status.status_list.uri` must start with one
+    /// `uri_prefix`.
+    pub sources: Vec<StatusListSource>,
+    #[serde(default = "default_list_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a list that states neither `ttl` nor `exp` is fresh.
+    #[serde(default = "default_list_ttl_s")]
+    pub default_ttl_s: u64,
+    /// Past its freshness, a list that cannot be refreshed is still used this long.
+    #[serde(default = "default_list_stale_s")]
+    pub max_stale_s: u64,
+    /// A token whose list cannot be had passes (logged) instead of getting 503.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Largest status list token accepted, in bytes (its decompressed list: 16 times that).
+    #[serde(default = "default_list_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_list_timeout_ms() -> u64 {
+    2000
+}
+fn default_list_ttl_s() -> u64 {
+    300
+}
+fn default_list_stale_s() -> u64 {
+    60
+}
+fn default_list_max_bytes() -> usize {
+    1024 * 1024
+}
+
+/// A signer of documents Tessera fetches or receives (status lists, security events).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    pub issuer: String,
+    pub jwks: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusListSource {
+    pub uri_prefix: String,
+    pub cluster: String,
+    /// `:authority` of the fetch (default: the uri's host).
+    #[serde(default)]
+    pub authority: Option<String>,
+}
+
+/// `revocation.events`: Security Event Tokens (RFC 8417) from one transmitter, pushed (RFC
+/// 8935) to a path the filter serves, or polled (RFC 8936).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// The transmitter: `iss` of its SETs.
+    pub issuer: String,
+    /// A SET must name one of these in `aud`.
+    pub audiences: Vec<String>,
+    pub jwks: serde_json::Value,
+    /// The path the filter answers SETs pushed to it on (never forwarded).
+    #[serde(default)]
+    pub receiver_path: Option<String>,
+    #[serde(default)]
+    pub poll: Option<PollConfig>,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_s: u64,
+}
+
+/// `revocation.events.poll`: RFC 8936 polling of the transmitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    pub cluster: String,
+    pub path: String,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default = "default_poll_interval_s")]
+    pub interval_s: u64,
+    #[serde(default = "default_list_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_poll_max_events")]
+    pub max_events: u64,
+}
+
+fn default_poll_interval_s() -> u64 {
+    5
+}
+fn default_poll_max_events() -> u64 {
+    100
 }

@@ -90,6 +90,38 @@ pub enum TokenError {
     /// A single-use token presented again.
     #[error("token already used")]
     AlreadyUsed,
+    /// The issuer's keys are not there (not fetched yet, or stale): the filter's problem, not
+    /// the token's, so 503 rather than 401.
+    #[error("keys unavailable: {0}")]
+    KeysUnavailable(String),
+    /// Revoked by a security event or by its status list (INVALID).
+    #[error("token revoked")]
+    Revoked,
+    /// Its status list says SUSPENDED.
+    #[error("token suspended")]
+    Suspended,
+    /// Its status list gives another status than VALID, INVALID or SUSPENDED.
+    #[error("token status {0}")]
+    Status(u8),
+    #[error("token status index out of range")]
+    StatusIndexOutOfRange,
+    #[error("token status list not trusted")]
+    StatusListNotTrusted,
+    #[error("token status cannot be used: {0}")]
+    StatusClaim(&'static str),
+    /// The token's status list cannot be had: 503 (or a pass with `fail_open`).
+    #[error("token status unavailable: {0}")]
+    StatusUnavailable(String),
+}
+
+impl TokenError {
+    /// The filter, not the token, is at fault: the request gets 503, never 401.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            TokenError::KeysUnavailable(_) | TokenError::StatusUnavailable(_)
+        )
+    }
 }
 
 /// Why a Cedar request could not be built for a verified token. Each failure keeps its own reply:

@@ -13,13 +13,17 @@
 //! answer headers ─▶ bind or end the MCP session; list answers ─▶ filtered (listing/)
 //! ```
 //!
+//! A stage may need a call first (keys fetched again, a status list): the request then waits
+//! (`Next::Call`), its body is kept if it arrives meanwhile, and the call's answer
+//! ([`Exchange::on_call_answer`]) decides it again from its headers.
+//!
 //! Everything that outlives the exchange goes through the [`Store`].
 
 use crate::config::Mode;
 use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS, UTF8_HEADERS};
 use crate::listing::{ListRequests, ResponseFilter, Step};
 use crate::obligations::{Binding, SessionCaller};
-use crate::outcome::{Callout, Counter, Level, Next, Outcome};
+use crate::outcome::{Answer, Callout, Counter, Level, Next, Outcome, Purpose};
 use crate::reply::{log_safe, LocalReply};
 use crate::store::Store;
 use crate::verdict::Verdict;
@@ -35,7 +39,27 @@ pub struct Exchange {
     caller: Option<SessionCaller>,
     /// The list requests of an allowed MCP request, then the filter of their answers.
     lists: Option<Lists>,
+    /// A request waiting for a call.
+    waiting: Option<Waiting>,
+    /// A security event pushed to the filter, waiting for its body.
+    event: Option<Head>,
 }
+
+/// A request waiting for a call: what deciding it again needs.
+#[derive(Debug)]
+struct Waiting {
+    purpose: Purpose,
+    headers: Vec<(String, Vec<u8>)>,
+    request_id: String,
+    end_of_stream: bool,
+    /// The whole body, when it ended while the request waited.
+    body: Option<Vec<u8>>,
+    /// Calls this request has waited for: a request waits for a few at most.
+    rounds: u8,
+}
+
+/// Most calls one request waits for (keys, then a status list, …); then it gets 503.
+const MAX_ROUNDS: u8 = 3;
 
 #[derive(Debug)]
 enum Lists {
@@ -60,6 +84,11 @@ pub fn request_id(headers: &[(String, Vec<u8>)], fresh: &dyn Fn() -> String) -> 
         Some((_, v)) if !v.is_empty() => String::from_utf8_lossy(v).into_owned(),
         _ => fresh(),
     }
+}
+
+/// A body one byte over the limit: what the size checks see of an over-size body.
+fn oversize_body(engine: &Engine) -> Vec<u8> {
+    vec![b' '; engine.max_body_bytes().saturating_add(1)]
 }
 
 /// No configuration compiled: every request gets 503.
@@ -95,6 +124,79 @@ impl Exchange {
         request_id: String,
         end_of_stream: bool,
         now_s: u64,
+    ) -> Outcome {
+        self.request_headers(engine, store, headers, request_id, end_of_stream, now_s, 0)
+    }
+
+    /// The answer to the call the request waits for: the engine takes it, then the request is
+    /// decided again from its headers (and its body, if that came meanwhile).
+    pub fn on_call_answer(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        answer: &Answer,
+        now_s: u64,
+    ) -> Outcome {
+        let Some(mut w) = self.waiting.take() else {
+            return Outcome::forward();
+        };
+        let (next, failed) = engine.answered(&w.purpose, answer, store, now_s);
+        let mut logs = Vec::new();
+        if let Some(line) = failed {
+            logs.push((Level::Warn, line));
+        }
+        if let Some(call) = next.into_iter().next() {
+            // Discovery led to the JWKS: wait for that too.
+            w.purpose = call.purpose.clone();
+            self.waiting = Some(w);
+            return Outcome {
+                logs,
+                next: Next::Call(call),
+                ..Outcome::forward()
+            };
+        }
+        let mut out = self.request_headers(
+            engine,
+            store,
+            &w.headers,
+            w.request_id,
+            w.end_of_stream,
+            now_s,
+            w.rounds,
+        );
+        out.logs.splice(0..0, logs);
+        match (&mut self.waiting, w.body) {
+            // Another call to wait for: the body stays with the request.
+            (Some(again), body) => again.body = body,
+            // Decided to wait for a body that has come already.
+            (None, Some(body)) if out.next == Next::WaitForBody => {
+                let decided = if self.event.is_some() {
+                    self.receive_event(engine, store, &body, now_s)
+                } else {
+                    self.decide_body(engine, store, &body, now_s)
+                };
+                out = Outcome {
+                    headers: [out.headers, decided.headers].concat(),
+                    logs: [out.logs, decided.logs].concat(),
+                    ..decided
+                };
+            }
+            (None, _) => {}
+        }
+        out
+    }
+
+    /// The request headers, decided (again, after `rounds` calls).
+    #[allow(clippy::too_many_arguments)]
+    fn request_headers(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        headers: &[(String, Vec<u8>)],
+        request_id: String,
+        end_of_stream: bool,
+        now_s: u64,
+        rounds: u8,
     ) -> Outcome {
         let mut out = Outcome::forward();
         // Client-sent copies of the identity headers never reach the upstream.
@@ -145,7 +247,31 @@ impl Exchange {
             approval: approval.as_deref(),
             repeated,
         };
-        let mut decision = engine.check(&request, now_s);
+        let mut decision = engine.check(&request, store, now_s);
+        if let Some(call) = decision.call.take() {
+            if rounds < MAX_ROUNDS {
+                self.waiting = Some(Waiting {
+                    purpose: call.purpose.clone(),
+                    headers: headers.to_vec(),
+                    request_id,
+                    end_of_stream,
+                    body: None,
+                    rounds: rounds + 1,
+                });
+                out.next = Next::Call(call);
+                return out;
+            }
+            out.count(Counter::Error, 1);
+            out.next = Next::Reply(LocalReply::json_error(
+                503,
+                "unavailable",
+                Some("the request waited for too many calls"),
+                &[],
+                &request_id,
+            ));
+            return out;
+        }
+        let receive_event = decision.receive_events;
         let head = Head {
             session: headers
                 .iter()
@@ -156,6 +282,22 @@ impl Exchange {
             host,
             request_id,
         };
+        if receive_event {
+            // A security event pushed to the filter: its body is the event.
+            self.event = Some(head);
+            let next = if end_of_stream {
+                self.receive_event(engine, store, &[], now_s)
+            } else {
+                Outcome {
+                    next: Next::WaitForBody,
+                    ..Outcome::forward()
+                }
+            };
+            return Outcome {
+                headers: [out.headers, next.headers].concat(),
+                ..next
+            };
+        }
         if let Some(pending) = decision.pending.take() {
             let declared = first("content-length").and_then(|l| l.trim().parse::<usize>().ok());
             self.pending = Some((pending, head));
@@ -191,6 +333,30 @@ impl Exchange {
         now_s: u64,
         read: &mut dyn FnMut(usize) -> Vec<u8>,
     ) -> Outcome {
+        let wait = Outcome {
+            next: Next::WaitForBody,
+            ..Outcome::forward()
+        };
+        if let Some(w) = self.waiting.as_mut() {
+            // Kept for when the call is answered; nothing passes meanwhile.
+            if body_size > engine.max_body_bytes() {
+                w.body = Some(oversize_body(engine));
+            } else if end_of_stream {
+                w.body = Some(read(body_size));
+            }
+            return wait;
+        }
+        if self.event.is_some() {
+            if !end_of_stream && body_size <= engine.max_body_bytes() {
+                return wait;
+            }
+            let body = if body_size > engine.max_body_bytes() {
+                oversize_body(engine)
+            } else {
+                read(body_size)
+            };
+            return self.receive_event(engine, store, &body, now_s);
+        }
         if self.pending.is_none() {
             return Outcome::forward();
         }
@@ -224,10 +390,20 @@ impl Exchange {
             .map(|n| (n.clone(), None))
             .collect();
         trailers.extend(engine.approval_header().map(|h| (h.to_string(), None)));
-        let mut out = if self.pending.is_none() {
+        let limit = engine.max_body_bytes();
+        let mut out = if let Some(w) = self.waiting.as_mut() {
+            let body = read(limit.saturating_add(1));
+            w.body = Some(body);
+            Outcome {
+                next: Next::WaitForBody,
+                ..Outcome::forward()
+            }
+        } else if self.event.is_some() {
+            let body = read(limit.saturating_add(1));
+            self.receive_event(engine, store, &body, now_s)
+        } else if self.pending.is_none() {
             Outcome::forward()
         } else {
-            let limit = engine.max_body_bytes();
             let body = read(limit.saturating_add(1));
             if body.len() > limit {
                 self.oversize(engine, store, now_s)
@@ -349,8 +525,40 @@ impl Exchange {
 
     /// The body is over the limit: the engine's own size check makes the 413 and the log line.
     fn oversize(&mut self, engine: &Engine, store: &dyn Store, now_s: u64) -> Outcome {
-        let oversize = vec![b' '; engine.max_body_bytes().saturating_add(1)];
-        self.decide_body(engine, store, &oversize, now_s)
+        self.decide_body(engine, store, &oversize_body(engine), now_s)
+    }
+
+    /// A security event's body: the engine applies it and answers the transmitter.
+    fn receive_event(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        body: &[u8],
+        now_s: u64,
+    ) -> Outcome {
+        let mut out = Outcome::forward();
+        let Some(head) = self.event.take() else {
+            return out;
+        };
+        let reply = engine.receive_events(&head.method, body, store, now_s);
+        out.count(Counter::Public, 1);
+        if self.debug || reply.status != 202 {
+            out.log(
+                if reply.status == 202 {
+                    Level::Debug
+                } else {
+                    Level::Warn
+                },
+                format!(
+                    "tessera security event status={} request_id={} {}",
+                    reply.status,
+                    log_safe(&head.request_id),
+                    log_safe(&reply.body)
+                ),
+            );
+        }
+        out.next = Next::Reply(reply);
+        out
     }
 
     /// The obligations of a final decision (the session it presents, the single-use

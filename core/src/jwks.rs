@@ -267,3 +267,38 @@ pub fn hmac_key(secret: &str, path: &str) -> Result<Key, ConfigError> {
         verifier: Verifier::Hs256(HS256Key::from_bytes(&bytes)),
     })
 }
+
+/// A JWK set fetched from an identity provider (`remote_jwks`). Unlike configuration, a provider
+/// may publish keys Tessera cannot use (encryption keys, other curves, `oct`, weak RSA): those
+/// are skipped, by the same rules as inline keys, and named in `skipped`. A document over
+/// `max_keys` keys, or without one usable key, is refused whole.
+pub fn parse_fetched_jwks(doc: &Value, max_keys: usize) -> Result<(Vec<Key>, Vec<String>), String> {
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("a JWK set needs a `keys` array")?;
+    if keys.len() > max_keys {
+        return Err(format!(
+            "{} keys, more than limits.max_jwks_keys ({max_keys})",
+            keys.len()
+        ));
+    }
+    let mut out: Vec<Key> = Vec::with_capacity(keys.len());
+    let mut skipped = Vec::new();
+    for (i, jwk) in keys.iter().enumerate() {
+        match parse_jwk(jwk, &format!("keys[{i}]")) {
+            Ok(Some(key)) if key.kid.is_some() && out.iter().any(|k| k.kid == key.kid) => {
+                // Which of two keys with one kid is meant cannot be known: neither is used.
+                skipped.push(format!("keys[{i}]: duplicate kid"));
+                out.retain(|k| k.kid != key.kid);
+            }
+            Ok(Some(key)) => out.push(key),
+            Ok(None) => {}
+            Err(e) => skipped.push(e.to_string()),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no usable key ({})", skipped.join("; ")));
+    }
+    Ok((out, skipped))
+}

@@ -19,6 +19,9 @@ pub enum Next {
     Reply(LocalReply),
     /// Hold the message until more of its body has arrived (the proxy buffers it).
     WaitForBody,
+    /// Hold the request until this call is answered; its answer goes back to the exchange
+    /// (`Exchange::on_call_answer`), which decides again.
+    Call(Call),
 }
 
 /// The filter's counters (`tessera.decisions.*`, `tessera.mcp.list_items_hidden`).
@@ -74,6 +77,61 @@ pub struct Callout {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
+}
+
+/// What a call whose answer Tessera waits for fetches: where the answer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// An issuer's OIDC discovery document (index in the configuration's issuers).
+    Discovery(usize),
+    /// An issuer's JWKS.
+    Jwks(usize),
+    /// A status list, by its uri.
+    StatusList(String),
+    /// An RFC 8936 poll of the security event transmitter.
+    Poll,
+}
+
+/// A call whose answer Tessera needs: the request paused on it (`Next::Call`), or the root's
+/// own (refreshing keys and lists, polling events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub purpose: Purpose,
+    pub callout: Callout,
+}
+
+/// What came back from a [`Call`]: `status` 0 when nothing did (a timeout, a reset, a cluster
+/// that could not be reached).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Answer {
+    pub status: u32,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Callout {
+    /// A GET of `path` through `cluster`, accepting `accept`.
+    pub fn get(
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        accept: &str,
+        timeout_ms: u64,
+    ) -> Callout {
+        Callout {
+            cluster: cluster.to_string(),
+            headers: [
+                (":method", "GET"),
+                (":path", path),
+                (":authority", authority),
+                ("accept", accept),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec(),
+            body: Vec::new(),
+            timeout_ms,
+        }
+    }
 }
 
 /// What the proxy does after one hook.

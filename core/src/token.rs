@@ -4,23 +4,21 @@
 
 use std::collections::HashSet;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
-use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
 pub use crate::claims::Claims;
-use crate::config::IssuerConfig;
+use crate::config::{IssuerConfig, Limits};
 use crate::error::{ConfigError, TokenError};
-use crate::jwks::{self, Key};
+use crate::jws::{self, media_type, numeric};
+use crate::keys::IssuerKeys;
 
 /// A configured, compiled issuer.
 #[derive(Debug)]
 pub struct Issuer {
     pub issuer: String,
     audiences: HashSet<String>,
-    keys: Vec<Key>,
+    /// Inline, or fetched from the identity provider (`keys.rs`).
+    pub keys: IssuerKeys,
     clock_skew_s: u64,
     max_ttl_s: Option<u64>,
     required_claims: Vec<String>,
@@ -40,17 +38,8 @@ pub struct Issuer {
     pub namespace: String,
 }
 
-/// A JOSE `typ` compared as RFC 7515 §4.1.9 says: case-insensitively, `application/` optional.
-fn media_type(typ: &str) -> String {
-    let t = typ.trim().to_ascii_lowercase();
-    match t.strip_prefix("application/") {
-        Some(rest) => rest.to_string(),
-        None => t,
-    }
-}
-
 impl Issuer {
-    pub fn compile(c: &IssuerConfig, path: &str) -> Result<Issuer, ConfigError> {
+    pub fn compile(c: &IssuerConfig, path: &str, limits: &Limits) -> Result<Issuer, ConfigError> {
         if c.issuer.is_empty() {
             return Err(ConfigError::new(
                 format!("{path}.issuer"),
@@ -63,19 +52,7 @@ impl Issuer {
                 "needs at least one audience: a token for another service must not be accepted",
             ));
         }
-        let mut keys = match &c.jwks {
-            Some(j) => jwks::parse_jwks(j, &format!("{path}.jwks"))?,
-            None => Vec::new(),
-        };
-        if let Some(secret) = &c.hmac_secret {
-            keys.push(jwks::hmac_key(secret, &format!("{path}.hmac_secret"))?);
-        }
-        if keys.is_empty() {
-            return Err(ConfigError::new(
-                format!("{path}.jwks"),
-                "the issuer has no verification key (jwks or hmac_secret)",
-            ));
-        }
+        let keys = IssuerKeys::compile(c, path, limits)?;
         let typ = match &c.typ {
             None => None,
             Some(t) if media_type(t).is_empty() || media_type(t).contains(char::is_whitespace) => {
@@ -124,12 +101,8 @@ impl Issuer {
 
     /// RFC 8725 §3.11: a token typed for another use (a logout token, a security event, a
     /// status list, a DPoP proof, an approval) is never taken for what this issuer's tokens are.
-    fn check_typ(&self, header: &Map<String, Value>) -> Result<(), TokenError> {
-        let typ = match header.get("typ") {
-            None => None,
-            Some(Value::String(t)) => Some(media_type(t)),
-            Some(_) => return Err(TokenError::Malformed("typ is not a string")),
-        };
+    fn check_typ(&self, parts: &jws::Parts) -> Result<(), TokenError> {
+        let typ = parts.typ()?;
         let ok = match (&self.typ, &typ) {
             (Some(required), Some(t)) => required == t,
             (Some(_), None) => false,
@@ -163,6 +136,9 @@ pub struct VerifiedToken {
     pub issued_at: Option<u64>,
     pub expires_at: u64,
     pub jti: Option<String>,
+    /// The generation of the issuer's keys this token was verified with (`keys.rs`): once the
+    /// keys change, a cached verification is made again.
+    pub key_generation: u64,
     /// The whole payload, for principal mapping and chosen claims.
     pub payload: Claims,
     /// `act` and the task claims, parsed and checked once, when the token was verified.
@@ -177,18 +153,21 @@ impl VerifiedToken {
     }
 }
 
-fn decode_json_part(part: &str, what: &'static str) -> Result<Map<String, Value>, TokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| TokenError::Malformed(what))?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(TokenError::Malformed(what)),
-    }
+/// The configured issuer a token names in `iss` (not verified yet), with its index.
+pub fn issuer_of<'a>(
+    issuers: &'a [Issuer],
+    payload: &Map<String, Value>,
+) -> Result<(usize, &'a Issuer), TokenError> {
+    let iss = payload
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::UnknownIssuer)?;
+    issuers
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.issuer == iss)
+        .ok_or(TokenError::UnknownIssuer)
 }
-
-/// Token-offered key material is never trusted (RFC 8725 §3.10 and the JWT attack catalogue).
-const FORBIDDEN_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
 
 pub fn verify(
     issuers: &[Issuer],
@@ -196,103 +175,18 @@ pub fn verify(
     now_s: u64,
     max_token_bytes: usize,
 ) -> Result<VerifiedToken, TokenError> {
-    if token.len() > max_token_bytes {
-        return Err(TokenError::TooLarge);
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(_sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed(
-            "not a compact JWS (three base64url parts)",
-        ));
+    let parts = jws::decode(token, max_token_bytes)?;
+    let (issuer_index, issuer) = issuer_of(issuers, &parts.payload)?;
+    issuer.check_typ(&parts)?;
+    let keys = issuer.keys.current(now_s)?;
+    let checks = jws::Checks {
+        now_s,
+        clock_skew_s: issuer.clock_skew_s,
+        audiences: Some(issuer.audiences.clone()),
+        max_bytes: max_token_bytes,
     };
-    let header = decode_json_part(h, "header is not base64url JSON")?;
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(TokenError::Malformed("header has no alg"))?;
-    if alg.eq_ignore_ascii_case("none") {
-        return Err(TokenError::AlgNone);
-    }
-    for name in FORBIDDEN_HEADERS {
-        if header.contains_key(name) {
-            return Err(TokenError::ForbiddenHeader(name));
-        }
-    }
-    if header.contains_key("crit") {
-        return Err(TokenError::CriticalHeader);
-    }
-    let payload = decode_json_part(p, "payload is not base64url JSON")?;
-    let iss = payload
-        .get("iss")
-        .and_then(Value::as_str)
-        .ok_or(TokenError::UnknownIssuer)?;
-    let (issuer_index, issuer) = issuers
-        .iter()
-        .enumerate()
-        .find(|(_, i)| i.issuer == iss)
-        .ok_or(TokenError::UnknownIssuer)?;
-    issuer.check_typ(&header)?;
-
-    let kid = header.get("kid").and_then(Value::as_str);
-    let by_kid = kid.and_then(|k| issuer.keys.iter().find(|key| key.kid.as_deref() == Some(k)));
-    let candidates: Vec<&Key> = match by_kid {
-        Some(key) => {
-            if !key.algorithm.matches_header(alg) {
-                return Err(TokenError::AlgorithmMismatch {
-                    expected: key.algorithm.name(),
-                    found: alg.to_string(),
-                });
-            }
-            vec![key]
-        }
-        None => {
-            // A token without a kid is tried against every key of its algorithm (as Envoy's
-            // jwt_authn does); a token naming a kid we do not have is only tried against keys
-            // without a kid (the HMAC secret), never against a key that has another kid.
-            let c: Vec<&Key> = issuer
-                .keys
-                .iter()
-                .filter(|k| (kid.is_none() || k.kid.is_none()) && k.algorithm.matches_header(alg))
-                .collect();
-            if c.is_empty() {
-                return Err(match kid {
-                    Some(k) => TokenError::UnknownKid(k.to_string()),
-                    None => TokenError::NoKeyForAlgorithm(alg.to_string()),
-                });
-            }
-            c
-        }
-    };
-
-    let options = VerificationOptions {
-        accept_future: false,
-        allowed_audiences: Some(issuer.audiences.clone()),
-        time_tolerance: Some(Duration::from_secs(issuer.clock_skew_s)),
-        max_token_length: Some(max_token_bytes),
-        artificial_time: Some(UnixTimeStamp::from_secs(now_s)),
-        ..VerificationOptions::default()
-    };
-    let mut last_err = TokenError::BadSignature;
-    let mut verified = None;
-    for key in candidates {
-        match key.verify(token, options.clone()) {
-            Ok(claims) => {
-                verified = Some(claims);
-                break;
-            }
-            Err(e) => {
-                last_err = map_jwt_error(&e);
-                if last_err != TokenError::BadSignature {
-                    break;
-                }
-            }
-        }
-    }
-    if verified.is_none() {
-        return Err(last_err);
-    }
+    jws::verify(&keys.keys, &parts, token, &checks)?;
+    let payload = parts.payload;
 
     // What jwt-simple does not enforce.
     let exp = numeric(&payload, "exp")?.ok_or(TokenError::MissingExp)?;
@@ -336,6 +230,7 @@ pub fn verify(
         issued_at: iat,
         expires_at: exp,
         jti: string("jti"),
+        key_generation: keys.generation,
         payload,
         agent,
         checked: crate::authz::Checked::default(),
@@ -360,39 +255,4 @@ fn scopes(payload: &Claims) -> Vec<String> {
         .or_else(|| payload.get("scp"))
         .map(from)
         .unwrap_or_default()
-}
-
-fn numeric(payload: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, TokenError> {
-    match payload.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or(TokenError::BadClaim(name.to_string(), "not a NumericDate")),
-    }
-}
-
-fn map_jwt_error(e: &jwt_simple::Error) -> TokenError {
-    match e.downcast_ref::<JWTError>() {
-        Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
-            TokenError::BadSignature
-        }
-        Some(JWTError::TokenHasExpired) => TokenError::Expired,
-        Some(JWTError::TokenNotValidYet) => TokenError::NotYetValid,
-        Some(JWTError::ClockDrift) => TokenError::IssuedInFuture,
-        Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {
-            TokenError::Audience
-        }
-        Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => {
-            TokenError::UnknownIssuer
-        }
-        Some(JWTError::UnknownCriticalExtension) => TokenError::CriticalHeader,
-        Some(JWTError::TokenTooLong | JWTError::HeaderTooLarge) => TokenError::TooLarge,
-        Some(JWTError::NotJWT) => TokenError::Malformed("typ is not JWT"),
-        Some(JWTError::CompactEncodingError) => TokenError::Malformed("not a compact JWS"),
-        // Anything else (base64 of the signature, claims of the wrong JSON type, …) is a token we
-        // cannot judge, and so a rejected one.
-        _ => TokenError::Malformed("token could not be decoded"),
-    }
 }

@@ -15,9 +15,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tessera_core::exchange::{self, Exchange};
-use tessera_core::outcome::{Edit, Level, Next, Outcome};
+use tessera_core::outcome::{Answer, Callout, Edit, Level, Next, Outcome};
 use tessera_core::Engine;
 
+mod calls;
 mod root;
 mod store;
 use root::{Metrics, Root};
@@ -39,8 +40,6 @@ struct Filter {
     store: Rc<SharedData>,
     exchange: Exchange,
 }
-
-impl Context for Filter {}
 
 fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
@@ -93,7 +92,7 @@ impl Filter {
     }
 
     /// Executes `o` on the message of a request hook (`headers`) or a response hook.
-    fn apply(&self, o: Outcome, headers: MapType, body: (BufferType, usize)) -> Action {
+    fn apply(&mut self, o: Outcome, headers: MapType, body: (BufferType, usize)) -> Action {
         edit(headers, &o.headers);
         edit(MapType::HttpRequestTrailers, &o.trailers);
         if let Some(replacement) = &o.body {
@@ -114,25 +113,19 @@ impl Filter {
             );
         }
         for c in &o.callouts {
-            let headers = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            let timeout = Duration::from_millis(c.timeout_ms);
-            let sent = self.dispatch_http_call(
-                &c.cluster,
-                headers.collect(),
-                Some(&c.body),
-                vec![],
-                timeout,
-            );
-            if let Err(e) = sent {
-                log(
-                    LogLevel::Warn,
-                    &format!("tessera: cannot call {}: {e:?}", c.cluster),
-                );
-            }
+            let _ = calls::dispatch(self, c);
         }
         match o.next {
             Next::Forward => Action::Continue,
             Next::WaitForBody => Action::Pause,
+            Next::Call(call) => {
+                if calls::dispatch(self, &call.callout).is_ok() {
+                    return Action::Pause;
+                }
+                // Not sent (no such cluster …): the request is decided on what it has.
+                let o = self.answer_call(Answer::default());
+                self.apply(o, headers, body)
+            }
             Next::Reply(reply) => {
                 let headers = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
                 self.send_http_response(
@@ -175,6 +168,51 @@ impl Filter {
         };
         let o = hook(&mut self.exchange, &engine, &self.store, &mut read);
         self.apply(o, message.0, (message.1, read_len))
+    }
+}
+
+impl calls::Caller for Filter {
+    fn call(&self, c: &Callout) -> Result<u32, proxy_wasm::types::Status> {
+        let headers = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        self.dispatch_http_call(
+            &c.cluster,
+            headers.collect(),
+            Some(&c.body),
+            vec![],
+            Duration::from_millis(c.timeout_ms),
+        )
+    }
+}
+
+impl Filter {
+    /// The exchange takes the answer to the call its request waits for.
+    fn answer_call(&mut self, answer: Answer) -> Outcome {
+        let Some(engine) = self.engine.clone() else {
+            return Outcome::forward();
+        };
+        self.exchange
+            .on_call_answer(&engine, &*self.store, &answer, now_s())
+    }
+}
+
+impl Context for Filter {
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let answer = calls::answer(body_size);
+        let o = self.answer_call(answer);
+        // A reply is sent by `apply`; a forward resumes the request. A body still to come is
+        // never a reason to resume: resuming would pass on what the proxy buffered so far, and
+        // the body hooks (`allow_on_headers_stop_iteration`) decide once it is whole.
+        let resume = o.next == Next::Forward;
+        let _ = self.apply(o, REQUEST.0, (REQUEST.1, 0));
+        if resume {
+            self.resume_http_request();
+        }
     }
 }
 

@@ -1,22 +1,27 @@
 //! The root context: one per VM and worker thread. It compiles the configuration into an
-//! `Engine` (or leaves none: every request then gets 503), defines the counters, sweeps expired
-//! shared-data entries on its tick, and creates the HTTP contexts (`Filter`, `lib.rs`).
+//! `Engine` (or leaves none: every request then gets 503), defines the counters, and on its tick
+//! starts the calls that are due (keys and status lists to refresh, events to poll; their
+//! answers go to the engine) and sweeps expired shared-data entries. It creates the HTTP
+//! contexts (`Filter`, `lib.rs`).
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
-use tessera_core::outcome::Counter;
+use tessera_core::outcome::{Callout, Counter, Purpose};
 use tessera_core::Engine;
 
+use crate::calls::{self, Caller};
 use crate::store::SharedData;
 use crate::{log, Filter};
 
-/// How often each worker clears the shared-data entries it created that have expired.
-const SWEEP_PERIOD: Duration = Duration::from_secs(5);
+/// How often each worker looks for due calls and clears the shared-data entries it created that
+/// have expired (a sweep only compares times until one has).
+const TICK_PERIOD: Duration = Duration::from_secs(1);
 
 /// Counter ids, defined once per VM, in the order of `Counter::ALL`.
 #[derive(Default)]
@@ -50,23 +55,90 @@ pub(crate) struct Root {
     next_id: Rc<Cell<u64>>,
     /// Expiring shared-data entries (consumed tokens, MCP sessions) this worker created.
     store: Rc<SharedData>,
+    /// The root's calls in flight: what each fetches.
+    calls: HashMap<u32, Purpose>,
 }
 
-impl Context for Root {}
+impl Root {
+    fn now(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Starts `calls`; one that cannot be sent is answered with nothing at once.
+    fn start(&mut self, engine: &Engine, mut calls: Vec<tessera_core::outcome::Call>) {
+        // Bounded: an answer leads to one call at most (discovery to its JWKS).
+        for _ in 0..64 {
+            let Some(call) = calls.pop() else {
+                return;
+            };
+            match calls::dispatch(self, &call.callout) {
+                Ok(token) => {
+                    self.calls.insert(token, call.purpose);
+                }
+                Err(_) => {
+                    let now = self.now();
+                    let answer = tessera_core::outcome::Answer::default();
+                    let (next, failed) = engine.answered(&call.purpose, &answer, &*self.store, now);
+                    if let Some(line) = failed {
+                        log(LogLevel::Warn, &line);
+                    }
+                    calls.extend(next);
+                }
+            }
+        }
+    }
+}
+
+impl Caller for Root {
+    fn call(&self, c: &Callout) -> Result<u32, proxy_wasm::types::Status> {
+        let headers = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        self.dispatch_http_call(
+            &c.cluster,
+            headers.collect(),
+            Some(&c.body),
+            vec![],
+            Duration::from_millis(c.timeout_ms),
+        )
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(purpose), Some(engine)) = (self.calls.remove(&token_id), self.engine.clone())
+        else {
+            return;
+        };
+        let answer = calls::answer(body_size);
+        let (next, failed) = engine.answered(&purpose, &answer, &*self.store, self.now());
+        if let Some(line) = failed {
+            log(LogLevel::Warn, &line);
+        }
+        self.start(&engine, next);
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         self.metrics = Rc::new(Metrics::define());
-        self.set_tick_period(SWEEP_PERIOD);
+        self.set_tick_period(TICK_PERIOD);
         true
     }
 
     fn on_tick(&mut self) {
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = self.now();
         self.store.sweep(now);
+        if let Some(engine) = self.engine.clone() {
+            let due = engine.due_calls(now);
+            self.start(&engine, due);
+        }
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -86,7 +158,11 @@ impl RootContext for Root {
                         engine.policy_count()
                     ),
                 );
-                self.engine = Some(Rc::new(engine));
+                let engine = Rc::new(engine);
+                self.engine = Some(engine.clone());
+                // The first keys are fetched now, not a tick later.
+                let due = engine.due_calls(self.now());
+                self.start(&engine, due);
                 true
             }
             Err(e) => {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tessera_core::store::MemoryStore;
 use tessera_core::{Engine, HttpRequest};
 use tessera_harness::Harness;
 use tessera_tests::{mint, now_s, repo_root, test_config, wasm_path};
@@ -155,7 +156,7 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
         approval: None,
         repeated: None,
     };
-    let mut d = engine.check(&req, now_s());
+    let mut d = engine.check(&req, &MemoryStore::new(), now_s());
     if let Some(p) = d.pending.take() {
         d = engine.check_mcp(&p, &req, &case.request.body().unwrap_or_default(), now_s());
     }

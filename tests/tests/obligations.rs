@@ -29,6 +29,7 @@ fn decide(e: &Engine, method: &str, path: &str, auth: &str) -> Decision {
             request_id: "r-1",
             ..HttpRequest::default()
         },
+        &MemoryStore::new(),
         now_s(),
     )
 }

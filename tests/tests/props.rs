@@ -13,6 +13,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tessera_core::listing::SseRewriter;
+use tessera_core::store::MemoryStore;
 use tessera_core::{Engine, HttpRequest, Verdict};
 use tessera_tests::{mint, now_s, test_config, AGENTS};
 
@@ -48,7 +49,7 @@ fn decide(token: &str) -> Verdict {
         request_id: "prop",
         ..HttpRequest::default()
     };
-    engine().check(&req, now_s()).verdict
+    engine().check(&req, &MemoryStore::new(), now_s()).verdict
 }
 
 /// Percent-decodes once, as an upstream does.

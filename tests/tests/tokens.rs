@@ -7,6 +7,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Value};
+use tessera_core::store::MemoryStore;
 use tessera_core::{Engine, HttpRequest, Verdict};
 use tessera_tests::{mint, mint_typed, now_s, test_config, AGENTS};
 
@@ -31,7 +32,7 @@ fn check_with_clock(engine: &Engine, token: &str, now: u64) -> (Verdict, u32, St
         approval: None,
         repeated: None,
     };
-    let d = engine.check(&req, now);
+    let d = engine.check(&req, &MemoryStore::new(), now);
     let status = d.reply.as_ref().map_or(200, |r| r.status);
     let www = d
         .reply
@@ -251,7 +252,7 @@ fn a_bearer_scheme_is_required() {
         approval: None,
         repeated: None,
     };
-    let d = e.check(&req, now_s());
+    let d = e.check(&req, &MemoryStore::new(), now_s());
     assert_eq!(d.verdict, Verdict::Unauthenticated);
     assert_eq!(d.reply.map(|r| r.status), Some(401));
     let t = mint("ES256", &reader()).expect("mint");
@@ -267,7 +268,7 @@ fn a_bearer_scheme_is_required() {
         repeated: None,
     };
     assert_eq!(
-        e.check(&req, now_s()).verdict,
+        e.check(&req, &MemoryStore::new(), now_s()).verdict,
         Verdict::Allow,
         "the scheme is case-insensitive"
     );

@@ -35,7 +35,7 @@ impl Engine {
                     "duplicate issuer",
                 ));
             }
-            let mut issuer = Issuer::compile(ic, &path)?;
+            let mut issuer = Issuer::compile(ic, &path, &c.limits)?;
             issuer.agent.max_delegation_depth = c.limits.max_delegation_depth;
             crate::agent::check_schema(&issuer.agent, &path, |t| policies.has_entity_type(t))?;
             if !policies.has_entity_type(&issuer.principal_type) {
@@ -194,6 +194,13 @@ impl Engine {
                 "session lifetimes must be at least 1 second",
             ));
         }
+        let (status_lists, events) = compile_revocation(c.revocation.as_ref())?;
+        if c.limits.max_pending_calls == 0 {
+            return Err(ConfigError::new(
+                "limits.max_pending_calls",
+                "must be at least 1",
+            ));
+        }
         let engine = Engine {
             mode: c.mode,
             issuers,
@@ -217,6 +224,10 @@ impl Engine {
                 c.limits.token_cache_entries,
                 c.limits.token_cache_bytes,
             )),
+            status_lists,
+            events,
+            pending_calls: Mutex::new(Vec::new()),
+            max_pending_calls: c.limits.max_pending_calls,
         };
         engine.check_schema_accepts_requests()?;
         Ok(engine)
@@ -262,6 +273,7 @@ impl Engine {
                 issued_at: Some(0),
                 expires_at: 0,
                 jti: None,
+                key_generation: 0,
                 agent: crate::agent::parse(&payload.clone().into(), &issuer.agent).map_err(
                     |e| ConfigError::new(format!("issuers[{i}]"), format!("sample token: {e}")),
                 )?,
@@ -350,6 +362,42 @@ impl Engine {
 /// The RFC 9728 document, the URL clients are pointed to, and the paths it is served on: the
 /// well-known URI inserted between host and path of the resource identifier (§3.1), and the bare
 /// well-known path.
+/// `revocation`: its status lists and its security events.
+fn compile_revocation(
+    r: Option<&crate::config::RevocationConfig>,
+) -> Result<
+    (
+        Option<crate::revocation::status_list::StatusLists>,
+        Option<crate::revocation::events::Events>,
+    ),
+    ConfigError,
+> {
+    let Some(r) = r else {
+        return Ok((None, None));
+    };
+    if r.retain_s == 0 || r.max_entries == 0 {
+        return Err(ConfigError::new(
+            "revocation.retain_s",
+            "retain_s and max_entries must be at least 1",
+        ));
+    }
+    let retention = crate::revocation::Retention {
+        retain_s: r.retain_s,
+        max_entries: r.max_entries,
+    };
+    let lists = r
+        .status_list
+        .as_ref()
+        .map(crate::revocation::status_list::StatusLists::compile)
+        .transpose()?;
+    let events = r
+        .events
+        .as_ref()
+        .map(|e| crate::revocation::events::Events::compile(e, retention))
+        .transpose()?;
+    Ok((lists, events))
+}
+
 fn compile_resource_metadata(
     m: &crate::config::ResourceMetadata,
 ) -> Result<(String, Vec<String>, String), ConfigError> {

@@ -1,12 +1,19 @@
-//! The second stage: the credential — the bearer token taken from the request, verified (or
-//! found verified in the cache), its age checked for the route, and whether it is single-use.
+//! The second stage: the credential — the bearer token taken from the request, verified with its
+//! issuer's keys (or found verified in the cache), its age checked for the route, whether it is
+//! revoked (security events, status list), and whether it is single-use.
+//!
+//! Two checks may need a call first: keys fetched again for a `kid` they lack, a status list
+//! not fetched yet. The request then waits for the call (`Decision::call`) and is decided again.
 
 use std::sync::Arc;
 
-use super::{unauthenticated, Decision, Engine, HttpRequest, Route};
+use super::{unauthenticated, wait_for, Decision, Engine, HttpRequest, Route};
 use crate::cache;
 use crate::error::TokenError;
+use crate::outcome::Call;
 use crate::reply::LocalReply;
+use crate::revocation::{self, status_list};
+use crate::store::Store;
 use crate::token::{self, VerifiedToken};
 use crate::verdict::Verdict;
 
@@ -17,6 +24,7 @@ impl Engine {
         &self,
         route: &Route,
         req: &HttpRequest<'_>,
+        store: &dyn Store,
         now_s: u64,
     ) -> Result<Arc<VerifiedToken>, Decision> {
         let Some(token) = req.authorization.and_then(bearer) else {
@@ -32,10 +40,70 @@ impl Engine {
             });
         };
         let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);
-        let verified = self.verify_cached(token, now_s).map_err(refused)?;
+        let verified = match self.verify_cached(token, now_s) {
+            Ok(v) => v,
+            Err(TokenError::UnknownKid(kid)) => {
+                // The issuer may have rotated its keys: fetch them again (rate-limited) and
+                // decide once they are in.
+                return Err(match self.refetch_keys(token, now_s) {
+                    Some(call) => self.wait(route, call, req.request_id, now_s),
+                    None => refused(TokenError::UnknownKid(kid)),
+                });
+            }
+            Err(e) => return Err(refused(e)),
+        };
         crate::agent::check_token_age(route.max_token_age_s, verified.issued_at, now_s)
             .map_err(refused)?;
+        revocation::check(store, &verified, now_s).map_err(refused)?;
+        if let Some(call) = self.token_status(&verified, now_s).map_err(refused)? {
+            return Err(self.wait(route, call, req.request_id, now_s));
+        }
         Ok(verified)
+    }
+
+    /// The token's status list says VALID (`Ok(None)`), or must be fetched first.
+    fn token_status(&self, t: &VerifiedToken, now_s: u64) -> Result<Option<Call>, TokenError> {
+        let Some(lists) = &self.status_lists else {
+            return Ok(None);
+        };
+        let Some((idx, uri)) = status_list::reference(t)? else {
+            return Ok(None);
+        };
+        match lists.check(idx, uri, now_s) {
+            Err(e) if e.is_unavailable() && lists.fail_open => Ok(None),
+            other => other,
+        }
+    }
+
+    /// The keys of the token's issuer fetched again, if its issuer's keys are remote and were
+    /// not fetched for this reason lately.
+    fn refetch_keys(&self, token: &str, now_s: u64) -> Option<Call> {
+        let parts = crate::jws::decode(token, self.max_token_bytes).ok()?;
+        let (index, issuer) = token::issuer_of(&self.issuers, &parts.payload).ok()?;
+        issuer.keys.refetch(index, now_s)
+    }
+
+    /// The request waits for `call`, if fewer than `limits.max_pending_calls` calls are in
+    /// flight for requests; else it gets 503 and may try again.
+    fn wait(&self, route: &Route, call: Call, request_id: &str, now_s: u64) -> Decision {
+        let mut pending = self.pending_calls.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|until| *until > now_s);
+        if pending.len() >= self.max_pending_calls {
+            let why = "too many calls in flight (limits.max_pending_calls)";
+            return Decision {
+                reason: why.into(),
+                reply: Some(LocalReply::json_error(
+                    503,
+                    "unavailable",
+                    Some(why),
+                    &[],
+                    request_id,
+                )),
+                ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
+            };
+        }
+        pending.push(now_s.saturating_add(call.callout.timeout_ms.div_ceil(1000)));
+        wait_for(route, call)
     }
 
     /// Verifies a token, or finds its earlier verification in the cache.
@@ -52,7 +120,13 @@ impl Engine {
         // break that matters for safety (entries are immutable verifications), so keep using it.
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = c.get(&key, now_s) {
-            return Ok(hit);
+            // Verified with the keys the issuer has now: good. Keys changed since (rotated or
+            // removed): verified again. No keys now (stale): refused like a new token.
+            let issuer = self.issuer_of(&hit)?;
+            if issuer.keys.current(now_s)?.generation == hit.key_generation {
+                return Ok(hit);
+            }
+            c.remove(&key);
         }
         drop(c);
         let verified = Arc::new(token::verify(

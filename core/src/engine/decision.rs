@@ -38,6 +38,13 @@ pub struct Decision {
     /// behalf, the actor chain and the task (as an approval binds them). A session is used only
     /// by the identity that created it.
     pub session_owner: Option<String>,
+    /// The request waits for this call (keys fetched again for an unknown `kid`, a status list
+    /// not yet fetched); its answer goes to `Engine::answered`, then the request is decided
+    /// again.
+    pub call: Option<crate::outcome::Call>,
+    /// The request is a security event pushed to the filter: its body goes to
+    /// `Engine::receive_events`, which answers it.
+    pub receive_events: bool,
 }
 
 /// An authenticated MCP request waiting for its body.
@@ -72,6 +79,8 @@ impl Decision {
             once: vec![],
             notify: None,
             session_owner: None,
+            call: None,
+            receive_events: false,
         }
     }
 
@@ -108,10 +117,32 @@ pub(super) fn cannot_judge(route: &Route, reason: String, request_id: &str) -> D
 }
 
 pub(super) fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -> Decision {
+    if e.is_unavailable() {
+        // The filter cannot judge the token now (keys or status list missing): 503, not 401.
+        return Decision {
+            reason: e.to_string(),
+            reply: Some(LocalReply::json_error(
+                503,
+                "unavailable",
+                Some(&e.to_string()),
+                &[],
+                request_id,
+            )),
+            ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
+        };
+    }
     Decision {
         reason: e.to_string(),
         reply: Some(LocalReply::invalid_token(&e.to_string(), request_id)),
         ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
+    }
+}
+
+/// The request waits for `call`, then is decided again.
+pub(super) fn wait_for(route: &Route, call: crate::outcome::Call) -> Decision {
+    Decision {
+        call: Some(call),
+        ..Decision::new(Verdict::Allow, Some(route.name.clone()), None)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The compiled configuration and the decision stages, top-down in `Engine::stages`:
 //! 1. `route.rs` — the route, with the path in its canonical form;
-//! 2. `credential.rs` — the bearer token, verified (cached), its age, whether it is single-use;
+//! 2. `credential.rs` — the bearer token, verified (cached) with the issuer's keys (`keys.rs`),
+//!    its age, whether it is revoked (`revocation/`), whether it is single-use;
 //! 3. `identity.rs` — the principal, on whose behalf, the identity headers;
 //! 4. `cedar.rs` — the Cedar request (the one place that names entity types and actions and
 //!    builds context records; list filtering builds its requests with it too) and evaluation;
@@ -8,7 +9,8 @@
 //!
 //! An MCP POST waits for its body: `Engine::check_mcp` (`mcp_body.rs`) decides each message;
 //! `lists.rs` keeps the list requests whose answers must be filtered (`listing/`).
-//! `compile.rs` turns a configuration into an `Engine` (every check that can be made before a
+//! `calls.rs` takes the answers of the calls Tessera makes (keys, status lists, event polls) and
+//! the security events pushed to it. `compile.rs` turns a configuration into an `Engine` (every check that can be made before a
 //! request). The obligations (`obligations.rs`) and the outcome (`exchange.rs`) come after.
 //!
 //! Built once per configuration; every request only reads it.
@@ -24,10 +26,12 @@ use crate::config::{Auth, Mode, RouteKind};
 use crate::error::{RequestError, TokenError};
 use crate::names;
 use crate::reply::LocalReply;
+use crate::store::Store;
 use crate::token::{Issuer, VerifiedToken};
 pub use crate::verdict::Verdict;
 
 mod approve;
+mod calls;
 mod cedar;
 mod compile;
 mod credential;
@@ -37,7 +41,7 @@ pub mod lists;
 mod mcp_body;
 mod route;
 pub(crate) use cedar::RequestParts;
-use decision::{cannot_judge, deny_reply, unauthenticated};
+use decision::{cannot_judge, deny_reply, unauthenticated, wait_for};
 pub use decision::{Decision, Pending};
 use identity::HeaderSource;
 use route::{canonical_path, Route};
@@ -130,6 +134,13 @@ pub struct Engine {
     /// ids of the policies an approval can satisfy.
     approval: Option<crate::approval::Approval>,
     approvable: HashSet<String>,
+    /// Status lists checked per token (`revocation/status_list.rs`).
+    status_lists: Option<crate::revocation::status_list::StatusLists>,
+    /// Security events that revoke tokens (`revocation/events.rs`).
+    events: Option<crate::revocation::events::Events>,
+    /// Calls requests wait for: when each started one times out. At most `max_pending_calls`.
+    pending_calls: Mutex<Vec<u64>>,
+    max_pending_calls: usize,
 }
 
 impl Engine {
@@ -191,9 +202,10 @@ impl Engine {
         self.policies.policy_count()
     }
 
-    /// Decides one request. `now_s` is the proxy's clock in Unix seconds.
-    pub fn check(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
-        self.in_mode(canonical_path(req, |req| self.decide(req, now_s)))
+    /// Decides one request. `now_s` is the proxy's clock in Unix seconds; `store` holds what
+    /// outlives requests (revocations).
+    pub fn check(&self, req: &HttpRequest<'_>, store: &dyn Store, now_s: u64) -> Decision {
+        self.in_mode(canonical_path(req, |req| self.decide(req, store, now_s)))
     }
 
     /// Shadow mode: the decision is made, counted and logged, but nothing is sent.
@@ -203,8 +215,8 @@ impl Engine {
             Mode::Enforce => d,
         }
     }
-    fn decide(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
-        let mut d = self.decide_inner(req, now_s);
+    fn decide(&self, req: &HttpRequest<'_>, store: &dyn Store, now_s: u64) -> Decision {
+        let mut d = self.decide_inner(req, store, now_s);
         if d.verdict == Verdict::Unauthenticated {
             let url = self.resource_metadata.as_ref().map(|(u, _, _)| u.as_str());
             d.reply = d.reply.map(|r| r.with_resource_metadata(url));
@@ -221,8 +233,8 @@ impl Engine {
 
     /// The stages, top-down. Each returns what the next needs, or (`Err`) the decision that
     /// ends the request there.
-    fn decide_inner(&self, req: &HttpRequest<'_>, now_s: u64) -> Decision {
-        match self.stages(req, now_s) {
+    fn decide_inner(&self, req: &HttpRequest<'_>, store: &dyn Store, now_s: u64) -> Decision {
+        match self.stages(req, store, now_s) {
             Ok(d) | Err(d) => d,
         }
     }
@@ -230,7 +242,12 @@ impl Engine {
     // The `Err` is the decision itself, returned at once, never stored: boxing it would only
     // add an allocation to every refusal.
     #[allow(clippy::result_large_err)]
-    fn stages(&self, req: &HttpRequest<'_>, now_s: u64) -> Result<Decision, Decision> {
+    fn stages(
+        &self,
+        req: &HttpRequest<'_>,
+        store: &dyn Store,
+        now_s: u64,
+    ) -> Result<Decision, Decision> {
         let path = req.path.split(['?', '#']).next().unwrap_or("");
         if let Some((_, paths, doc)) = &self.resource_metadata {
             if (req.method == "GET" || req.method == "HEAD") && paths.iter().any(|p| p == path) {
@@ -243,6 +260,13 @@ impl Engine {
                     )
                 });
             }
+        }
+        // Security events pushed to the filter (RFC 8935): answered here, never forwarded.
+        if self.events.as_ref().and_then(|e| e.receiver_path()) == Some(path) {
+            return Ok(Decision {
+                receive_events: true,
+                ..Decision::new(Verdict::Public, Some("security-events".into()), None)
+            });
         }
         if let Some(name) = req.repeated {
             return Err(deny_reply(
@@ -267,7 +291,7 @@ impl Engine {
         let folded = route.fold(req.path);
         let req = &req.with_path(folded.as_deref());
         // 2. Credential (credential.rs).
-        let verified = self.credential(route, req, now_s)?;
+        let verified = self.credential(route, req, store, now_s)?;
         let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);
         // 3. Identity (identity.rs).
         let principal = self.principal_uid(&verified).map_err(refused)?;

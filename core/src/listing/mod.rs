@@ -365,7 +365,7 @@ mod engine_tests {
             content_type: Some("application/json"),
             ..HttpRequest::default()
         };
-        let d = e.check(&req, now());
+        let d = e.check(&req, &crate::store::MemoryStore::new(), now());
         let Some(pending) = d.pending else {
             panic!("not pending: {d:?}");
         };
@@ -673,6 +673,7 @@ mod engine_tests {
                     content_type: None,
                     ..HttpRequest::default()
                 },
+                &crate::store::MemoryStore::new(),
                 now(),
             )
         };

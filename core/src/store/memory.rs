@@ -53,6 +53,32 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    fn replace(
+        &self,
+        key: &str,
+        read: Option<&Entry>,
+        payload: &[u8],
+        expires_at: u64,
+        now_s: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(read) = read else {
+            return self.create(key, payload, expires_at, now_s, "");
+        };
+        let version = self.next_version();
+        let mut entries = self.entries.borrow_mut();
+        match entries.get_mut(key) {
+            Some((stored, _)) if stored.version == read.version => {
+                *stored = Entry {
+                    expires_at,
+                    payload: payload.to_vec(),
+                    version,
+                };
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn extend(&self, key: &str, entry: &Entry, expires_at: u64, _now_s: u64) {
         let version = self.next_version();
         if let Some((stored, _)) = self.entries.borrow_mut().get_mut(key) {

@@ -45,6 +45,18 @@ pub trait Store {
         owner: &str,
     ) -> Result<bool, StoreError>;
 
+    /// Writes `payload` under `key` until `expires_at`, if the entry is still `read` (the
+    /// version [`Store::get`] gave; `None`: it was absent). `Ok(false)`: another writer came
+    /// first; read again and retry.
+    fn replace(
+        &self,
+        key: &str,
+        read: Option<&Entry>,
+        payload: &[u8],
+        expires_at: u64,
+        now_s: u64,
+    ) -> Result<bool, StoreError>;
+
     /// Moves a live entry's expiry, if it is still the version read. Loses quietly to a
     /// concurrent writer: its write is as recent.
     fn extend(&self, key: &str, entry: &Entry, expires_at: u64, now_s: u64);

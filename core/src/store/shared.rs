@@ -121,6 +121,35 @@ impl<M: SharedMap> Store for SharedStore<M> {
         Ok(true)
     }
 
+    fn replace(
+        &self,
+        key: &str,
+        read: Option<&Entry>,
+        payload: &[u8],
+        expires_at: u64,
+        now_s: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(read) = read else {
+            return self.create(key, payload, expires_at, now_s, "");
+        };
+        let ours = self.encode(expires_at, payload);
+        match self.map.set(key, &ours, Some(read.version)) {
+            Ok(()) => {}
+            Err(SetError::CasMismatch) => return Ok(false),
+            Err(SetError::Other(e)) => return Err(StoreError(e)),
+        }
+        let mut created = self.created.borrow_mut();
+        match created.iter_mut().find(|c| c.key == key) {
+            Some(c) => c.expires_at = c.expires_at.max(expires_at),
+            None => created.push(Created {
+                key: key.to_string(),
+                expires_at,
+                owner: String::new(),
+            }),
+        }
+        Ok(true)
+    }
+
     fn extend(&self, key: &str, entry: &Entry, expires_at: u64, _now_s: u64) {
         let value = self.encode(expires_at, &entry.payload);
         let _ = self.map.set(key, &value, Some(entry.version));

@@ -1,0 +1,202 @@
+//! Compact JWS (RFC 7515) as every signed document Tessera reads is checked: access tokens,
+//! security event tokens and status list tokens. The key is chosen by `kid` among keys that came
+//! from configuration or the issuer's own JWKS, never from the token; the algorithm is the key's.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jwt_simple::prelude::{Duration, JWTClaims, UnixTimeStamp, VerificationOptions};
+use jwt_simple::JWTError;
+use serde_json::{Map, Value};
+
+use crate::error::TokenError;
+use crate::jwks::Key;
+
+/// Token-offered key material is never trusted (RFC 8725 §3.10 and the JWT attack catalogue).
+const FORBIDDEN_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
+
+/// A compact JWS taken apart (not yet verified).
+#[derive(Debug)]
+pub struct Parts {
+    pub header: Map<String, Value>,
+    pub payload: Map<String, Value>,
+}
+
+impl Parts {
+    /// The header's `alg` (present, never `none`: [`decode`] checked it).
+    pub fn alg(&self) -> &str {
+        self.header.get("alg").and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.header.get("kid").and_then(Value::as_str)
+    }
+
+    /// The header's `typ` as a media type (see [`media_type`]); `Err` when it is not a string.
+    pub fn typ(&self) -> Result<Option<String>, TokenError> {
+        match self.header.get("typ") {
+            None => Ok(None),
+            Some(Value::String(t)) => Ok(Some(media_type(t))),
+            Some(_) => Err(TokenError::Malformed("typ is not a string")),
+        }
+    }
+}
+
+/// A JOSE `typ` compared as RFC 7515 §4.1.9 says: case-insensitively, `application/` optional.
+pub fn media_type(typ: &str) -> String {
+    let t = typ.trim().to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => t,
+    }
+}
+
+fn decode_json_part(part: &str, what: &'static str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed(what))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(TokenError::Malformed(what)),
+    }
+}
+
+/// Takes a compact JWS apart and refuses what no key may verify: `alg: none`, header-borne keys,
+/// critical extensions.
+pub fn decode(token: &str, max_bytes: usize) -> Result<Parts, TokenError> {
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed(
+            "not a compact JWS (three base64url parts)",
+        ));
+    };
+    let header = decode_json_part(h, "header is not base64url JSON")?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Malformed("header has no alg"))?;
+    if alg.eq_ignore_ascii_case("none") {
+        return Err(TokenError::AlgNone);
+    }
+    for name in FORBIDDEN_HEADERS {
+        if header.contains_key(name) {
+            return Err(TokenError::ForbiddenHeader(name));
+        }
+    }
+    if header.contains_key("crit") {
+        return Err(TokenError::CriticalHeader);
+    }
+    let payload = decode_json_part(p, "payload is not base64url JSON")?;
+    Ok(Parts { header, payload })
+}
+
+/// What the signature check also enforces: time (the proxy's clock), skew, audiences.
+pub struct Checks {
+    pub now_s: u64,
+    pub clock_skew_s: u64,
+    pub audiences: Option<std::collections::HashSet<String>>,
+    pub max_bytes: usize,
+}
+
+/// Verifies the signature of `token` (taken apart as `parts`) with the key its `kid` names, or,
+/// without a `kid`, every key of its algorithm (as Envoy's `jwt_authn` does). A `kid` that names
+/// no key is tried only against keys without a kid (an HMAC secret), never against a key that has
+/// another kid.
+pub fn verify(
+    keys: &[Key],
+    parts: &Parts,
+    token: &str,
+    checks: &Checks,
+) -> Result<JWTClaims<Map<String, Value>>, TokenError> {
+    let alg = parts.alg();
+    let kid = parts.kid();
+    let by_kid = kid.and_then(|k| keys.iter().find(|key| key.kid.as_deref() == Some(k)));
+    let candidates: Vec<&Key> = match by_kid {
+        Some(key) => {
+            if !key.algorithm.matches_header(alg) {
+                return Err(TokenError::AlgorithmMismatch {
+                    expected: key.algorithm.name(),
+                    found: alg.to_string(),
+                });
+            }
+            vec![key]
+        }
+        None => {
+            let c: Vec<&Key> = keys
+                .iter()
+                .filter(|k| (kid.is_none() || k.kid.is_none()) && k.algorithm.matches_header(alg))
+                .collect();
+            if c.is_empty() {
+                return Err(match kid {
+                    Some(k) => TokenError::UnknownKid(k.to_string()),
+                    None => TokenError::NoKeyForAlgorithm(alg.to_string()),
+                });
+            }
+            c
+        }
+    };
+    let options = VerificationOptions {
+        accept_future: false,
+        allowed_audiences: checks.audiences.clone(),
+        time_tolerance: Some(Duration::from_secs(checks.clock_skew_s)),
+        max_token_length: Some(checks.max_bytes),
+        artificial_time: Some(UnixTimeStamp::from_secs(checks.now_s)),
+        ..VerificationOptions::default()
+    };
+    let mut last_err = TokenError::BadSignature;
+    for key in candidates {
+        match key.verify(token, options.clone()) {
+            Ok(claims) => return Ok(claims),
+            Err(e) => {
+                last_err = map_jwt_error(&e);
+                if last_err != TokenError::BadSignature {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last_err)
+}
+
+/// A NumericDate claim (`exp`, `iat`, …): absent, or a non-negative number.
+pub fn numeric(
+    payload: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<u64>, TokenError> {
+    match payload.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map(Some)
+            .ok_or(TokenError::BadClaim(name.to_string(), "not a NumericDate")),
+    }
+}
+
+fn map_jwt_error(e: &jwt_simple::Error) -> TokenError {
+    match e.downcast_ref::<JWTError>() {
+        Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
+            TokenError::BadSignature
+        }
+        Some(JWTError::TokenHasExpired) => TokenError::Expired,
+        Some(JWTError::TokenNotValidYet) => TokenError::NotYetValid,
+        Some(JWTError::ClockDrift) => TokenError::IssuedInFuture,
+        Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {
+            TokenError::Audience
+        }
+        Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => {
+            TokenError::UnknownIssuer
+        }
+        Some(JWTError::UnknownCriticalExtension) => TokenError::CriticalHeader,
+        Some(JWTError::TokenTooLong | JWTError::HeaderTooLarge) => TokenError::TooLarge,
+        Some(JWTError::NotJWT) => TokenError::Malformed("typ is not JWT"),
+        Some(JWTError::CompactEncodingError) => TokenError::Malformed("not a compact JWS"),
+        // Anything else (base64 of the signature, claims of the wrong JSON type, …) is a token we
+        // cannot judge, and so a rejected one.
+        _ => TokenError::Malformed("token could not be decoded"),
+    }
+}
