@@ -141,12 +141,14 @@ impl Exchange {
             return Outcome::forward();
         };
         let (next, failed) = engine.answered(&w.purpose, answer, store, now_s);
+        engine.call_ended();
         let mut logs = Vec::new();
         if let Some(line) = failed {
             logs.push((Level::Warn, line));
         }
         if let Some(call) = next.into_iter().next() {
-            // Discovery led to the JWKS: wait for that too.
+            // Discovery led to the JWKS: wait for that too (in the same place).
+            engine.hold_call(&call, now_s);
             w.purpose = call.purpose.clone();
             self.waiting = Some(w);
             return Outcome {
@@ -184,6 +186,18 @@ impl Exchange {
             (None, _) => {}
         }
         out
+    }
+
+    /// Whether the request waits for a call's answer.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// The stream ended while the request waited for a call: that call will not be answered.
+    pub fn abandon(&mut self, engine: &Engine) {
+        if let Some(w) = self.waiting.take() {
+            engine.abandoned(&w.purpose);
+        }
     }
 
     /// The request headers, decided (again, after `rounds` calls).

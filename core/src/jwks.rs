@@ -287,15 +287,21 @@ pub fn parse_fetched_jwks(doc: &Value, max_keys: usize) -> Result<(Vec<Key>, Vec
     let mut skipped = Vec::new();
     for (i, jwk) in keys.iter().enumerate() {
         match parse_jwk(jwk, &format!("keys[{i}]")) {
-            Ok(Some(key)) if key.kid.is_some() && out.iter().any(|k| k.kid == key.kid) => {
-                // Which of two keys with one kid is meant cannot be known: neither is used.
-                skipped.push(format!("keys[{i}]: duplicate kid"));
-                out.retain(|k| k.kid != key.kid);
-            }
             Ok(Some(key)) => out.push(key),
             Ok(None) => {}
             Err(e) => skipped.push(e.to_string()),
         }
+    }
+    // Which of two keys with one kid is meant cannot be known: none of them is used.
+    let mut seen = std::collections::HashSet::new();
+    let twice: std::collections::HashSet<String> = out
+        .iter()
+        .filter_map(|k| k.kid.clone())
+        .filter(|kid| !seen.insert(kid.clone()))
+        .collect();
+    if !twice.is_empty() {
+        out.retain(|k| k.kid.as_ref().is_none_or(|kid| !twice.contains(kid)));
+        skipped.extend(twice.iter().map(|kid| format!("kid `{kid}` given twice")));
     }
     if out.is_empty() {
         return Err(format!("no usable key ({})", skipped.join("; ")));

@@ -62,6 +62,8 @@ struct State {
     jwks_path: Option<String>,
     /// Why the last fetch failed, for the log and the 503's reason.
     last_error: Option<String>,
+    /// A request's refetch went unanswered (its stream ended first): the tick fetches instead.
+    want_refresh: bool,
 }
 
 /// How long after a failure a refresh is tried again (at most).
@@ -140,6 +142,16 @@ impl IssuerKeys {
         match self {
             IssuerKeys::Inline(_) => None,
             IssuerKeys::Remote(r) => r.refetch(index, now_s),
+        }
+    }
+
+    /// A request's fetch of these keys will not be answered (its stream ended): the root's next
+    /// tick fetches them, so that a client cannot use up the refetch of a rotation by leaving.
+    pub fn abandoned(&self) {
+        if let IssuerKeys::Remote(r) = self {
+            let mut s = r.lock();
+            s.want_refresh = true;
+            s.next_attempt = 0;
         }
     }
 
@@ -269,9 +281,10 @@ impl RemoteKeys {
         } else {
             0
         };
-        if now_s < refresh_at.max(s.next_attempt) {
+        if now_s < refresh_at.max(s.next_attempt) && !(s.want_refresh && now_s >= s.next_attempt) {
             return None;
         }
+        s.want_refresh = false;
         s.next_attempt = now_s.saturating_add(self.in_flight_s());
         Some(self.first_call(index, &s))
     }

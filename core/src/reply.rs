@@ -122,6 +122,14 @@ impl LocalReply {
             request_id,
         )
     }
+    /// The filter cannot judge the request now (keys or a status list not there, too many calls
+    /// in flight): 503 with the reason, to be tried again shortly.
+    pub fn retry_later(reason: &str, request_id: &str) -> LocalReply {
+        let mut r = LocalReply::json_error(503, "unavailable", Some(reason), &[], request_id);
+        r.headers.push(("retry-after".into(), "1".into()));
+        r
+    }
+
     /// RFC 9728 protected-resource metadata, served by the filter itself.
     pub fn metadata(doc: &str) -> LocalReply {
         LocalReply {

@@ -39,6 +39,8 @@ struct Filter {
     next_id: Rc<Cell<u64>>,
     store: Rc<SharedData>,
     exchange: Exchange,
+    /// The token of the call the request waits for: only its answer resumes anything.
+    waiting_call: Option<u32>,
 }
 
 fn log(level: LogLevel, msg: &str) {
@@ -77,6 +79,7 @@ impl Filter {
             next_id,
             store,
             exchange: Exchange::new(debug),
+            waiting_call: None,
         }
     }
 
@@ -119,7 +122,8 @@ impl Filter {
             Next::Forward => Action::Continue,
             Next::WaitForBody => Action::Pause,
             Next::Call(call) => {
-                if calls::dispatch(self, &call.callout).is_ok() {
+                if let Ok(token) = calls::dispatch(self, &call.callout) {
+                    self.waiting_call = Some(token);
                     return Action::Pause;
                 }
                 // Not sent (no such cluster …): the request is decided on what it has.
@@ -198,21 +202,32 @@ impl Filter {
 impl Context for Filter {
     fn on_http_call_response(
         &mut self,
-        _token_id: u32,
+        token_id: u32,
         _num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
+        // Another call's answer (the approval webhook's) resumes nothing.
+        if self.waiting_call != Some(token_id) || !self.exchange.is_waiting() {
+            return;
+        }
+        self.waiting_call = None;
         let answer = calls::answer(body_size);
         let o = self.answer_call(answer);
-        // A reply is sent by `apply`; a forward resumes the request. A body still to come is
-        // never a reason to resume: resuming would pass on what the proxy buffered so far, and
-        // the body hooks (`allow_on_headers_stop_iteration`) decide once it is whole.
-        let resume = o.next == Next::Forward;
-        let _ = self.apply(o, REQUEST.0, (REQUEST.1, 0));
-        if resume {
+        // A reply is sent by `apply`; only a final forward resumes the request. A body still
+        // to come is never a reason to resume: resuming would pass on what the proxy buffered
+        // so far, and the body hooks (`allow_on_headers_stop_iteration`) decide once it is whole.
+        if self.apply(o, REQUEST.0, (REQUEST.1, 0)) == Action::Continue {
             self.resume_http_request();
         }
+    }
+
+    fn on_done(&mut self) -> bool {
+        // The stream ended while its request waited: the call will not be answered here.
+        if let (Some(engine), true) = (self.engine.clone(), self.exchange.is_waiting()) {
+            self.exchange.abandon(&engine);
+        }
+        true
     }
 }
 

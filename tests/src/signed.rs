@@ -97,6 +97,27 @@ pub fn status_list_token(
     typ: &str,
     ttl: u64,
 ) -> Result<String> {
+    let now = now_s();
+    status_list_claims(
+        uri,
+        bits,
+        statuses,
+        signer,
+        typ,
+        json!({"iat": now, "exp": now + 3600, "ttl": ttl}),
+    )
+}
+
+/// A status list token as [`status_list_token`] with the times given in `times` (`iat`, `exp`,
+/// `ttl`; absent: none).
+pub fn status_list_claims(
+    uri: &str,
+    bits: u8,
+    statuses: &[u8],
+    signer: &str,
+    typ: &str,
+    times: Value,
+) -> Result<String> {
     let per_byte = 8 / usize::from(bits);
     let mut bytes = vec![0u8; statuses.len().div_ceil(per_byte)];
     for (i, s) in statuses.iter().enumerate() {
@@ -107,9 +128,8 @@ pub fn status_list_token(
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("demo-p256".into());
     header.typ = Some(typ.into());
-    let now = now_s();
-    let claims = json!({"iss": signer, "sub": uri, "iat": now, "exp": now + 3600, "ttl": ttl,
-                        "status_list": {"bits": bits, "lst": lst}});
+    let mut claims = json!({"iss": signer, "sub": uri, "status_list": {"bits": bits, "lst": lst}});
+    merge_claims(&mut claims, &times);
     Ok(jsonwebtoken::encode(
         &header,
         &claims,

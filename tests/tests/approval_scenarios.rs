@@ -590,8 +590,13 @@ fn an_approval_request_is_announced_to_the_webhook_cluster() -> Result<()> {
         sent["policies"],
         json!(["external-transfers-need-approval"])
     );
-    // The webhook failing changes nothing for the client, who already has the answer.
+    // The webhook failing changes nothing for the client, who already has the answer; nor does
+    // its answer resume the refused request.
     h.fail_call(call.token)?;
+    assert!(
+        !h.request_resumed(ctx),
+        "a webhook answer resumed the request"
+    );
     h.done(ctx)?;
     // A plain denial announces nothing.
     let (_, status) = post_mcp(&mut h, &auth, &[], &transfer(10, 5000, "EXT-42"))?;

@@ -385,3 +385,67 @@ fn an_mcp_body_still_to_come_when_the_keys_arrive_is_judged_at_its_end() -> Resu
     );
     Ok(())
 }
+
+#[test]
+fn a_client_leaving_during_a_refetch_does_not_use_up_the_rotation() -> Result<()> {
+    let mut h = harness(json!({}))?;
+    let first = the_call(&h, "/jwks")?;
+    answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
+    // A made-up kid starts a refetch, and its client goes away before the answer.
+    let ctx = h.new_http()?;
+    let forged = forged_kid("made-up")?;
+    let headers = [
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        (":authority", "api.example.com"),
+        ("authorization", forged.as_str()),
+    ];
+    assert_eq!(h.request_headers(ctx, &headers, true)?, Action::Pause);
+    h.done(ctx)?;
+    // The provider rotates in a new key: the next tick fetches the keys in the client's place.
+    h.tick()?;
+    let root_fetch = h
+        .http_calls()
+        .iter()
+        .find(|c| c.context_id != ctx)
+        .cloned()
+        .context("the tick fetches the keys the leaving client did not wait for")?;
+    answer(
+        &mut h,
+        &root_fetch,
+        200,
+        &jwks(&["demo-p256", "demo-ed25519"])?,
+    )?;
+    assert_eq!(get(&mut h, &eddsa()?)?.1, None, "the rotated key's token");
+    Ok(())
+}
+
+#[test]
+fn keys_sharing_one_kid_are_none_of_them_used() -> Result<()> {
+    let mut h = harness(json!({}))?;
+    let first = the_call(&h, "/jwks")?;
+    let all: Value = serde_json::from_str(&jwks(&["demo-p256", "demo-p384", "demo-ed25519"])?)?;
+    let keys = all["keys"].as_array().context("keys")?;
+    let mut doc = json!({"keys": []});
+    for k in keys {
+        let mut k = k.clone();
+        if k["kid"] != "demo-ed25519" {
+            // p384 first, p256 second and third: all named `demo-p256`.
+            k["kid"] = json!("demo-p256");
+        }
+        doc["keys"].as_array_mut().context("keys")?.push(k);
+    }
+    let p256 = doc["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["crv"] == "P-256").cloned())
+        .context("p256")?;
+    doc["keys"].as_array_mut().context("keys")?.push(p256);
+    answer(&mut h, &first, 200, &doc.to_string())?;
+    let (ctx, status) = get(&mut h, &es256()?)?;
+    assert_eq!(status, None, "waits for a refetch: no key has its kid");
+    let refetch = the_call(&h, "/jwks")?;
+    answer(&mut h, &refetch, 200, &doc.to_string())?;
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(401));
+    assert_eq!(get(&mut h, &eddsa()?)?.1, None, "the other key is used");
+    Ok(())
+}

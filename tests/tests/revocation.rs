@@ -152,7 +152,7 @@ fn caep_session_revoked_refuses_tokens_issued_before_the_event_only() -> Result<
         json!({"events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {
             "subject": {"user": {"format": "iss_sub", "iss": AGENTS, "sub": "agent-7"},
                         "session": {"format": "opaque", "id": "s-1"}},
-            "event_timestamp": now - 50}}}),
+            "event_timestamp": (now - 50) as f64 + 0.5}}}),
     )?;
     assert_eq!(push(&mut h, &set)?.0, 202);
     assert_eq!(get(&mut h, &before)?, Some(401));
@@ -460,5 +460,145 @@ fn a_changed_list_is_refetched_after_its_ttl_and_then_refuses() -> Result<()> {
     let revoked = status_list(&uri, 1, &statuses, STATUS_SIGNER, "statuslist+jwt", 10)?;
     h.respond_to_call(refresh.token, 200, &[], revoked.as_bytes())?;
     assert_eq!(get(&mut h, &token)?, Some(401));
+    Ok(())
+}
+
+#[test]
+fn an_older_list_never_replaces_a_newer_one_and_a_list_without_iat_is_refused() -> Result<()> {
+    use tessera_tests::signed::status_list_claims;
+    let mut h = harness(|_| {})?;
+    let uri = format!("{LISTS}replay");
+    let now = now_s();
+    let mut revoked = [0u8; 8];
+    revoked[3] = 1;
+    let old = status_list_claims(
+        &uri,
+        1,
+        &[0u8; 8],
+        STATUS_SIGNER,
+        "statuslist+jwt",
+        json!({"iat": now - 100, "ttl": 10_000}),
+    )?;
+    let new = status_list_claims(
+        &uri,
+        1,
+        &revoked,
+        STATUS_SIGNER,
+        "statuslist+jwt",
+        json!({"iat": now - 10, "ttl": 20}),
+    )?;
+    let token = with_status(3, &uri)?;
+    let (_, status) = get_fetching(&mut h, &token, Some(&new))?;
+    assert_eq!(status, Some(401), "revoked in the newer list");
+    // Its ttl runs out; the refresh brings the older list back (a replay, a stale mirror).
+    h.advance(Duration::from_secs(11));
+    h.tick()?;
+    let refresh = h
+        .http_calls()
+        .iter()
+        .find(|c| c.upstream == "status")
+        .cloned()
+        .context("refresh")?;
+    h.respond_to_call(refresh.token, 200, &[], old.as_bytes())?;
+    assert_eq!(get(&mut h, &token)?, Some(401), "still revoked");
+    assert!(h
+        .logs()
+        .iter()
+        .any(|l| l.message.contains("older than the list held")));
+
+    // Freshness counts from `iat`: a list issued long ago with a short ttl is stale on arrival
+    // and only serves max_stale_s (30 s) more.
+    let mut h = harness(|_| {})?;
+    let aged = status_list_claims(
+        &uri,
+        1,
+        &[0u8; 8],
+        STATUS_SIGNER,
+        "statuslist+jwt",
+        json!({"iat": now - 25, "ttl": 10}),
+    )?;
+    let fine = with_status(1, &uri)?;
+    assert_eq!(get_fetching(&mut h, &fine, Some(&aged))?.1, None);
+    h.advance(Duration::from_secs(20));
+    let ctx = h.new_http()?;
+    let headers = [
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        (":authority", "api.example.com"),
+        ("authorization", fine.as_str()),
+    ];
+    assert_eq!(
+        h.request_headers(ctx, &headers, true)?,
+        Action::Pause,
+        "past iat + ttl + stale: fetched again"
+    );
+
+    let mut h = harness(|_| {})?;
+    let no_iat = status_list_claims(
+        &uri,
+        1,
+        &[0u8; 8],
+        STATUS_SIGNER,
+        "statuslist+jwt",
+        json!({"ttl": 60}),
+    )?;
+    assert_eq!(get_fetching(&mut h, &fine, Some(&no_iat))?.1, Some(503));
+    Ok(())
+}
+
+#[test]
+fn requests_waiting_for_one_list_share_a_bounded_number_of_fetches() -> Result<()> {
+    let mut h = harness(|_| {})?;
+    let uri = format!("{LISTS}burst");
+    let token = with_status(0, &uri)?;
+    let headers = [
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        (":authority", "api.example.com"),
+        ("authorization", token.as_str()),
+    ];
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        let ctx = h.new_http()?;
+        assert_eq!(h.request_headers(ctx, &headers, true)?, Action::Pause);
+        waiting.push(ctx);
+    }
+    let (ctx, status) = tessera_tests::request(&mut h, "GET", "/orders/1", Some(&token), &[])?;
+    assert_eq!(
+        status,
+        Some(503),
+        "a fifth fetch of the same list is not started"
+    );
+    assert_eq!(
+        h.local_reply(ctx)
+            .and_then(|r| r.header("retry-after").map(str::to_string))
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(h.http_calls().len(), 4);
+    // A waiting stream that ends frees its place.
+    h.done(waiting[0])?;
+    let ctx = h.new_http()?;
+    assert_eq!(h.request_headers(ctx, &headers, true)?, Action::Pause);
+    Ok(())
+}
+
+#[test]
+fn revocation_events_need_issuers_whose_tokens_do_not_outlive_a_revocation() -> Result<()> {
+    let mut h = tessera_harness::Harness::load(tessera_tests::wasm_path())?;
+    let mut c = tessera_tests::test_config()?;
+    c["revocation"] = revocation_config()?;
+    c["revocation"]["retain_s"] = json!(1800);
+    assert!(
+        !h.configure(&c.to_string())?,
+        "max_ttl_s 3600 > retain_s 1800"
+    );
+    assert!(
+        h.logs()
+            .iter()
+            .any(|l| l.message.contains("issuers[0].max_ttl_s")),
+        "{:?}",
+        h.logs()
+    );
     Ok(())
 }

@@ -63,6 +63,25 @@ impl Engine {
         }
     }
 
+    /// A request's call will not be answered (its stream ended while it waited): what it was
+    /// fetching is left for another to fetch, and its place among the pending calls is freed.
+    pub fn abandoned(&self, purpose: &Purpose) {
+        match purpose {
+            Purpose::Discovery(i) | Purpose::Jwks(i) => {
+                if let Some(issuer) = self.issuers.get(*i) {
+                    issuer.keys.abandoned();
+                }
+            }
+            Purpose::StatusList(uri) => {
+                if let Some(lists) = &self.status_lists {
+                    lists.abandoned(uri);
+                }
+            }
+            Purpose::Poll => {}
+        }
+        self.call_ended();
+    }
+
     /// A security event pushed to the receiver path (RFC 8935): the reply to send.
     pub fn receive_events(
         &self,

@@ -195,6 +195,22 @@ impl Engine {
             ));
         }
         let (status_lists, events) = compile_revocation(c.revocation.as_ref())?;
+        if let Some(r) = c.revocation.as_ref().filter(|r| r.events.is_some()) {
+            // A revocation kept for less than a token lives would let the token back in.
+            for (i, ic) in c.issuers.iter().enumerate() {
+                if ic.max_ttl_s.is_none_or(|t| t > r.retain_s) {
+                    return Err(ConfigError::new(
+                        format!("issuers[{i}].max_ttl_s"),
+                        format!(
+                            "with revocation.events every issuer needs max_ttl_s of at most \
+                             revocation.retain_s ({} s), or a revoked token could outlive its \
+                             revocation",
+                            r.retain_s
+                        ),
+                    ));
+                }
+            }
+        }
         if c.limits.max_pending_calls == 0 {
             return Err(ConfigError::new(
                 "limits.max_pending_calls",

@@ -102,8 +102,29 @@ impl Engine {
                 ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
             };
         }
-        pending.push(now_s.saturating_add(call.callout.timeout_ms.div_ceil(1000)));
+        drop(pending);
+        self.hold_call(&call, now_s);
         wait_for(route, call)
+    }
+
+    /// Counts `call` among the pending calls, until it is answered or its timeout.
+    pub(crate) fn hold_call(&self, call: &Call, now_s: u64) {
+        let mut pending = self.pending_calls.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push(now_s.saturating_add(call.callout.timeout_ms.div_ceil(1000)));
+    }
+
+    /// A call a request waited for was answered or abandoned: its place is free.
+    pub(crate) fn call_ended(&self) {
+        let mut pending = self.pending_calls.lock().unwrap_or_else(|p| p.into_inner());
+        // The places are alike (each a deadline): the one nearest its deadline goes.
+        if let Some(i) = pending
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, t)| **t)
+            .map(|(i, _)| i)
+        {
+            pending.swap_remove(i);
+        }
     }
 
     /// Verifies a token, or finds its earlier verification in the cache.

@@ -121,13 +121,7 @@ pub(super) fn unauthenticated(route: &Route, e: &TokenError, request_id: &str) -
         // The filter cannot judge the token now (keys or status list missing): 503, not 401.
         return Decision {
             reason: e.to_string(),
-            reply: Some(LocalReply::json_error(
-                503,
-                "unavailable",
-                Some(&e.to_string()),
-                &[],
-                request_id,
-            )),
+            reply: Some(LocalReply::retry_later(&e.to_string(), request_id)),
             ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
         };
     }

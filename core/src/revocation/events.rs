@@ -231,6 +231,7 @@ impl Events {
                 None => iat,
                 Some(v) => v
                     .as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
                     .ok_or_else(|| invalid("event_timestamp is not a NumericDate"))?,
             };
             let r = if kind == REVOKED {

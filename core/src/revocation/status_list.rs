@@ -27,6 +27,8 @@ const MAX_LISTS: usize = 256;
 const RETRY_S: u64 = 5;
 /// Skew allowed on a list's `iat`/`exp`.
 const CLOCK_SKEW_S: u64 = 60;
+/// Requests that fetch one list not yet held at the same time; more get 503 and try again.
+const MAX_WAITING: u32 = 4;
 
 /// Statuses the draft registers.
 const VALID: u8 = 0;
@@ -61,7 +63,11 @@ impl List {
 #[derive(Debug, Default)]
 struct Cached {
     list: Option<Arc<List>>,
+    /// The `iat` of the list held: an older one is never taken in its place.
+    issued_at: u64,
     fresh_until: u64,
+    /// Fetches in flight for requests waiting for this list (until `next_attempt`).
+    waiting: u32,
     /// No background refresh starts before this (one in flight, or a failure's delay).
     next_attempt: u64,
     last_used: u64,
@@ -220,8 +226,24 @@ impl StatusLists {
         }
         let c = cache.entry(uri.to_string()).or_default();
         c.last_used = now_s;
+        if now_s >= c.next_attempt {
+            c.waiting = 0;
+        }
+        if c.waiting >= MAX_WAITING {
+            return Err(TokenError::StatusUnavailable(
+                "the list is being fetched".into(),
+            ));
+        }
+        c.waiting += 1;
         c.next_attempt = now_s.saturating_add(self.in_flight_s());
         Ok(Some(self.call(source, uri)))
+    }
+
+    /// A request's fetch of the list at `uri` will not be answered (its stream ended).
+    pub fn abandoned(&self, uri: &str) {
+        if let Some(c) = self.lock().get_mut(uri) {
+            c.waiting = c.waiting.saturating_sub(1);
+        }
     }
 
     fn in_flight_s(&self) -> u64 {
@@ -273,11 +295,21 @@ impl StatusLists {
         let parsed = self.parse(uri, answer, now_s);
         let mut cache = self.lock();
         let c = cache.entry(uri.to_string()).or_default();
+        c.waiting = c.waiting.saturating_sub(1);
+        let parsed = parsed.and_then(|p| {
+            // A list older than the one held (replayed, or from a stale mirror) would bring back
+            // tokens revoked since.
+            if c.list.is_some() && p.1 < c.issued_at {
+                return Err("older than the list held (iat)".to_string());
+            }
+            Ok(p)
+        });
         match parsed {
-            Ok((list, fresh_until)) => {
+            Ok((list, issued_at, fresh_until)) => {
                 c.list = Some(Arc::new(list));
+                c.issued_at = issued_at;
                 c.fresh_until = fresh_until;
-                c.next_attempt = fresh_until;
+                c.next_attempt = fresh_until.max(now_s.saturating_add(RETRY_S));
                 c.last_error = None;
                 Ok(())
             }
@@ -289,7 +321,8 @@ impl StatusLists {
         }
     }
 
-    fn parse(&self, uri: &str, answer: &Answer, now_s: u64) -> Result<(List, u64), String> {
+    /// The list in an answer, its `iat` and until when it is fresh.
+    fn parse(&self, uri: &str, answer: &Answer, now_s: u64) -> Result<(List, u64, u64), String> {
         if answer.status == 0 {
             return Err("no answer (timeout or connection failure)".into());
         }
@@ -342,13 +375,20 @@ impl StatusLists {
         let limit = self.max_bytes.saturating_mul(16);
         let bytes = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(&compressed, limit)
             .map_err(|e| format!("lst is not zlib within {limit} bytes: {:?}", e.status))?;
+        let iat = jws::numeric(p, "iat")
+            .map_err(|e| e.to_string())?
+            .ok_or("no iat")?;
         let exp = jws::numeric(p, "exp").map_err(|e| e.to_string())?;
         let ttl = jws::numeric(p, "ttl").map_err(|e| e.to_string())?;
-        let mut fresh_until = now_s.saturating_add(ttl.unwrap_or(self.default_ttl_s));
+        // Fresh from when it was issued, not from when it was fetched: a list served late is
+        // not made fresher by it.
+        let mut fresh_until = iat
+            .min(now_s)
+            .saturating_add(ttl.unwrap_or(self.default_ttl_s));
         if let Some(exp) = exp {
             fresh_until = fresh_until.min(exp);
         }
-        Ok((List { bits, bytes }, fresh_until))
+        Ok((List { bits, bytes }, iat, fresh_until))
     }
 }
 
