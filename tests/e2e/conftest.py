@@ -7,7 +7,8 @@ Environment:
 
 Every Envoy is started from envoy-examples/envoy-http.yaml (placeholders expanded, ports and the
 wasm path patched), on ports it picks itself (port 0), with its log in target/e2e/<name>.log; the
-log's tail is attached to the report of any failing test.
+log's tail is attached to the report of any failing test. Lines given to `measured()` (timings a
+note must quote) are printed in the terminal summary.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ STARTUP_TIMEOUT_S = 120.0  # a safety net only: V8 compiles the module at start 
 
 _ids = itertools.count()
 _live_logs: list[Path] = []
+_measurements: list[str] = []
 
 
 def _path_from_env(var: str, default: str) -> Path:
@@ -72,6 +74,19 @@ def pytest_runtest_makereport(item, call):
         for log in list(_live_logs):
             report.sections.append((f"Envoy log {log} (tail)", tail(log)))
     return report
+
+
+def measured(line: str) -> None:
+    """Print a measurement now (visible with -s) and again in the terminal summary."""
+    print(line)
+    _measurements.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _measurements:
+        terminalreporter.section("measurements")
+        for line in _measurements:
+            terminalreporter.write_line(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +130,7 @@ class Peer:
     """A test peer from tests/peers/ in a subprocess: it prints `READY <port>` once listening."""
 
     def __init__(self, script: str, log: Path, *args: str):
+        log.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log
         self._log_f = open(log, "w")
         self.proc = subprocess.Popen(
@@ -147,6 +163,43 @@ class Echo(Peer):
         return self._client.get("/__echo/count").json()["count"]
 
 
+class Idp(Peer):
+    """tests/peers/idp.py: identity provider, status-list server and SSF transmitter, programmed
+    over its admin API (see that file) with documents the test signed itself."""
+
+    def __init__(self, log: Path):
+        super().__init__("idp.py", log)
+
+    def _admin(self, method: str, path: str, body: dict | None = None) -> dict:
+        r = self._client.request(method, f"/admin/{path}", json=body)
+        r.raise_for_status()
+        return r.json()
+
+    def put_doc(self, path: str, body, status: int = 200, content_type: str = "application/json") -> None:
+        """Serve `body` (text, or a JSON value) at `path` (a query included must match exactly)."""
+        self._admin("PUT", "doc", {"path": path, "body": body, "status": status, "content_type": content_type})
+
+    def fault(self, prefix: str = "/", down: bool = False, delay_s: float = 0.0) -> None:
+        """Paths under `prefix` answer 503 (down) and/or late (delay_s); both off clears the fault."""
+        self._admin("POST", "down", {"prefix": prefix, "down": down, "delay_s": delay_s})
+
+    def hits(self, path: str) -> int:
+        """How many requests reached `path` (path and query) so far."""
+        return self._admin("GET", "hits")["hits"].get(path, 0)
+
+    def requests(self, path: str | None = None) -> list[dict]:
+        """The recorded requests (method, path, accept, host, content_type, body), of `path` only if given."""
+        return [r for r in self._admin("GET", "hits")["requests"] if path is None or r["path"] == path]
+
+    def enqueue(self, jti: str, set_token: str) -> None:
+        """Queue a SET for the RFC 8936 poll endpoint."""
+        self._admin("POST", "enqueue", {"jti": jti, "set": set_token})
+
+    def acks(self) -> dict:
+        """{"acks": [jti…], "setErrs": {jti: {err, description}}, "pending": [jti…], "polls": [bodies]}"""
+        return self._admin("GET", "acks")
+
+
 @pytest.fixture(scope="session")
 def echo() -> Echo:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -162,7 +215,7 @@ class Envoy:
     """One Envoy process started from a bootstrap dict; ports are chosen by Envoy (port 0)."""
 
     def __init__(self, envoy_bin: Path, bootstrap: dict, name: str, wasm: Path, upstream_port: int,
-                 attach_log: bool = True):
+                 attach_log: bool = True, concurrency: int = 1):
         n = next(_ids)
         self.name = f"{name}-{n}"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -178,8 +231,8 @@ class Envoy:
         if attach_log:  # else the test reports the log itself
             _live_logs.append(self.log)
         self.proc = subprocess.Popen(
-            [str(envoy_bin), "-c", str(self.config_path), "--disable-hot-restart", "--concurrency", "1",
-             "--base-id", str(self.base_id), "-l", "warning",
+            [str(envoy_bin), "-c", str(self.config_path), "--disable-hot-restart",
+             "--concurrency", str(concurrency), "--base-id", str(self.base_id), "-l", "warning",
              "--admin-address-path", str(self.admin_path)],
             cwd=REPO_ROOT, stdout=self._log_f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.admin_url: str | None = None
@@ -221,6 +274,15 @@ class Envoy:
                 out[name.strip()] = int(value)
         return out
 
+    def connections_per_worker(self) -> dict[str, int]:
+        """Downstream connections each worker thread has accepted so far ({"worker_0": n, …})."""
+        out: dict[str, int] = {}
+        for name, n in self.stats("downstream_cx_total").items():
+            worker = name.split(".")[-2]
+            if name.startswith("listener.") and worker.startswith("worker_"):
+                out[worker] = out.get(worker, 0) + n
+        return out
+
     def stop(self) -> int | None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -250,11 +312,16 @@ def envoy(envoy_bin, wasm_path, example_bootstrap, echo) -> Envoy:
 
 
 def envoy_with_plugin_config(envoy_bin: Path, wasm_path: Path, example_bootstrap: dict, echo: Echo,
-                             plugin_cfg: dict | str, name: str, attach_log: bool = True) -> Envoy:
-    """Start (without waiting) an Envoy from the example with another plugin configuration."""
+                             plugin_cfg: dict | str, name: str, attach_log: bool = True,
+                             concurrency: int = 1, clusters: dict[str, int] | None = None) -> Envoy:
+    """Start (without waiting) an Envoy from the example with another plugin configuration, with
+    `concurrency` worker threads and extra STATIC clusters (name → port on 127.0.0.1)."""
     import copy
     bootstrap = envoy_config.set_plugin_config(copy.deepcopy(example_bootstrap), plugin_cfg)
-    return Envoy(envoy_bin, bootstrap, name, wasm_path, echo.port, attach_log=attach_log)
+    for cluster, port in (clusters or {}).items():
+        envoy_config.add_cluster(bootstrap, cluster, port)
+    return Envoy(envoy_bin, bootstrap, name, wasm_path, echo.port, attach_log=attach_log,
+                 concurrency=concurrency)
 
 
 # ---------------------------------------------------------------------------------------------

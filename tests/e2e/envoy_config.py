@@ -88,6 +88,20 @@ def set_plugin_config(doc: dict, cfg: dict | str, index: int = 0) -> dict:
     return doc
 
 
+def add_cluster(doc: dict, name: str, port: int, address: str = "127.0.0.1", connect_timeout: str = "1s") -> dict:
+    """Add (in place) a STATIC plain-HTTP cluster `name` with one endpoint, address:port — for the
+    plugin's own calls (remote JWKS, status lists, SET polling) to a test peer."""
+    clusters = doc["static_resources"]["clusters"]
+    if any(c["name"] == name for c in clusters):
+        raise ConfigError(f"a cluster named {name!r} exists already")
+    clusters.append({
+        "name": name, "type": "STATIC", "connect_timeout": connect_timeout,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": address, "port_value": port}}}}]}]},
+    })
+    return doc
+
+
 def patch(doc: dict, *, admin_port: int | None = None, listener_port: int | None = None,
           upstream_port: int | None = None, wasm_path: str | Path | None = None,
           cluster: str = "upstream") -> dict:

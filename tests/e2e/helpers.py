@@ -1,11 +1,13 @@
-"""Helpers shared by the end-to-end tests: tokens and response checks."""
+"""Helpers shared by the end-to-end tests: tokens, response checks, requests on fresh connections
+and waiting for a condition."""
 from __future__ import annotations
 
 import json
 import re
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import httpx
 import pytest
@@ -16,14 +18,15 @@ import mint as minting  # noqa: E402
 
 def token(iss: str = minting.AGENTS, sub: str = "agent-7", alg: str = "ES256", *,
           scope: str | None = None, groups: list[str] | None = None, kid: Any = None,
-          headers_extra: dict | None = None, **claims) -> str:
-    """A valid token unless the arguments say otherwise (aud orders-api, iat now, exp now+300)."""
+          headers_extra: dict | None = None, key: Any = None, **claims) -> str:
+    """A valid token unless the arguments say otherwise (aud orders-api, iat now, exp now+300);
+    `key`: another signing key than the demo key of `alg` (see mint.mint)."""
     c: dict[str, Any] = {"iss": iss, "sub": sub, "aud": minting.AUDIENCE, **claims}
     if scope is not None:
         c["scope"] = scope
     if groups is not None:
         c["groups"] = groups
-    return minting.mint(alg, c, kid=kid, headers_extra=headers_extra)
+    return minting.mint(alg, c, kid=kid, headers_extra=headers_extra, key=key)
 
 
 def agent(scope: str | None = "orders:read", sub: str = "agent-7", alg: str = "ES256", **kw) -> str:
@@ -70,3 +73,46 @@ def assert_invalid_token(resp: httpx.Response, *reason_words: str) -> None:
     for description in (params.get("error_description", ""), body.get("error_description", "")):
         assert any(w.lower() in description.lower() for w in reason_words), (
             f"reason {description!r} should mention one of {reason_words}; challenge {challenge!r}, body {body}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several workers: requests each on a new connection, and conditions that hold after a while.
+
+T = TypeVar("T")
+
+
+def bearer(t: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {t}"}
+
+
+def on_fresh_connections(base_url: str, t: str | None, n: int, path: str = "/orders/1") -> list[httpx.Response]:
+    """`n` GETs of `path`, each on a connection of its own (so that Envoy spreads them over its workers)."""
+    out = []
+    for _ in range(n):
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            out.append(client.get(path, headers=bearer(t) if t else {}))
+    return out
+
+
+def statuses(base_url: str, t: str | None, n: int = 6, path: str = "/orders/1") -> list[int]:
+    """The status codes of on_fresh_connections."""
+    return [r.status_code for r in on_fresh_connections(base_url, t, n, path)]
+
+
+def eventually(probe: Callable[[], T], ok: Callable[[T], bool], timeout_s: float, what: str,
+               interval_s: float = 0.2) -> T:
+    """Call `probe` until `ok` holds for its result (returned), or fail after `timeout_s` with the last
+    result. The deadline only bounds the wait: how long it took is never asserted."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last = probe()
+        if ok(last):
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: still not the case after {timeout_s} s; last: {last!r}", pytrace=False)
+        time.sleep(interval_s)
+
+
+def all_(status: int) -> Callable[[list[int]], bool]:
+    """A predicate for eventually(): every status code of a list is `status`."""
+    return lambda codes: bool(codes) and all(c == status for c in codes)

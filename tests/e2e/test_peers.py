@@ -1,4 +1,5 @@
-"""The test peers themselves: keys, minted tokens (checked with joserfc), attack tokens, echo upstream.
+"""The test peers themselves: keys, minted tokens (checked with joserfc), attack tokens, echo upstream,
+the JOSE kit's status lists and SETs (jose_kit.py), the programmable identity provider (idp.py).
 These need neither Envoy nor the plugin."""
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from joserfc import jwt
 from joserfc.jwk import KeySet, OctKey
 
+import jose_kit
 import mint as minting
-from conftest import REPO_ROOT
+from conftest import ARTIFACTS, REPO_ROOT, Idp
 
 KEYS = REPO_ROOT / "tests" / "keys"
 JWKS = json.loads((KEYS / "jwks.json").read_text())
@@ -135,3 +137,93 @@ def test_echo_upstream_echoes_method_path_and_lowercased_headers(echo):
     assert r.status_code == 200
     assert (body["method"], body["path"], body["headers"]["x-mixed-case"]) == ("PATCH", "/orders/1?x=1", "v")
     assert echo.count() == before + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# jose_kit.py: status lists and SETs, checked with joserfc
+
+def test_status_list_bits_follow_the_drafts_examples():
+    # draft-ietf-oauth-status-list: the 1-bit and 2-bit examples
+    assert jose_kit.pack_statuses([1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1], 1) == bytes([0xB9, 0xA3])
+    assert jose_kit.pack_statuses([1, 2, 0, 3, 0, 1, 0, 1, 1, 2, 3, 3], 2) == bytes([0xC9, 0x44, 0xF9])
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_status_list_token_round_trips_through_joserfc(bits):
+    k = jose_kit.SigningKey.generate("ES256", "status-1")
+    statuses = [i % (1 << bits) for i in range(64)]
+    t = jose_kit.status_list_token(k, "https://status.example", "https://status.example/lists/1", statuses,
+                                   bits, ttl=60)
+    tok = jose_kit.verify(t, jose_kit.jwks(k))
+    assert tok.header == {"typ": "statuslist+jwt", "alg": "ES256", "kid": "status-1"}
+    assert tok.claims["sub"] == "https://status.example/lists/1" and tok.claims["ttl"] == 60
+    assert "exp" not in tok.claims
+    assert jose_kit.decode_lst(tok.claims["status_list"]["lst"], bits) == statuses
+    with pytest.raises(Exception):
+        jose_kit.verify(jose_kit.status_list_token(k.impostor(), "i", "u", [0]), k)
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "RS256"])
+def test_security_event_token_verifies_with_joserfc_and_leaves_out_what_it_is_told(alg):
+    k = jose_kit.SigningKey.generate(alg, "ssf-1")
+    events = jose_kit.revoked(jose_kit.jwt_id("https://agents.example", "j-1"))
+    tok = jose_kit.verify(jose_kit.security_event_token(k, "https://ssf.example", "aud-1", events), k)
+    assert tok.header["typ"] == "secevent+jwt" and tok.header["kid"] == "ssf-1"
+    assert tok.claims["events"] == {"urn:tessera:secevent:revoked": {
+        "subject": {"format": "jwt_id", "iss": "https://agents.example", "jti": "j-1"}}}
+    assert {"iss", "aud", "iat", "jti"} <= tok.claims.keys() and "exp" not in tok.claims
+    bare = jose_kit.verify(jose_kit.security_event_token(k, "s", "a", None, jti=None, iat=None), k)
+    assert not {"jti", "iat", "events"} & bare.claims.keys()
+
+
+def test_public_jwks_have_no_private_members():
+    for alg in ("ES256", "EdDSA", "RS256"):
+        jwk = jose_kit.jwks(jose_kit.SigningKey.generate(alg, "k"))["keys"][0]
+        assert jwk["kid"] == "k" and jwk["alg"] == alg and jwk["use"] == "sig"
+        assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & jwk.keys()
+
+
+# ---------------------------------------------------------------------------------------------
+# idp.py
+
+@pytest.fixture(scope="module")
+def idp():
+    peer = Idp(ARTIFACTS / "idp-peers.log")
+    yield peer
+    peer.stop()
+
+
+def test_idp_serves_documents_counts_hits_and_goes_down(idp):
+    base = f"http://127.0.0.1:{idp.port}"
+    idp.put_doc("/peers/jwks", {"keys": []})
+    idp.put_doc("/peers/keys?v=2", "v2", content_type="text/plain")
+    assert httpx.get(f"{base}/peers/missing").status_code == 404
+    r = httpx.get(f"{base}/peers/jwks", headers={"accept": "application/json", "host": "idp.example.com"})
+    assert (r.status_code, r.json(), r.headers["content-type"]) == (200, {"keys": []}, "application/json")
+    assert httpx.get(f"{base}/peers/keys?v=2").text == "v2"
+    assert httpx.get(f"{base}/peers/jwks?other=1").json() == {"keys": []}   # no exact match: the path alone
+    assert idp.hits("/peers/jwks") == 1 and idp.hits("/peers/keys?v=2") == 1
+    assert idp.requests("/peers/jwks")[-1]["host"] == "idp.example.com"
+    idp.fault("/peers/", down=True)
+    assert httpx.get(f"{base}/peers/jwks").status_code == 503
+    idp.fault("/peers/", down=False)
+    assert httpx.get(f"{base}/peers/jwks").status_code == 200
+    idp.fault("/peers/slow", delay_s=1.0)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(f"{base}/peers/slow/x", timeout=0.3)
+    idp.fault("/peers/slow", delay_s=0)
+
+
+def test_idp_poll_honours_max_events_and_records_acks_and_set_errs(idp):
+    base = f"http://127.0.0.1:{idp.port}"
+    for jti in ("s1", "s2", "s3"):
+        idp.enqueue(jti, f"set-{jti}")
+    first = httpx.post(f"{base}/poll", json={"maxEvents": 2, "returnImmediately": True}).json()
+    assert first == {"sets": {"s1": "set-s1", "s2": "set-s2"}, "moreAvailable": True}
+    second = httpx.post(f"{base}/poll", json={"ack": ["s1"], "setErrs": {"s2": {"err": "invalid_key",
+                                                                                "description": "x"}},
+                                              "maxEvents": 2, "returnImmediately": True}).json()
+    assert second == {"sets": {"s3": "set-s3"}, "moreAvailable": False}
+    state = idp.acks()
+    assert state["acks"] == ["s1"] and state["setErrs"] == {"s2": {"err": "invalid_key", "description": "x"}}
+    assert state["pending"] == ["s3"] and len(state["polls"]) == 2

@@ -345,11 +345,12 @@ impl Events {
     }
 }
 
-/// An `iss_sub` subject, or a complex subject whose `user` is one (CAEP).
+/// An `iss_sub` subject, or a complex subject (SSF 1.0: `"format": "complex"`, or no format as
+/// CAEP's examples write it) whose `user` is one.
 fn caep_subject(subject: &Map<String, Value>) -> Option<(String, String)> {
-    let s = match subject.get("format") {
+    let s = match subject.get("format").and_then(Value::as_str) {
+        None | Some("complex") => subject.get("user")?.as_object()?,
         Some(_) => subject,
-        None => subject.get("user")?.as_object()?,
     };
     if s.get("format")?.as_str()? != "iss_sub" {
         return None;

@@ -380,11 +380,9 @@ impl StatusLists {
             .ok_or("no iat")?;
         let exp = jws::numeric(p, "exp").map_err(|e| e.to_string())?;
         let ttl = jws::numeric(p, "ttl").map_err(|e| e.to_string())?;
-        // Fresh from when it was issued, not from when it was fetched: a list served late is
-        // not made fresher by it.
-        let mut fresh_until = iat
-            .min(now_s)
-            .saturating_add(ttl.unwrap_or(self.default_ttl_s));
+        // `ttl` is how long a consumer may cache the list once fetched (the draft); `exp` bounds
+        // it, and a list older than the one held is refused (`answered`).
+        let mut fresh_until = now_s.saturating_add(ttl.unwrap_or(self.default_ttl_s));
         if let Some(exp) = exp {
             fresh_until = fresh_until.min(exp);
         }
