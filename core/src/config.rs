@@ -34,6 +34,47 @@ pub struct Config {
     /// Cutting tokens off before they expire: OAuth Token Status Lists and security events.
     #[serde(default)]
     pub revocation: Option<RevocationConfig>,
+    /// Where state shared by every replica lives (default: the proxy's shared data, one
+    /// process).
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+}
+
+/// `store`: a store every replica of a fleet shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub etcd: EtcdConfig,
+}
+
+/// `store.etcd`: etcd v3 through its JSON gateway, reached through an Envoy cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// The Envoy cluster of etcd's client port.
+    pub cluster: String,
+    /// `:authority` of the calls (default: the cluster name).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Every key Tessera writes starts with this.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_etcd_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Records expire with leases shared by every record ending in the same bucket of this many
+    /// seconds (not one lease per record).
+    #[serde(default = "default_lease_bucket_s")]
+    pub lease_bucket_s: u64,
+}
+
+fn default_etcd_prefix() -> String {
+    "tessera/".into()
+}
+fn default_etcd_timeout_ms() -> u64 {
+    500
+}
+fn default_lease_bucket_s() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]

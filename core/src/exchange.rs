@@ -22,7 +22,7 @@
 use crate::config::Mode;
 use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS, UTF8_HEADERS};
 use crate::listing::{ListRequests, ResponseFilter, Step};
-use crate::obligations::{Binding, SessionCaller};
+use crate::obligations::{Binding, Redeemed, SessionCaller};
 use crate::outcome::{Answer, Callout, Counter, Level, Next, Outcome, Purpose};
 use crate::reply::{log_safe, LocalReply};
 use crate::store::Store;
@@ -43,6 +43,19 @@ pub struct Exchange {
     waiting: Option<Waiting>,
     /// A security event pushed to the filter, waiting for its body.
     event: Option<Head>,
+    /// A decision waiting for the shared store to record its single-use credentials.
+    redeeming: Option<Redeeming>,
+}
+
+/// A decision whose single-use credential `index` waits for the shared store's answer.
+#[derive(Debug)]
+struct Redeeming {
+    purpose: Purpose,
+    decision: Decision,
+    head: Head,
+    index: usize,
+    /// Calls this redemption has made (a lease, then the record, per credential).
+    calls: u8,
 }
 
 /// A request waiting for a call: what deciding it again needs.
@@ -68,7 +81,7 @@ enum Lists {
 }
 
 /// What the obligations and the log line need of the request, read with its headers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Head {
     method: String,
     path: String,
@@ -137,6 +150,9 @@ impl Exchange {
         answer: &Answer,
         now_s: u64,
     ) -> Outcome {
+        if let Some(r) = self.redeeming.take() {
+            return self.redeem_answered(engine, store, r, answer, now_s);
+        }
         let Some(mut w) = self.waiting.take() else {
             return Outcome::forward();
         };
@@ -190,13 +206,16 @@ impl Exchange {
 
     /// Whether the request waits for a call's answer.
     pub fn is_waiting(&self) -> bool {
-        self.waiting.is_some()
+        self.waiting.is_some() || self.redeeming.is_some()
     }
 
     /// The stream ended while the request waited for a call: that call will not be answered.
     pub fn abandon(&mut self, engine: &Engine) {
         if let Some(w) = self.waiting.take() {
             engine.abandoned(&w.purpose);
+        }
+        if let Some(r) = self.redeeming.take() {
+            engine.abandoned(&r.purpose);
         }
     }
 
@@ -351,6 +370,10 @@ impl Exchange {
             next: Next::WaitForBody,
             ..Outcome::forward()
         };
+        if self.redeeming.is_some() {
+            // The decision waits for the shared store: nothing passes meanwhile.
+            return wait;
+        }
         if let Some(w) = self.waiting.as_mut() {
             // Kept for when the call is answered; nothing passes meanwhile.
             if body_size > engine.max_body_bytes() {
@@ -405,7 +428,12 @@ impl Exchange {
             .collect();
         trailers.extend(engine.approval_header().map(|h| (h.to_string(), None)));
         let limit = engine.max_body_bytes();
-        let mut out = if let Some(w) = self.waiting.as_mut() {
+        let mut out = if self.redeeming.is_some() {
+            Outcome {
+                next: Next::WaitForBody,
+                ..Outcome::forward()
+            }
+        } else if let Some(w) = self.waiting.as_mut() {
             let body = read(limit.saturating_add(1));
             w.body = Some(body);
             Outcome {
@@ -588,7 +616,7 @@ impl Exchange {
         head: &Head,
         now_s: u64,
     ) {
-        let (method, path, request_id) = (&head.method, &head.path, &head.request_id);
+        let (method, request_id) = (&head.method, &head.request_id);
         self.caller = engine.check_session(
             store,
             &mut decision,
@@ -597,11 +625,83 @@ impl Exchange {
             request_id,
             now_s,
         );
-        if let Some(refused) = engine.redeem(store, &decision, now_s) {
-            // Refused after all: no answer of the server to follow up on.
-            self.caller = None;
-            decision = refused;
+        let redeemed = engine.redeem(store, &decision, 0, request_id, now_s);
+        self.redeemed(engine, out, decision, head.clone(), redeemed, 0, now_s);
+    }
+
+    /// Goes on from where the redemption of `decision`'s single-use credentials stands: waits
+    /// for the shared store, or settles the decision (refused after all, or as it is).
+    #[allow(clippy::too_many_arguments)]
+    fn redeemed(
+        &mut self,
+        engine: &Engine,
+        out: &mut Outcome,
+        decision: Decision,
+        head: Head,
+        redeemed: Redeemed,
+        calls: u8,
+        now_s: u64,
+    ) {
+        match redeemed {
+            Redeemed::Stands => self.settle(engine, out, decision, &head),
+            Redeemed::Refused(refused) => {
+                // Refused after all: no answer of the server to follow up on.
+                self.caller = None;
+                self.settle(engine, out, *refused, &head);
+            }
+            Redeemed::Wait { call, index } => {
+                if calls >= MAX_ROUNDS || !engine.try_hold_call(&call, now_s) {
+                    out.count(Counter::Error, 1);
+                    self.caller = None;
+                    out.next = Next::Reply(LocalReply::retry_later(
+                        "cannot record a single-use credential now: too many calls",
+                        &head.request_id,
+                    ));
+                    return;
+                }
+                self.redeeming = Some(Redeeming {
+                    purpose: call.purpose.clone(),
+                    decision,
+                    head,
+                    index,
+                    calls: calls + 1,
+                });
+                out.next = Next::Call(call);
+            }
         }
+    }
+
+    /// The shared store answered a redemption's call.
+    fn redeem_answered(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        r: Redeeming,
+        answer: &Answer,
+        now_s: u64,
+    ) -> Outcome {
+        engine.call_ended();
+        let redeemed = engine.redeem_answered(
+            store,
+            &r.decision,
+            r.index,
+            &r.purpose,
+            answer,
+            &r.head.request_id,
+            now_s,
+        );
+        let mut out = Outcome::forward();
+        self.redeemed(
+            engine, &mut out, r.decision, r.head, redeemed, r.calls, now_s,
+        );
+        out
+    }
+
+    /// A final decision's outcome: counted, logged, and a reply or the request forwarded with
+    /// its edits (a forwarded request whose answer carries list results has that answer
+    /// filtered).
+    fn settle(&mut self, engine: &Engine, out: &mut Outcome, decision: Decision, head: &Head) {
+        let (method, path, request_id) = (&head.method, &head.path, &head.request_id);
         out.count(
             match decision.verdict {
                 Verdict::Allow => Counter::Allow,

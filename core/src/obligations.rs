@@ -12,9 +12,22 @@
 
 use crate::config::Mode;
 use crate::engine::{Decision, Engine};
+use crate::outcome::{Answer, Call, Purpose};
 use crate::reply::LocalReply;
 use crate::store::{Entry, Store};
 use crate::verdict::Verdict;
+
+/// Where the redemption of a decision's single-use credentials stands.
+#[derive(Debug)]
+pub enum Redeemed {
+    /// Every credential is recorded (or there is none): the decision stands.
+    Stands,
+    /// Refused after all: this decision instead.
+    Refused(Box<Decision>),
+    /// The shared store (`store.etcd`) must answer `call` about credential `index` first; its
+    /// answer goes to [`Engine::redeem_answered`].
+    Wait { call: Call, index: usize },
+}
 
 /// Store keys of MCP session bindings start with this.
 pub const SESSION_PREFIX: &str = "tessera.mcp.session.";
@@ -202,36 +215,120 @@ impl Engine {
         }
     }
 
-    /// Records the single-use credentials a forwarded request uses (first writer wins across
-    /// worker threads). A credential recorded already — a replay, or a concurrent use that won
-    /// the race — or one the store cannot record turns the decision into the refusal its
-    /// obligation carries. `None`: the decision stands.
-    pub fn redeem(&self, store: &dyn Store, decision: &Decision, now_s: u64) -> Option<Decision> {
+    /// Records the single-use credentials a forwarded request uses, from credential `from` on:
+    /// first writer wins across worker threads, and with `store.etcd` across every replica (the
+    /// proxy's shared data then caches what is known used). A credential recorded already — a
+    /// replay, or a concurrent use that won the race — turns the decision into the refusal its
+    /// obligation carries; one the store cannot record, into a 503.
+    pub fn redeem(
+        &self,
+        store: &dyn Store,
+        decision: &Decision,
+        from: usize,
+        request_id: &str,
+        now_s: u64,
+    ) -> Redeemed {
         if decision.once.is_empty() || decision.reply.is_some() {
-            return None;
+            return Redeemed::Stands;
         }
-        for once in &decision.once {
-            let (first, failure) = match store.create(&once.key, b"", once.until, now_s, "") {
-                Ok(first) => (first, None),
-                Err(e) => (false, Some(e)),
-            };
-            if !first {
-                let mut d = decision.clone();
-                d.verdict = once.verdict;
-                d.reason = match failure {
-                    None => once.reason.clone(),
-                    Some(e) => format!("cannot record a single-use credential: {e}"),
-                };
-                d.set_headers.clear();
-                d.once.clear();
-                d.mcp_lists = None;
-                if self.mode() == Mode::Enforce {
-                    d.reply = Some(once.reply.clone());
+        for (index, once) in decision.once.iter().enumerate().skip(from) {
+            let Some(etcd) = &self.etcd else {
+                match store.create(&once.key, b"", once.until, now_s, "") {
+                    Ok(true) => continue,
+                    Ok(false) => return self.refused(decision, index, None, request_id),
+                    Err(e) => {
+                        return self.refused(decision, index, Some(e.to_string()), request_id)
+                    }
                 }
-                return Some(d);
+            };
+            if store.get(&once.key, now_s).is_some() {
+                // Known used on this proxy: no need to ask the fleet.
+                return self.refused(decision, index, None, request_id);
             }
+            return Redeemed::Wait {
+                call: etcd.create(&once.key, once.until, now_s),
+                index,
+            };
         }
-        None
+        Redeemed::Stands
+    }
+
+    /// The shared store answered the call about credential `index` (a lease, or the record).
+    #[allow(clippy::too_many_arguments)]
+    pub fn redeem_answered(
+        &self,
+        store: &dyn Store,
+        decision: &Decision,
+        index: usize,
+        purpose: &Purpose,
+        answer: &Answer,
+        request_id: &str,
+        now_s: u64,
+    ) -> Redeemed {
+        let (Some(etcd), Some(once)) = (&self.etcd, decision.once.get(index)) else {
+            return Redeemed::Stands;
+        };
+        match purpose {
+            Purpose::StoreLease(bucket) => match etcd.lease_granted(*bucket, answer, now_s) {
+                Ok(()) => Redeemed::Wait {
+                    call: etcd.create(&once.key, once.until, now_s),
+                    index,
+                },
+                Err(e) => self.refused(decision, index, Some(e), request_id),
+            },
+            Purpose::StoreCreate(_) => match etcd.created(answer) {
+                Ok(first) => {
+                    // Remembered on this proxy either way: a replay here needs no call.
+                    let _ = store.create(&once.key, b"", once.until, now_s, "");
+                    if first {
+                        self.redeem(store, decision, index + 1, request_id, now_s)
+                    } else {
+                        self.refused(decision, index, None, request_id)
+                    }
+                }
+                Err(e) => self.refused(decision, index, Some(e), request_id),
+            },
+            _ => self.refused(
+                decision,
+                index,
+                Some("an unexpected answer".into()),
+                request_id,
+            ),
+        }
+    }
+
+    /// The refusal of credential `index`: used already (its obligation's reply), or not
+    /// recorded because the store failed (`failure`: 503, the request can be tried again).
+    fn refused(
+        &self,
+        decision: &Decision,
+        index: usize,
+        failure: Option<String>,
+        request_id: &str,
+    ) -> Redeemed {
+        let Some(once) = decision.once.get(index) else {
+            return Redeemed::Stands;
+        };
+        let mut d = decision.clone();
+        d.verdict = once.verdict;
+        let reply = match failure {
+            None => {
+                d.reason = once.reason.clone();
+                once.reply.clone()
+            }
+            Some(e) => {
+                d.verdict = Verdict::Error;
+                d.reason = format!("cannot record a single-use credential: {e}");
+                LocalReply::retry_later(&d.reason, request_id)
+            }
+        };
+        d.set_headers.clear();
+        d.once.clear();
+        d.mcp_lists = None;
+        if self.mode() == Mode::Enforce {
+            d.reply = Some(reply);
+        }
+        Redeemed::Refused(Box::new(d))
     }
 }
 

@@ -90,6 +90,10 @@ pub enum Purpose {
     StatusList(String),
     /// An RFC 8936 poll of the security event transmitter.
     Poll,
+    /// A lease of the shared store for records ending in this bucket (its end, Unix seconds).
+    StoreLease(u64),
+    /// The shared store's first-writer-wins creation of this key.
+    StoreCreate(String),
 }
 
 /// A call whose answer Tessera needs: the request paused on it (`Next::Call`), or the root's

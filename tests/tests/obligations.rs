@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use tessera_core::obligations::{Binding, SessionCaller};
+use tessera_core::obligations::{Binding, Redeemed, SessionCaller};
 use tessera_core::store::MemoryStore;
 use tessera_core::{Decision, Engine, HttpRequest, Verdict};
 use tessera_tests::{bearer, now_s, test_config, AGENTS};
@@ -147,13 +147,13 @@ fn a_single_use_token_is_redeemed_once() -> Result<()> {
     assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
     assert_eq!(d.once.len(), 1, "a single-use token carries its obligation");
     assert!(
-        e.redeem(&store, &d, now_s()).is_none(),
+        matches!(e.redeem(&store, &d, 0, "r-1", now_s()), Redeemed::Stands),
         "first use: forwarded"
     );
     let again = decide(&e, "GET", "/orders/1", &token);
-    let refused = e
-        .redeem(&store, &again, now_s())
-        .expect("a replay is refused");
+    let Redeemed::Refused(refused) = e.redeem(&store, &again, 0, "r-2", now_s()) else {
+        anyhow::bail!("a replay is refused");
+    };
     assert_ne!(refused.verdict, Verdict::Allow);
     assert_eq!(refused.reply.map(|r| r.status), Some(401));
     assert!(refused.set_headers.is_empty(), "no identity headers");

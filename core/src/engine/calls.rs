@@ -60,6 +60,8 @@ impl Engine {
                 },
                 None => (vec![], None),
             },
+            // Single-use redemption: its answers go to `Engine::redeem_answered`.
+            Purpose::StoreLease(_) | Purpose::StoreCreate(_) => (vec![], None),
         }
     }
 
@@ -77,7 +79,7 @@ impl Engine {
                     lists.abandoned(uri);
                 }
             }
-            Purpose::Poll => {}
+            Purpose::Poll | Purpose::StoreLease(_) | Purpose::StoreCreate(_) => {}
         }
         self.call_ended();
     }

@@ -242,6 +242,11 @@ impl Engine {
             )),
             status_lists,
             events,
+            etcd: c
+                .store
+                .as_ref()
+                .map(|s| crate::store::etcd::Etcd::compile(&s.etcd))
+                .transpose()?,
             pending_calls: Mutex::new(Vec::new()),
             max_pending_calls: c.limits.max_pending_calls,
         };

@@ -86,24 +86,14 @@ impl Engine {
     /// The request waits for `call`, if fewer than `limits.max_pending_calls` calls are in
     /// flight for requests; else it gets 503 and may try again.
     fn wait(&self, route: &Route, call: Call, request_id: &str, now_s: u64) -> Decision {
-        let mut pending = self.pending_calls.lock().unwrap_or_else(|p| p.into_inner());
-        pending.retain(|until| *until > now_s);
-        if pending.len() >= self.max_pending_calls {
+        if !self.try_hold_call(&call, now_s) {
             let why = "too many calls in flight (limits.max_pending_calls)";
             return Decision {
                 reason: why.into(),
-                reply: Some(LocalReply::json_error(
-                    503,
-                    "unavailable",
-                    Some(why),
-                    &[],
-                    request_id,
-                )),
+                reply: Some(LocalReply::retry_later(why, request_id)),
                 ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
             };
         }
-        drop(pending);
-        self.hold_call(&call, now_s);
         wait_for(route, call)
     }
 
@@ -111,6 +101,17 @@ impl Engine {
     pub(crate) fn hold_call(&self, call: &Call, now_s: u64) {
         let mut pending = self.pending_calls.lock().unwrap_or_else(|p| p.into_inner());
         pending.push(now_s.saturating_add(call.callout.timeout_ms.div_ceil(1000)));
+    }
+
+    /// Counts `call` among the pending calls if there is room (`limits.max_pending_calls`).
+    pub(crate) fn try_hold_call(&self, call: &Call, now_s: u64) -> bool {
+        let mut pending = self.pending_calls.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|until| *until > now_s);
+        if pending.len() >= self.max_pending_calls {
+            return false;
+        }
+        pending.push(now_s.saturating_add(call.callout.timeout_ms.div_ceil(1000)));
+        true
     }
 
     /// A call a request waited for was answered or abandoned: its place is free.

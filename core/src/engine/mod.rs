@@ -138,6 +138,8 @@ pub struct Engine {
     status_lists: Option<crate::revocation::status_list::StatusLists>,
     /// Security events that revoke tokens (`revocation/events.rs`).
     events: Option<crate::revocation::events::Events>,
+    /// The store every replica shares (`store.etcd`), for single-use credentials.
+    pub(crate) etcd: Option<crate::store::etcd::Etcd>,
     /// Calls requests wait for: when each started one times out. At most `max_pending_calls`.
     pending_calls: Mutex<Vec<u64>>,
     max_pending_calls: usize,

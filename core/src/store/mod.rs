@@ -11,6 +11,7 @@
 //! callout to a store every replica shares) answers later; it will get its own `Pending` outcome
 //! in the pipeline, not a blocking call here.
 
+pub mod etcd;
 mod memory;
 mod shared;
 pub use memory::MemoryStore;

@@ -1,0 +1,196 @@
+//! Single-use credentials redeemed in the store every replica shares (`store.etcd`, issue 13),
+//! through the `.wasm` in the harness: the test answers the module's calls to etcd's JSON
+//! gateway as etcd does.
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use tessera_harness::{Action, Harness, HttpCall};
+use tessera_tests::{bearer, harness_with, now_s, AGENTS};
+
+fn harness() -> Result<Harness> {
+    harness_with(|c| {
+        c["store"] = json!({"etcd": {"cluster": "etcd", "prefix": "t/", "lease_bucket_s": 60}});
+    })
+}
+
+fn single_use(jti: &str) -> Result<String> {
+    bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "orders:read",
+                  "single_use": true, "jti": jti, "exp": now_s() + 120}),
+    )
+}
+
+/// Starts a GET with `auth` (the stream not ended when `open`): its context and action.
+fn start(h: &mut Harness, auth: &str, open: bool) -> Result<(u32, Action)> {
+    let ctx = h.new_http()?;
+    let headers = [
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        (":authority", "api.example.com"),
+        ("authorization", auth),
+    ];
+    let action = h.request_headers(ctx, &headers, !open)?;
+    Ok((ctx, action))
+}
+
+/// The only unanswered call: to etcd, POST `path`.
+fn etcd_call(h: &Harness, path: &str) -> Result<HttpCall> {
+    let calls = h.http_calls();
+    anyhow::ensure!(calls.len() == 1, "one call expected: {calls:?}");
+    let c = calls[0].clone();
+    assert_eq!(c.upstream, "etcd");
+    assert_eq!(c.header(":method"), Some("POST"));
+    assert_eq!(c.header(":path"), Some(path));
+    Ok(c)
+}
+
+fn answer(h: &mut Harness, call: &HttpCall, body: Value) -> Result<()> {
+    h.respond_to_call(
+        call.token,
+        200,
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+#[test]
+fn a_single_use_token_is_recorded_in_etcd_once_then_refused_without_asking_again() -> Result<()> {
+    let mut h = harness()?;
+    let token = single_use("fleet-1")?;
+    let (ctx, action) = start(&mut h, &token, false)?;
+    assert_eq!(action, Action::Pause, "waits for the fleet's store");
+    let lease = etcd_call(&h, "/v3/lease/grant")?;
+    let asked: Value = serde_json::from_slice(&lease.body)?;
+    assert!(asked["TTL"]
+        .as_str()
+        .and_then(|t| t.parse::<u64>().ok())
+        .is_some_and(|t| t >= 120));
+    answer(&mut h, &lease, json!({"ID": "7587", "TTL": "240"}))?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    let asked: Value = serde_json::from_slice(&txn.body)?;
+    assert_eq!(asked["compare"][0]["target"], "CREATE");
+    assert_eq!(asked["compare"][0]["create_revision"], "0");
+    assert_eq!(asked["success"][0]["request_put"]["lease"], "7587");
+    let key = asked["compare"][0]["key"].as_str().context("key")?;
+    use base64::Engine as _;
+    let key = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(key)?)?;
+    assert!(key.starts_with("t/tessera.once."), "{key}");
+    assert!(!h.request_resumed(ctx));
+    answer(
+        &mut h,
+        &txn,
+        json!({"header": {"revision": "9"}, "succeeded": true}),
+    )?;
+    assert!(h.request_resumed(ctx), "first use: forwarded");
+    assert!(h.local_reply(ctx).is_none());
+    // The replay on this proxy: refused at once, no call.
+    let (ctx, _) = start(&mut h, &token, false)?;
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(401));
+    assert!(h.http_calls().is_empty());
+    // Another token in the same lease bucket: the lease is reused.
+    let (ctx, _) = start(&mut h, &single_use("fleet-2")?, false)?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    answer(&mut h, &txn, json!({"succeeded": true}))?;
+    assert!(h.request_resumed(ctx));
+    Ok(())
+}
+
+#[test]
+fn a_token_another_replica_used_first_is_refused() -> Result<()> {
+    let mut h = harness()?;
+    let (ctx, _) = start(&mut h, &single_use("elsewhere")?, false)?;
+    let lease = etcd_call(&h, "/v3/lease/grant")?;
+    answer(&mut h, &lease, json!({"ID": "1", "TTL": "240"}))?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    // proto3 JSON leaves `succeeded: false` out.
+    answer(&mut h, &txn, json!({"header": {"revision": "12"}}))?;
+    let reply = h.local_reply(ctx).context("refused")?;
+    assert_eq!(reply.status, 401);
+    assert!(reply
+        .header("www-authenticate")
+        .unwrap_or("")
+        .contains("already used"));
+    assert!(!h.request_resumed(ctx));
+    Ok(())
+}
+
+#[test]
+fn no_answer_from_etcd_fails_closed_with_503_and_plain_requests_pass() -> Result<()> {
+    let mut h = harness()?;
+    let (ctx, _) = start(&mut h, &single_use("down-1")?, false)?;
+    let lease = etcd_call(&h, "/v3/lease/grant")?;
+    h.fail_call(lease.token)?;
+    let reply = h.local_reply(ctx).context("refused")?;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(!h.request_resumed(ctx));
+    // A token that is not single-use needs no store.
+    let plain = bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": "orders:read"}))?;
+    assert_eq!(
+        tessera_tests::request(&mut h, "GET", "/orders/1", Some(&plain), &[])?.1,
+        None
+    );
+    assert!(h.http_calls().is_empty());
+    // A transaction etcd refuses (a lease it dropped): 503, and the lease is asked for again.
+    let (_, _) = start(&mut h, &single_use("down-2")?, false)?;
+    let lease = etcd_call(&h, "/v3/lease/grant")?;
+    answer(&mut h, &lease, json!({"ID": "5", "TTL": "240"}))?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    h.respond_to_call(
+        txn.token,
+        400,
+        &[],
+        br#"{"error":"etcdserver: requested lease not found","code":5}"#,
+    )?;
+    let (ctx, _) = start(&mut h, &single_use("down-3")?, false)?;
+    etcd_call(&h, "/v3/lease/grant").context("a new lease")?;
+    assert!(h.local_reply(ctx).is_none());
+    Ok(())
+}
+
+#[test]
+fn a_body_that_arrives_while_etcd_decides_is_held() -> Result<()> {
+    let mut h = harness()?;
+    let (ctx, action) = start(&mut h, &single_use("body-1")?, true)?;
+    assert_eq!(action, Action::Pause);
+    assert_eq!(
+        h.request_body(ctx, b"payload", true)?,
+        Action::Pause,
+        "held"
+    );
+    assert_eq!(
+        h.request_trailers(ctx, &[("x-t", "1")])?,
+        Action::Pause,
+        "held"
+    );
+    let lease = etcd_call(&h, "/v3/lease/grant")?;
+    answer(&mut h, &lease, json!({"ID": "3", "TTL": "240"}))?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    assert!(!h.request_resumed(ctx));
+    answer(&mut h, &txn, json!({"succeeded": true}))?;
+    assert!(h.request_resumed(ctx));
+    Ok(())
+}
+
+#[test]
+fn store_configuration_errors_name_the_field() -> Result<()> {
+    for (etcd, field) in [
+        (json!({"cluster": ""}), "store.etcd.cluster"),
+        (
+            json!({"cluster": "etcd", "lease_bucket_s": 0}),
+            "store.etcd",
+        ),
+        (json!({"cluster": "etcd", "nodes": 3}), "store.etcd"),
+    ] {
+        let mut h = tessera_harness::Harness::load(tessera_tests::wasm_path())?;
+        let mut c = tessera_tests::test_config()?;
+        c["store"] = json!({ "etcd": etcd });
+        assert!(!h.configure(&c.to_string())?, "{etcd}");
+        assert!(
+            h.logs().iter().any(|l| l.message.contains(field)),
+            "{field}: {:?}",
+            h.logs()
+        );
+    }
+    Ok(())
+}
