@@ -45,6 +45,17 @@ pub struct Exchange {
     event: Option<Head>,
     /// A decision waiting for the shared store to record its single-use credentials.
     redeeming: Option<Redeeming>,
+    /// A pushed event's reply waiting for the shared store to hold its revocations.
+    publishing: Option<Publishing>,
+}
+
+/// The reply to a pushed security event, sent once its revocations are in the shared store.
+#[derive(Debug)]
+struct Publishing {
+    purpose: Purpose,
+    reply: LocalReply,
+    request_id: String,
+    calls: u8,
 }
 
 /// A decision whose single-use credential `index` waits for the shared store's answer.
@@ -153,6 +164,9 @@ impl Exchange {
         if let Some(r) = self.redeeming.take() {
             return self.redeem_answered(engine, store, r, answer, now_s);
         }
+        if let Some(p) = self.publishing.take() {
+            return self.published(engine, store, p, answer, now_s);
+        }
         let Some(mut w) = self.waiting.take() else {
             return Outcome::forward();
         };
@@ -206,7 +220,7 @@ impl Exchange {
 
     /// Whether the request waits for a call's answer.
     pub fn is_waiting(&self) -> bool {
-        self.waiting.is_some() || self.redeeming.is_some()
+        self.waiting.is_some() || self.redeeming.is_some() || self.publishing.is_some()
     }
 
     /// The stream ended while the request waited for a call: that call will not be answered.
@@ -216,6 +230,9 @@ impl Exchange {
         }
         if let Some(r) = self.redeeming.take() {
             engine.abandoned(&r.purpose);
+        }
+        if let Some(p) = self.publishing.take() {
+            engine.abandoned(&p.purpose);
         }
     }
 
@@ -582,7 +599,7 @@ impl Exchange {
         let Some(head) = self.event.take() else {
             return out;
         };
-        let reply = engine.receive_events(&head.method, body, store, now_s);
+        let (reply, share) = engine.receive_events(&head.method, body, store, now_s);
         out.count(Counter::Public, 1);
         if self.debug || reply.status != 202 {
             out.log(
@@ -599,7 +616,52 @@ impl Exchange {
                 ),
             );
         }
-        out.next = Next::Reply(reply);
+        match share {
+            // Accepted once the other replicas can see it too (`store.etcd`).
+            Some(call) => {
+                engine.hold_call(&call, now_s);
+                self.publishing = Some(Publishing {
+                    purpose: call.purpose.clone(),
+                    reply,
+                    request_id: head.request_id,
+                    calls: 1,
+                });
+                out.next = Next::Call(call);
+            }
+            None => out.next = Next::Reply(reply),
+        }
+        out
+    }
+
+    /// The shared store answered a write of a pushed event's revocations.
+    fn published(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        mut p: Publishing,
+        answer: &Answer,
+        now_s: u64,
+    ) -> Outcome {
+        engine.call_ended();
+        let (next, failed) = engine.answered(&p.purpose, answer, store, now_s);
+        let mut out = Outcome::forward();
+        match (next.into_iter().next(), failed) {
+            (Some(call), None) if p.calls < MAX_ROUNDS => {
+                engine.hold_call(&call, now_s);
+                p.purpose = call.purpose.clone();
+                p.calls += 1;
+                self.publishing = Some(p);
+                out.next = Next::Call(call);
+            }
+            (None, None) => out.next = Next::Reply(p.reply),
+            (_, failed) => {
+                let why = "recorded on this proxy, not yet shared with the other replicas";
+                if let Some(line) = failed {
+                    out.log(Level::Warn, line);
+                }
+                out.next = Next::Reply(LocalReply::retry_later(why, &p.request_id));
+            }
+        }
         out
     }
 

@@ -94,6 +94,10 @@ pub enum Purpose {
     StoreLease(u64),
     /// The shared store's first-writer-wins creation of this key.
     StoreCreate(String),
+    /// Records written to the shared store for the other replicas (revocations).
+    StorePublish,
+    /// What the other replicas wrote to the shared store since the last look.
+    StoreFollow,
 }
 
 /// A call whose answer Tessera needs: the request paused on it (`Next::Call`), or the root's

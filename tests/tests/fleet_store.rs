@@ -194,3 +194,130 @@ fn store_configuration_errors_name_the_field() -> Result<()> {
     }
     Ok(())
 }
+
+// ---- revocations shared by the fleet ----
+
+use tessera_tests::signed::{revocation_config, revoke, EVENTS_PATH};
+
+fn harness_with_events() -> Result<Harness> {
+    harness_with(|c| {
+        c["store"] = json!({"etcd": {"cluster": "etcd", "prefix": "t/"}});
+        c["revocation"] = revocation_config().unwrap_or_default();
+    })
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn unb64(s: &str) -> Result<String> {
+    use base64::Engine as _;
+    Ok(String::from_utf8(
+        base64::engine::general_purpose::STANDARD.decode(s)?,
+    )?)
+}
+
+/// The unanswered etcd call to `path`, among others.
+fn etcd_call_to(h: &Harness, path: &str) -> Result<HttpCall> {
+    h.http_calls()
+        .iter()
+        .find(|c| c.upstream == "etcd" && c.header(":path") == Some(path))
+        .cloned()
+        .with_context(|| format!("no call to {path}: {:?}", h.http_calls()))
+}
+
+#[test]
+fn a_pushed_revocation_is_accepted_once_etcd_holds_it() -> Result<()> {
+    let mut h = harness_with_events()?;
+    // The first look at what other replicas wrote: nothing yet.
+    let follow = etcd_call_to(&h, "/v3/kv/range")?;
+    answer(&mut h, &follow, json!({"header": {"revision": "5"}}))?;
+    let set = revoke(json!({"format": "jwt_id", "iss": AGENTS, "jti": "pushed-1"}))?;
+    let ctx = h.new_http()?;
+    let headers = [
+        (":method", "POST"),
+        (":path", EVENTS_PATH),
+        (":authority", "api.example.com"),
+        ("content-type", "application/secevent+jwt"),
+    ];
+    h.request_headers(ctx, &headers, false)?;
+    h.request_body(ctx, set.as_bytes(), true)?;
+    assert!(h.local_reply(ctx).is_none(), "the 202 waits for etcd");
+    let lease = etcd_call_to(&h, "/v3/lease/grant")?;
+    answer(&mut h, &lease, json!({"ID": "9", "TTL": "90000"}))?;
+    let txn = etcd_call_to(&h, "/v3/kv/txn")?;
+    let asked: Value = serde_json::from_slice(&txn.body)?;
+    let put = &asked["success"][0]["request_put"];
+    assert!(unb64(put["key"].as_str().context("key")?)?.starts_with("t/revoked/"));
+    let value: Value = serde_json::from_str(&unb64(put["value"].as_str().context("value")?)?)?;
+    assert_eq!(value["kind"], "jti");
+    assert_eq!(value["value"], "pushed-1");
+    answer(&mut h, &txn, json!({"succeeded": true}))?;
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(202));
+    Ok(())
+}
+
+#[test]
+fn a_push_etcd_cannot_hold_gets_503_and_still_revokes_here() -> Result<()> {
+    let mut h = harness_with_events()?;
+    let set = revoke(json!({"format": "jwt_id", "iss": AGENTS, "jti": "pushed-2"}))?;
+    let ctx = h.new_http()?;
+    let headers = [
+        (":method", "POST"),
+        (":path", EVENTS_PATH),
+        (":authority", "api.example.com"),
+        ("content-type", "application/secevent+jwt"),
+    ];
+    h.request_headers(ctx, &headers, false)?;
+    h.request_body(ctx, set.as_bytes(), true)?;
+    let lease = etcd_call_to(&h, "/v3/lease/grant")?;
+    h.fail_call(lease.token)?;
+    let reply = h.local_reply(ctx).context("answered")?;
+    assert_eq!(reply.status, 503, "the transmitter sends it again");
+    let token = bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "orders:read", "jti": "pushed-2"}),
+    )?;
+    assert_eq!(
+        tessera_tests::request(&mut h, "GET", "/orders/1", Some(&token), &[])?.1,
+        Some(401)
+    );
+    Ok(())
+}
+
+#[test]
+fn revocations_other_replicas_wrote_are_enforced_after_the_next_look() -> Result<()> {
+    let mut h = harness_with_events()?;
+    let token =
+        bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": "orders:read", "jti": "far-1"}))?;
+    assert_eq!(
+        tessera_tests::request(&mut h, "GET", "/orders/1", Some(&token), &[])?.1,
+        None
+    );
+    let follow = etcd_call_to(&h, "/v3/kv/range")?;
+    let asked: Value = serde_json::from_slice(&follow.body)?;
+    assert_eq!(asked["min_mod_revision"], "1");
+    assert_eq!(unb64(asked["key"].as_str().context("key")?)?, "t/revoked/");
+    assert_eq!(
+        unb64(asked["range_end"].as_str().context("end")?)?,
+        "t/revoked0"
+    );
+    let value = json!({"kind": "jti", "issuer": AGENTS, "value": "far-1", "issued_before": null});
+    answer(
+        &mut h,
+        &follow,
+        json!({"header": {"revision": "17"},
+               "kvs": [{"key": b64("t/revoked/x/*"), "value": b64(&value.to_string()), "mod_revision": "17"}]}),
+    )?;
+    assert_eq!(
+        tessera_tests::request(&mut h, "GET", "/orders/1", Some(&token), &[])?.1,
+        Some(401)
+    );
+    // The next look asks only for what changed after revision 17.
+    h.advance(std::time::Duration::from_secs(2));
+    h.tick()?;
+    let next = etcd_call_to(&h, "/v3/kv/range")?;
+    let asked: Value = serde_json::from_slice(&next.body)?;
+    assert_eq!(asked["min_mod_revision"], "18");
+    Ok(())
+}

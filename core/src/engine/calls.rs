@@ -6,6 +6,8 @@
 use super::Engine;
 use crate::outcome::{Answer, Call, Purpose};
 use crate::reply::LocalReply;
+use crate::revocation::{record, Revocation};
+use crate::store::etcd::REVOKED;
 use crate::store::Store;
 
 impl Engine {
@@ -23,7 +25,31 @@ impl Engine {
         if let Some(call) = self.events.as_ref().and_then(|e| e.poll_due(now_s)) {
             calls.push(call);
         }
+        if let Some(etcd) = &self.etcd {
+            calls.extend(etcd.flush(now_s));
+            // Revocations the other replicas recorded, when there are events to revoke by.
+            if self.events.is_some() {
+                calls.extend(etcd.follow(now_s));
+            }
+        }
         calls
+    }
+
+    /// Revocations recorded here, queued for the other replicas (`store.etcd`); the write.
+    fn publish(&self, revocations: &[Revocation], now_s: u64) -> Option<Call> {
+        let (etcd, events) = (self.etcd.as_ref()?, self.events.as_ref()?);
+        if revocations.is_empty() {
+            return None;
+        }
+        let until = now_s.saturating_add(events.retention().retain_s);
+        etcd.publish(revocations.iter().map(|r| {
+            (
+                format!("{REVOKED}{}", r.id()),
+                r.to_json().to_string(),
+                until,
+            )
+        }));
+        etcd.flush(now_s)
     }
 
     /// Takes the answer to a call: the calls it leads to (discovery leads to the JWKS), and a
@@ -55,13 +81,56 @@ impl Engine {
             },
             Purpose::Poll => match &self.events {
                 Some(events) => match events.polled(answer, store, now_s) {
-                    Ok(_) => (vec![], None),
+                    Ok(revocations) => (
+                        self.publish(&revocations, now_s).into_iter().collect(),
+                        None,
+                    ),
                     Err(e) => (vec![], failed("security event poll", e)),
                 },
                 None => (vec![], None),
             },
+            // A lease for the queue of records for the other replicas (a redemption's lease
+            // goes to `Engine::redeem_answered`).
+            Purpose::StoreLease(bucket) => match &self.etcd {
+                Some(etcd) => match etcd.lease_granted(*bucket, answer, now_s) {
+                    Ok(()) => (etcd.lease_for_outbox(now_s).into_iter().collect(), None),
+                    Err(e) => {
+                        let _ = etcd.published(&Answer::default());
+                        (vec![], failed("store lease", e))
+                    }
+                },
+                None => (vec![], None),
+            },
+            Purpose::StorePublish => match &self.etcd {
+                Some(etcd) => match etcd.published(answer) {
+                    Ok(()) => (vec![], None),
+                    Err(e) => (vec![], failed("store write", e)),
+                },
+                None => (vec![], None),
+            },
+            Purpose::StoreFollow => match (&self.etcd, &self.events) {
+                (Some(etcd), Some(events)) => match etcd.followed(answer, now_s) {
+                    Ok(values) => {
+                        let mut errors = Vec::new();
+                        for r in values.iter().filter_map(Revocation::from_json) {
+                            if let Err(e) = record(store, &r, events.retention(), now_s) {
+                                errors.push(e.to_string());
+                            }
+                        }
+                        let line = (!errors.is_empty()).then(|| {
+                            format!(
+                                "tessera: revocations of other replicas: {}",
+                                errors.join("; ")
+                            )
+                        });
+                        (vec![], line)
+                    }
+                    Err(e) => (vec![], failed("store read", e)),
+                },
+                _ => (vec![], None),
+            },
             // Single-use redemption: its answers go to `Engine::redeem_answered`.
-            Purpose::StoreLease(_) | Purpose::StoreCreate(_) => (vec![], None),
+            Purpose::StoreCreate(_) => (vec![], None),
         }
     }
 
@@ -79,22 +148,31 @@ impl Engine {
                     lists.abandoned(uri);
                 }
             }
-            Purpose::Poll | Purpose::StoreLease(_) | Purpose::StoreCreate(_) => {}
+            Purpose::Poll
+            | Purpose::StoreLease(_)
+            | Purpose::StoreCreate(_)
+            | Purpose::StorePublish
+            | Purpose::StoreFollow => {}
         }
         self.call_ended();
     }
 
-    /// A security event pushed to the receiver path (RFC 8935): the reply to send.
+    /// A security event pushed to the receiver path (RFC 8935): the reply to send, and with
+    /// `store.etcd` the write that shares its revocations with the other replicas, which the
+    /// reply waits for.
     pub fn receive_events(
         &self,
         method: &str,
         body: &[u8],
         store: &dyn Store,
         now_s: u64,
-    ) -> LocalReply {
+    ) -> (LocalReply, Option<Call>) {
         match &self.events {
-            Some(events) => events.receive(method, body, store, now_s),
-            None => LocalReply::unavailable(""),
+            Some(events) => {
+                let (reply, revocations) = events.receive(method, body, store, now_s);
+                (reply, self.publish(&revocations, now_s))
+            }
+            None => (LocalReply::unavailable(""), None),
         }
     }
 }

@@ -128,21 +128,37 @@ impl Events {
         self.receiver_path.as_deref()
     }
 
-    /// A pushed SET (RFC 8935 §2): 202 when applied, 400 with the RFC's error code otherwise.
-    pub fn receive(&self, method: &str, body: &[u8], store: &dyn Store, now_s: u64) -> LocalReply {
+    /// How long revocations are kept, and how many.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// A pushed SET (RFC 8935 §2): 202 when applied, 400 with the RFC's error code otherwise;
+    /// and the revocations it recorded.
+    pub fn receive(
+        &self,
+        method: &str,
+        body: &[u8],
+        store: &dyn Store,
+        now_s: u64,
+    ) -> (LocalReply, Vec<Revocation>) {
         if method != "POST" {
-            return LocalReply {
+            let reply = LocalReply {
                 status: 405,
                 headers: vec![("allow".into(), "POST".into())],
                 body: String::new(),
             };
+            return (reply, vec![]);
         }
-        match self.apply(body, store, now_s) {
-            Ok(_) => LocalReply {
-                status: 202,
-                headers: vec![],
-                body: String::new(),
-            },
+        let reply = match self.apply(body, store, now_s) {
+            Ok(revocations) => {
+                let reply = LocalReply {
+                    status: 202,
+                    headers: vec![],
+                    body: String::new(),
+                };
+                return (reply, revocations);
+            }
             Err(e) if e.err == "temporarily_unavailable" => LocalReply {
                 status: 503,
                 headers: vec![("retry-after".into(), "5".into())],
@@ -153,11 +169,17 @@ impl Events {
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: json!({"err": e.err, "description": e.description}).to_string(),
             },
-        }
+        };
+        (reply, vec![])
     }
 
-    /// Verifies one SET and records the revocations it carries; `Ok(n)`: how many.
-    pub fn apply(&self, set: &[u8], store: &dyn Store, now_s: u64) -> Result<usize, SetError> {
+    /// Verifies one SET and records the revocations it carries.
+    pub fn apply(
+        &self,
+        set: &[u8],
+        store: &dyn Store,
+        now_s: u64,
+    ) -> Result<Vec<Revocation>, SetError> {
         let revocations = self.revocations(set, now_s)?;
         for r in &revocations {
             record(store, r, self.retention, now_s).map_err(|e| match e {
@@ -165,7 +187,7 @@ impl Events {
                 _ => SetError::new("temporarily_unavailable", e.to_string()),
             })?;
         }
-        Ok(revocations.len())
+        Ok(revocations)
     }
 
     /// What a SET revokes, once it is verified.
@@ -300,8 +322,13 @@ impl Events {
     }
 
     /// The transmitter's answer to a poll: each SET applied, acknowledged (or its error
-    /// reported) in the next poll. `Ok(n)`: SETs applied.
-    pub fn polled(&self, answer: &Answer, store: &dyn Store, now_s: u64) -> Result<usize, String> {
+    /// reported) in the next poll. `Ok`: the revocations recorded.
+    pub fn polled(
+        &self,
+        answer: &Answer,
+        store: &dyn Store,
+        now_s: u64,
+    ) -> Result<Vec<Revocation>, String> {
         let poll = self.poll.as_ref().ok_or("no poll configured")?;
         let mut polling = self.polling.lock().unwrap_or_else(|p| p.into_inner());
         polling.next_at = now_s.saturating_add(poll.interval_s);
@@ -320,15 +347,15 @@ impl Events {
         // What the transmitter now has was acknowledged by the previous poll.
         polling.acks.clear();
         polling.errors.clear();
-        let mut applied = 0;
+        let mut applied = Vec::new();
         for (jti, set) in sets {
             let result = match set.as_str() {
                 Some(s) => self.apply(s.as_bytes(), store, now_s),
                 None => Err(SetError::new("invalid_request", "not a compact JWS")),
             };
             match result {
-                Ok(_) => {
-                    applied += 1;
+                Ok(revocations) => {
+                    applied.extend(revocations);
                     polling.acks.push(jti.clone());
                 }
                 // Not recorded: no acknowledgement, so that it comes again.

@@ -35,6 +35,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    fn from_name(name: &str) -> Option<Kind> {
+        Some(match name {
+            "jti" => Kind::Jti,
+            "sub" => Kind::Subject,
+            "actor" => Kind::Actor,
+            "client" => Kind::Client,
+            "task" => Kind::Task,
+            _ => return None,
+        })
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::Jti => "jti",
@@ -55,6 +66,33 @@ pub struct Revocation {
     pub issuer: Option<String>,
     pub value: String,
     pub issued_before: Option<u64>,
+}
+
+impl Revocation {
+    /// The revocation as the shared store keeps it (`store.etcd`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"kind": self.kind.name(), "issuer": self.issuer, "value": self.value,
+                           "issued_before": self.issued_before})
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Option<Revocation> {
+        Some(Revocation {
+            kind: Kind::from_name(v.get("kind")?.as_str()?)?,
+            issuer: v.get("issuer").and_then(|i| i.as_str()).map(str::to_string),
+            value: v.get("value")?.as_str()?.to_string(),
+            issued_before: v.get("issued_before").and_then(serde_json::Value::as_u64),
+        })
+    }
+
+    /// A name for it, the same on every replica and for every event time: a digest of what it
+    /// names, then `/` and `issued_before` (`*` for every token).
+    pub fn id(&self) -> String {
+        let k = key(self.kind, self.issuer.as_deref().unwrap_or(""), &self.value);
+        let before = self
+            .issued_before
+            .map_or_else(|| "*".to_string(), |t| t.to_string());
+        format!("{}/{before}", k.trim_start_matches(PREFIX))
+    }
 }
 
 /// Live while any revocation is: a request checks the others only then.

@@ -27,7 +27,34 @@ pub struct Etcd {
     bucket_s: u64,
     /// Granted leases by bucket end: (lease id, when it expires).
     leases: Mutex<BTreeMap<u64, (String, u64)>>,
+    /// Records to write for the other replicas, and the write in flight.
+    outbox: Mutex<Outbox>,
+    /// Where reading what the other replicas wrote stands.
+    follow: Mutex<Follow>,
 }
+
+/// Records (key under the prefix, value, kept until) waiting to be written.
+#[derive(Debug, Default)]
+struct Outbox {
+    items: Vec<(String, String, u64)>,
+    /// How many of the first items the write in flight carries, and when it times out.
+    in_flight: Option<(usize, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Follow {
+    /// The store's revision seen last: the next read asks for what changed after it.
+    revision: u64,
+    /// No read starts before this (one in flight, or the next period).
+    next_at: u64,
+}
+
+/// Records one write carries at most.
+const MAX_PUTS: usize = 64;
+/// Records one read brings at most (the rest comes on the next).
+const MAX_READ: u64 = 1000;
+/// Under the prefix, where revocations live.
+pub const REVOKED: &str = "revoked/";
 
 /// A lease outlives the end of its bucket by this much, so that a record written late in the
 /// bucket is never dropped before its expiry.
@@ -51,7 +78,152 @@ impl Etcd {
             timeout_ms: c.timeout_ms,
             bucket_s: c.lease_bucket_s,
             leases: Mutex::new(BTreeMap::new()),
+            outbox: Mutex::new(Outbox::default()),
+            follow: Mutex::new(Follow::default()),
         })
+    }
+
+    /// The lease of `bucket`, if this worker holds one that is still alive at `now_s`.
+    fn lease(&self, bucket: u64, now_s: u64) -> Option<String> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.retain(|_, (_, expires)| *expires > now_s);
+        leases.get(&bucket).map(|(id, _)| id.clone())
+    }
+
+    fn grant(&self, bucket: u64, now_s: u64) -> Call {
+        let ttl = bucket
+            .saturating_add(LEASE_MARGIN_S)
+            .saturating_sub(now_s)
+            .max(1);
+        self.post(
+            "/v3/lease/grant",
+            &json!({"TTL": ttl.to_string()}),
+            Purpose::StoreLease(bucket),
+        )
+    }
+
+    /// Queues records (key under the prefix, value, kept until) for the other replicas.
+    pub fn publish(&self, items: impl IntoIterator<Item = (String, String, u64)>) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.items.extend(items);
+    }
+
+    /// The write of queued records, if any and none is in flight: the transaction, or first
+    /// the lease it needs.
+    pub fn flush(&self, now_s: u64) -> Option<Call> {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        if outbox.items.is_empty() || outbox.in_flight.is_some_and(|(_, t)| t > now_s) {
+            return None;
+        }
+        let n = outbox.items.len().min(MAX_PUTS);
+        let until = outbox
+            .items
+            .iter()
+            .take(n)
+            .map(|i| i.2)
+            .max()
+            .unwrap_or(now_s);
+        let bucket = self.bucket(until);
+        outbox.in_flight = Some((
+            n,
+            now_s
+                .saturating_add(self.timeout_ms.div_ceil(1000))
+                .saturating_add(1),
+        ));
+        let Some(lease) = self.lease(bucket, now_s) else {
+            return Some(self.grant(bucket, now_s));
+        };
+        let puts: Vec<Value> = outbox
+            .items
+            .iter()
+            .take(n)
+            .map(|(k, v, _)| {
+                json!({"request_put": {"key": STANDARD.encode(format!("{}{k}", self.prefix)),
+                                       "value": STANDARD.encode(v), "lease": lease}})
+            })
+            .collect();
+        let txn = json!({"compare": [], "success": puts, "failure": []});
+        Some(self.post("/v3/kv/txn", &txn, Purpose::StorePublish))
+    }
+
+    /// The answer to a write of queued records: written ones leave the queue.
+    pub fn published(&self, answer: &Answer) -> Result<(), String> {
+        let result = self.created(answer).and_then(|ok| {
+            ok.then_some(())
+                .ok_or_else(|| "etcd did not apply the write".to_string())
+        });
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = outbox.in_flight.take().map_or(0, |(n, _)| n);
+        if result.is_ok() {
+            let sent = sent.min(outbox.items.len());
+            outbox.items.drain(..sent);
+        }
+        result
+    }
+
+    /// A lease granted for the queue's write: the write.
+    pub fn lease_for_outbox(&self, now_s: u64) -> Option<Call> {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.in_flight = None;
+        drop(outbox);
+        self.flush(now_s)
+    }
+
+    /// The read of what changed under `REVOKED` since the last one, once per second.
+    pub fn follow(&self, now_s: u64) -> Option<Call> {
+        let mut f = self.follow.lock().unwrap_or_else(|p| p.into_inner());
+        if now_s < f.next_at {
+            return None;
+        }
+        f.next_at = now_s
+            .saturating_add(self.timeout_ms.div_ceil(1000))
+            .saturating_add(1);
+        let start = format!("{}{REVOKED}", self.prefix);
+        // The end of the range: the prefix with its last byte (`/`) plus one.
+        let end = format!("{}{}", self.prefix, REVOKED.trim_end_matches('/')) + "0";
+        let range = json!({
+            "key": STANDARD.encode(&start),
+            "range_end": STANDARD.encode(&end),
+            "min_mod_revision": (f.revision + 1).to_string(),
+            "limit": MAX_READ.to_string(),
+        });
+        Some(self.post("/v3/kv/range", &range, Purpose::StoreFollow))
+    }
+
+    /// The answer to a read: the values written since the last one.
+    pub fn followed(&self, answer: &Answer, now_s: u64) -> Result<Vec<Value>, String> {
+        let mut f = self.follow.lock().unwrap_or_else(|p| p.into_inner());
+        f.next_at = now_s.saturating_add(1);
+        let doc = json_answer(answer)?;
+        let number = |v: Option<&Value>| {
+            v.and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()))
+        };
+        let mut values = Vec::new();
+        let mut newest = f.revision;
+        for kv in doc
+            .get("kvs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            newest = newest.max(number(kv.get("mod_revision")).unwrap_or(0));
+            let value = kv
+                .get("value")
+                .and_then(Value::as_str)
+                .and_then(|v| STANDARD.decode(v).ok())
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            values.extend(value);
+        }
+        let more = doc.get("more").and_then(Value::as_bool) == Some(true);
+        f.revision = if more {
+            newest
+        } else {
+            newest.max(number(doc.pointer("/header/revision")).unwrap_or(0))
+        };
+        if more {
+            f.next_at = now_s;
+        }
+        Ok(values)
     }
 
     fn post(&self, path: &str, body: &Value, purpose: Purpose) -> Call {
@@ -83,21 +255,8 @@ impl Etcd {
     /// first the lease it needs.
     pub fn create(&self, key: &str, until: u64, now_s: u64) -> Call {
         let bucket = self.bucket(until);
-        let lease = {
-            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-            leases.retain(|_, (_, expires)| *expires > now_s);
-            leases.get(&bucket).map(|(id, _)| id.clone())
-        };
-        let Some(lease) = lease else {
-            let ttl = bucket
-                .saturating_add(LEASE_MARGIN_S)
-                .saturating_sub(now_s)
-                .max(1);
-            return self.post(
-                "/v3/lease/grant",
-                &json!({"TTL": ttl.to_string()}),
-                Purpose::StoreLease(bucket),
-            );
+        let Some(lease) = self.lease(bucket, now_s) else {
+            return self.grant(bucket, now_s);
         };
         let k = STANDARD.encode(format!("{}{key}", self.prefix));
         let txn = json!({
