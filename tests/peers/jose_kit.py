@@ -197,3 +197,34 @@ def tessera_task(task_id: str, iss: str | None = None) -> dict:
 def complex_subject(user: dict, **others: dict) -> dict:
     """An SSF complex subject whose `user` member is `user` (session, device… as keywords)."""
     return {"format": "complex", "user": user, **others}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (used by `cargo xtask load`)
+
+
+def _main(argv: list[str]) -> int:
+    """`status-list --uri U --iss I [--size N] [--ttl S]`: prints {"token", "jwks"}: a Status List
+    Token of N valid entries (1 bit each) signed by a key made now, and that key's public JWKS."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="jose_kit.py")
+    sub = p.add_subparsers(dest="command", required=True)
+    sl = sub.add_parser("status-list")
+    sl.add_argument("--uri", required=True)
+    sl.add_argument("--iss", required=True)
+    sl.add_argument("--size", type=int, default=1024)
+    sl.add_argument("--ttl", type=int, default=3600)
+    args = p.parse_args(argv)
+    key = SigningKey.generate("ES256", kid="status-load")
+    token = status_list_token(key, args.iss, args.uri, [0] * args.size, ttl=args.ttl,
+                              exp=int(time.time()) + 2 * args.ttl)
+    print(json.dumps({"token": token, "jwks": jwks(key)}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

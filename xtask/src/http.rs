@@ -23,6 +23,21 @@ pub(crate) fn get(port: u16, path: &str, bearer: Option<&str>) -> Result<(u16, S
     Ok((status, resp.body_mut().read_to_string()?))
 }
 
+/// `PUT http://127.0.0.1:<port><path>` with a JSON body (a test peer's admin API); fails unless
+/// it answers 2xx.
+pub(crate) fn put_json(port: u16, path: &str, body: &serde_json::Value) -> Result<()> {
+    let resp = ureq::put(format!("http://127.0.0.1:{port}{path}"))
+        .config()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .header("content-type", "application/json")
+        .send(body.to_string())?;
+    if !resp.status().is_success() {
+        bail!("PUT {path}: {}", resp.status());
+    }
+    Ok(())
+}
+
 /// Waits until the Envoy admin on `admin` answers `/ready` with 200; fails at once when one of
 /// `children` exits (`what`: where its output went), and after `timeout`.
 pub(crate) fn wait_ready(

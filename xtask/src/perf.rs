@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{build_wasm, cargo, free_port, run, step, venv, Children};
 
@@ -192,6 +192,18 @@ fn bench_section(
         "whole stream, token cached (context create + headers + done/log/delete)",
         "",
         "wasm/request/cached_stream",
+    )?;
+    row(
+        &mut s,
+        "whole request, token cached, a revocation recorded (the token's jti, subject, actors, client, task looked up in shared data)",
+        "",
+        "wasm/revocation/cached_events_recorded",
+    )?;
+    row(
+        &mut s,
+        "whole request, token cached, its status list cached (1,024 entries)",
+        "",
+        "wasm/revocation/cached_status_list",
     )?;
 
     writeln!(
@@ -468,6 +480,12 @@ pub fn load(root: &Path) -> Result<()> {
             true,
         )?,
         proxy("c", "(c) Tessera", "envoy-examples/envoy-http.yaml", true)?,
+        proxy(
+            "c2",
+            "(c2) Tessera, token with a status list (cached)",
+            "envoy-examples/envoy-http.yaml",
+            true,
+        )?,
     ];
 
     step("rendering the Envoy configurations");
@@ -497,8 +515,29 @@ pub fn load(root: &Path) -> Result<()> {
         )?;
     }
 
-    step("starting the upstream and the four Envoys (--concurrency 1 each)");
+    // (c2): the status list is served by the test peer; its signer's key goes into the config.
     let mut children = Children(Vec::new());
+    let status_port = start_peer(&python, "tests/peers/idp.py", &mut children)?;
+    let list = Command::new(&python)
+        .args(["tests/peers/jose_kit.py", "status-list"])
+        .args(["--uri", STATUS_LIST_URI, "--iss", STATUS_SIGNER])
+        .output()?;
+    if !list.status.success() {
+        bail!(
+            "jose_kit.py failed: {}",
+            String::from_utf8_lossy(&list.stderr)
+        );
+    }
+    let list: Value = serde_json::from_slice(&list.stdout)?;
+    crate::http::put_json(
+        status_port,
+        "/admin/doc",
+        &json!({"path": "/lists/1", "body": list["token"],
+                "content_type": "application/statuslist+jwt"}),
+    )?;
+    with_status_list(&dir.join("c2.json"), status_port, &list["jwks"])?;
+
+    step("starting the upstream and the Envoys (--concurrency 1 each)");
     let base = (std::process::id() % 100_000) * 10;
     let start = |yaml: &Path, name: &str, id: u32| -> Result<std::process::Child> {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -532,23 +571,30 @@ pub fn load(root: &Path) -> Result<()> {
         ready(p.admin, &mut children)?;
     }
 
-    let mint = |scope: &str| -> Result<String> {
+    let mint = |scope: &str, more: &[&str]| -> Result<String> {
         let out = Command::new(&python)
             .arg("tests/peers/mint.py")
             .args(["--alg", "ES256", "--sub", "agent-7", "--aud", "orders-api"])
             .args(["--scope", scope, "--ttl", "3600"])
+            .args(more)
             .output()?;
         if !out.status.success() {
             bail!("mint.py failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     };
-    let token = mint("orders:read")?;
-    let writer = mint("orders:write")?;
+    let token = mint("orders:read", &[])?;
+    let writer = mint("orders:write", &[])?;
+    let status = format!(
+        "status={}",
+        json!({"status_list": {"idx": 3, "uri": STATUS_LIST_URI}})
+    );
+    let listed = mint("orders:read", &["--claim", &status])?;
+    let token_of = |p: &Proxy| if p.key == "c2" { &listed } else { &token };
 
     step("checking that every configuration does what it is measured for");
     for p in &proxies {
-        let ok = http_status(p.port, &token)?;
+        let ok = http_status(p.port, token_of(p))?;
         let no_token = http_status(p.port, "")?;
         let wrong_scope = http_status(p.port, &writer)?;
         let want = if p.filters {
@@ -569,8 +615,8 @@ pub fn load(root: &Path) -> Result<()> {
     }
 
     let url = |p: &Proxy| format!("http://127.0.0.1:{}/orders/42", p.port);
-    let auth = format!("authorization: Bearer {token}");
     let oha_run = |p: &Proxy, rate: Option<u32>, seconds: u32| -> Result<Run> {
+        let auth = format!("authorization: Bearer {}", token_of(p));
         let mut cmd = Command::new(&oha);
         cmd.args(["--no-tui", "--output-format", "json"])
             .args(["-z", &format!("{seconds}s")])
@@ -752,6 +798,72 @@ fn command_output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The status list of (c2) and its signer.
+const STATUS_LIST_URI: &str = "http://status.load/lists/1";
+const STATUS_SIGNER: &str = "https://status.load";
+
+/// Starts a Python peer that prints `READY <port>` first: its port.
+fn start_peer(python: &Path, script: &str, children: &mut Children) -> Result<u16> {
+    let mut child = Command::new(python)
+        .args([script, "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {script}"))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut reader = std::io::BufReader::new(out);
+        std::io::BufRead::read_line(&mut reader, &mut line)?;
+        // Keep reading what it prints later, so that it never writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    }
+    children.0.push(child);
+    line.strip_prefix("READY ")
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("{script} did not start: {line:?}"))
+}
+
+/// Adds to a rendered bootstrap the cluster `status` (127.0.0.1:`port`) and to its plugin
+/// configuration `revocation.status_list` trusting `jwks` for lists under `http://status.load/`.
+fn with_status_list(bootstrap: &Path, port: u16, jwks: &Value) -> Result<()> {
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(bootstrap)?)?;
+    let clusters = doc["static_resources"]["clusters"]
+        .as_array_mut()
+        .context("the bootstrap has no clusters")?;
+    clusters.push(json!({
+        "name": "status", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "status", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    }));
+    let mut patched = false;
+    let mut stack = vec![&mut doc];
+    while let Some(v) = stack.pop() {
+        if let Some(text) = v
+            .pointer("/config/configuration/value")
+            .and_then(Value::as_str)
+        {
+            let mut plugin: Value = serde_json::from_str(text)?;
+            plugin["revocation"] = json!({"status_list": {
+                "signers": [{"issuer": STATUS_SIGNER, "jwks": jwks}],
+                "sources": [{"uri_prefix": "http://status.load/", "cluster": "status"}]
+            }});
+            v["config"]["configuration"]["value"] = Value::String(plugin.to_string());
+            patched = true;
+            continue;
+        }
+        match v {
+            Value::Object(m) => stack.extend(m.values_mut()),
+            Value::Array(a) => stack.extend(a.iter_mut()),
+            _ => {}
+        }
+    }
+    if !patched {
+        bail!("no Tessera filter in {}", bootstrap.display());
+    }
+    std::fs::write(bootstrap, serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
 fn http_status(port: u16, token: &str) -> Result<u16> {
     let bearer = (!token.is_empty()).then_some(token);
     Ok(crate::http::get(port, "/orders/42", bearer)?.0)
@@ -814,13 +926,19 @@ fn load_section(
     )?;
     writeln!(
         s,
-        "- (c) `envoy-examples/envoy-http.yaml`: Tessera with the example policies.\n"
+        "- (c) `envoy-examples/envoy-http.yaml`: Tessera with the example policies."
+    )?;
+    writeln!(
+        s,
+        "- (c2) the same with `revocation.status_list` (lists from `tests/peers/idp.py` through \
+         a cluster), the token carrying `status.status_list` (idx 3 of a 1,024-entry list, \
+         fetched once, then cached).\n"
     )?;
     writeln!(
         s,
         "Open loop: `oha -z {RUN_SECONDS}s -c {RATE_CONNECTIONS} -q <rate> --latency-correction`; \
          saturation: `oha -z {RUN_SECONDS}s -c {SATURATION_CONNECTIONS}`, {SATURATION_ROUNDS} \
-         rounds interleaved (a, b, b0, c, a, …). Latencies in ms; \"+\" is added over (a) in the \
+         rounds interleaved (a, b, b0, c, c2, a, …). Latencies in ms; \"+\" is added over (a) in the \
          same run.\n"
     )?;
 
