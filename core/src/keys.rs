@@ -329,21 +329,8 @@ impl RemoteKeys {
     }
 
     fn take(&self, purpose: &Purpose, answer: &Answer, now_s: u64) -> Result<Option<Call>, String> {
-        if answer.status == 0 {
-            return Err("no answer (timeout or connection failure)".into());
-        }
-        if answer.status != 200 {
-            return Err(format!("status {}", answer.status));
-        }
-        if answer.body.len() > self.max_bytes {
-            return Err(format!(
-                "{} bytes, more than limits.max_jwks_bytes ({})",
-                answer.body.len(),
-                self.max_bytes
-            ));
-        }
-        let doc: Value =
-            serde_json::from_slice(&answer.body).map_err(|e| format!("not JSON: {e}"))?;
+        let body = answer.ok_body(self.max_bytes, "limits.max_jwks_bytes")?;
+        let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         match purpose {
             Purpose::Discovery(index) => {
                 // OpenID Connect Discovery 1.0 §4.3: the document names the issuer exactly.

@@ -117,7 +117,46 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+impl Answer {
+    /// The body of a successful answer: status 200, at most `max_bytes` (`limit` names that
+    /// bound in the error). `Err`: why the answer is not taken.
+    pub fn ok_body(&self, max_bytes: usize, limit: &str) -> Result<&[u8], String> {
+        match self.status {
+            0 => return Err("no answer (timeout or connection failure)".into()),
+            200 => {}
+            other => return Err(format!("status {other}")),
+        }
+        if self.body.len() > max_bytes {
+            return Err(format!(
+                "{} bytes, more than {limit} ({max_bytes})",
+                self.body.len()
+            ));
+        }
+        Ok(&self.body)
+    }
+}
+
 impl Callout {
+    /// A POST of the JSON `body` to `path` through `cluster`, accepting JSON.
+    pub fn post_json(
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        body: &serde_json::Value,
+        timeout_ms: u64,
+    ) -> Callout {
+        let mut c = Callout::get(cluster, authority, path, "application/json", timeout_ms);
+        for (k, v) in &mut c.headers {
+            if k == ":method" {
+                *v = "POST".into();
+            }
+        }
+        c.headers
+            .push(("content-type".into(), "application/json".into()));
+        c.body = body.to_string().into_bytes();
+        c
+    }
+
     /// A GET of `path` through `cluster`, accepting `accept`.
     pub fn get(
         cluster: &str,

@@ -1,7 +1,10 @@
 //! HTTP calls through the proxy's clusters, for the HTTP contexts (a request waiting for keys or
 //! a status list) and the root (refreshes, polls): sending one, and reading its answer.
 
+use std::time::Duration;
+
 use proxy_wasm::hostcalls;
+use proxy_wasm::traits::Context;
 use proxy_wasm::types::{BufferType, MapType, Status};
 use tessera_core::outcome::{Answer, Callout};
 
@@ -12,19 +15,24 @@ use proxy_wasm::types::LogLevel;
 /// its own, which a longer read then fails.
 const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
-/// A context that can dispatch a call (its answer comes back to that context).
-pub(crate) trait Caller {
-    fn call(&self, c: &Callout) -> Result<u32, Status>;
-}
-
-/// Sends `c`; a failure to send is logged (the caller decides what it means).
-pub(crate) fn dispatch(caller: &impl Caller, c: &Callout) -> Result<u32, Status> {
-    caller.call(c).inspect_err(|e| {
-        log(
-            LogLevel::Warn,
-            &format!("tessera: cannot call cluster {}: {e:?}", c.cluster),
+/// Sends `c` from `context` (its answer comes back to that context); a failure to send is
+/// logged (the caller decides what it means).
+pub(crate) fn dispatch(context: &impl Context, c: &Callout) -> Result<u32, Status> {
+    let headers = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    context
+        .dispatch_http_call(
+            &c.cluster,
+            headers.collect(),
+            Some(&c.body),
+            vec![],
+            Duration::from_millis(c.timeout_ms),
         )
-    })
+        .inspect_err(|e| {
+            log(
+                LogLevel::Warn,
+                &format!("tessera: cannot call cluster {}: {e:?}", c.cluster),
+            )
+        })
 }
 
 /// The answer of the call whose response callback runs now (`body_size` as the proxy said).

@@ -9,13 +9,13 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tessera_core::exchange::{self, Exchange};
-use tessera_core::outcome::{Answer, Callout, Edit, Level, Next, Outcome};
+use tessera_core::outcome::{Answer, Edit, Level, Next, Outcome};
 use tessera_core::Engine;
 
 mod calls;
@@ -172,19 +172,6 @@ impl Filter {
         };
         let o = hook(&mut self.exchange, &engine, &self.store, &mut read);
         self.apply(o, message.0, (message.1, read_len))
-    }
-}
-
-impl calls::Caller for Filter {
-    fn call(&self, c: &Callout) -> Result<u32, proxy_wasm::types::Status> {
-        let headers = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        self.dispatch_http_call(
-            &c.cluster,
-            headers.collect(),
-            Some(&c.body),
-            vec![],
-            Duration::from_millis(c.timeout_ms),
-        )
     }
 }
 

@@ -12,10 +12,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
-use tessera_core::outcome::{Callout, Counter, Purpose};
+use tessera_core::outcome::{Counter, Purpose};
 use tessera_core::Engine;
 
-use crate::calls::{self, Caller};
+use crate::calls;
 use crate::store::SharedData;
 use crate::{log, Filter};
 
@@ -88,19 +88,6 @@ impl Root {
                 }
             }
         }
-    }
-}
-
-impl Caller for Root {
-    fn call(&self, c: &Callout) -> Result<u32, proxy_wasm::types::Status> {
-        let headers = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        self.dispatch_http_call(
-            &c.cluster,
-            headers.collect(),
-            Some(&c.body),
-            vec![],
-            Duration::from_millis(c.timeout_ms),
-        )
     }
 }
 

@@ -299,22 +299,8 @@ impl Events {
             "returnImmediately": true,
         });
         let authority = poll.authority.as_deref().unwrap_or(&poll.cluster);
-        let mut callout = Callout::get(
-            &poll.cluster,
-            authority,
-            &poll.path,
-            "application/json",
-            poll.timeout_ms,
-        );
-        for (k, v) in &mut callout.headers {
-            if k == ":method" {
-                *v = "POST".into();
-            }
-        }
-        callout
-            .headers
-            .push(("content-type".into(), "application/json".into()));
-        callout.body = body.to_string().into_bytes();
+        let callout =
+            Callout::post_json(&poll.cluster, authority, &poll.path, &body, poll.timeout_ms);
         Some(Call {
             purpose: Purpose::Poll,
             callout,
@@ -332,14 +318,8 @@ impl Events {
         let poll = self.poll.as_ref().ok_or("no poll configured")?;
         let mut polling = self.polling.lock().unwrap_or_else(|p| p.into_inner());
         polling.next_at = now_s.saturating_add(poll.interval_s);
-        if answer.status != 200 {
-            return Err(format!("status {}", answer.status));
-        }
-        if answer.body.len() > MAX_POLL_BYTES {
-            return Err("poll answer too large".into());
-        }
-        let doc: Value =
-            serde_json::from_slice(&answer.body).map_err(|e| format!("not JSON: {e}"))?;
+        let body = answer.ok_body(MAX_POLL_BYTES, "the largest poll answer")?;
+        let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         let sets = doc
             .get("sets")
             .and_then(Value::as_object)

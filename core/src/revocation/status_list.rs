@@ -323,22 +323,8 @@ impl StatusLists {
 
     /// The list in an answer, its `iat` and until when it is fresh.
     fn parse(&self, uri: &str, answer: &Answer, now_s: u64) -> Result<(List, u64, u64), String> {
-        if answer.status == 0 {
-            return Err("no answer (timeout or connection failure)".into());
-        }
-        if answer.status != 200 {
-            return Err(format!("status {}", answer.status));
-        }
-        if answer.body.len() > self.max_bytes {
-            return Err(format!(
-                "{} bytes, more than max_bytes ({})",
-                answer.body.len(),
-                self.max_bytes
-            ));
-        }
-        let jwt = std::str::from_utf8(&answer.body)
-            .map_err(|_| "not text")?
-            .trim();
+        let body = answer.ok_body(self.max_bytes, "max_bytes")?;
+        let jwt = std::str::from_utf8(body).map_err(|_| "not text")?.trim();
         let parts = jws::decode(jwt, self.max_bytes).map_err(|e| e.to_string())?;
         if parts.typ().map_err(|e| e.to_string())?.as_deref() != Some(TYP) {
             return Err(format!("typ is not {TYP}"));

@@ -227,22 +227,8 @@ impl Etcd {
     }
 
     fn post(&self, path: &str, body: &Value, purpose: Purpose) -> Call {
-        let mut callout = Callout::get(
-            &self.cluster,
-            &self.authority,
-            path,
-            "application/json",
-            self.timeout_ms,
-        );
-        for (k, v) in &mut callout.headers {
-            if k == ":method" {
-                *v = "POST".into();
-            }
-        }
-        callout
-            .headers
-            .push(("content-type".into(), "application/json".into()));
-        callout.body = body.to_string().into_bytes();
+        let callout =
+            Callout::post_json(&self.cluster, &self.authority, path, body, self.timeout_ms);
         Call { purpose, callout }
     }
 
