@@ -53,6 +53,7 @@ pub struct Exchange {
 #[derive(Debug)]
 struct Publishing {
     purpose: Purpose,
+    revocations: Vec<crate::revocation::Revocation>,
     reply: LocalReply,
     request_id: String,
     calls: u8,
@@ -84,6 +85,9 @@ struct Waiting {
 
 /// Most calls one request waits for (keys, then a status list, …); then it gets 503.
 const MAX_ROUNDS: u8 = 3;
+/// Most calls to the shared store one decision's redemption makes (a lease and a record per
+/// credential: an approval and a single-use token need four).
+const MAX_STORE_CALLS: u8 = 8;
 
 #[derive(Debug)]
 enum Lists {
@@ -599,7 +603,7 @@ impl Exchange {
         let Some(head) = self.event.take() else {
             return out;
         };
-        let (reply, share) = engine.receive_events(&head.method, body, store, now_s);
+        let (reply, revocations, share) = engine.receive_events(&head.method, body, store, now_s);
         out.count(Counter::Public, 1);
         if self.debug || reply.status != 202 {
             out.log(
@@ -622,6 +626,7 @@ impl Exchange {
                 engine.hold_call(&call, now_s);
                 self.publishing = Some(Publishing {
                     purpose: call.purpose.clone(),
+                    revocations,
                     reply,
                     request_id: head.request_id,
                     calls: 1,
@@ -643,21 +648,24 @@ impl Exchange {
         now_s: u64,
     ) -> Outcome {
         engine.call_ended();
-        let (next, failed) = engine.answered(&p.purpose, answer, store, now_s);
+        let _ = store;
         let mut out = Outcome::forward();
-        match (next.into_iter().next(), failed) {
-            (Some(call), None) if p.calls < MAX_ROUNDS => {
+        match engine.push_written(&p.revocations, &p.purpose, answer, now_s) {
+            Ok(Some(call)) if p.calls < MAX_ROUNDS => {
                 engine.hold_call(&call, now_s);
                 p.purpose = call.purpose.clone();
                 p.calls += 1;
                 self.publishing = Some(p);
                 out.next = Next::Call(call);
             }
-            (None, None) => out.next = Next::Reply(p.reply),
-            (_, failed) => {
+            Ok(None) => out.next = Next::Reply(p.reply),
+            result => {
                 let why = "recorded on this proxy, not yet shared with the other replicas";
-                if let Some(line) = failed {
-                    out.log(Level::Warn, line);
+                if let Err(e) = result {
+                    out.log(
+                        Level::Warn,
+                        format!("tessera: security event not shared: {e}"),
+                    );
                 }
                 out.next = Next::Reply(LocalReply::retry_later(why, &p.request_id));
             }
@@ -712,7 +720,7 @@ impl Exchange {
                 self.settle(engine, out, *refused, &head);
             }
             Redeemed::Wait { call, index } => {
-                if calls >= MAX_ROUNDS || !engine.try_hold_call(&call, now_s) {
+                if calls >= MAX_STORE_CALLS || !engine.try_hold_call(&call, now_s) {
                     out.count(Counter::Error, 1);
                     self.caller = None;
                     out.next = Next::Reply(LocalReply::retry_later(

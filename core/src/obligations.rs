@@ -266,7 +266,13 @@ impl Engine {
         now_s: u64,
     ) -> Redeemed {
         let (Some(etcd), Some(once)) = (&self.etcd, decision.once.get(index)) else {
-            return Redeemed::Stands;
+            // Not reachable: an answer about a credential that is not there. Never a pass.
+            return self.refused(
+                decision,
+                0,
+                Some("an answer about no credential".into()),
+                request_id,
+            );
         };
         match purpose {
             Purpose::StoreLease(bucket) => match etcd.lease_granted(*bucket, answer, now_s) {
@@ -306,10 +312,14 @@ impl Engine {
         failure: Option<String>,
         request_id: &str,
     ) -> Redeemed {
-        let Some(once) = decision.once.get(index) else {
-            return Redeemed::Stands;
-        };
         let mut d = decision.clone();
+        let Some(once) = decision.once.get(index) else {
+            // Not reachable (an index past the credentials): refused all the same.
+            d.verdict = Verdict::Error;
+            d.reason = "cannot record a single-use credential".into();
+            d.reply = Some(LocalReply::retry_later(&d.reason, request_id));
+            return Redeemed::Refused(Box::new(d));
+        };
         d.verdict = once.verdict;
         let reply = match failure {
             None => {

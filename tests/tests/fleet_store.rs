@@ -90,7 +90,7 @@ fn a_single_use_token_is_recorded_in_etcd_once_then_refused_without_asking_again
     // Another token in the same lease bucket: the lease is reused.
     let (ctx, _) = start(&mut h, &single_use("fleet-2")?, false)?;
     let txn = etcd_call(&h, "/v3/kv/txn")?;
-    answer(&mut h, &txn, json!({"succeeded": true}))?;
+    answer(&mut h, &txn, json!({"header": {}, "succeeded": true}))?;
     assert!(h.request_resumed(ctx));
     Ok(())
 }
@@ -167,7 +167,7 @@ fn a_body_that_arrives_while_etcd_decides_is_held() -> Result<()> {
     answer(&mut h, &lease, json!({"ID": "3", "TTL": "240"}))?;
     let txn = etcd_call(&h, "/v3/kv/txn")?;
     assert!(!h.request_resumed(ctx));
-    answer(&mut h, &txn, json!({"succeeded": true}))?;
+    answer(&mut h, &txn, json!({"header": {}, "succeeded": true}))?;
     assert!(h.request_resumed(ctx));
     Ok(())
 }
@@ -253,7 +253,7 @@ fn a_pushed_revocation_is_accepted_once_etcd_holds_it() -> Result<()> {
     let value: Value = serde_json::from_str(&unb64(put["value"].as_str().context("value")?)?)?;
     assert_eq!(value["kind"], "jti");
     assert_eq!(value["value"], "pushed-1");
-    answer(&mut h, &txn, json!({"succeeded": true}))?;
+    answer(&mut h, &txn, json!({"header": {}, "succeeded": true}))?;
     assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(202));
     Ok(())
 }
@@ -319,5 +319,115 @@ fn revocations_other_replicas_wrote_are_enforced_after_the_next_look() -> Result
     let next = etcd_call_to(&h, "/v3/kv/range")?;
     let asked: Value = serde_json::from_slice(&next.body)?;
     assert_eq!(asked["min_mod_revision"], "18");
+    Ok(())
+}
+
+/// A POST of `set` to the receiver: its context (the reply may wait for etcd).
+fn push(h: &mut Harness, set: &str) -> Result<u32> {
+    let ctx = h.new_http()?;
+    let headers = [
+        (":method", "POST"),
+        (":path", EVENTS_PATH),
+        (":authority", "api.example.com"),
+        ("content-type", "application/secevent+jwt"),
+    ];
+    h.request_headers(ctx, &headers, false)?;
+    h.request_body(ctx, set.as_bytes(), true)?;
+    Ok(ctx)
+}
+
+#[test]
+fn each_push_waits_for_the_write_of_its_own_revocations() -> Result<()> {
+    let mut h = harness_with_events()?;
+    let first = push(
+        &mut h,
+        &revoke(json!({"format": "jwt_id", "iss": AGENTS, "jti": "p-1"}))?,
+    )?;
+    let lease = etcd_call_to(&h, "/v3/lease/grant")?;
+    answer(
+        &mut h,
+        &lease,
+        json!({"header": {}, "ID": "4", "TTL": "90000"}),
+    )?;
+    let txn1 = etcd_call_to(&h, "/v3/kv/txn")?;
+    // A second push while the first write is unanswered: it writes its own revocation.
+    let second = push(
+        &mut h,
+        &revoke(json!({"format": "jwt_id", "iss": AGENTS, "jti": "p-2"}))?,
+    )?;
+    let txn2 = h
+        .http_calls()
+        .iter()
+        .find(|c| c.context_id == second)
+        .cloned()
+        .context("the second push's own write")?;
+    let asked: Value = serde_json::from_slice(&txn2.body)?;
+    let value = unb64(
+        asked["success"][0]["request_put"]["value"]
+            .as_str()
+            .context("value")?,
+    )?;
+    assert!(value.contains("p-2"), "{value}");
+    answer(&mut h, &txn2, json!({"header": {}, "succeeded": true}))?;
+    assert_eq!(h.local_reply(second).map(|r| r.status), Some(202));
+    assert!(
+        h.local_reply(first).is_none(),
+        "the first still waits for its own write"
+    );
+    answer(&mut h, &txn1, json!({"header": {}, "succeeded": true}))?;
+    assert_eq!(h.local_reply(first).map(|r| r.status), Some(202));
+    Ok(())
+}
+
+#[test]
+fn reading_in_pages_starts_again_where_the_oldest_unread_change_is() -> Result<()> {
+    let mut h = harness_with_events()?;
+    let follow = etcd_call_to(&h, "/v3/kv/range")?;
+    let asked: Value = serde_json::from_slice(&follow.body)?;
+    assert_eq!(
+        (asked["sort_target"].as_str(), asked["sort_order"].as_str()),
+        (Some("MOD"), Some("ASCEND"))
+    );
+    let value = json!({"kind": "jti", "issuer": AGENTS, "value": "paged", "issued_before": null});
+    answer(
+        &mut h,
+        &follow,
+        json!({"header": {"revision": "90"}, "more": true,
+        "kvs": [{"key": b64("t/revoked/a/*"), "value": b64(&value.to_string()), "mod_revision": "25"}]}),
+    )?;
+    h.tick()?;
+    let next = etcd_call_to(&h, "/v3/kv/range")?;
+    let asked: Value = serde_json::from_slice(&next.body)?;
+    assert_eq!(
+        asked["min_mod_revision"], "25",
+        "revision 25 may hold more keys than the page"
+    );
+    // The store went back (recreated): everything is read again.
+    answer(&mut h, &next, json!({"header": {"revision": "3"}}))?;
+    h.tick()?;
+    let again = etcd_call_to(&h, "/v3/kv/range")?;
+    let asked: Value = serde_json::from_slice(&again.body)?;
+    assert_eq!(asked["min_mod_revision"], "1");
+    Ok(())
+}
+
+#[test]
+fn an_answer_that_is_not_etcds_refuses_nothing_for_good() -> Result<()> {
+    let mut h = harness()?;
+    let token = single_use("not-etcd")?;
+    let (ctx, _) = start(&mut h, &token, false)?;
+    let lease = etcd_call(&h, "/v3/lease/grant")?;
+    answer(&mut h, &lease, json!({"ID": "8", "TTL": "240"}))?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    answer(&mut h, &txn, json!({}))?;
+    assert_eq!(
+        h.local_reply(ctx).map(|r| r.status),
+        Some(503),
+        "not taken for 'used'"
+    );
+    // The same token again: etcd is asked again (nothing was cached as used).
+    let (ctx, _) = start(&mut h, &token, false)?;
+    assert!(h.local_reply(ctx).is_none());
+    assert!(!h.http_calls().is_empty());
     Ok(())
 }

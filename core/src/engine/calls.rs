@@ -35,21 +35,58 @@ impl Engine {
         calls
     }
 
-    /// Revocations recorded here, queued for the other replicas (`store.etcd`); the write.
-    fn publish(&self, revocations: &[Revocation], now_s: u64) -> Option<Call> {
-        let (etcd, events) = (self.etcd.as_ref()?, self.events.as_ref()?);
+    /// Revocations as records of the shared store (key under its prefix, value, kept until).
+    fn records(&self, revocations: &[Revocation], now_s: u64) -> Vec<(String, String, u64)> {
+        let retain = self.events.as_ref().map_or(0, |e| e.retention().retain_s);
+        let until = now_s.saturating_add(retain);
+        revocations
+            .iter()
+            .map(|r| {
+                (
+                    format!("{REVOKED}{}", r.id()),
+                    r.to_json().to_string(),
+                    until,
+                )
+            })
+            .collect()
+    }
+
+    /// Polled revocations recorded here, queued for the other replicas (`store.etcd`): the
+    /// write, and a line for the log when the queue is full.
+    fn publish(&self, revocations: &[Revocation], now_s: u64) -> (Option<Call>, Option<String>) {
+        let Some(etcd) = &self.etcd else {
+            return (None, None);
+        };
         if revocations.is_empty() {
-            return None;
+            return (None, None);
         }
-        let until = now_s.saturating_add(events.retention().retain_s);
-        etcd.publish(revocations.iter().map(|r| {
-            (
-                format!("{REVOKED}{}", r.id()),
-                r.to_json().to_string(),
-                until,
-            )
-        }));
-        etcd.flush(now_s)
+        let full = etcd.publish(self.records(revocations, now_s)).err().map(|n| {
+            format!("tessera: {n} revocations not shared with the other replicas: the queue is full")
+        });
+        (etcd.flush(now_s), full)
+    }
+
+    /// A write of a pushed event's revocations answered: the next call (the write after its
+    /// lease), or `Err` when etcd does not hold them.
+    pub fn push_written(
+        &self,
+        revocations: &[Revocation],
+        purpose: &Purpose,
+        answer: &Answer,
+        now_s: u64,
+    ) -> Result<Option<Call>, String> {
+        let etcd = self.etcd.as_ref().ok_or("no store")?;
+        match purpose {
+            Purpose::StoreLease(bucket) => {
+                etcd.lease_granted(*bucket, answer, now_s)?;
+                Ok(Some(etcd.write(&self.records(revocations, now_s), now_s)))
+            }
+            Purpose::StorePublish => match etcd.created(answer)? {
+                true => Ok(None),
+                false => Err("etcd did not apply the write".into()),
+            },
+            _ => Err("an unexpected answer".into()),
+        }
     }
 
     /// Takes the answer to a call: the calls it leads to (discovery leads to the JWKS), and a
@@ -81,10 +118,10 @@ impl Engine {
             },
             Purpose::Poll => match &self.events {
                 Some(events) => match events.polled(answer, store, now_s) {
-                    Ok(revocations) => (
-                        self.publish(&revocations, now_s).into_iter().collect(),
-                        None,
-                    ),
+                    Ok(revocations) => {
+                        let (call, full) = self.publish(&revocations, now_s);
+                        (call.into_iter().collect(), full)
+                    }
                     Err(e) => (vec![], failed("security event poll", e)),
                 },
                 None => (vec![], None),
@@ -111,19 +148,18 @@ impl Engine {
             Purpose::StoreFollow => match (&self.etcd, &self.events) {
                 (Some(etcd), Some(events)) => match etcd.followed(answer, now_s) {
                     Ok(values) => {
-                        let mut errors = Vec::new();
-                        for r in values.iter().filter_map(Revocation::from_json) {
+                        for (revision, value) in values {
+                            let Some(r) = Revocation::from_json(&value) else {
+                                continue;
+                            };
                             if let Err(e) = record(store, &r, events.retention(), now_s) {
-                                errors.push(e.to_string());
+                                // Not recorded here: read again from it next time.
+                                etcd.reread_from(revision);
+                                let line = format!("tessera: revocations of other replicas: {e}");
+                                return (vec![], Some(line));
                             }
                         }
-                        let line = (!errors.is_empty()).then(|| {
-                            format!(
-                                "tessera: revocations of other replicas: {}",
-                                errors.join("; ")
-                            )
-                        });
-                        (vec![], line)
+                        (vec![], None)
                     }
                     Err(e) => (vec![], failed("store read", e)),
                 },
@@ -157,22 +193,24 @@ impl Engine {
         self.call_ended();
     }
 
-    /// A security event pushed to the receiver path (RFC 8935): the reply to send, and with
-    /// `store.etcd` the write that shares its revocations with the other replicas, which the
-    /// reply waits for.
+    /// A security event pushed to the receiver path (RFC 8935): the reply to send, the
+    /// revocations it recorded, and with `store.etcd` the write of exactly those revocations
+    /// for the other replicas, which the reply waits for (`Engine::push_written`).
     pub fn receive_events(
         &self,
         method: &str,
         body: &[u8],
         store: &dyn Store,
         now_s: u64,
-    ) -> (LocalReply, Option<Call>) {
-        match &self.events {
-            Some(events) => {
-                let (reply, revocations) = events.receive(method, body, store, now_s);
-                (reply, self.publish(&revocations, now_s))
-            }
-            None => (LocalReply::unavailable(""), None),
-        }
+    ) -> (LocalReply, Vec<Revocation>, Option<Call>) {
+        let Some(events) = &self.events else {
+            return (LocalReply::unavailable(""), vec![], None);
+        };
+        let (reply, revocations) = events.receive(method, body, store, now_s);
+        let write = match (&self.etcd, revocations.is_empty()) {
+            (Some(etcd), false) => Some(etcd.write(&self.records(&revocations, now_s), now_s)),
+            _ => None,
+        };
+        (reply, revocations, write)
     }
 }

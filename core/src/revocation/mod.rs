@@ -75,12 +75,24 @@ impl Revocation {
                            "issued_before": self.issued_before})
     }
 
+    /// The revocation a store value holds; `None` for a value of another shape (a field of the
+    /// wrong type is never read as "any issuer" or "every token").
     pub fn from_json(v: &serde_json::Value) -> Option<Revocation> {
+        use serde_json::Value;
+        let issuer = match v.get("issuer") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return None,
+        };
+        let issued_before = match v.get("issued_before") {
+            None | Some(Value::Null) => None,
+            Some(n) => Some(n.as_u64()?),
+        };
         Some(Revocation {
             kind: Kind::from_name(v.get("kind")?.as_str()?)?,
-            issuer: v.get("issuer").and_then(|i| i.as_str()).map(str::to_string),
+            issuer,
             value: v.get("value")?.as_str()?.to_string(),
-            issued_before: v.get("issued_before").and_then(serde_json::Value::as_u64),
+            issued_before,
         })
     }
 
@@ -274,6 +286,29 @@ mod tests {
         // Kept `retain_s` from the last record.
         assert_eq!(stored(&store, 149), Some(None));
         assert_eq!(stored(&store, 150), None);
+    }
+
+    #[test]
+    fn a_store_value_of_another_shape_is_no_revocation() {
+        use serde_json::json;
+        let good = json!({"kind": "sub", "issuer": "i", "value": "a", "issued_before": 5});
+        assert_eq!(
+            Revocation::from_json(&good),
+            Some(Revocation {
+                kind: Kind::Subject,
+                issuer: Some("i".into()),
+                value: "a".into(),
+                issued_before: Some(5)
+            })
+        );
+        for bad in [
+            json!({"kind": "sub", "issuer": "i", "value": "a", "issued_before": "5"}),
+            json!({"kind": "sub", "issuer": "i", "value": "a", "issued_before": 5.5}),
+            json!({"kind": "actor", "issuer": 7, "value": "a"}),
+            json!({"kind": "nope", "value": "a"}),
+        ] {
+            assert_eq!(Revocation::from_json(&bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ struct Follow {
 
 /// Records one write carries at most.
 const MAX_PUTS: usize = 64;
+/// Records waiting to be written at most (etcd down for long).
+const MAX_OUTBOX: usize = 10_000;
 /// Records one read brings at most (the rest comes on the next).
 const MAX_READ: u64 = 1000;
 /// Under the prefix, where revocations live.
@@ -102,10 +104,52 @@ impl Etcd {
         )
     }
 
-    /// Queues records (key under the prefix, value, kept until) for the other replicas.
-    pub fn publish(&self, items: impl IntoIterator<Item = (String, String, u64)>) {
+    /// Queues records (key under the prefix, value, kept until) for the other replicas: a key
+    /// queued already is not queued twice, and past `MAX_OUTBOX` records nothing more is queued
+    /// (`Err`: how many were dropped).
+    pub fn publish(
+        &self,
+        items: impl IntoIterator<Item = (String, String, u64)>,
+    ) -> Result<(), usize> {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        outbox.items.extend(items);
+        let mut dropped = 0;
+        for item in items {
+            if outbox.items.iter().any(|(k, _, _)| *k == item.0) {
+                continue;
+            }
+            if outbox.items.len() >= MAX_OUTBOX {
+                dropped += 1;
+                continue;
+            }
+            outbox.items.push(item);
+        }
+        if dropped > 0 {
+            return Err(dropped);
+        }
+        Ok(())
+    }
+
+    /// A write of exactly `items` (a pushed event's revocations, whose reply waits for it): the
+    /// transaction, or first the lease it needs.
+    pub fn write(&self, items: &[(String, String, u64)], now_s: u64) -> Call {
+        let until = items.iter().map(|i| i.2).max().unwrap_or(now_s);
+        let bucket = self.bucket(until);
+        match self.lease(bucket, now_s) {
+            Some(lease) => self.txn_puts(items, &lease),
+            None => self.grant(bucket, now_s),
+        }
+    }
+
+    fn txn_puts(&self, items: &[(String, String, u64)], lease: &str) -> Call {
+        let puts: Vec<Value> = items
+            .iter()
+            .map(|(k, v, _)| {
+                json!({"request_put": {"key": STANDARD.encode(format!("{}{k}", self.prefix)),
+                                       "value": STANDARD.encode(v), "lease": lease}})
+            })
+            .collect();
+        let txn = json!({"compare": [], "success": puts, "failure": []});
+        self.post("/v3/kv/txn", &txn, Purpose::StorePublish)
     }
 
     /// The write of queued records, if any and none is in flight: the transaction, or first
@@ -133,17 +177,8 @@ impl Etcd {
         let Some(lease) = self.lease(bucket, now_s) else {
             return Some(self.grant(bucket, now_s));
         };
-        let puts: Vec<Value> = outbox
-            .items
-            .iter()
-            .take(n)
-            .map(|(k, v, _)| {
-                json!({"request_put": {"key": STANDARD.encode(format!("{}{k}", self.prefix)),
-                                       "value": STANDARD.encode(v), "lease": lease}})
-            })
-            .collect();
-        let txn = json!({"compare": [], "success": puts, "failure": []});
-        Some(self.post("/v3/kv/txn", &txn, Purpose::StorePublish))
+        let batch: Vec<_> = outbox.items.iter().take(n).cloned().collect();
+        Some(self.txn_puts(&batch, &lease))
     }
 
     /// The answer to a write of queued records: written ones leave the queue.
@@ -186,18 +221,30 @@ impl Etcd {
             "range_end": STANDARD.encode(&end),
             "min_mod_revision": (f.revision + 1).to_string(),
             "limit": MAX_READ.to_string(),
+            // With a limit, only the oldest changes come first: a read that stops at the limit
+            // then misses nothing older than where the next one starts.
+            "sort_target": "MOD",
+            "sort_order": "ASCEND",
         });
         Some(self.post("/v3/kv/range", &range, Purpose::StoreFollow))
     }
 
-    /// The answer to a read: the values written since the last one.
-    pub fn followed(&self, answer: &Answer, now_s: u64) -> Result<Vec<Value>, String> {
+    /// The answer to a read: the values written since the last one, each with its revision.
+    pub fn followed(&self, answer: &Answer, now_s: u64) -> Result<Vec<(u64, Value)>, String> {
         let mut f = self.follow.lock().unwrap_or_else(|p| p.into_inner());
         f.next_at = now_s.saturating_add(1);
         let doc = json_answer(answer)?;
         let number = |v: Option<&Value>| {
             v.and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()))
         };
+        let store_revision = number(doc.pointer("/header/revision"))
+            .ok_or("etcd's answer has no header revision")?;
+        if store_revision < f.revision {
+            // The store went back (recreated, restored): read it all again.
+            f.revision = 0;
+            f.next_at = now_s;
+            return Ok(vec![]);
+        }
         let mut values = Vec::new();
         let mut newest = f.revision;
         for kv in doc
@@ -206,24 +253,32 @@ impl Etcd {
             .into_iter()
             .flatten()
         {
-            newest = newest.max(number(kv.get("mod_revision")).unwrap_or(0));
+            let revision = number(kv.get("mod_revision")).unwrap_or(0);
+            newest = newest.max(revision);
             let value = kv
                 .get("value")
                 .and_then(Value::as_str)
                 .and_then(|v| STANDARD.decode(v).ok())
                 .and_then(|v| serde_json::from_slice(&v).ok());
-            values.extend(value);
+            values.extend(value.map(|v| (revision, v)));
         }
         let more = doc.get("more").and_then(Value::as_bool) == Some(true);
         f.revision = if more {
-            newest
+            // The limit may have cut one transaction's revision: read it again next time.
+            newest.saturating_sub(1).max(f.revision)
         } else {
-            newest.max(number(doc.pointer("/header/revision")).unwrap_or(0))
+            newest.max(store_revision)
         };
         if more {
             f.next_at = now_s;
         }
         Ok(values)
+    }
+
+    /// A value read at `revision` could not be recorded: the next read starts from it again.
+    pub fn reread_from(&self, revision: u64) {
+        let mut f = self.follow.lock().unwrap_or_else(|p| p.into_inner());
+        f.revision = f.revision.min(revision.saturating_sub(1));
     }
 
     fn post(&self, path: &str, body: &Value, purpose: Purpose) -> Call {
@@ -279,6 +334,10 @@ impl Etcd {
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
         })?;
+        // Something that is not etcd's transaction answer is no answer at all.
+        if !doc.get("header").is_some_and(Value::is_object) {
+            return Err(format!("not a transaction answer: {doc}"));
+        }
         // proto3 JSON leaves out `false`: an answer without `succeeded` is a failed compare.
         Ok(doc.get("succeeded").and_then(Value::as_bool) == Some(true))
     }
