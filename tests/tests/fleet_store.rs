@@ -234,15 +234,7 @@ fn a_pushed_revocation_is_accepted_once_etcd_holds_it() -> Result<()> {
     let follow = etcd_call_to(&h, "/v3/kv/range")?;
     answer(&mut h, &follow, json!({"header": {"revision": "5"}}))?;
     let set = revoke(json!({"format": "jwt_id", "iss": AGENTS, "jti": "pushed-1"}))?;
-    let ctx = h.new_http()?;
-    let headers = [
-        (":method", "POST"),
-        (":path", EVENTS_PATH),
-        (":authority", "api.example.com"),
-        ("content-type", "application/secevent+jwt"),
-    ];
-    h.request_headers(ctx, &headers, false)?;
-    h.request_body(ctx, set.as_bytes(), true)?;
+    let ctx = push(&mut h, &set)?;
     assert!(h.local_reply(ctx).is_none(), "the 202 waits for etcd");
     let lease = etcd_call_to(&h, "/v3/lease/grant")?;
     answer(&mut h, &lease, json!({"ID": "9", "TTL": "90000"}))?;
@@ -262,15 +254,7 @@ fn a_pushed_revocation_is_accepted_once_etcd_holds_it() -> Result<()> {
 fn a_push_etcd_cannot_hold_gets_503_and_still_revokes_here() -> Result<()> {
     let mut h = harness_with_events()?;
     let set = revoke(json!({"format": "jwt_id", "iss": AGENTS, "jti": "pushed-2"}))?;
-    let ctx = h.new_http()?;
-    let headers = [
-        (":method", "POST"),
-        (":path", EVENTS_PATH),
-        (":authority", "api.example.com"),
-        ("content-type", "application/secevent+jwt"),
-    ];
-    h.request_headers(ctx, &headers, false)?;
-    h.request_body(ctx, set.as_bytes(), true)?;
+    let ctx = push(&mut h, &set)?;
     let lease = etcd_call_to(&h, "/v3/lease/grant")?;
     h.fail_call(lease.token)?;
     let reply = h.local_reply(ctx).context("answered")?;
