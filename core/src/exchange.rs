@@ -342,10 +342,7 @@ impl Exchange {
             let next = if end_of_stream {
                 self.receive_event(engine, store, &[], now_s)
             } else {
-                Outcome {
-                    next: Next::WaitForBody,
-                    ..Outcome::forward()
-                }
+                Outcome::wait_for_body()
             };
             return Outcome {
                 headers: [out.headers, next.headers].concat(),
@@ -362,10 +359,7 @@ impl Exchange {
                 self.decide_body(engine, store, &[], now_s)
             } else {
                 // Nothing is forwarded until the body has been judged.
-                Outcome {
-                    next: Next::WaitForBody,
-                    ..Outcome::forward()
-                }
+                Outcome::wait_for_body()
             };
             return Outcome {
                 headers: [out.headers, next.headers].concat(),
@@ -387,10 +381,7 @@ impl Exchange {
         now_s: u64,
         read: &mut dyn FnMut(usize) -> Vec<u8>,
     ) -> Outcome {
-        let wait = Outcome {
-            next: Next::WaitForBody,
-            ..Outcome::forward()
-        };
+        let wait = Outcome::wait_for_body();
         if self.redeeming.is_some() {
             // The decision waits for the shared store: nothing passes meanwhile.
             return wait;
@@ -423,10 +414,7 @@ impl Exchange {
         }
         if !end_of_stream {
             // Buffer: the proxy holds the chunks until the end of the stream.
-            return Outcome {
-                next: Next::WaitForBody,
-                ..Outcome::forward()
-            };
+            return Outcome::wait_for_body();
         }
         let body = read(body_size);
         self.decide_body(engine, store, &body, now_s)
@@ -450,17 +438,11 @@ impl Exchange {
         trailers.extend(engine.approval_header().map(|h| (h.to_string(), None)));
         let limit = engine.max_body_bytes();
         let mut out = if self.redeeming.is_some() {
-            Outcome {
-                next: Next::WaitForBody,
-                ..Outcome::forward()
-            }
+            Outcome::wait_for_body()
         } else if let Some(w) = self.waiting.as_mut() {
             let body = read(limit.saturating_add(1));
             w.body = Some(body);
-            Outcome {
-                next: Next::WaitForBody,
-                ..Outcome::forward()
-            }
+            Outcome::wait_for_body()
         } else if self.event.is_some() {
             let body = read(limit.saturating_add(1));
             self.receive_event(engine, store, &body, now_s)

@@ -203,6 +203,14 @@ impl Outcome {
         Outcome::default()
     }
 
+    /// Hold the message until more of its body has arrived.
+    pub fn wait_for_body() -> Outcome {
+        Outcome {
+            next: Next::WaitForBody,
+            ..Outcome::default()
+        }
+    }
+
     pub fn set(&mut self, name: &str, value: &str) {
         self.headers
             .push((name.to_string(), Some(value.to_string())));

@@ -263,13 +263,9 @@ fn remote_jwks_configuration_errors_name_the_field() -> Result<()> {
     Ok(())
 }
 
-/// An MCP POST whose token needs a key refetch: the body that arrives meanwhile is held (never
-/// passed on) and judged once the keys are in.
-fn mcp_post_waiting_for_keys(
-    h: &mut Harness,
-    body: &Value,
-    trailers: bool,
-) -> Result<(u32, HttpCall)> {
+/// The headers of an MCP POST signed with a key the issuer's JWKS lacks yet: its context and the
+/// refetch it waits for.
+fn open_mcp_post(h: &mut Harness) -> Result<(u32, HttpCall)> {
     let ctx = h.new_http()?;
     let auth = format!(
         "Bearer {}",
@@ -286,7 +282,17 @@ fn mcp_post_waiting_for_keys(
         ("content-type", "application/json"),
     ];
     assert_eq!(h.request_headers(ctx, &headers, false)?, Action::Pause);
-    let refetch = the_call(h, "/jwks")?;
+    Ok((ctx, the_call(h, "/jwks")?))
+}
+
+/// An MCP POST whose token needs a key refetch: the body that arrives meanwhile is held (never
+/// passed on) and judged once the keys are in.
+fn mcp_post_waiting_for_keys(
+    h: &mut Harness,
+    body: &Value,
+    trailers: bool,
+) -> Result<(u32, HttpCall)> {
+    let (ctx, refetch) = open_mcp_post(h)?;
     let text = body.to_string();
     if trailers {
         assert_eq!(h.request_body(ctx, text.as_bytes(), false)?, Action::Pause);
@@ -344,23 +350,7 @@ fn an_mcp_body_still_to_come_when_the_keys_arrive_is_judged_at_its_end() -> Resu
     let mut h = harness(json!({}))?;
     let first = the_call(&h, "/jwks")?;
     answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
-    let ctx = h.new_http()?;
-    let auth = format!(
-        "Bearer {}",
-        mint(
-            "EdDSA",
-            &json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read"})
-        )?
-    );
-    let headers = [
-        (":method", "POST"),
-        (":path", "/mcp"),
-        (":authority", "api.example.com"),
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-    ];
-    assert_eq!(h.request_headers(ctx, &headers, false)?, Action::Pause);
-    let refetch = the_call(&h, "/jwks")?;
+    let (ctx, refetch) = open_mcp_post(&mut h)?;
     let body = tessera_tests::read_file(1, "/etc/passwd").to_string();
     let (head, tail) = body.split_at(10);
     assert_eq!(h.request_body(ctx, head.as_bytes(), false)?, Action::Pause);
