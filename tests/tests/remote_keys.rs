@@ -27,6 +27,14 @@ fn harness(remote: Value) -> Result<Harness> {
     })
 }
 
+/// [`harness`] with defaults whose first fetch the provider answered with the P-256 key.
+fn harness_with_p256() -> Result<Harness> {
+    let mut h = harness(json!({}))?;
+    let first = the_call(&h, "/jwks")?;
+    answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
+    Ok(h)
+}
+
 fn es256() -> Result<String> {
     bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": "orders:read"}))
 }
@@ -85,9 +93,7 @@ fn an_issuer_without_keys_yet_gets_503_and_others_are_unaffected() -> Result<()>
 
 #[test]
 fn a_new_kid_waits_for_one_refetch_and_is_accepted_after_rotation() -> Result<()> {
-    let mut h = harness(json!({}))?;
-    let first = the_call(&h, "/jwks")?;
-    answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
+    let mut h = harness_with_p256()?;
     // The provider rotates in an Ed25519 key; a token signed with it arrives first.
     let ctx = h.new_http()?;
     let auth = eddsa()?;
@@ -308,9 +314,7 @@ fn mcp_post_waiting_for_keys(
 fn an_mcp_body_that_came_while_the_request_waited_is_judged_when_the_keys_arrive() -> Result<()> {
     for trailers in [false, true] {
         // A call the policies refuse: refused, though the body came before the keys.
-        let mut h = harness(json!({}))?;
-        let first = the_call(&h, "/jwks")?;
-        answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
+        let mut h = harness_with_p256()?;
         let secret = tessera_tests::read_file(1, "/etc/passwd");
         let (ctx, refetch) = mcp_post_waiting_for_keys(&mut h, &secret, trailers)?;
         answer(
@@ -328,9 +332,7 @@ fn an_mcp_body_that_came_while_the_request_waited_is_judged_when_the_keys_arrive
         assert!(!h.request_resumed(ctx), "trailers {trailers}");
 
         // An allowed call: forwarded.
-        let mut h = harness(json!({}))?;
-        let first = the_call(&h, "/jwks")?;
-        answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
+        let mut h = harness_with_p256()?;
         let fine = tessera_tests::read_file(2, "/workspace/README.md");
         let (ctx, refetch) = mcp_post_waiting_for_keys(&mut h, &fine, trailers)?;
         answer(
@@ -347,9 +349,7 @@ fn an_mcp_body_that_came_while_the_request_waited_is_judged_when_the_keys_arrive
 
 #[test]
 fn an_mcp_body_still_to_come_when_the_keys_arrive_is_judged_at_its_end() -> Result<()> {
-    let mut h = harness(json!({}))?;
-    let first = the_call(&h, "/jwks")?;
-    answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
+    let mut h = harness_with_p256()?;
     let (ctx, refetch) = open_mcp_post(&mut h)?;
     let body = tessera_tests::read_file(1, "/etc/passwd").to_string();
     let (head, tail) = body.split_at(10);
@@ -378,9 +378,7 @@ fn an_mcp_body_still_to_come_when_the_keys_arrive_is_judged_at_its_end() -> Resu
 
 #[test]
 fn a_client_leaving_during_a_refetch_does_not_use_up_the_rotation() -> Result<()> {
-    let mut h = harness(json!({}))?;
-    let first = the_call(&h, "/jwks")?;
-    answer(&mut h, &first, 200, &jwks(&["demo-p256"])?)?;
+    let mut h = harness_with_p256()?;
     // A made-up kid starts a refetch, and its client goes away before the answer.
     let ctx = h.new_http()?;
     let forged = forged_kid("made-up")?;
