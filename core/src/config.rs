@@ -38,6 +38,19 @@ pub struct Config {
     /// process).
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// MCP sessions known to every replica: session ids sealed for their owner.
+    #[serde(default)]
+    pub sessions: Option<SessionsConfig>,
+}
+
+/// `sessions`: the `Mcp-Session-Id` a client sees is the server's id sealed (HMAC-SHA-256) for
+/// the identity that created the session, so that no replica needs a stored binding.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Base64 keys of at least 32 random bytes, the same on every replica: the first seals,
+    /// every one opens (rotation).
+    pub seal_keys: Vec<String>,
 }
 
 /// `store`: a store every replica of a fleet shares.

@@ -22,9 +22,10 @@
 use crate::config::Mode;
 use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS, UTF8_HEADERS};
 use crate::listing::{ListRequests, ResponseFilter, Step};
-use crate::obligations::{Binding, Redeemed, SessionCaller};
+use crate::obligations::Redeemed;
 use crate::outcome::{Answer, Callout, Counter, Level, Next, Outcome, Purpose};
 use crate::reply::{log_safe, LocalReply};
+use crate::session::{Binding, SessionCaller};
 use crate::store::Store;
 use crate::verdict::Verdict;
 
@@ -476,8 +477,8 @@ impl Exchange {
             self.lists = filter.map(Lists::Filtering);
             out.headers = edits;
         }
-        // The server created a session for this caller (on `initialize`): bind it. Or it
-        // ended the caller's session (DELETE): unbind it.
+        // The server created a session for this caller (on `initialize`): bind it, or seal its
+        // id (session/). Or it ended the caller's session (DELETE): unbind it.
         let Some(caller) = self.caller.take() else {
             return out;
         };
@@ -493,6 +494,7 @@ impl Exchange {
         };
         match engine.bind_session(store, &caller, &session, now_s) {
             Binding::Bound => {}
+            Binding::Sealed(handle) => out.set("mcp-session-id", &handle),
             Binding::Refused { limit, enforce } => {
                 out.log(
                     Level::Warn,

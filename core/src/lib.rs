@@ -28,6 +28,8 @@ pub mod outcome;
 pub mod path;
 pub mod reply;
 pub mod revocation;
+pub mod sealed;
+pub mod session;
 pub mod store;
 pub mod token;
 pub mod verdict;

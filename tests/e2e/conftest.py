@@ -187,6 +187,25 @@ class Echo(Peer):
         return self._client.get("/__echo/count").json()["count"]
 
 
+class McpServer(Peer):
+    """tests/peers/mcp_server.py in a subprocess; /__mcp/log tells what reached it."""
+
+    def __init__(self, name: str, *args: str):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        super().__init__("mcp_server.py", ARTIFACTS / f"{name}.log", *args)
+
+    def log(self) -> dict:
+        return self._client.get("/__mcp/log").json()
+
+    def requests(self) -> list[dict]:
+        """Every HTTP request that reached the server (method, path, rpc methods, headers, status)."""
+        return self.log()["http"]
+
+    def calls(self) -> list[dict]:
+        """Every tool that ran: {"tool", "arguments"}."""
+        return self.log()["calls"]
+
+
 class Idp(Peer):
     """tests/peers/idp.py: identity provider, status-list server and SSF transmitter, programmed
     over its admin API (see that file) with documents the test signed itself."""

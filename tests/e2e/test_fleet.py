@@ -4,7 +4,8 @@ Single-use tokens and human approvals are redeemed in etcd (a transaction that c
 if it does not exist: the first writer wins, whichever Envoy it went through); proxy shared data
 stays a per-process cache. etcd unreachable: a request with a single-use token or an approval gets
 503 and nothing is forwarded, plain requests pass; etcd back: redemption works again; an Envoy
-restart forgets nothing. Measured (printed under "measurements", never asserted): the latency etcd
+restart forgets nothing. MCP sessions are sealed for their owner (`sessions.seal_keys`): a
+session opened on A is used on B, by its owner only, and outlives a restart. Measured (printed under "measurements", never asserted): the latency etcd
 adds to a single-use request and the single-use requests per second one etcd member sustains here.
 
 A and B: envoy-examples/envoy-http.yaml, as the other tests start it, in front of the echo upstream,
@@ -15,6 +16,7 @@ with a key prefix of this module's own. Tokens by tests/peers/mint.py (the demo 
 """
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import statistics
@@ -28,9 +30,12 @@ import httpx
 import pytest
 
 from approve import HEADER, approve
-from conftest import Api, Envoy, envoy_with_plugin_config, measured, tail
+import envoy_config
+from conftest import Api, Envoy, McpServer, envoy_with_plugin_config, measured, tail
 from helpers import agent, assert_invalid_token, bearer, eventually, json_body, minting, upstream_saw
 from jose_kit import SigningKey, jwks, jwt_id, revoked, security_event_token
+from test_mcp import EXAMPLE as MCP_EXAMPLE
+from test_mcp import Gateway, mcp_agent, mcp_user, run_session, text_of
 
 CONCURRENCY = 2
 PREFIX = f"tessera-e2e-{uuid.uuid4().hex[:8]}/"
@@ -370,3 +375,116 @@ def test_a_revocation_pushed_to_a_is_enforced_on_b(fleet):
     other = agent("orders:read", jti=f"fleet-kept-{uuid.uuid4()}")
     assert fleet.api_a.get("/orders/42", other).status_code == 200
     assert fleet.api_b.get("/orders/42", other).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# MCP sessions across the fleet: sealed handles (`sessions.seal_keys`)
+#
+# envoy-examples/envoy-mcp.yaml with `store.etcd` and `sessions.seal_keys` (a key made now) on A
+# and B, both in front of one MCP server (tests/peers/mcp_server.py, the official Python SDK),
+# which keeps its sessions in memory. The client sees the server's session id sealed for the
+# identity that created it; either Envoy opens it and forwards the server's own id.
+
+SEAL_KEYS = [base64.b64encode(os.urandom(32)).decode()]
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+               "mcp-protocol-version": "2025-11-25"}
+
+
+@pytest.fixture(scope="module")
+def mcp_fleet(envoy_bin, wasm_path, etcd):
+    server = McpServer("mcp-server-fleet")
+    bootstrap = envoy_config.rendered(MCP_EXAMPLE)
+    cfg = envoy_config.get_plugin_config(bootstrap)
+    cfg["store"] = copy.deepcopy(STORE)
+    cfg["sessions"] = {"seal_keys": SEAL_KEYS}
+
+    def start(name: str) -> Envoy:
+        b = envoy_config.set_plugin_config(copy.deepcopy(bootstrap), cfg)
+        envoy_config.add_cluster(b, "etcd", etcd.client_port)
+        return Envoy(envoy_bin, b, name, wasm_path, server.port, concurrency=CONCURRENCY)
+
+    try:
+        f = Fleet(start)
+    except BaseException:
+        server.stop()
+        raise
+    try:
+        yield f, server
+    finally:
+        f.stop()
+        server.stop()
+
+
+def mcp_post(envoy: Envoy, bearer_token: str, message: dict, session: str | None = None) -> httpx.Response:
+    headers = {**MCP_HEADERS, "authorization": f"Bearer {bearer_token}"}
+    if session is not None:
+        headers["mcp-session-id"] = session
+    return httpx.post(f"{envoy.url}/mcp", json=message, headers=headers, timeout=10)
+
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def read_call(path: str, id_: int = 2) -> dict:
+    return {"jsonrpc": "2.0", "id": id_, "method": "tools/call",
+            "params": {"name": "read_file", "arguments": {"path": path}}}
+
+
+def open_session(envoy: Envoy, bearer_token: str) -> str:
+    r = mcp_post(envoy, bearer_token, INIT)
+    assert r.status_code == 200, f"{r.status_code}: {r.text}"
+    handle = r.headers["mcp-session-id"]
+    assert mcp_post(envoy, bearer_token, INITIALIZED, handle).status_code == 202
+    return handle
+
+
+def server_ids(server: McpServer) -> set[str]:
+    return {r["headers"]["mcp-session-id"] for r in server.requests() if r["headers"].get("mcp-session-id")}
+
+
+def test_an_mcp_session_created_on_a_is_bound_on_b(mcp_fleet):
+    fleet, server = mcp_fleet
+    alice = mcp_user("alice", ["staff"])
+    handle = open_session(fleet.a, alice)
+    assert handle.startswith("t1."), f"the client sees a sealed handle: {handle}"
+    r = mcp_post(fleet.b, alice, read_call("/workspace/fleet"), handle)
+    assert r.status_code == 200 and "contents of /workspace/fleet" in r.text, f"{r.status_code}: {r.text}"
+    # The server saw its own id, from both Envoys, and never the handle.
+    ids = server_ids(server)
+    assert handle not in ids and len(ids) == 1, ids
+    server_id = ids.pop()
+    # Another identity on B: 403, not forwarded; the server's raw id: unknown (404).
+    before = len(server.requests())
+    thief = mcp_agent("files:read", sub="mallory")
+    r = mcp_post(fleet.b, thief, read_call("/workspace/q"), handle)
+    assert r.status_code == 403 and "another identity" in r.text, f"{r.status_code}: {r.text}"
+    r = mcp_post(fleet.b, alice, read_call("/workspace/q"), server_id)
+    assert r.status_code == 404 and "unknown MCP session" in r.text, f"{r.status_code}: {r.text}"
+    assert len(server.requests()) == before, "a refused session reached the server"
+
+
+def test_an_mcp_session_outlives_a_restart_of_envoy_a(mcp_fleet):
+    fleet, _ = mcp_fleet
+    alice = mcp_user("alice", ["staff"])
+    handle = open_session(fleet.a, alice)
+    fleet.restart_a()
+    r = mcp_post(fleet.a, alice, read_call("/workspace/after-restart"), handle)
+    assert r.status_code == 200 and "after-restart" in r.text, f"{r.status_code}: {r.text}"
+
+
+def test_the_sdk_client_runs_a_sealed_session_through_the_fleet(mcp_fleet):
+    fleet, server = mcp_fleet
+
+    async def body(s):
+        return await s.call_tool("read_file", {"path": "/workspace/sdk"})
+
+    result, ex = run_session(Gateway(fleet.a, server), mcp_agent("files:read", sub="agent-fleet"), body,
+                             wait_for_get_stream=True)
+    assert text_of(result).startswith("contents of /workspace/sdk")
+    assert ex.session_id and ex.session_id.startswith("t1."), ex.session_id
+    # The GET stream and the DELETE at the end were opened and forwarded with the server's id.
+    assert ex.of("GET") == [200] and ex.of("DELETE") == [200], ex.seen
+    ended = [r for r in server.requests() if r["method"] == "DELETE"]
+    assert ended and ended[-1]["headers"]["mcp-session-id"] in server_ids(server) - {ex.session_id}, ended

@@ -25,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 import envoy_config
-from conftest import ARTIFACTS, REPO_ROOT, Envoy, Peer, tail
+from conftest import REPO_ROOT, Envoy, McpServer, tail
 from helpers import assert_invalid_token, json_body, minting, token
 
 EXAMPLE = REPO_ROOT / "envoy-examples" / "envoy-mcp.yaml"
@@ -44,25 +44,6 @@ def mcp_user(sub: str = "alice", groups: list[str] | None = None, scope: str | N
 
 # ---------------------------------------------------------------------------------------------
 # Peers: the MCP server and an Envoy from envoy-mcp.yaml in front of it
-
-class McpServer(Peer):
-    """tests/peers/mcp_server.py in a subprocess; /__mcp/log tells what reached it."""
-
-    def __init__(self, name: str, *args: str):
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        super().__init__("mcp_server.py", ARTIFACTS / f"{name}.log", *args)
-
-    def log(self) -> dict:
-        return self._client.get("/__mcp/log").json()
-
-    def requests(self) -> list[dict]:
-        """Every HTTP request that reached the server (method, path, rpc methods, headers, status)."""
-        return self.log()["http"]
-
-    def calls(self) -> list[dict]:
-        """Every tool that ran: {"tool", "arguments"}."""
-        return self.log()["calls"]
-
 
 @dataclass
 class Gateway:

@@ -199,6 +199,9 @@ pub fn harness_with(edit: impl FnOnce(&mut Value)) -> Result<tessera_harness::Ha
     Ok(h)
 }
 
+/// A `sessions.seal_keys` entry (32 bytes, base64): TEST-ONLY.
+pub const SEAL_KEY: &str = "dGVzc2VyYS10ZXN0LXNlYWwta2V5LTMyLWJ5dGVzLi4=";
+
 /// `Bearer <token>`, the token minted with ES256 from `claims`.
 pub fn bearer(claims: Value) -> Result<String> {
     Ok(format!("Bearer {}", mint("ES256", &claims)?))

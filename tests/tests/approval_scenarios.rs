@@ -240,7 +240,7 @@ fn an_idle_mcp_session_expires_and_the_tick_clears_its_binding() -> Result<()> {
     let alice = long_lived(IDP, "alice")?;
     let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
     init_session(&mut h, &alice, "s-idle")?;
-    let key = &tessera_core::obligations::session_key("tools", "s-idle");
+    let key = &tessera_core::session::session_key("tools", "s-idle");
     assert!(h.shared_data(key).is_some_and(|v| !v.is_empty()));
 
     // Used within the idle period: still bound, and the use keeps it alive.

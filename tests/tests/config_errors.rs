@@ -285,3 +285,14 @@ fn an_empty_issuer_typ_is_refused() {
     let e = error_for(|c| c["issuers"][0]["typ"] = json!(" "));
     assert!(e.contains("issuers[0].typ"), "{e}");
 }
+
+#[test]
+fn a_fleet_store_with_an_mcp_route_needs_sealed_sessions() {
+    let e = error_for(|c| {
+        c["store"] = json!({"etcd": {"cluster": "etcd"}});
+    });
+    assert!(e.contains("`sessions.seal_keys`"), "{e}");
+    assert!(e.contains("other replica"), "{e}");
+    let e = error_for(|c| c["sessions"] = json!({"seal_keys": ["c2hvcnQ="]}));
+    assert!(e.contains("`sessions.seal_keys[0]`: 5 bytes"), "{e}");
+}

@@ -7,9 +7,19 @@ use serde_json::{json, Value};
 use tessera_harness::{Action, Harness, HttpCall};
 use tessera_tests::{bearer, harness_with, now_s, AGENTS};
 
+/// `store.etcd` set to `etcd` in the test configuration, whose MCP route makes a fleet seal its
+/// sessions (sessions.rs).
+fn with_store(c: &mut Value, etcd: Value) {
+    c["store"] = json!({ "etcd": etcd });
+    c["sessions"] = json!({"seal_keys": [tessera_tests::SEAL_KEY]});
+}
+
 fn harness() -> Result<Harness> {
     harness_with(|c| {
-        c["store"] = json!({"etcd": {"cluster": "etcd", "prefix": "t/", "lease_bucket_s": 60}});
+        with_store(
+            c,
+            json!({"cluster": "etcd", "prefix": "t/", "lease_bucket_s": 60}),
+        )
     })
 }
 
@@ -184,7 +194,7 @@ fn store_configuration_errors_name_the_field() -> Result<()> {
     ] {
         let mut h = tessera_harness::Harness::load(tessera_tests::wasm_path())?;
         let mut c = tessera_tests::test_config()?;
-        c["store"] = json!({ "etcd": etcd });
+        with_store(&mut c, etcd.clone());
         assert!(!h.configure(&c.to_string())?, "{etcd}");
         assert!(
             h.logs().iter().any(|l| l.message.contains(field)),
@@ -201,7 +211,7 @@ use tessera_tests::signed::{revocation_config, revoke, EVENTS_PATH};
 
 fn harness_with_events() -> Result<Harness> {
     harness_with(|c| {
-        c["store"] = json!({"etcd": {"cluster": "etcd", "prefix": "t/"}});
+        with_store(c, json!({"cluster": "etcd", "prefix": "t/"}));
         c["revocation"] = revocation_config().unwrap_or_default();
     })
 }

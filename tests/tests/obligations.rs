@@ -4,7 +4,8 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use tessera_core::obligations::{Binding, Redeemed, SessionCaller};
+use tessera_core::obligations::Redeemed;
+use tessera_core::session::{Binding, SessionCaller};
 use tessera_core::store::MemoryStore;
 use tessera_core::{Decision, Engine, HttpRequest, Verdict};
 use tessera_tests::{bearer, now_s, test_config, AGENTS};

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::json;
 use tessera_harness::Harness;
 use tessera_tests::{
-    agent, bearer, harness_with, initialize_session, now_s, read_file, AGENTS, IDP,
+    agent, bearer, harness_with, initialize_session, now_s, read_file, AGENTS, IDP, SEAL_KEY,
 };
 
 /// The status the filter answered a `tools/call` in session `session` with (`None`: forwarded).
@@ -189,5 +189,133 @@ fn a_session_ended_and_created_again_counts_once() -> Result<()> {
         "200",
         "one live session so far, the limit is two"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed session handles (`sessions.seal_keys`, issue 13): what a fleet uses.
+
+fn sealed(keys: &[&str]) -> Result<Harness> {
+    harness_with(|c| c["sessions"] = json!({ "seal_keys": keys }))
+}
+
+/// `initialize` answered by the server with its session id `server_id`: the id the client sees.
+fn sealed_initialize(h: &mut Harness, auth: &str, server_id: &str) -> Result<String> {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+    let (ctx, status) = tessera_tests::post_mcp(h, auth, &[], &init)?;
+    anyhow::ensure!(status.is_none(), "initialize refused: {status:?}");
+    h.response_headers(
+        ctx,
+        &[(":status", "200"), ("mcp-session-id", server_id)],
+        false,
+    )?;
+    let seen = h.response_header(ctx, "mcp-session-id").unwrap_or_default();
+    h.done(ctx)?;
+    Ok(seen)
+}
+
+/// A `tools/call` presenting `handle`: `Ok(server id forwarded)` or `Err(the filter's status)`.
+fn sealed_call(h: &mut Harness, auth: &str, handle: &str) -> Result<Result<String, u32>> {
+    let (ctx, status) = tessera_tests::post_mcp(
+        h,
+        auth,
+        &[("mcp-session-id", handle)],
+        &read_file(2, "/workspace/a"),
+    )?;
+    let out = match status {
+        Some(s) => Err(s),
+        None => Ok(h.request_header(ctx, "mcp-session-id").unwrap_or_default()),
+    };
+    h.done(ctx)?;
+    Ok(out)
+}
+
+const OTHER_KEY: &str = "b3RoZXItdGVzdC1zZWFsLWtleS0zMi1ieXRlcy4uLi4=";
+
+#[test]
+fn a_sealed_session_is_the_servers_id_upstream_and_its_owners_only() -> Result<()> {
+    let mut h = sealed(&[SEAL_KEY])?;
+    let alice = agent("files:read")?;
+    let handle = sealed_initialize(&mut h, &alice, "srv-1")?;
+    assert!(
+        handle.starts_with("t1.") && !handle.contains("srv-1"),
+        "{handle}"
+    );
+    // The owner's requests reach the server with its own id.
+    assert_eq!(sealed_call(&mut h, &alice, &handle)?, Ok("srv-1".into()));
+    // Anyone else: 403; the server's raw id or an altered handle: 404 (never forwarded).
+    let bob = bearer(json!({"iss": AGENTS, "sub": "agent-8", "scope": "files:read"}))?;
+    assert_eq!(sealed_call(&mut h, &bob, &handle)?, Err(403));
+    assert_eq!(sealed_call(&mut h, &alice, "srv-1")?, Err(404));
+    let altered = handle.replacen("t1.", "t1.9", 1);
+    assert_eq!(sealed_call(&mut h, &alice, &altered)?, Err(404));
+    // A second copy of the header (the raw id of another session) is refused, not forwarded.
+    let (ctx, status) = tessera_tests::post_mcp(
+        &mut h,
+        &alice,
+        &[("mcp-session-id", &handle), ("mcp-session-id", "srv-2")],
+        &read_file(3, "/workspace/a"),
+    )?;
+    assert_eq!(status, Some(400));
+    h.done(ctx)?;
+    Ok(())
+}
+
+#[test]
+fn an_answer_repeating_the_servers_id_carries_the_handle_the_client_holds() -> Result<()> {
+    let mut h = sealed(&[SEAL_KEY])?;
+    let alice = agent("files:read")?;
+    let handle = sealed_initialize(&mut h, &alice, "srv-1")?;
+    h.advance(Duration::from_secs(5));
+    let (ctx, status) = tessera_tests::post_mcp(
+        &mut h,
+        &alice,
+        &[("mcp-session-id", &handle)],
+        &read_file(2, "/workspace/a"),
+    )?;
+    assert_eq!(status, None);
+    h.response_headers(
+        ctx,
+        &[(":status", "200"), ("mcp-session-id", "srv-1")],
+        false,
+    )?;
+    assert_eq!(h.response_header(ctx, "mcp-session-id"), Some(handle));
+    h.done(ctx)?;
+    Ok(())
+}
+
+#[test]
+fn every_replica_with_the_keys_knows_a_session_and_a_restart_forgets_none() -> Result<()> {
+    let alice = agent("files:read")?;
+    let handle = sealed_initialize(&mut sealed(&[SEAL_KEY])?, &alice, "srv-1")?;
+    // Another module instance (another replica, or this one restarted): the same keys open it.
+    let mut b = sealed(&[SEAL_KEY])?;
+    assert_eq!(sealed_call(&mut b, &alice, &handle)?, Ok("srv-1".into()));
+    // Rotation: a new first key still opens handles of the old one.
+    let mut rotated = sealed(&[OTHER_KEY, SEAL_KEY])?;
+    assert_eq!(
+        sealed_call(&mut rotated, &alice, &handle)?,
+        Ok("srv-1".into())
+    );
+    // Other keys: not a session of this fleet.
+    let mut stranger = sealed(&[OTHER_KEY])?;
+    assert_eq!(sealed_call(&mut stranger, &alice, &handle)?, Err(404));
+    Ok(())
+}
+
+#[test]
+fn a_sealed_session_ends_at_its_absolute_lifetime() -> Result<()> {
+    let mut h = harness_with(|c| {
+        c["sessions"] = json!({ "seal_keys": [SEAL_KEY] });
+        c["limits"]["session_ttl_s"] = json!(600);
+    })?;
+    let handle = sealed_initialize(&mut h, &agent("files:read")?, "srv-1")?;
+    h.advance(Duration::from_secs(601));
+    let later = now_s() + 601;
+    let fresh = bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
+                              "iat": later, "exp": later + 300}),
+    )?;
+    assert_eq!(sealed_call(&mut h, &fresh, &handle)?, Err(404));
     Ok(())
 }

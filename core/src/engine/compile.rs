@@ -211,6 +211,23 @@ impl Engine {
                 }
             }
         }
+        let etcd = c
+            .store
+            .as_ref()
+            .map(|s| crate::store::etcd::Etcd::compile(&s.etcd))
+            .transpose()?;
+        let sealer = c
+            .sessions
+            .as_ref()
+            .map(|s| crate::sealed::Sealer::compile(&s.seal_keys))
+            .transpose()?;
+        if sealer.is_none() && etcd.is_some() && routes.iter().any(|r| r.kind == RouteKind::Mcp) {
+            return Err(ConfigError::new(
+                "sessions.seal_keys",
+                "needed with store.etcd and an MCP route: a session bound in one process's \
+                 shared data would be unknown (404) on every other replica",
+            ));
+        }
         if c.limits.max_pending_calls == 0 {
             return Err(ConfigError::new(
                 "limits.max_pending_calls",
@@ -242,11 +259,8 @@ impl Engine {
             )),
             status_lists,
             events,
-            etcd: c
-                .store
-                .as_ref()
-                .map(|s| crate::store::etcd::Etcd::compile(&s.etcd))
-                .transpose()?,
+            etcd,
+            sealer,
             pending_calls: Mutex::new(Vec::new()),
             max_pending_calls: c.limits.max_pending_calls,
         };

@@ -140,6 +140,9 @@ pub struct Engine {
     events: Option<crate::revocation::events::Events>,
     /// The store every replica shares (`store.etcd`), for single-use credentials.
     pub(crate) etcd: Option<crate::store::etcd::Etcd>,
+    /// MCP session handles sealed for their owner (`sessions.seal_keys`); none: bindings in the
+    /// Store.
+    pub(crate) sealer: Option<crate::sealed::Sealer>,
     /// Calls requests wait for: when each started one times out. At most `max_pending_calls`.
     pending_calls: Mutex<Vec<u64>>,
     max_pending_calls: usize,
