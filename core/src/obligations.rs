@@ -30,7 +30,9 @@ impl Engine {
     /// first writer wins across worker threads, and with `store.etcd` across every replica (the
     /// proxy's shared data then caches what is known used). A credential recorded already — a
     /// replay, or a concurrent use that won the race — turns the decision into the refusal its
-    /// obligation carries; one the store cannot record, into a 503.
+    /// obligation carries; one the store cannot record, into a 503. With `store.etcd` a request's
+    /// credentials (a single-use token and an approval) are recorded in one transaction: a used
+    /// approval does not use the token up.
     pub fn redeem(
         &self,
         store: &dyn Store,
@@ -42,75 +44,87 @@ impl Engine {
         if decision.once.is_empty() || decision.reply.is_some() {
             return Redeemed::Stands;
         }
-        for (index, once) in decision.once.iter().enumerate().skip(from) {
-            let Some(etcd) = &self.etcd else {
-                match store.create(&once.key, b"", once.until, now_s, "") {
-                    Ok(true) => continue,
-                    Ok(false) => return self.refused(decision, index, None, request_id),
-                    Err(e) => {
-                        return self.refused(decision, index, Some(e.to_string()), request_id)
-                    }
-                }
-            };
-            if store.get(&once.key, now_s).is_some() {
-                // Known used on this proxy: no need to ask the fleet.
-                return self.refused(decision, index, None, request_id);
-            }
+        // Known used on this proxy: refused, no need to ask the fleet.
+        if let Some(index) = (from..decision.once.len()).find(|&i| {
+            decision
+                .once
+                .get(i)
+                .is_some_and(|once| store.get(&once.key, now_s).is_some())
+        }) {
+            return self.refused(decision, index, None, request_id);
+        }
+        if let Some(etcd) = &self.etcd {
             return Redeemed::Wait {
-                call: etcd.create(&once.key, once.until, now_s),
-                index,
+                call: etcd.create(&Self::credential_records(decision), now_s),
+                index: 0,
             };
+        }
+        for (index, once) in decision.once.iter().enumerate().skip(from) {
+            match store.create(&once.key, b"", once.until, now_s, "") {
+                Ok(true) => continue,
+                Ok(false) => return self.refused(decision, index, None, request_id),
+                Err(e) => return self.refused(decision, index, Some(e.to_string()), request_id),
+            }
         }
         Redeemed::Stands
     }
 
-    /// The shared store answered the call about credential `index` (a lease, or the record).
+    /// The records of `decision`'s single-use credentials: (key, kept until).
+    fn credential_records(decision: &Decision) -> Vec<(&str, u64)> {
+        decision
+            .once
+            .iter()
+            .map(|o| (o.key.as_str(), o.until))
+            .collect()
+    }
+
+    /// The shared store answered a call about the decision's credentials (a lease, or the
+    /// transaction that records them all).
     #[allow(clippy::too_many_arguments)]
     pub fn redeem_answered(
         &self,
         store: &dyn Store,
         decision: &Decision,
-        index: usize,
+        _index: usize,
         purpose: &Purpose,
         answer: &Answer,
         request_id: &str,
         now_s: u64,
     ) -> Redeemed {
-        let (Some(etcd), Some(once)) = (&self.etcd, decision.once.get(index)) else {
-            // Not reachable: an answer about a credential that is not there. Never a pass.
+        let Some(etcd) = &self.etcd else {
+            // Not reachable: a store answer without a store. Never a pass.
             return self.refused(
                 decision,
                 0,
-                Some("an answer about no credential".into()),
+                Some("an answer from no store".into()),
                 request_id,
             );
+        };
+        let remember = |once: &crate::approval::Once| {
+            // Remembered on this proxy: a replay here needs no call.
+            let _ = store.create(&once.key, b"", once.until, now_s, "");
         };
         match purpose {
             Purpose::StoreLease(bucket) => match etcd.lease_granted(*bucket, answer, now_s) {
                 Ok(()) => Redeemed::Wait {
-                    call: etcd.create(&once.key, once.until, now_s),
-                    index,
+                    call: etcd.create(&Self::credential_records(decision), now_s),
+                    index: 0,
                 },
-                Err(e) => self.refused(decision, index, Some(e), request_id),
+                Err(e) => self.refused(decision, 0, Some(e), request_id),
             },
-            Purpose::StoreCreate(_) => match etcd.created(answer) {
-                Ok(first) => {
-                    // Remembered on this proxy either way: a replay here needs no call.
-                    let _ = store.create(&once.key, b"", once.until, now_s, "");
-                    if first {
-                        self.redeem(store, decision, index + 1, request_id, now_s)
-                    } else {
-                        self.refused(decision, index, None, request_id)
-                    }
+            Purpose::StoreCreate(_) => match etcd.created(answer, decision.once.len()) {
+                Ok(None) => {
+                    decision.once.iter().for_each(remember);
+                    Redeemed::Stands
                 }
-                Err(e) => self.refused(decision, index, Some(e), request_id),
+                Ok(Some(used)) => {
+                    // Only the one used is known used: the others were not recorded.
+                    decision.once.get(used).into_iter().for_each(remember);
+                    self.refused(decision, used, None, request_id)
+                }
+                Err(e) => self.refused(decision, 0, Some(e), request_id),
             },
-            _ => self.refused(
-                decision,
-                index,
-                Some("an unexpected answer".into()),
-                request_id,
-            ),
+            _ => self.refused(decision, 0, Some("an unexpected answer".into()), request_id),
         }
     }
 

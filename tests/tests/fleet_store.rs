@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tessera_harness::{Action, Harness, HttpCall};
-use tessera_tests::{bearer, harness_with, now_s, AGENTS};
+use tessera_tests::{bearer, harness_with, now_s, AGENTS, APPROVALS};
 
 /// `store.etcd` set to `etcd` in the test configuration, whose MCP route makes a fleet seal its
 /// sessions (sessions.rs).
@@ -423,5 +423,140 @@ fn an_answer_that_is_not_etcds_refuses_nothing_for_good() -> Result<()> {
     let (ctx, _) = start(&mut h, &token, false)?;
     assert!(h.local_reply(ctx).is_none());
     assert!(!h.http_calls().is_empty());
+    Ok(())
+}
+
+// ---- a request's credentials recorded together ----
+
+/// A POST of the refund with `auth` and, if any, an approval: its context and local status.
+fn refund(h: &mut Harness, auth: &str, approval: Option<&str>) -> Result<(u32, Option<u32>)> {
+    let extra: Vec<(&str, &str)> = approval
+        .map(|a| ("x-tessera-approval", a))
+        .into_iter()
+        .collect();
+    tessera_tests::request(h, "POST", "/orders/42/refund", Some(auth), &extra)
+}
+
+fn refund_token(jti: &str) -> Result<String> {
+    bearer(
+        json!({"iss": AGENTS, "sub": "agent-9", "scope": "orders:write",
+                  "single_use": true, "jti": jti, "exp": now_s() + 120}),
+    )
+}
+
+/// etcd's key (base64) of the record of `kind` (`token`, `approval`) `jti` of `issuer`.
+fn record_key(kind: &str, issuer: &str, jti: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!(
+        "t/{}",
+        tessera_core::approval::once_key(kind, issuer, jti)
+    ))
+}
+
+/// Answers the recording of a request's two credentials as etcd does when the record `existing`
+/// exists: the transaction failed, its failure branch read each key.
+fn answer_existing(h: &mut Harness, txn: &HttpCall, existing: &str) -> Result<()> {
+    let asked: Value = serde_json::from_slice(&txn.body)?;
+    for part in ["compare", "success", "failure"] {
+        let n = asked[part].as_array().map(Vec::len);
+        assert_eq!(n, Some(2), "one transaction for both, {part}: {asked}");
+    }
+    assert!(asked["compare"].to_string().contains(existing), "{asked}");
+    let responses: Vec<Value> = (0..2)
+        .map(|i| {
+            let key = &asked["compare"][i]["key"];
+            assert_eq!(&asked["failure"][i]["request_range"]["key"], key);
+            match *key == json!(existing) {
+                true => {
+                    json!({"response_range": {"header": {}, "kvs": [{"key": key}], "count": "1"}})
+                }
+                false => json!({"response_range": {"header": {}}}),
+            }
+        })
+        .collect();
+    answer(
+        h,
+        txn,
+        json!({"header": {"revision": "30"}, "responses": responses}),
+    )
+}
+
+#[test]
+fn a_request_s_single_use_token_and_approval_are_recorded_together_or_not_at_all() -> Result<()> {
+    let mut h = harness()?;
+    let (ctx, status) = refund(&mut h, &refund_token("t-first")?, None)?;
+    assert_eq!(
+        status,
+        Some(403),
+        "approval required (a denial uses nothing up)"
+    );
+    let body: Value = serde_json::from_slice(&h.local_reply(ctx).context("reply")?.body)?;
+    let digest = body["approval"]["digest"]
+        .as_str()
+        .context("digest")?
+        .to_string();
+    h.done(ctx)?;
+    let approval = |jti: &str| tessera_tests::approval_token(&digest, &json!({ "jti": jti }));
+
+    // A token another replica used, with a fresh approval: refused as the token's replay...
+    let (ctx, _) = refund(&mut h, &refund_token("t-used")?, Some(&approval("a-kept")?))?;
+    let lease = etcd_call(&h, "/v3/lease/grant")?;
+    answer(&mut h, &lease, json!({"ID": "5", "TTL": "240"}))?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    answer_existing(&mut h, &txn, &record_key("token", AGENTS, "t-used"))?;
+    assert_eq!(
+        h.local_reply(ctx).map(|r| r.status),
+        Some(401),
+        "token already used"
+    );
+    h.done(ctx)?;
+    // ...and the approval is not used up: with a fresh token it is recorded and forwarded.
+    let (ctx, _) = refund(
+        &mut h,
+        &refund_token("t-fresh")?,
+        Some(&approval("a-kept")?),
+    )?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    answer(&mut h, &txn, json!({"header": {}, "succeeded": true}))?;
+    assert!(
+        h.request_resumed(ctx),
+        "{:?}",
+        h.local_reply(ctx).map(|r| r.status)
+    );
+    h.done(ctx)?;
+
+    // An approval another replica used, with a fresh token: refused as the approval's replay...
+    let (ctx, _) = refund(&mut h, &refund_token("t-kept")?, Some(&approval("a-used")?))?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    answer_existing(&mut h, &txn, &record_key("approval", APPROVALS, "a-used"))?;
+    let reply = h.local_reply(ctx).context("refused")?;
+    let body: Value = serde_json::from_slice(&reply.body)?;
+    assert_eq!(
+        (reply.status, &body["reason"]),
+        (403, &json!("approval already used"))
+    );
+    h.done(ctx)?;
+    // ...and the token is not used up.
+    let (ctx, _) = refund(
+        &mut h,
+        &refund_token("t-kept")?,
+        Some(&approval("a-other")?),
+    )?;
+    let txn = etcd_call(&h, "/v3/kv/txn")?;
+    answer(&mut h, &txn, json!({"header": {}, "succeeded": true}))?;
+    assert!(
+        h.request_resumed(ctx),
+        "{:?}",
+        h.local_reply(ctx).map(|r| r.status)
+    );
+    h.done(ctx)?;
+    // Both recorded now, on this proxy too: a replay is refused without a call.
+    let (_, status) = refund(
+        &mut h,
+        &refund_token("t-kept")?,
+        Some(&approval("a-third")?),
+    )?;
+    assert_eq!(status, Some(401), "token already used");
+    assert!(h.http_calls().is_empty());
     Ok(())
 }

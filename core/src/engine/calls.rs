@@ -81,10 +81,7 @@ impl Engine {
                 etcd.lease_granted(*bucket, answer, now_s)?;
                 Ok(Some(etcd.write(&self.records(revocations, now_s), now_s)))
             }
-            Purpose::StorePublish => match etcd.created(answer)? {
-                true => Ok(None),
-                false => Err("etcd did not apply the write".into()),
-            },
+            Purpose::StorePublish => etcd.applied(answer).map(|()| None),
             _ => Err("an unexpected answer".into()),
         }
     }

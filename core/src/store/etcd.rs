@@ -183,10 +183,7 @@ impl Etcd {
 
     /// The answer to a write of queued records: written ones leave the queue.
     pub fn published(&self, answer: &Answer) -> Result<(), String> {
-        let result = self.created(answer).and_then(|ok| {
-            ok.then_some(())
-                .ok_or_else(|| "etcd did not apply the write".to_string())
-        });
+        let result = self.applied(answer);
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         let sent = outbox.in_flight.take().map_or(0, |(n, _)| n);
         if result.is_ok() {
@@ -292,20 +289,33 @@ impl Etcd {
         until.div_ceil(self.bucket_s).saturating_mul(self.bucket_s)
     }
 
-    /// The call that creates `key` (kept until `until`) unless it exists: the transaction, or
-    /// first the lease it needs.
-    pub fn create(&self, key: &str, until: u64, now_s: u64) -> Call {
+    /// The call that creates every key of `items` (each kept until its time) unless any of
+    /// them exists — one transaction, so that a request's credentials are recorded together or
+    /// not at all: the transaction, or first the lease it needs (one, for the latest time).
+    pub fn create(&self, items: &[(&str, u64)], now_s: u64) -> Call {
+        let until = items.iter().map(|i| i.1).max().unwrap_or(now_s);
         let bucket = self.bucket(until);
         let Some(lease) = self.lease(bucket, now_s) else {
             return self.grant(bucket, now_s);
         };
-        let k = STANDARD.encode(format!("{}{key}", self.prefix));
+        let keys: Vec<String> = items
+            .iter()
+            .map(|(key, _)| STANDARD.encode(format!("{}{key}", self.prefix)))
+            .collect();
         let txn = json!({
-            "compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-            "success": [{"request_put": {"key": k, "value": STANDARD.encode("1"), "lease": lease}}],
-            "failure": []
+            "compare": keys.iter().map(|k| json!(
+                {"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+            )).collect::<Vec<_>>(),
+            "success": keys.iter().map(|k| json!(
+                {"request_put": {"key": k, "value": STANDARD.encode("1"), "lease": lease}}
+            )).collect::<Vec<_>>(),
+            // Which of them exist, when the transaction fails.
+            "failure": keys.iter().map(|k| json!(
+                {"request_range": {"key": k, "keys_only": true}}
+            )).collect::<Vec<_>>(),
         });
-        self.post("/v3/kv/txn", &txn, Purpose::StoreCreate(key.to_string()))
+        let first = items.first().map(|i| i.0.to_string()).unwrap_or_default();
+        self.post("/v3/kv/txn", &txn, Purpose::StoreCreate(first))
     }
 
     /// The answer to a lease grant for `bucket`.
@@ -325,9 +335,17 @@ impl Etcd {
         Ok(())
     }
 
-    /// The answer to a creation: `Ok(true)` this call created the record, `Ok(false)` it existed.
-    /// A failed transaction (a lease etcd no longer has, …) forgets the leases.
-    pub fn created(&self, answer: &Answer) -> Result<bool, String> {
+    /// The answer to a transaction without compares (a write): it fails only when etcd refuses.
+    pub fn applied(&self, answer: &Answer) -> Result<(), String> {
+        self.created(answer, 0)
+            .map(|_| ())
+            .map_err(|e| format!("etcd did not apply the write: {e}"))
+    }
+
+    /// The answer to the creation of `n` records: `Ok(None)` this call created them all,
+    /// `Ok(Some(i))` record `i` existed (the first that did; none was created). A failed
+    /// transaction (a lease etcd no longer has, …) forgets the leases.
+    pub fn created(&self, answer: &Answer, n: usize) -> Result<Option<usize>, String> {
         let doc = json_answer(answer).inspect_err(|_| {
             self.leases
                 .lock()
@@ -339,7 +357,24 @@ impl Etcd {
             return Err(format!("not a transaction answer: {doc}"));
         }
         // proto3 JSON leaves out `false`: an answer without `succeeded` is a failed compare.
-        Ok(doc.get("succeeded").and_then(Value::as_bool) == Some(true))
+        if doc.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            return Ok(None);
+        }
+        if n == 1 {
+            return Ok(Some(0));
+        }
+        // The failure branch read each key: the first with a record is the one used.
+        let responses = doc.get("responses").and_then(Value::as_array);
+        (0..n)
+            .find(|&i| {
+                responses
+                    .and_then(|r| r.get(i))
+                    .and_then(|r| r.pointer("/response_range/kvs"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|kvs| !kvs.is_empty())
+            })
+            .map(Some)
+            .ok_or_else(|| format!("a failed transaction names no existing record: {doc}"))
     }
 }
 
