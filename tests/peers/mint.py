@@ -11,6 +11,8 @@ Library use:
 CLI (prints one token):
     python tests/peers/mint.py --alg ES256 --sub agent-7 --iss https://agents.demo.tessera.dev \
         --aud orders-api --scope "orders:read"
+    python tests/peers/mint.py --alg EdDSA --scope orders:read --claim single_use=true --count 50000
+        # 50,000 tokens, one a line, each with its own jti (the load run's single-use tokens)
     python tests/peers/mint.py --attack none --sub agent-7      # unsigned alg:none token
     python tests/peers/mint.py --iss https://idp.demo.tessera.dev --sub alice --groups finance \
         --act planner,executor --claim 'authorization_details=[{"type":"mcp_tool","identifier":"read_file"}]'
@@ -26,6 +28,7 @@ import hmac
 import json
 import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -219,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra claim, value parsed as JSON if possible (repeatable)")
     ap.add_argument("--attack", choices=["none", "tamper", "key-confusion", "embedded-jwk", "forged"],
                     help="craft an attack token instead of a valid one")
+    ap.add_argument("--count", type=int, metavar="N",
+                    help="print N tokens, one a line, each with its own jti (a UUID4)")
     args = ap.parse_args(argv)
+    if args.count is not None and (args.count < 1 or args.attack):
+        ap.error("--count needs N >= 1 and no --attack")
 
     now = int(time.time())
     claims: dict[str, Any] = {"iss": args.iss or (LEGACY if args.alg == "HS256" else AGENTS),
@@ -249,6 +256,17 @@ def main(argv: list[str] | None = None) -> int:
         token = embedded_jwk(claims)
     elif args.attack == "forged":
         token = forged(claims)
+    elif args.count is not None:
+        if "jti" in claims:
+            ap.error("--count gives every token its own jti; do not pass one")
+        # The key is parsed once, not once a token: 50,000 tokens take seconds, not minutes.
+        key = _joserfc_key(args.alg, None)
+        out = sys.stdout
+        for _ in range(args.count):
+            out.write(mint(args.alg, {**claims, "jti": str(uuid.uuid4())}, kid=args.kid, key=key))
+            out.write("\n")
+        out.flush()
+        return 0
     else:
         token = mint(args.alg, claims, kid=args.kid)
     print(token)

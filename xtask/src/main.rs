@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod churn;
 mod http;
 mod perf;
 mod render;
+mod single_use;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 
@@ -44,7 +46,11 @@ fn run_command() -> Result<()> {
             eprintln!("  demo   build the module, start Envoy + demo upstream on localhost, print curl lines");
             eprintln!("  test   fmt, clippy, unit + harness tests, the .wasm, end-to-end tests through Envoy");
             eprintln!("  bench  criterion benchmarks: native core vs the .wasm in the harness");
-            eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera; writes docs/PERFORMANCE.md");
+            eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera, Tessera with single-use tokens");
+            eprintln!("         (shared data, etcd); writes docs/PERFORMANCE.md. TESSERA_LOAD_ONLY=s: only the single-use rows,");
+            eprintln!(
+                "         written to target/load/single-use.md (docs/PERFORMANCE.md untouched)"
+            );
             eprintln!("  render an example of envoy-examples/ with its policies bundled: render <example> [--output F] [--wasm PATH] [--admin-port N] [--listener-port N] [--upstream-port N]");
             eprintln!("  etcd   find etcd (ETCD, PATH, /usr/bin/etcd) or install Debian's etcd-server (root); print its path");
             eprintln!("  fuzz   the property tests (tests/tests/props.rs) with many cases: fuzz [--minutes N] [--cases N]");
@@ -58,7 +64,7 @@ fn project_root() -> PathBuf {
     manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }
 
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

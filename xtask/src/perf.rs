@@ -433,22 +433,22 @@ struct Proxy {
     admin: u16,
 }
 
-/// One bounded oha run's outcome.
+/// One bounded run's outcome (oha, or xtask/src/churn.rs for the single-use rows): latencies in ms.
 #[derive(Clone, Debug, Default)]
-struct Run {
-    rps: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    ok: u64,
-    other: u64,
+pub(crate) struct Run {
+    pub(crate) rps: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) ok: u64,
+    pub(crate) other: u64,
 }
 
 const RATES: [u32; 2] = [1_000, 3_000];
-const RUN_SECONDS: u32 = 10;
+pub(crate) const RUN_SECONDS: u32 = 10;
 const SATURATION_ROUNDS: usize = 3;
-const RATE_CONNECTIONS: u32 = 16;
-const SATURATION_CONNECTIONS: u32 = 32;
+pub(crate) const RATE_CONNECTIONS: u32 = 16;
+pub(crate) const SATURATION_CONNECTIONS: u32 = 32;
 
 pub fn load(root: &Path) -> Result<()> {
     let wasm = build_wasm(root)?;
@@ -460,7 +460,7 @@ pub fn load(root: &Path) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     let upstream_port = free_port()?;
-    let proxies = vec![
+    let mut proxies = vec![
         proxy(
             "a",
             "(a) no filter",
@@ -536,6 +536,9 @@ pub fn load(root: &Path) -> Result<()> {
                 "content_type": "application/statuslist+jwt"}),
     )?;
     with_status_list(&dir.join("c2.json"), status_port, &list["jwks"])?;
+    if crate::single_use::only()? {
+        proxies.clear();
+    }
 
     step("starting the upstream and the Envoys (--concurrency 1 each)");
     let base = (std::process::id() % 100_000) * 10;
@@ -702,7 +705,22 @@ pub fn load(root: &Path) -> Result<()> {
             .collect();
         evidence.push((p.label, lines));
     }
+    let single_use = crate::single_use::measure(&crate::single_use::Setup {
+        dir: &dir,
+        python: &python,
+        render: &|out: &Path, listener: u16, admin: u16| {
+            render("envoy-examples/envoy-http.yaml", out, listener, admin)
+        },
+        start_envoy: &start,
+        first_id: proxies.len() as u32 + 1,
+    })?;
+    for r in &single_use.rows {
+        evidence.push((r.label, r.evidence.clone()));
+    }
     drop(children);
+    if crate::single_use::only()? {
+        return crate::single_use::write_alone(&dir, &single_use);
+    }
 
     let versions = (
         command_output(Command::new(&envoy).arg("--version"))
@@ -710,7 +728,14 @@ pub fn load(root: &Path) -> Result<()> {
             .unwrap_or_default(),
         command_output(Command::new(&oha).arg("--version")).unwrap_or_default(),
     );
-    let section = load_section(&proxies, &fixed, &saturation, &evidence, &versions)?;
+    let section = load_section(
+        &proxies,
+        &fixed,
+        &saturation,
+        &single_use,
+        &evidence,
+        &versions,
+    )?;
     let svg = latency_svg(&proxies, &fixed);
     std::fs::write(root.join(PLOT), svg)?;
     write_section(root, "load", &section)?;
@@ -826,13 +851,29 @@ fn start_peer(python: &Path, script: &str, children: &mut Children) -> Result<u1
 /// Adds to a rendered bootstrap the cluster `status` (127.0.0.1:`port`) and to its plugin
 /// configuration `revocation.status_list` trusting `jwks` for lists under `http://status.load/`.
 fn with_status_list(bootstrap: &Path, port: u16, jwks: &Value) -> Result<()> {
+    with_cluster_and_plugin(bootstrap, "status", port, |plugin| {
+        plugin["revocation"] = json!({"status_list": {
+            "signers": [{"issuer": STATUS_SIGNER, "jwks": jwks}],
+            "sources": [{"uri_prefix": "http://status.load/", "cluster": "status"}]
+        }});
+    })
+}
+
+/// Adds to a rendered bootstrap a STATIC cluster `cluster` (127.0.0.1:`port`) and changes the
+/// plugin configuration of every Tessera filter in it with `edit`.
+pub(crate) fn with_cluster_and_plugin(
+    bootstrap: &Path,
+    cluster: &str,
+    port: u16,
+    mut edit: impl FnMut(&mut Value),
+) -> Result<()> {
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(bootstrap)?)?;
     let clusters = doc["static_resources"]["clusters"]
         .as_array_mut()
         .context("the bootstrap has no clusters")?;
     clusters.push(json!({
-        "name": "status", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "status", "endpoints": [{"lb_endpoints": [
+        "name": cluster, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
     }));
     let mut patched = false;
@@ -843,10 +884,7 @@ fn with_status_list(bootstrap: &Path, port: u16, jwks: &Value) -> Result<()> {
             .and_then(Value::as_str)
         {
             let mut plugin: Value = serde_json::from_str(text)?;
-            plugin["revocation"] = json!({"status_list": {
-                "signers": [{"issuer": STATUS_SIGNER, "jwks": jwks}],
-                "sources": [{"uri_prefix": "http://status.load/", "cluster": "status"}]
-            }});
+            edit(&mut plugin);
             v["config"]["configuration"]["value"] = Value::String(plugin.to_string());
             patched = true;
             continue;
@@ -895,6 +933,7 @@ fn load_section(
     proxies: &[Proxy],
     fixed: &BTreeMap<(u32, &str), Run>,
     saturation: &BTreeMap<&str, Vec<Run>>,
+    single_use: &crate::single_use::Rows,
     evidence: &[(&str, Vec<String>)],
     versions: &(String, String),
 ) -> Result<String> {
@@ -1008,7 +1047,8 @@ fn load_section(
         )?;
     }
 
-    writeln!(s, "\n![latency at fixed rates](performance-latency.svg)\n")?;
+    writeln!(s, "\n{}", crate::single_use::section(single_use)?)?;
+    writeln!(s, "![latency at fixed rates](performance-latency.svg)\n")?;
 
     writeln!(s, "#### Against the targets (issue 5)\n")?;
     writeln!(s, "| target | measured | met |\n|---|---:|:---:|")?;
@@ -1210,7 +1250,8 @@ cargo xtask load    # real Envoy: no filter, jwt_authn + rbac (with and without 
 ```
 
 The benchmarks are in `benches/`, the load run's Envoy configurations in `envoy-examples/load/`
-(plus `envoy-examples/envoy-http.yaml` for Tessera), the driver in `xtask/src/perf.rs`.
+(plus `envoy-examples/envoy-http.yaml` for Tessera), the drivers in `xtask/src/perf.rs` (oha)
+and `xtask/src/churn.rs` (a new token on every request).
 ";
 
 fn markers(name: &str) -> (String, String) {
