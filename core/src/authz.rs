@@ -32,6 +32,8 @@ pub struct Policies {
     by_action: HashMap<String, ActionIndex>,
     authorizer: Authorizer,
     entity_types: HashSet<String>,
+    /// Per action: the attributes its schema declares for `context.mcp`.
+    mcp_fields: HashMap<String, HashSet<String>>,
 }
 
 /// The policies that can apply to one action, split so that a request evaluates only those whose
@@ -331,7 +333,15 @@ impl Policies {
             by_action,
             authorizer: Authorizer::new(),
             entity_types,
+            mcp_fields: mcp_fields(schema_text),
         })
+    }
+
+    /// Whether `action`'s schema declares `context.mcp.<field>`.
+    pub fn mcp_declares(&self, action: &str, field: &str) -> bool {
+        self.mcp_fields
+            .get(action)
+            .is_some_and(|f| f.contains(field))
     }
 
     pub fn has_entity_type(&self, name: &str) -> bool {
@@ -563,9 +573,90 @@ impl Policies {
     }
 }
 
+/// Per action of the schema, the attributes of its `context.mcp` record type: read from the
+/// schema's JSON form, following common type names (`McpContext`, `ReadFileCall`).
+fn mcp_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
+    let mut out = HashMap::new();
+    let Ok((fragment, _)) = cedar_policy::SchemaFragment::from_cedarschema_str(schema_text) else {
+        return out;
+    };
+    let Ok(json) = fragment.to_json_value() else {
+        return out;
+    };
+    let Some(namespaces) = json.as_object() else {
+        return out;
+    };
+    for ns in namespaces.values() {
+        let common = ns.get("commonTypes");
+        // A type as written, or the common type it names.
+        let resolve = |t: &Value| -> Option<Value> {
+            let mut t = t.clone();
+            for _ in 0..8 {
+                let name = match t.get("type").and_then(Value::as_str) {
+                    Some("Record") => return Some(t),
+                    Some("EntityOrCommon") => t.get("name").and_then(Value::as_str)?.to_string(),
+                    Some(other) => other.to_string(),
+                    None => return None,
+                };
+                let short = name.rsplit("::").next().unwrap_or(&name);
+                t = common?.get(short)?.clone();
+            }
+            None
+        };
+        let Some(actions) = ns.get("actions").and_then(Value::as_object) else {
+            continue;
+        };
+        for (action, def) in actions {
+            let fields = def
+                .pointer("/appliesTo/context")
+                .and_then(resolve)
+                .and_then(|ctx| ctx.pointer("/attributes/mcp").cloned())
+                .and_then(|mcp| resolve(&mcp))
+                .and_then(|mcp| {
+                    mcp.get("attributes")
+                        .and_then(Value::as_object)
+                        .map(|a| a.keys().cloned().collect::<HashSet<String>>())
+                });
+            if let Some(f) = fields {
+                out.insert(action.clone(), f);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_fields_of_context_mcp_are_read_per_action_through_common_types() {
+        let schema = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/tessera.cedarschema"
+        ))
+        .unwrap_or_default();
+        let f = mcp_fields(&schema);
+        for action in ["tools/call", "server/discover", "call:read_file"] {
+            let fields = f.get(action).cloned().unwrap_or_default();
+            assert!(
+                fields.contains("protocol_version") && fields.contains("client"),
+                "{action}: {fields:?}"
+            );
+        }
+        assert!(!f.contains_key("GET"), "an HTTP action has no context.mcp");
+        let old = "entity Tool; type Call = { method: String };
+                   action \"tools/call\" appliesTo { principal: [Tool], resource: [Tool], context: { mcp: Call } };";
+        let f = mcp_fields(old);
+        assert_eq!(
+            f.get("tools/call").map(|f| f.contains("method")),
+            Some(true)
+        );
+        assert_eq!(
+            f.get("tools/call").map(|f| f.contains("protocol_version")),
+            Some(false)
+        );
+    }
 
     const SCHEMA: &str = r#"
         entity Group;

@@ -22,6 +22,7 @@
 use crate::config::Mode;
 use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS, UTF8_HEADERS};
 use crate::listing::{ListRequests, ResponseFilter, Step};
+use crate::mcp_revision::Mirrored;
 use crate::obligations::Redeemed;
 use crate::outcome::{Answer, Callout, Counter, Level, Next, Outcome, Purpose};
 use crate::reply::{log_safe, LocalReply};
@@ -105,6 +106,8 @@ struct Head {
     request_id: String,
     /// `Mcp-Session-Id`.
     session: Option<Vec<u8>>,
+    /// The MCP headers that mirror the body.
+    mirrored: Mirrored,
 }
 
 /// The request id a log line and a reply carry: `x-request-id` as the proxy set it, or `fresh`.
@@ -301,6 +304,7 @@ impl Exchange {
             content_type: content_type.as_deref(),
             approval: approval.as_deref(),
             repeated,
+            mirrored: None,
         };
         let mut decision = engine.check(&request, store, now_s);
         if let Some(call) = decision.call.take() {
@@ -332,6 +336,11 @@ impl Exchange {
                 .iter()
                 .find(|(k, _)| k == "mcp-session-id")
                 .map(|(_, v)| v.clone()),
+            mirrored: Mirrored {
+                version: first("mcp-protocol-version"),
+                method: first("mcp-method"),
+                name: first("mcp-name"),
+            },
             method,
             path,
             host,
@@ -563,6 +572,7 @@ impl Exchange {
             path: &head.path,
             host: &head.host,
             request_id: &head.request_id,
+            mirrored: Some(&head.mirrored),
             ..HttpRequest::default()
         };
         let decision = engine.check_mcp(&pending, &request, body, now_s);

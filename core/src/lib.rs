@@ -22,6 +22,7 @@ pub mod jws;
 pub mod keys;
 pub mod listing;
 pub mod mcp;
+pub mod mcp_revision;
 pub mod names;
 pub mod obligations;
 pub mod outcome;

@@ -42,6 +42,10 @@ pub struct Target {
     pub uri: Option<String>,
     pub prompt: Option<String>,
     pub arguments: Option<Value>,
+    /// The protocol version the request names, and the client's name and version (self-reported):
+    /// `mcp_revision.rs`. In `context.mcp` when the action's schema declares them.
+    pub version: Option<String>,
+    pub client: Option<(Option<String>, Option<String>)>,
 }
 
 /// A message the filter refuses before Cedar: (code, message).
@@ -162,6 +166,8 @@ pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
         uri: None,
         prompt: None,
         arguments: None,
+        version: None,
+        client: None,
     };
     match m.method.as_str() {
         "tools/call" => {

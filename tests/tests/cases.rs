@@ -43,6 +43,10 @@ struct RequestSpec {
     raw_body: Option<String>,
     #[serde(default)]
     content_type: Option<String>,
+    /// More request headers (e.g. MCP 2026-07-28's `mcp-protocol-version`, `mcp-method`,
+    /// `mcp-name`), names in lower case.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 impl RequestSpec {
@@ -146,6 +150,12 @@ fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
+    let header = |name: &str| case.request.headers.get(name).cloned();
+    let mirrored = tessera_core::mcp_revision::Mirrored {
+        version: header("mcp-protocol-version"),
+        method: header("mcp-method"),
+        name: header("mcp-name"),
+    };
     let req = HttpRequest {
         method: &case.request.method,
         path: &case.request.path,
@@ -155,6 +165,7 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
         content_type: case.request.content_type(),
         approval: None,
         repeated: None,
+        mirrored: Some(&mirrored),
     };
     let mut d = engine.check(&req, &MemoryStore::new(), now_s());
     if let Some(p) = d.pending.take() {
@@ -195,6 +206,9 @@ fn run_wasm(h: &mut Harness, case: &Case, auth: Option<&str>) -> Result<Outcome>
     ];
     if let Some(a) = auth {
         headers.push(("authorization", a));
+    }
+    for (k, v) in &case.request.headers {
+        headers.push((k.as_str(), v.as_str()));
     }
     let body = case.request.body();
     let length = body.as_ref().map(|b| b.len().to_string());

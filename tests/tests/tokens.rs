@@ -31,6 +31,7 @@ fn check_with_clock(engine: &Engine, token: &str, now: u64) -> (Verdict, u32, St
         content_type: None,
         approval: None,
         repeated: None,
+        mirrored: None,
     };
     let d = engine.check(&req, &MemoryStore::new(), now);
     let status = d.reply.as_ref().map_or(200, |r| r.status);
@@ -251,6 +252,7 @@ fn a_bearer_scheme_is_required() {
         content_type: None,
         approval: None,
         repeated: None,
+        mirrored: None,
     };
     let d = e.check(&req, &MemoryStore::new(), now_s());
     assert_eq!(d.verdict, Verdict::Unauthenticated);
@@ -266,6 +268,7 @@ fn a_bearer_scheme_is_required() {
         content_type: None,
         approval: None,
         repeated: None,
+        mirrored: None,
     };
     assert_eq!(
         e.check(&req, &MemoryStore::new(), now_s()).verdict,

@@ -364,6 +364,8 @@ impl Engine {
             uri: None,
             prompt: None,
             arguments: Some(json!({})),
+            version: None,
+            client: None,
         };
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let record = RestrictedExpression::new_record([

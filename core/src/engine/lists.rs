@@ -93,8 +93,9 @@ pub struct ListRequests {
     pub(crate) request_id: String,
     pub(crate) ids: Vec<(Value, ListKind)>,
     /// The answer to a GET on an MCP route (the server's SSE stream, which a client can resume
-    /// with `Last-Event-ID` and so have list answers sent again): every list result in it is
-    /// filtered by its shape, until the stream ends.
+    /// with `Last-Event-ID` and so have list answers sent again), or to a `subscriptions/listen`:
+    /// every list result in it is filtered by its shape, and a resource's change is announced
+    /// only to a caller who may read it, until the stream ends.
     pub(crate) stream: bool,
 }
 
@@ -114,7 +115,13 @@ impl ListRequests {
                 _ => None,
             })
             .collect();
-        (!ids.is_empty()).then(|| ListRequests::of(pending.clone(), req, ids, false))
+        // 2026-07-28's `subscriptions/listen` is answered with a stream of change notifications:
+        // filtered as the server's GET stream is, until it ends.
+        let listens = messages
+            .iter()
+            .flatten()
+            .any(|m| m.method == "subscriptions/listen");
+        (listens || !ids.is_empty()).then(|| ListRequests::of(pending.clone(), req, ids, listens))
     }
 
     /// The filter of the server's SSE stream (a GET on an MCP route).

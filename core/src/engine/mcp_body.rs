@@ -126,6 +126,24 @@ impl Engine {
                 return d;
             }
         };
+        // The revision the body speaks; its mirrored headers must say what it says.
+        let no_headers = crate::mcp_revision::Mirrored::default();
+        let revision = match crate::mcp_revision::revision(
+            req.mirrored.unwrap_or(&no_headers),
+            &messages,
+            batch,
+        ) {
+            Ok(r) => r,
+            Err(r) => {
+                d.verdict = Verdict::Deny;
+                d.reason = r.message.clone();
+                d.reply = Some(rpc_reply(
+                    400,
+                    mcp::error_object(&r.id, r.code, &r.message, r.data),
+                ));
+                return d;
+            }
+        };
         // Per message: None = allowed; Some((id, refusal)) = refused.
         let mut refused: Vec<Option<(Value, Refusal)>> = Vec::with_capacity(messages.len());
         let mut ids: Vec<Option<Value>> = Vec::with_capacity(messages.len());
@@ -152,7 +170,12 @@ impl Engine {
                 refused.push(None);
                 continue;
             }
-            let outcome = match mcp::target(m, &route.name).and_then(|t| self.formatted(t)) {
+            let target = mcp::target(m, &route.name).map(|t| mcp::Target {
+                version: revision.version.clone(),
+                client: revision.client.clone(),
+                ..t
+            });
+            let outcome = match target.and_then(|t| self.formatted(t)) {
                 Err((code, msg)) => Err(Refusal::invalid(code, msg)),
                 Ok(t) => self
                     .evaluate_mcp(&pending.token, &t, req, now_s, None)
@@ -304,6 +327,24 @@ impl Engine {
         }
         if let Some(v) = &t.prompt {
             fields.push(("prompt".to_string(), s(v)));
+        }
+        // What the schema does not declare is left out: a schema written before these existed
+        // still accepts the request.
+        if let (Some(v), true) = (
+            &t.version,
+            self.policies.mcp_declares(&action, "protocol_version"),
+        ) {
+            fields.push(("protocol_version".to_string(), s(v)));
+        }
+        if let (Some((name, version)), true) =
+            (&t.client, self.policies.mcp_declares(&action, "client"))
+        {
+            let parts = [("name", name), ("version", version)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), s(v))));
+            let client = RestrictedExpression::new_record(parts)
+                .map_err(|e| Refusal::cannot_judge(e.to_string()))?;
+            fields.push(("client".to_string(), client));
         }
         // Arguments are typed only by a per-tool action's schema; the generic action has none.
         if let (true, Some(args)) = (per_tool, &t.arguments) {

@@ -64,6 +64,8 @@ pub struct HttpRequest<'a> {
     /// `mcp-session-id`, the approval header): the request is refused (400), because the filter
     /// and the upstream could each read a different copy.
     pub repeated: Option<&'a str>,
+    /// The MCP headers that mirror the body (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`).
+    pub mirrored: Option<&'a crate::mcp_revision::Mirrored>,
 }
 
 impl<'a> HttpRequest<'a> {
@@ -83,28 +85,40 @@ impl<'a> HttpRequest<'a> {
 // header the exchange starts reading belongs in `READ_HEADERS`, and in the others if they apply.
 
 /// Headers a request may carry at most once.
-pub const SINGLE_HEADERS: [&str; 2] = ["authorization", "mcp-session-id"];
+pub const SINGLE_HEADERS: [&str; 5] = [
+    "authorization",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+];
 
 /// Request headers whose values the engine reads as text: each must be UTF-8, or the request is
 /// refused (400), as is the approval header.
-pub const UTF8_HEADERS: [&str; 5] = [
+pub const UTF8_HEADERS: [&str; 8] = [
     ":method",
     ":path",
     ":authority",
     "authorization",
     "content-type",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
 ];
 
 /// Request headers the filter reads, or sets for its own use (`accept-encoding` on list
 /// requests), besides the pseudo-headers and the approval header: never the name of a
 /// forwarded identity header (`forward.headers`), or the client's copy would be read as the
 /// filter's.
-pub const READ_HEADERS: [&str; 7] = [
+pub const READ_HEADERS: [&str; 10] = [
     "authorization",
     "host",
     "content-type",
     "content-length",
     "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
     "x-request-id",
     "accept-encoding",
 ];

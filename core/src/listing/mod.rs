@@ -29,6 +29,9 @@ pub struct Filtered {
     pub methods: Vec<&'static str>,
     pub shown: usize,
     pub hidden: usize,
+    /// List results marked `cacheScope: "private"` here (2026-07-28): judged for this caller, no
+    /// shared cache may hand them to another.
+    pub made_private: usize,
     /// Why an item could not be judged (it is hidden then), the first reason seen.
     pub error: Option<String>,
 }
@@ -100,6 +103,13 @@ impl Engine {
             });
             out.shown += items.len();
             out.hidden += before - items.len();
+            if let Some(result) = m.get_mut("result").and_then(Value::as_object_mut) {
+                let modern = result.contains_key("resultType") || result.contains_key("cacheScope");
+                if modern && result.get("cacheScope").and_then(Value::as_str) != Some("private") {
+                    result.insert("cacheScope".into(), Value::String("private".into()));
+                    out.made_private += 1;
+                }
+            }
         }
         (!out.methods.is_empty()).then_some(out)
     }
@@ -127,7 +137,7 @@ impl Engine {
         let Some(filtered) = self.filter_list_reply(lists, &mut reply, now_s) else {
             return (None, Filtered::default());
         };
-        if filtered.hidden == 0 {
+        if filtered.hidden == 0 && filtered.made_private == 0 {
             return (None, filtered);
         }
         match serde_json::to_vec(&reply) {
@@ -159,17 +169,76 @@ impl Engine {
                 return Some(String::new());
             }
         };
-        let f = self.filter_list_reply(lists, &mut reply, now_s)?;
+        let hidden_before = total.hidden;
+        if lists.stream && !self.announced(lists, &mut reply, now_s, total) {
+            // Nothing left to say: an event with empty data is not dispatched.
+            return Some(String::new());
+        }
+        let unannounced = total.hidden != hidden_before;
+        let Some(f) = self.filter_list_reply(lists, &mut reply, now_s) else {
+            return unannounced
+                .then(|| serde_json::to_string(&reply).ok())
+                .flatten();
+        };
         total.methods.extend(f.methods);
         total.shown += f.shown;
         total.hidden += f.hidden;
+        total.made_private += f.made_private;
         if total.error.is_none() {
             total.error = f.error;
         }
-        if f.hidden == 0 {
+        if f.hidden == 0 && f.made_private == 0 && !unannounced {
             return None;
         }
         serde_json::to_string(&reply).ok()
+    }
+
+    /// A stream's `notifications/resources/updated` for a resource the caller may not read is
+    /// not announced (removed from a batch; `false` when nothing is left of the event). Other
+    /// messages pass.
+    fn announced(
+        &self,
+        lists: &ListRequests,
+        reply: &mut Value,
+        now_s: u64,
+        total: &mut Filtered,
+    ) -> bool {
+        let uri_of = |m: &Value| {
+            (m.get("method").and_then(Value::as_str) == Some("notifications/resources/updated"))
+                .then(|| {
+                    m.pointer("/params/uri")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                })
+        };
+        let mut judge: Option<Judge> = None;
+        let mut readable = |m: &Value| -> bool {
+            let Some(uri) = uri_of(m) else {
+                return true;
+            };
+            let j = judge.get_or_insert_with(|| self.list_judge(lists, now_s));
+            let ok = j
+                .may_use(self, ListKind::Resources, &uri)
+                .unwrap_or_else(|e| {
+                    total.error.get_or_insert(e);
+                    false
+                });
+            if !ok {
+                total.hidden += 1;
+                if !total.methods.contains(&"notifications/resources/updated") {
+                    total.methods.push("notifications/resources/updated");
+                }
+            }
+            ok
+        };
+        match reply {
+            Value::Array(items) => {
+                items.retain(|m| readable(m));
+                !items.is_empty()
+            }
+            one => readable(one),
+        }
     }
 
     /// The entities and the known part of the context, built as `Engine::evaluate` builds them
