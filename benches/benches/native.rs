@@ -300,7 +300,14 @@ fn mcp(c: &mut Criterion) {
     let mut g = c.benchmark_group("native/mcp");
     for n in MCP_BATCHES {
         let body = mcp_body(n);
-        let d = e.check_mcp(&pending, &mcp_request(&auth), body.as_bytes(), now_s());
+        let store = MemoryStore::new();
+        let d = e.check_mcp(
+            &pending,
+            &mcp_request(&auth),
+            body.as_bytes(),
+            &store,
+            now_s(),
+        );
         assert_eq!(
             d.verdict,
             Verdict::Allow,
@@ -323,6 +330,7 @@ fn mcp(c: &mut Criterion) {
                     &pending,
                     &mcp_request(&auth),
                     black_box(body.as_bytes()),
+                    &store,
                     now_s(),
                 )
             })

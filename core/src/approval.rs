@@ -134,6 +134,8 @@ pub struct Approval {
     approver_claim: String,
     max_token_bytes: usize,
     webhook: Option<Webhook>,
+    /// `approval.page` and `approval.receiver_path` (MCP 2026-07-28 clients: `input_required.rs`).
+    page: Option<(String, String)>,
 }
 
 /// A verified approval, as `context.approval` shows it.
@@ -221,6 +223,30 @@ impl Approval {
         }))
         .map_err(|e| ConfigError::new("approval", e.to_string()))?;
         let issuer = Issuer::compile(&ic, "approval", &crate::config::Limits::default())?;
+        let page = match &c.page {
+            None => None,
+            Some(p) => {
+                let ok = url::Url::parse(p).is_ok_and(|u| {
+                    ["http", "https"].contains(&u.scheme())
+                        && u.fragment().is_none()
+                        && u.query().is_none()
+                });
+                if !ok {
+                    return Err(ConfigError::new(
+                        "approval.page",
+                        "must be an http(s) URL without query or fragment (the filter adds \
+                         `?digest=…`)",
+                    ));
+                }
+                if !c.receiver_path.starts_with('/') || c.receiver_path.contains(['?', '#']) {
+                    return Err(ConfigError::new(
+                        "approval.receiver_path",
+                        "must be a path starting with `/`",
+                    ));
+                }
+                Some((p.clone(), c.receiver_path.clone()))
+            }
+        };
         Ok(Approval {
             issuer,
             header,
@@ -228,7 +254,18 @@ impl Approval {
             approver_claim: c.approver_claim.clone(),
             max_token_bytes,
             webhook: c.webhook.clone(),
+            page,
         })
+    }
+
+    /// The approval page for 2026-07-28 clients, if configured.
+    pub fn page(&self) -> Option<&str> {
+        self.page.as_ref().map(|(p, _)| p.as_str())
+    }
+
+    /// Where the approval page posts approvals, if a page is configured.
+    pub fn receiver_path(&self) -> Option<&str> {
+        self.page.as_ref().map(|(_, r)| r.as_str())
     }
 
     /// Where approval requests are announced, if configured.
@@ -255,6 +292,16 @@ impl Approval {
     /// Verifies an approval presented for the request whose digest is `digest`. `Err` is why it
     /// does not count (for the client and the log).
     pub fn verify(&self, jwt: &str, digest: &str, now_s: u64) -> Result<Granted, String> {
+        let (approved, granted) = self.verify_posted(jwt, now_s)?;
+        if approved != digest {
+            return Err("the approval is for another request".into());
+        }
+        Ok(granted)
+    }
+
+    /// Verifies an approval on its own (as the approval page posts it): the digest of the
+    /// request it approves, and the grant.
+    pub fn verify_posted(&self, jwt: &str, now_s: u64) -> Result<(String, Granted), String> {
         let t = token::verify(
             std::slice::from_ref(&self.issuer),
             jwt.trim(),
@@ -262,9 +309,12 @@ impl Approval {
             self.max_token_bytes,
         )
         .map_err(|e| format!("approval rejected: {e}"))?;
-        if t.claim(&self.digest_claim).and_then(Value::as_str) != Some(digest) {
-            return Err("the approval is for another request".into());
-        }
+        let digest = t
+            .claim(&self.digest_claim)
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| format!("approval rejected: `{}` is not a string", self.digest_claim))?
+            .to_string();
         let approver = t
             .claim(&self.approver_claim)
             .and_then(Value::as_str)
@@ -280,12 +330,15 @@ impl Approval {
             .as_deref()
             .filter(|j| !j.is_empty())
             .ok_or("approval rejected: no jti")?;
-        Ok(Granted {
-            approver: approver.to_string(),
-            approved_at: t.issued_at.unwrap_or(now_s),
-            key: once_key("approval", &t.issuer, jti),
-            until: t.expires_at.saturating_add(self.issuer.clock_skew_s()),
-        })
+        Ok((
+            digest,
+            Granted {
+                approver: approver.to_string(),
+                approved_at: t.issued_at.unwrap_or(now_s),
+                key: once_key("approval", &t.issuer, jti),
+                until: t.expires_at.saturating_add(self.issuer.clock_skew_s()),
+            },
+        ))
     }
 }
 

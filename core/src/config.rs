@@ -489,6 +489,20 @@ pub struct ApprovalConfig {
     /// interchangeable (an access issuer refuses this type, and approvals need it).
     #[serde(default = "default_typ")]
     pub typ: String,
+    /// The approval page an MCP 2026-07-28 client sends the person to: a tool call held only
+    /// by `@approval("required")` is answered `input_required` with a URL-mode elicitation of
+    /// `<page>?digest=<digest>`. Without it such a client gets `approval_required`, as older
+    /// clients do.
+    #[serde(default)]
+    pub page: Option<String>,
+    /// Where the filter takes approvals the page posts (the signed approval is the body), for
+    /// the client's retry of the approved call. Served only with `page`.
+    #[serde(default = "default_approval_receiver")]
+    pub receiver_path: String,
+}
+
+fn default_approval_receiver() -> String {
+    "/.well-known/tessera/approvals".into()
 }
 
 /// `approval.webhook`: an Envoy cluster that receives each approval request as a JSON POST

@@ -211,7 +211,7 @@ impl Exchange {
             // Decided to wait for a body that has come already.
             (None, Some(body)) if out.next == Next::WaitForBody => {
                 let decided = if self.event.is_some() {
-                    self.receive_event(engine, store, &body, now_s)
+                    self.receive_push(engine, store, &body, now_s)
                 } else {
                     self.decide_body(engine, store, &body, now_s)
                 };
@@ -330,7 +330,7 @@ impl Exchange {
             ));
             return out;
         }
-        let receive_event = decision.receive_events;
+        let receive_push = decision.receive_pushed;
         let head = Head {
             session: headers
                 .iter()
@@ -346,11 +346,11 @@ impl Exchange {
             host,
             request_id,
         };
-        if receive_event {
+        if receive_push {
             // A security event pushed to the filter: its body is the event.
             self.event = Some(head);
             let next = if end_of_stream {
-                self.receive_event(engine, store, &[], now_s)
+                self.receive_push(engine, store, &[], now_s)
             } else {
                 Outcome::wait_for_body()
             };
@@ -414,7 +414,7 @@ impl Exchange {
             } else {
                 read(body_size)
             };
-            return self.receive_event(engine, store, &body, now_s);
+            return self.receive_push(engine, store, &body, now_s);
         }
         if self.pending.is_none() {
             return Outcome::forward();
@@ -455,7 +455,7 @@ impl Exchange {
             Outcome::wait_for_body()
         } else if self.event.is_some() {
             let body = read(limit.saturating_add(1));
-            self.receive_event(engine, store, &body, now_s)
+            self.receive_push(engine, store, &body, now_s)
         } else if self.pending.is_none() {
             Outcome::forward()
         } else {
@@ -575,7 +575,7 @@ impl Exchange {
             mirrored: Some(&head.mirrored),
             ..HttpRequest::default()
         };
-        let decision = engine.check_mcp(&pending, &request, body, now_s);
+        let decision = engine.check_mcp(&pending, &request, body, store, now_s);
         self.finish(engine, store, &mut out, decision, &head, now_s);
         out
     }
@@ -585,8 +585,9 @@ impl Exchange {
         self.decide_body(engine, store, &oversize_body(engine), now_s)
     }
 
-    /// A security event's body: the engine applies it and answers the transmitter.
-    fn receive_event(
+    /// The body of a push to the filter (a security event, an approval): the engine applies it
+    /// and answers the sender.
+    fn receive_push(
         &mut self,
         engine: &Engine,
         store: &dyn Store,
@@ -597,7 +598,8 @@ impl Exchange {
         let Some(head) = self.event.take() else {
             return out;
         };
-        let (reply, revocations, share) = engine.receive_events(&head.method, body, store, now_s);
+        let (reply, revocations, share) =
+            engine.receive_pushed(&head.path, &head.method, body, store, now_s);
         out.count(Counter::Public, 1);
         if self.debug || reply.status != 202 {
             out.log(
@@ -607,7 +609,8 @@ impl Exchange {
                     Level::Warn
                 },
                 format!(
-                    "tessera security event status={} request_id={} {}",
+                    "tessera push path={} status={} request_id={} {}",
+                    log_safe(&head.path),
                     reply.status,
                     log_safe(&head.request_id),
                     log_safe(&reply.body)
@@ -806,6 +809,11 @@ impl Exchange {
         }
         for (name, value) in decision.set_headers {
             out.headers.push((name, Some(value)));
+        }
+        if let Some(body) = decision.body {
+            // The body this hook read, replaced: its length changes with it.
+            out.set("content-length", &body.len().to_string());
+            out.body = Some(body);
         }
         if engine.drop_authorization() && decision.verdict == Verdict::Allow {
             out.remove("authorization");

@@ -16,6 +16,7 @@ pub mod error;
 pub mod exchange;
 pub mod formats;
 pub mod identity;
+pub mod input_required;
 pub mod json;
 pub mod jwks;
 pub mod jws;

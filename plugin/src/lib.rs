@@ -99,7 +99,16 @@ impl Filter {
         edit(headers, &o.headers);
         edit(MapType::HttpRequestTrailers, &o.trailers);
         if let Some(replacement) = &o.body {
-            let _ = hostcalls::set_buffer(body.0, 0, body.1, replacement);
+            // Outside a body hook (a call's answer settled the request) the size is unknown
+            // here: what the proxy holds now is replaced.
+            let held = match body.1 {
+                0 => hostcalls::get_buffer(body.0, 0, usize::MAX)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |b| b.len()),
+                n => n,
+            };
+            let _ = hostcalls::set_buffer(body.0, 0, held, replacement);
         }
         for (counter, n) in o.counters {
             self.metrics.count(counter, n);

@@ -169,7 +169,13 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
     };
     let mut d = engine.check(&req, &MemoryStore::new(), now_s());
     if let Some(p) = d.pending.take() {
-        d = engine.check_mcp(&p, &req, &case.request.body().unwrap_or_default(), now_s());
+        d = engine.check_mcp(
+            &p,
+            &req,
+            &case.request.body().unwrap_or_default(),
+            &MemoryStore::new(),
+            now_s(),
+        );
     }
     let reply = d.reply.as_ref();
     Outcome {

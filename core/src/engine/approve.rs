@@ -3,8 +3,10 @@
 use serde_json::{json, Value};
 
 use crate::authz::{uid, Evaluation};
+use crate::input_required;
 use crate::mcp;
 use crate::reply::LocalReply;
+use crate::store::Store;
 use crate::token::VerifiedToken;
 
 use super::*;
@@ -96,8 +98,11 @@ impl Engine {
         }
     }
 
-    /// An MCP call refused by policy that approval may lift (see `approve_http`). `id` is the
-    /// call's id when it is the body's only message: an approval is not taken from a batch.
+    /// An MCP call refused by policy that approval may lift (see `approve_http`). `single` is
+    /// the call when it is the body's only message (an approval is not taken from a batch),
+    /// with whether it is a 2026-07-28 request: such a client that declares URL elicitation is
+    /// asked through `input_required`, and its retry carries no approval header — the approval
+    /// the page posted is taken from `store` (`input_required.rs`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn approve_mcp(
         &self,
@@ -106,10 +111,15 @@ impl Engine {
         route: &Route,
         t: &mcp::Target,
         req: &HttpRequest<'_>,
+        store: &dyn Store,
         now_s: u64,
-        id: Option<&Value>,
+        single: Option<(&mcp::Message, bool)>,
         once: &mut Vec<crate::approval::Once>,
     ) -> Result<Vec<String>, Refusal> {
+        let id = match single.map(|(m, _)| &m.kind) {
+            Some(mcp::Kind::Request { id }) => Some(id),
+            _ => None,
+        };
         use crate::approval::{self, Approved, APPROVAL_REQUIRED};
         if refusal.code != mcp::FORBIDDEN || refusal.verdict != Verdict::Deny {
             return Err(refusal);
@@ -129,7 +139,20 @@ impl Engine {
             None,
         );
         self.bind_identity(&mut subject, &pending.token);
-        let presented = id.and(pending.approval.as_deref());
+        // A 2026-07-28 client that can open a URL for the person: asked through
+        // `input_required`; its retry (our requestState) brings no header, the page posted the
+        // approval here.
+        let page = self.approval.as_ref().and_then(|a| a.page());
+        let elicit = match (single, page) {
+            (Some((m, true)), Some(page)) if input_required::may_elicit(m) => Some((m, page)),
+            _ => None,
+        };
+        let posted = elicit
+            .filter(|(m, _)| input_required::state_digest(m).is_some())
+            .and_then(|_| crate::approval::digest(&subject))
+            .and_then(|digest| store.get(&input_required::granted_key(&digest), now_s))
+            .and_then(|entry| String::from_utf8(entry.payload).ok());
+        let presented = id.and(pending.approval.as_deref().or(posted.as_deref()));
         let evaluate =
             |g: &approval::Granted| match self.evaluate_mcp(&pending.token, t, req, now_s, Some(g))
             {
@@ -180,13 +203,78 @@ impl Engine {
                 if let Some(r) = &reason {
                     message = format!("{message}: {r}");
                 }
+                let result = elicit.and_then(|(_, page)| {
+                    let digest = ask.get("digest").and_then(Value::as_str)?;
+                    let asked = format!(
+                        "A person must approve this call ({}). Open the page, approve, then go on.",
+                        refusal.policies.join(", ")
+                    );
+                    input_required::result(page, &ask, digest, &asked).map(Box::new)
+                });
                 Err(Refusal {
                     code: APPROVAL_REQUIRED,
                     message,
                     approval: Some(Box::new(ask)),
+                    result,
                     ..refusal
                 })
             }
+        }
+    }
+
+    /// An approval the approval page posts (`approval.receiver_path`): verified, then kept in
+    /// the Store under the digest of the call it approves until it expires, for that call's
+    /// retry. 202 with the digest; 400 with the reason; 405 to any other method.
+    pub fn receive_approval(
+        &self,
+        method: &str,
+        body: &[u8],
+        store: &dyn Store,
+        now_s: u64,
+    ) -> LocalReply {
+        if method != "POST" {
+            return LocalReply {
+                status: 405,
+                headers: vec![("allow".into(), "POST".into())],
+                body: String::new(),
+            };
+        }
+        let Some(approval) = &self.approval else {
+            return LocalReply::unavailable("");
+        };
+        let invalid =
+            |why: &str| LocalReply::json_error(400, "invalid_approval", Some(why), &[], "");
+        let Ok(jwt) = std::str::from_utf8(body) else {
+            return invalid("the body is not a signed approval (UTF-8 text)");
+        };
+        let (digest, granted) = match approval.verify_posted(jwt, now_s) {
+            Ok(v) => v,
+            Err(why) => return invalid(&why),
+        };
+        let key = input_required::granted_key(&digest);
+        // The latest approval for a call replaces an earlier one (whose use may be spent).
+        let mut written = Ok(false);
+        for _ in 0..4 {
+            let read = store.get(&key, now_s);
+            written = store.replace(
+                &key,
+                read.as_ref(),
+                jwt.trim().as_bytes(),
+                granted.until,
+                now_s,
+            );
+            if !matches!(written, Ok(false)) {
+                break;
+            }
+        }
+        match written {
+            Ok(true) => LocalReply {
+                status: 202,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: json!({"digest": digest}).to_string(),
+            },
+            Ok(false) => LocalReply::unavailable("the approval could not be kept: try again"),
+            Err(e) => LocalReply::unavailable(&format!("the approval could not be kept: {e}")),
         }
     }
 }

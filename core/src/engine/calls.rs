@@ -193,13 +193,21 @@ impl Engine {
     /// A security event pushed to the receiver path (RFC 8935): the reply to send, the
     /// revocations it recorded, and with `store.etcd` the write of exactly those revocations
     /// for the other replicas, which the reply waits for (`Engine::push_written`).
-    pub fn receive_events(
+    pub fn receive_pushed(
         &self,
+        path: &str,
         method: &str,
         body: &[u8],
         store: &dyn Store,
         now_s: u64,
     ) -> (LocalReply, Vec<Revocation>, Option<Call>) {
+        if self.approval_receiver() == Some(path) {
+            return (
+                self.receive_approval(method, body, store, now_s),
+                vec![],
+                None,
+            );
+        }
         let Some(events) = &self.events else {
             return (LocalReply::unavailable(""), vec![], None);
         };

@@ -42,9 +42,12 @@ pub struct Decision {
     /// not yet fetched); its answer goes to `Engine::answered`, then the request is decided
     /// again.
     pub call: Option<crate::outcome::Call>,
-    /// The request is a security event pushed to the filter: its body goes to
-    /// `Engine::receive_events`, which answers it.
-    pub receive_events: bool,
+    /// The request pushes something to the filter itself (a security event, or an approval
+    /// the approval page posts): its body goes to `Engine::receive_pushed`, which answers it.
+    pub receive_pushed: bool,
+    /// The body to forward in place of the client's (an MCP call's retry without the
+    /// `requestState` the filter issued: `input_required.rs`).
+    pub body: Option<Vec<u8>>,
 }
 
 /// An authenticated MCP request waiting for its body.
@@ -80,7 +83,8 @@ impl Decision {
             notify: None,
             session_owner: None,
             call: None,
-            receive_events: false,
+            receive_pushed: false,
+            body: None,
         }
     }
 

@@ -25,6 +25,9 @@ pub(super) struct Refusal {
     /// The approval request, when a human approval can lift the refusal (`approval.rs`). Boxed:
     /// rare, and `Refusal` travels in `Result`s.
     pub(super) approval: Option<Box<Value>>,
+    /// A result that answers the call in place of an error: `input_required`, asking a
+    /// 2026-07-28 client for the person's approval (`input_required.rs`).
+    pub(super) result: Option<Box<Value>>,
 }
 
 impl Refusal {
@@ -37,6 +40,7 @@ impl Refusal {
             policies: vec![],
             verdict: Verdict::Deny,
             approval: None,
+            result: None,
         }
     }
 
@@ -49,6 +53,7 @@ impl Refusal {
             policies: vec![],
             verdict: Verdict::Error,
             approval: None,
+            result: None,
         }
     }
 }
@@ -59,6 +64,7 @@ impl Engine {
         pending: &Pending,
         req: &HttpRequest<'_>,
         body: &[u8],
+        store: &dyn Store,
         now_s: u64,
     ) -> Decision {
         let Some(route) = self.routes.get(pending.route) else {
@@ -181,8 +187,18 @@ impl Engine {
                     .evaluate_mcp(&pending.token, &t, req, now_s, None)
                     .or_else(|r| {
                         // Approval is taken for the body's only message, not inside a batch.
-                        let single = if batch { None } else { id.as_ref() };
-                        self.approve_mcp(r, pending, route, &t, req, now_s, single, &mut d.once)
+                        let single = (!batch).then_some((m, revision.modern));
+                        self.approve_mcp(
+                            r,
+                            pending,
+                            route,
+                            &t,
+                            req,
+                            store,
+                            now_s,
+                            single,
+                            &mut d.once,
+                        )
                     }),
             };
             match outcome {
@@ -209,6 +225,10 @@ impl Engine {
         policies_all.dedup();
         d.policies = policies_all;
         if refused.iter().all(Option::is_none) {
+            if revision.modern && !batch {
+                // Our requestState and the answers to it are not the server's to see.
+                d.body = crate::input_required::stripped(&parsed);
+            }
             d.set_headers = self.identity_headers(&pending.token, &pending.principal);
             d.once.extend(pending.once.clone());
             if self.mode == Mode::Enforce {
@@ -242,6 +262,9 @@ impl Engine {
         for (r, id) in refused.iter().zip(&ids) {
             match (r, id) {
                 // A notification gets no JSON-RPC answer, refused or not (JSON-RPC 2.0 §4.1).
+                (Some((id, r)), Some(_)) if r.result.is_some() => {
+                    answers.push(json!({"jsonrpc": "2.0", "id": id, "result": r.result.as_deref()}))
+                }
                 (Some((id, r)), Some(_)) => {
                     let mut data = data(&r.policies);
                     if let Some(a) = &r.approval {
@@ -377,6 +400,7 @@ impl Engine {
                 policies,
                 verdict: Verdict::Deny,
                 approval: None,
+                result: None,
             }),
             // With a per-tool action, a request that does not fit the schema means arguments that
             // do not fit the tool's declared type: the client's error, said briefly. The Cedar

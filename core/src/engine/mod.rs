@@ -280,11 +280,18 @@ impl Engine {
                 });
             }
         }
-        // Security events pushed to the filter (RFC 8935): answered here, never forwarded.
+        // Security events pushed to the filter (RFC 8935), and approvals the approval page
+        // posts: answered here, never forwarded.
         if self.events.as_ref().and_then(|e| e.receiver_path()) == Some(path) {
             return Ok(Decision {
-                receive_events: true,
+                receive_pushed: true,
                 ..Decision::new(Verdict::Public, Some("security-events".into()), None)
+            });
+        }
+        if self.approval_receiver() == Some(path) {
+            return Ok(Decision {
+                receive_pushed: true,
+                ..Decision::new(Verdict::Public, Some("approvals".into()), None)
             });
         }
         if let Some(name) = req.repeated {
@@ -451,11 +458,17 @@ impl Engine {
         pending: &Pending,
         req: &HttpRequest<'_>,
         body: &[u8],
+        store: &dyn Store,
         now_s: u64,
     ) -> Decision {
         self.in_mode(canonical_path(req, |req| {
-            self.decide_mcp(pending, req, body, now_s)
+            self.decide_mcp(pending, req, body, store, now_s)
         }))
+    }
+
+    /// Where the approval page posts approvals (`approval.receiver_path`, with `approval.page`).
+    pub fn approval_receiver(&self) -> Option<&str> {
+        self.approval.as_ref().and_then(|a| a.receiver_path())
     }
 
     /// Number of verified tokens in the cache.

@@ -438,7 +438,13 @@ mod engine_tests {
         let Some(pending) = d.pending else {
             panic!("not pending: {d:?}");
         };
-        e.check_mcp(&pending, &req, body.to_string().as_bytes(), now())
+        e.check_mcp(
+            &pending,
+            &req,
+            body.to_string().as_bytes(),
+            &crate::store::MemoryStore::new(),
+            now(),
+        )
     }
 
     fn list(id: i64, method: &str) -> Value {
