@@ -174,8 +174,11 @@ class McpServer(Peer):
 @pytest.fixture(scope="module")
 def gw(envoy_bin, wasm_path):
     bootstrap = envoy_config.rendered(MCP_EXAMPLE)
-    # The example trusts the demo approver as configured here.
-    assert envoy_config.get_plugin_config(bootstrap)["approval"] == approval_config(), MCP_EXAMPLE
+    # The example trusts the demo approver as configured here, and sends 2026-07-28 clients to the
+    # demo approval page (tests/e2e/test_mcp_approval.py).
+    assert envoy_config.get_plugin_config(bootstrap)["approval"] == approval_config(
+        page="http://127.0.0.1:8090/approve", webhook={"cluster": "approval_page", "path": "/webhook"}
+    ), MCP_EXAMPLE
     server = McpServer()
     envoy = Envoy(envoy_bin, copy.deepcopy(bootstrap), "envoy-mcp-approval", wasm_path, server.port)
     try:

@@ -429,6 +429,18 @@ fn demo(root: &Path) -> Result<()> {
         .and_then(|p| p.trim().parse().ok())
         .with_context(|| format!("the demo MCP server did not start: {ready:?}"))?;
     let (mcp_listener, mcp_admin) = (10001, free_port()?);
+    // The approval page of envoy-mcp.yaml (`approval.page`, port 8090): announced approval
+    // requests, shown to a person, approvals posted back to the MCP gateway.
+    children.0.push(
+        Command::new(&python)
+            .args(["tests/peers/approval_page.py", "8090", "--tessera"])
+            .arg(format!(
+                "http://127.0.0.1:{mcp_listener}/.well-known/tessera/approvals"
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the demo approval page")?,
+    );
     let mcp_json = dir.join("envoy-mcp.json");
     example(
         "envoy-examples/envoy-mcp.yaml",
@@ -518,6 +530,16 @@ fn demo(root: &Path) -> Result<()> {
         "--scope",
         "files:read",
     ])?;
+    let mcp_payer = mcp_token(&[
+        "--alg",
+        "ES256",
+        "--iss",
+        "https://agents.demo.tessera.dev",
+        "--sub",
+        "agent-pay",
+        "--scope",
+        "payments:write",
+    ])?;
     let asked = dir.join("approval-request.json");
     let asked = asked.display();
     let python = python.display();
@@ -572,8 +594,35 @@ fn demo(root: &Path) -> Result<()> {
          curl -s {mcp} {accept} -H \"authorization: Bearer $AGENT\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/workspace/README.md\"}}}}}}'\n\
          curl -s {mcp} {accept} -H \"authorization: Bearer $AGENT\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/etc/passwd\"}}}}}}'\n\
          # another principal presenting the agent's session: 403\n\
-         curl -si {mcp} {accept} -H \"authorization: Bearer $ALICE\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/list\"}}' | head -1\n\n\
-         Ctrl-C stops both Envoys, the upstream and the MCP server."
+         curl -si {mcp} {accept} -H \"authorization: Bearer $ALICE\" -H \"mcp-session-id: $SESSION\" -d '{{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/list\"}}' | head -1\n"
+    );
+    let meta = "\"_meta\":{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\
+                \"io.modelcontextprotocol/clientCapabilities\":{\"elicitation\":{\"url\":{}}},\
+                \"io.modelcontextprotocol/clientInfo\":{\"name\":\"curl\",\"version\":\"1\"}}";
+    let pay =
+        "\"name\":\"transfer_funds\",\"arguments\":{\"amount\":500,\"to_account\":\"EXT-42\"}";
+    let modern = format!(
+        "{accept} -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' \
+         -H 'mcp-name: transfer_funds' -H \"authorization: Bearer $PAYER\""
+    );
+    println!(
+        "MCP 2026-07-28 (no session: every request carries its version and is decided on its own \
+         token). Human approval through input_required, as any 2026-07-28 client that opens URLs \
+         follows it (approval page on http://127.0.0.1:8090, tests/peers/approval_page.py):\n\
+         PAYER={mcp_payer}   # an agent with scope payments:write\n\n\
+         # a payment of 500 to an external account needs a person: the answer is input_required,\n\
+         # with the approval page's URL and a requestState\n\
+         curl -s {mcp} {modern} -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{{pay},{meta}}}}}'; echo\n\
+         # open the URL (inputRequests.tessera_approval.params.url) in a browser: it shows who asks \
+         (issuer, subject, actor chain, task) and what; press Approve\n\
+         STATE=<the requestState value>\n\
+         # the client's retry of that exact call: forwarded once (the server never sees the state)\n\
+         curl -s {mcp} {modern} -d '{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{{{pay},\"requestState\":\"'$STATE'\",\"inputResponses\":{{\"tessera_approval\":{{\"action\":\"accept\"}}}},{meta}}}}}'; echo\n\
+         # again: refused, the approval is used\n\
+         curl -s {mcp} {modern} -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{{pay},\"requestState\":\"'$STATE'\",\"inputResponses\":{{\"tessera_approval\":{{\"action\":\"accept\"}}}},{meta}}}}}'; echo\n\
+         # a header that does not match the body: 400, HeaderMismatch (-32020)\n\
+         curl -s {mcp} {accept} -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' -H 'mcp-name: read_file' -H \"authorization: Bearer $PAYER\" -d '{{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{{{pay},{meta}}}}}'; echo\n\n\
+         Ctrl-C stops both Envoys, the upstream, the MCP server and the approval page."
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -589,6 +638,6 @@ fn demo(root: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(children);
-    println!("\nstopped the Envoys, the demo upstream and the MCP server");
+    println!("\nstopped the Envoys, the demo upstream, the MCP server and the approval page");
     Ok(())
 }
