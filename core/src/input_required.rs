@@ -47,6 +47,16 @@ pub fn state_digest(m: &Message) -> Option<&str> {
         .and_then(|s| s.strip_prefix(STATE_PREFIX))
 }
 
+/// Whether the client answered our elicitation with `decline` or `cancel`: the person said no,
+/// so the call is refused rather than asked again.
+pub fn declined(m: &Message) -> bool {
+    state_digest(m).is_some()
+        && m.params
+            .pointer(&format!("/inputResponses/{INPUT_KEY}/action"))
+            .and_then(Value::as_str)
+            .is_some_and(|a| a == "decline" || a == "cancel")
+}
+
 /// The `input_required` result that sends the person to `page` to approve the call `ask`
 /// describes (`Approval::request_object`). `None` if `page` is not a URL (checked at configure
 /// time: not reachable).
@@ -129,6 +139,10 @@ mod tests {
         assert_eq!(r["requestState"], "tessera-approval.v1.d1");
         let retry = message(json!({"name": "x", "requestState": r["requestState"]}));
         assert_eq!(state_digest(&retry), Some("d1"));
+        assert!(!declined(&retry));
+        let no = message(json!({"name": "x", "requestState": r["requestState"],
+                                "inputResponses": {INPUT_KEY: {"action": "decline"}}}));
+        assert!(declined(&no));
     }
 
     #[test]

@@ -144,11 +144,26 @@ fn a_call_needing_approval_asks_the_person_through_input_required_then_runs_once
     );
     h.done(ctx)?;
 
-    // Once: the same retry again is refused (the approval is used).
+    // Once: the same retry again is not forwarded; the person is asked again (the approval is
+    // used), and a declined answer is refused.
     let (ctx, reply) = send(&mut h, &transfer(4, Some(&state)), Some("transfer_funds"))?;
+    assert_eq!(
+        reply.map(|r| r.1["result"]["resultType"].clone()),
+        Some(json!("input_required"))
+    );
+    h.done(ctx)?;
+    let mut declined = transfer(5, Some(&state));
+    declined["params"]["inputResponses"]["tessera_approval"]["action"] = json!("decline");
+    let (ctx, reply) = send(&mut h, &declined, Some("transfer_funds"))?;
     let (_, reply) = reply.context("refused")?;
     let message = reply["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("approval already used"), "{reply}");
+    assert!(message.contains("declined"), "{reply}");
+    h.done(ctx)?;
+    // A new approval from the page: the call runs once more.
+    let again = approval_token(&digest, &json!({"jti": "page-2"}))?;
+    assert_eq!(post_approval(&mut h, &again)?, 202);
+    let (ctx, reply) = send(&mut h, &transfer(6, Some(&state)), Some("transfer_funds"))?;
+    assert_eq!(reply, None, "approved again: forwarded");
     h.done(ctx)?;
     Ok(())
 }

@@ -147,11 +147,20 @@ impl Engine {
             (Some((m, true)), Some(page)) if input_required::may_elicit(m) => Some((m, page)),
             _ => None,
         };
+        // The approval the page posted for this call, unless it is used already: then the person
+        // is asked again (the page's next approval replaces it).
         let posted = elicit
             .filter(|(m, _)| input_required::state_digest(m).is_some())
             .and_then(|_| crate::approval::digest(&subject))
             .and_then(|digest| store.get(&input_required::granted_key(&digest), now_s))
-            .and_then(|entry| String::from_utf8(entry.payload).ok());
+            .and_then(|entry| String::from_utf8(entry.payload).ok())
+            .filter(|jwt| {
+                self.approval
+                    .as_ref()
+                    .and_then(|a| a.verify_posted(jwt, now_s).ok())
+                    .is_some_and(|(_, g)| store.get(&g.key, now_s).is_none())
+            });
+        let declined = elicit.is_some_and(|(m, _)| input_required::declined(m));
         let presented = id.and(pending.approval.as_deref().or(posted.as_deref()));
         let evaluate =
             |g: &approval::Granted| match self.evaluate_mcp(&pending.token, t, req, now_s, Some(g))
@@ -202,8 +211,10 @@ impl Engine {
                 let mut message = approval::required_message(&refusal.policies);
                 if let Some(r) = &reason {
                     message = format!("{message}: {r}");
+                } else if declined {
+                    message = format!("{message}: the approval was declined");
                 }
-                let result = elicit.and_then(|(_, page)| {
+                let result = elicit.filter(|_| !declined).and_then(|(_, page)| {
                     let digest = ask.get("digest").and_then(Value::as_str)?;
                     let asked = format!(
                         "A person must approve this call ({}). Open the page, approve, then go on.",
