@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """MCP tool server for Tessera's end-to-end tests, written with the official MCP Python SDK.
 
-    python tests/peers/mcp_server.py <port> [--json-response] [--stateless]   # port 0 picks a free port
+    python tests/peers/mcp_server.py <port> [--json-response] [--stateless] [--public-lists]
+                                                                         # port 0 picks a free port
 
 Serves MCP Streamable HTTP at http://127.0.0.1:<port>/mcp (127.0.0.1 only) with three tools that
 touch nothing real:
@@ -12,12 +13,19 @@ touch nothing real:
 two resources (file:///workspace/guide.md, file:///private/salaries.csv) and two prompts
 (summarize(text), draft_email(to)), so that list filtering has something to hide.
 By default a POST is answered with an SSE stream (text/event-stream); --json-response makes the SDK
-answer with application/json; --stateless turns sessions off.
+answer with application/json; --stateless turns sessions off. Like every server of the SDK it is
+dual-era: a 2025-11-25 client opens a session with `initialize`, a 2026-07-28 client sends each
+request on its own (the SDK answers those as JSON unless the handler streams, and a
+subscriptions/listen always as SSE). --public-lists marks 2026-07-28 list results
+`cacheScope: "public"` (the SDK's default is "private"), so that a test can tell who made them private.
 
 Prints "READY <port>" on stdout once listening. Test endpoints (not MCP, not counted):
     GET /__mcp/log      {"http": [every HTTP request that reached the server: method, path,
                          content_type, body_bytes, rpc (the JSON-RPC methods of the body), headers
                          of interest, status], "calls": [every tool that ran: tool, arguments]}
+    POST /__mcp/touch   {"uri": "<resource uri>"}: notifications/resources/updated for it to every
+                        open subscriptions/listen stream that subscribed to it; {"published": true}
+    POST /__mcp/tools-changed   notifications/tools/list_changed to every listen stream that asked
     GET /healthz        200 "ok"
 
 The app is the SDK's own (`MCPServer.streamable_http_app`, what `MCPServer.run("streamable-http")`
@@ -41,15 +49,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ToolsListChanged
 
 _lock = threading.Lock()
 HTTP_LOG: list[dict[str, Any]] = []
 CALLS: list[dict[str, Any]] = []
 TEST_PATHS = ("/__mcp/", "/healthz")
 RECORDED_HEADERS = ("mcp-session-id", "mcp-protocol-version", "x-tessera-principal", "x-tessera-issuer",
-                    "x-tessera-subject", "authorization")
+                    "x-tessera-subject", "authorization", "mcp-method", "mcp-name")
+LIST_METHODS = ("tools/list", "resources/list", "resources/templates/list", "prompts/list")
 
-app = MCPServer("tessera-test-tools", instructions="Fake file, mail and payment tools for Tessera's tests.")
+# The fan-out of subscriptions/listen streams (the SDK's default bus, named so that the test
+# endpoints can publish on it).
+BUS = InMemorySubscriptionBus()
+app = MCPServer("tessera-test-tools", instructions="Fake file, mail and payment tools for Tessera's tests.",
+                subscriptions=BUS)
 
 
 def _called(tool: str, **arguments: Any) -> None:
@@ -111,6 +125,29 @@ def draft_email(to: str) -> str:
 async def mcp_log(_: Request) -> JSONResponse:
     with _lock:
         return JSONResponse({"http": list(HTTP_LOG), "calls": list(CALLS)})
+
+
+@app.custom_route("/__mcp/touch", methods=["POST"])
+async def mcp_touch(request: Request) -> JSONResponse:
+    uri = (await request.json()).get("uri")
+    if not isinstance(uri, str):
+        return JSONResponse({"error": "body must be {\"uri\": \"...\"}"}, status_code=400)
+    await BUS.publish(ResourceUpdated(uri=uri))
+    return JSONResponse({"published": True})
+
+
+@app.custom_route("/__mcp/tools-changed", methods=["POST"])
+async def mcp_tools_changed(_: Request) -> JSONResponse:
+    await BUS.publish(ToolsListChanged())
+    return JSONResponse({"published": True})
+
+
+async def public_lists(ctx, call_next):
+    """Middleware (--public-lists): a 2026-07-28 list result says cacheScope "public"."""
+    result = await call_next(ctx)
+    if ctx.method in LIST_METHODS and isinstance(result, dict) and "cacheScope" in result:
+        result = {**result, "cacheScope": "public"}
+    return result
 
 
 @app.custom_route("/healthz", methods=["GET"])
@@ -183,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("port", type=int, nargs="?", default=0)
     ap.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     ap.add_argument("--stateless", action="store_true", help="no Mcp-Session-Id sessions")
+    ap.add_argument("--public-lists", action="store_true",
+                    help='2026-07-28 list results say cacheScope "public" (the SDK says "private")')
     args = ap.parse_args(argv)
+    if args.public_lists:
+        app.middleware.append(public_lists)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
