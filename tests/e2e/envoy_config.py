@@ -51,7 +51,7 @@ def _rendered(example: str) -> dict:
 
 
 def is_envoy_bootstrap(doc: Any) -> bool:
-    """False for Kubernetes-style resources (Istio WasmPlugin …), which Envoy cannot load."""
+    """False for Kubernetes-style resources (Istio WasmPlugin, EnvoyFilter), which Envoy cannot load."""
     return isinstance(doc, dict) and "apiVersion" not in doc and ("static_resources" in doc or "admin" in doc)
 
 
@@ -71,8 +71,9 @@ def wasm_plugin_configs(bootstrap: dict) -> list[dict]:
 
 
 def get_plugin_config(doc: dict, index: int = 0) -> dict:
-    """The plugin JSON of a bootstrap's index-th wasm filter, or an Istio WasmPlugin's pluginConfig."""
-    if not is_envoy_bootstrap(doc):
+    """The plugin JSON of the index-th wasm filter of a bootstrap (or of an Istio EnvoyFilter's
+    patches), or an Istio WasmPlugin's pluginConfig."""
+    if not is_envoy_bootstrap(doc) and "pluginConfig" in doc.get("spec", {}):
         return doc["spec"]["pluginConfig"]
     return json.loads(wasm_plugin_configs(doc)[index]["configuration"]["value"])
 

@@ -1,12 +1,12 @@
 //! `cargo xtask render`: an example of `envoy-examples/` made ready to load. The one place that
 //! expands the examples' placeholders (the demo, the load run and the end-to-end tests all use
 //! it):
-//! - in the plugin configuration of every `envoy.filters.http.wasm` filter of an Envoy bootstrap,
-//!   or in an Istio `WasmPlugin`'s `spec.pluginConfig`, `"schema": "@<file>"` becomes that file's
-//!   text and `"policies": "@<glob>"` one named document per matching file (`{"mcp.cedar": …}`),
-//!   so that a policy error names its file;
-//! - optionally the admin port, every listener's port, the `upstream` cluster's endpoint ports and
-//!   every wasm filter's module path are set.
+//! - in the plugin configuration of every `envoy.filters.http.wasm` filter of an Envoy bootstrap or
+//!   of an Istio `EnvoyFilter`'s patches, or in an Istio `WasmPlugin`'s `spec.pluginConfig`,
+//!   `"schema": "@<file>"` becomes that file's text and `"policies": "@<glob>"` one named document
+//!   per matching file (`{"mcp.cedar": …}`), so that a policy error names its file;
+//! - optionally every wasm filter's module path is set, and in a bootstrap the admin port, every
+//!   listener's port and the `upstream` cluster's endpoint ports.
 //!
 //! The output is JSON (which Envoy reads as a bootstrap and `kubectl` as a resource).
 
@@ -83,13 +83,17 @@ pub(crate) fn render(root: &Path, example: &Path, patch: &Patch) -> Result<Value
     let mut doc: Value = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{} is not YAML", path.display()))?;
     let what = example.display().to_string();
-    if doc.get("apiVersion").is_some() {
-        // A Kubernetes resource (Istio WasmPlugin): its pluginConfig is an object.
-        let cfg = doc
-            .pointer_mut("/spec/pluginConfig")
-            .with_context(|| format!("{what}: no spec.pluginConfig"))?;
-        expand(root, cfg).with_context(|| format!("{what}: spec.pluginConfig"))?;
-        return Ok(doc);
+    // A Kubernetes resource: an Istio WasmPlugin (its pluginConfig is an object) or an Istio
+    // EnvoyFilter (its patches carry whole wasm filters, expanded below as a bootstrap's are).
+    let resource = doc.get("apiVersion").is_some();
+    if resource {
+        if let Some(cfg) = doc.pointer_mut("/spec/pluginConfig") {
+            expand(root, cfg).with_context(|| format!("{what}: spec.pluginConfig"))?;
+            return Ok(doc);
+        }
+        if patch.admin.is_some() || patch.listener.is_some() || patch.upstream.is_some() {
+            bail!("{what}: ports are set in an Envoy bootstrap, not in a Kubernetes resource");
+        }
     }
     let mut filters = 0;
     for config in wasm_configs(&mut doc) {
@@ -105,6 +109,9 @@ pub(crate) fn render(root: &Path, example: &Path, patch: &Patch) -> Result<Value
         if let Some(wasm) = &patch.wasm {
             config["vm_config"]["code"]["local"]["filename"] = json!(wasm.display().to_string());
         }
+    }
+    if resource && filters == 0 {
+        bail!("{what}: neither a spec.pluginConfig nor a wasm filter");
     }
     if patch.wasm.is_some() && filters == 0 {
         bail!("{what}: --wasm given, but it has no wasm filter");
@@ -329,6 +336,36 @@ mod tests {
         )?;
         assert!(doc["spec"]["pluginConfig"]["policies"]["mcp.cedar"].is_string());
         assert_eq!(doc["kind"], "WasmPlugin");
+        Ok(())
+    }
+
+    #[test]
+    fn the_istio_envoy_filter_is_expanded_like_a_bootstrap() -> Result<()> {
+        let example = Path::new("envoy-examples/istio-envoyfilter-mcp.yaml");
+        let patch = Patch {
+            wasm: Some(PathBuf::from("/m.wasm")),
+            ..Patch::default()
+        };
+        let mut doc = render(&root(), example, &patch)?;
+        assert_eq!(doc["kind"], "EnvoyFilter");
+        let bootstrap = render(
+            &root(),
+            Path::new("envoy-examples/envoy-mcp.yaml"),
+            &Patch::default(),
+        )?;
+        let cfg = plugin_config(&doc);
+        assert!(cfg["policies"]["mcp.cedar"].is_string());
+        assert_eq!(cfg, plugin_config(&bootstrap));
+        let configs = wasm_configs(&mut doc);
+        assert_eq!(
+            configs[0]["vm_config"]["code"]["local"]["filename"],
+            "/m.wasm"
+        );
+        let ports = Patch {
+            listener: Some(1),
+            ..Patch::default()
+        };
+        assert!(render(&root(), example, &ports).is_err());
         Ok(())
     }
 
