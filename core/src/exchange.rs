@@ -289,12 +289,18 @@ impl Exchange {
         let authorization = first("authorization");
         let content_type = first("content-type");
         let approval = approval_header.and_then(first);
-        // A header that must be single came twice: the upstream could read the other copy.
+        // A header that must be single came twice, or also under another spelling (`mcp_session_id`,
+        // which a server folding `_` into `-` would read): the upstream could read the other copy.
         let repeated = SINGLE_HEADERS
             .iter()
             .copied()
             .chain(approval_header)
-            .find(|name| headers.iter().filter(|(k, _)| k == name).count() > 1);
+            .find(|name| {
+                headers.iter().filter(|(k, _)| k == name).count() > 1
+                    || headers
+                        .iter()
+                        .any(|(k, _)| k != name && k.replace('_', "-") == *name)
+            });
         let request = HttpRequest {
             method: &method,
             path: &path,
@@ -446,6 +452,9 @@ impl Exchange {
             .map(|n| (n.clone(), None))
             .collect();
         trailers.extend(engine.approval_header().map(|h| (h.to_string(), None)));
+        // What identifies a request is read from its headers only: a copy in the trailers (which a
+        // server might merge into the headers) is removed.
+        trailers.extend(SINGLE_HEADERS.iter().map(|h| (h.to_string(), None)));
         let limit = engine.max_body_bytes();
         let mut out = if self.redeeming.is_some() {
             Outcome::wait_for_body()
@@ -499,11 +508,22 @@ impl Exchange {
             return out;
         }
         let Some(session) = text("mcp-session-id") else {
+            if engine.seals_sessions() && header("mcp-session-id").is_some() {
+                // Not UTF-8: it cannot be sealed, and a raw id never reaches the client.
+                out.remove("mcp-session-id");
+            }
             return out;
         };
         match engine.bind_session(store, &caller, &session, now_s) {
             Binding::Bound => {}
             Binding::Sealed(handle) => out.set("mcp-session-id", &handle),
+            Binding::Withheld(why) => {
+                out.log(
+                    Level::Warn,
+                    format!("tessera: MCP session id withheld: {why}"),
+                );
+                out.remove("mcp-session-id");
+            }
             Binding::Refused { limit, enforce } => {
                 out.log(
                     Level::Warn,

@@ -26,6 +26,10 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MIN_KEY_BYTES: usize = 32;
 /// Most keys one configuration holds (each is tried on every presented handle).
 pub const MAX_KEYS: usize = 4;
+/// Longest server session id sealed (a UUID is 36 bytes): a longer one is not passed on.
+pub const MAX_SERVER_ID_BYTES: usize = 512;
+/// Longest handle opened: anything longer is not one of ours, and is not decoded.
+const MAX_HANDLE_BYTES: usize = 1024;
 const VERSION: &str = "t1";
 const OWNER_TAG_BYTES: usize = 12;
 
@@ -101,14 +105,20 @@ impl Sealer {
         )
     }
 
-    /// The server's session id a handle presented on `route` by `owner` stands for.
+    /// The server's session id a handle presented on `route` by `owner` stands for, while it
+    /// is within its lifetime — and within `max_ttl_s` from now, so that shortening
+    /// `limits.session_ttl_s` shortens the handles sealed before.
     pub fn open(
         &self,
         route: &str,
         owner: &str,
         handle: &str,
         now_s: u64,
+        max_ttl_s: u64,
     ) -> Result<String, Closed> {
+        if handle.len() > MAX_HANDLE_BYTES {
+            return Err(Closed::Unknown);
+        }
         let mut parts = handle.split('.');
         let (Some(VERSION), Some(absolute), Some(tag), Some(id), Some(sent), None) = (
             parts.next(),
@@ -136,7 +146,7 @@ impl Sealer {
             {
                 continue;
             }
-            if absolute <= now_s {
+            if absolute <= now_s || absolute > now_s.saturating_add(max_ttl_s) {
                 return Err(Closed::Expired);
             }
             let mut mine = HmacSha256::new_from_slice(key).map_err(|_| Closed::Unknown)?;
@@ -202,12 +212,19 @@ mod tests {
             "visible ASCII: {h}"
         );
         assert_eq!(
-            s.open("mcp", "alice", &h, 99).as_deref(),
+            s.open("mcp", "alice", &h, 99, 1000).as_deref(),
             Ok("srv-session-1")
         );
-        assert_eq!(s.open("mcp", "alice", &h, 100), Err(Closed::Expired));
-        assert_eq!(s.open("mcp", "bob", &h, 99), Err(Closed::NotYours));
-        assert_eq!(s.open("mcp2", "alice", &h, 99), Err(Closed::Unknown));
+        assert_eq!(s.open("mcp", "alice", &h, 100, 1000), Err(Closed::Expired));
+        // A lifetime cut since: the handle ends with it.
+        assert_eq!(s.open("mcp", "alice", &h, 10, 50), Err(Closed::Expired));
+        let long = "x".repeat(2000);
+        assert_eq!(
+            s.open("mcp", "alice", &long, 10, 1000),
+            Err(Closed::Unknown)
+        );
+        assert_eq!(s.open("mcp", "bob", &h, 99, 1000), Err(Closed::NotYours));
+        assert_eq!(s.open("mcp2", "alice", &h, 99, 1000), Err(Closed::Unknown));
     }
 
     #[test]
@@ -232,14 +249,17 @@ mod tests {
             String::new(),
         ] {
             assert_eq!(
-                s.open("mcp", "alice", &forged, 10),
+                s.open("mcp", "alice", &forged, 10, 1000),
                 Err(Closed::Unknown),
                 "{forged}"
             );
         }
         // Sealed by keys we do not hold.
         let theirs = sealer(&[K2]).seal("mcp", "alice", "srv-1", 100);
-        assert_eq!(s.open("mcp", "alice", &theirs, 10), Err(Closed::Unknown));
+        assert_eq!(
+            s.open("mcp", "alice", &theirs, 10, 1000),
+            Err(Closed::Unknown)
+        );
     }
 
     #[test]
@@ -247,16 +267,18 @@ mod tests {
         let old = sealer(&[K1]).seal("mcp", "alice", "srv-1", 100);
         let rotated = sealer(&[K2, K1]);
         assert_eq!(
-            rotated.open("mcp", "alice", &old, 10).as_deref(),
+            rotated.open("mcp", "alice", &old, 10, 1000).as_deref(),
             Ok("srv-1")
         );
         let new = rotated.seal("mcp", "alice", "srv-1", 100);
         assert_eq!(
-            sealer(&[K2]).open("mcp", "alice", &new, 10).as_deref(),
+            sealer(&[K2])
+                .open("mcp", "alice", &new, 10, 1000)
+                .as_deref(),
             Ok("srv-1")
         );
         assert_eq!(
-            sealer(&[K1]).open("mcp", "alice", &new, 10),
+            sealer(&[K1]).open("mcp", "alice", &new, 10, 1000),
             Err(Closed::Unknown)
         );
     }

@@ -23,7 +23,7 @@
 use crate::config::Mode;
 use crate::engine::{Decision, Engine};
 use crate::reply::LocalReply;
-use crate::sealed::Closed;
+use crate::sealed::{self, Closed};
 use crate::store::{Entry, Store};
 use crate::verdict::Verdict;
 
@@ -57,6 +57,9 @@ pub struct SessionCaller {
     ending: Option<String>,
     /// Sealed handles: the handle the request presented and the server's id it opened to.
     presented: Option<(String, String)>,
+    /// Sealed handles: the request presented a session that did not open (forwarded only in
+    /// shadow mode). Its answer's id is never sealed for this caller.
+    refused: bool,
 }
 
 impl SessionCaller {
@@ -78,6 +81,8 @@ pub enum Binding {
     Failed(String),
     /// Sealed handles: the answer must carry this handle in place of the server's id.
     Sealed(String),
+    /// Sealed handles: the answer's id is not sealed for this caller and must be removed (why).
+    Withheld(&'static str),
 }
 
 impl Engine {
@@ -109,19 +114,23 @@ impl Engine {
             principal: principal.clone(),
             ending: None,
             presented: None,
+            refused: false,
         };
         // Lossy: a session id that is not UTF-8 matches no binding (404), it is never "absent".
         let Some(session) = session.map(String::from_utf8_lossy) else {
             return Some(caller);
         };
         if let Some(sealer) = &self.sealer {
-            let (status, error, reason) = match sealer.open(route, owner, &session, now_s) {
+            caller.refused = true;
+            let (_, ttl) = self.session_expiry();
+            let (status, error, reason) = match sealer.open(route, owner, &session, now_s, ttl) {
                 Ok(id) => {
                     // The server sees its own id (replacing every copy the client sent).
                     decision
                         .set_headers
                         .push(("mcp-session-id".into(), id.clone()));
                     caller.presented = Some((session.into_owned(), id));
+                    caller.refused = false;
                     return Some(caller);
                 }
                 Err(Closed::NotYours) => (
@@ -197,16 +206,26 @@ impl Engine {
     ) -> Binding {
         let (idle, ttl) = self.session_expiry();
         if let Some(sealer) = &self.sealer {
-            return Binding::Sealed(match &caller.presented {
+            return match &caller.presented {
                 // The server repeats the id of the session the request presented.
-                Some((handle, id)) if id == session => handle.clone(),
-                _ => sealer.seal(
+                Some((handle, id)) if id == session => Binding::Sealed(handle.clone()),
+                // An answer in a session naming another one: not this caller's to hold.
+                Some(_) => Binding::Withheld("the answer names another session than the request"),
+                // A session the request could not open (shadow mode forwarded it): its id is
+                // someone else's, never sealed for this caller.
+                None if caller.refused => {
+                    Binding::Withheld("the request presented a session that is not the caller's")
+                }
+                None if session.len() > sealed::MAX_SERVER_ID_BYTES => {
+                    Binding::Withheld("the server's session id is too long to seal")
+                }
+                None => Binding::Sealed(sealer.seal(
                     &caller.route,
                     &caller.owner,
                     session,
                     now_s.saturating_add(ttl),
-                ),
-            });
+                )),
+            };
         }
         let key = session_key(&caller.route, session);
         if store.get(&key, now_s).is_some() {

@@ -319,3 +319,123 @@ fn a_sealed_session_ends_at_its_absolute_lifetime() -> Result<()> {
     assert_eq!(sealed_call(&mut h, &fresh, &handle)?, Err(404));
     Ok(())
 }
+
+// ---- attacker review of sealed sessions: each finding, with a test that failed before ----
+
+#[test]
+fn shadow_mode_never_seals_a_session_the_caller_presented_but_could_not_open() -> Result<()> {
+    // Alice's session; the server's id is readable in her handle. Bob presents the raw id in
+    // shadow mode (forwarded, refusal only logged): the answer's id is not sealed for him.
+    let mut alice_h = sealed(&[SEAL_KEY])?;
+    let alice = agent("files:read")?;
+    let handle = sealed_initialize(&mut alice_h, &alice, "srv-1")?;
+    let mut shadow = harness_with(|c| {
+        c["sessions"] = json!({ "seal_keys": [SEAL_KEY] });
+        c["mode"] = json!("shadow");
+    })?;
+    let bob = bearer(json!({"iss": AGENTS, "sub": "agent-8", "scope": "files:read"}))?;
+    let (ctx, status) = tessera_tests::post_mcp(
+        &mut shadow,
+        &bob,
+        &[("mcp-session-id", "srv-1")],
+        &read_file(2, "/workspace/a"),
+    )?;
+    assert_eq!(status, None, "shadow mode forwards");
+    shadow.response_headers(
+        ctx,
+        &[(":status", "200"), ("mcp-session-id", "srv-1")],
+        false,
+    )?;
+    assert_eq!(
+        shadow.response_header(ctx, "mcp-session-id"),
+        None,
+        "withheld, not sealed for bob"
+    );
+    shadow.done(ctx)?;
+    assert!(handle.starts_with("t1."));
+    Ok(())
+}
+
+#[test]
+fn an_answer_naming_another_session_or_an_unsealable_id_carries_none() -> Result<()> {
+    let mut h = sealed(&[SEAL_KEY])?;
+    let alice = agent("files:read")?;
+    let handle = sealed_initialize(&mut h, &alice, "srv-1")?;
+    let answer = |h: &mut Harness, presented: Option<&str>, id: &str| -> Result<Option<String>> {
+        let extra: Vec<(&str, &str)> = presented
+            .map(|p| ("mcp-session-id", p))
+            .into_iter()
+            .collect();
+        let (ctx, status) =
+            tessera_tests::post_mcp(h, &alice, &extra, &read_file(3, "/workspace/a"))?;
+        assert_eq!(status, None);
+        h.response_headers(ctx, &[(":status", "200"), ("mcp-session-id", id)], false)?;
+        let seen = h.response_header(ctx, "mcp-session-id");
+        h.done(ctx)?;
+        Ok(seen)
+    };
+    // In Alice's session, an answer naming another session: removed.
+    assert_eq!(answer(&mut h, Some(&handle), "srv-2")?, None);
+    // Without a session: an id too long to seal is removed, never passed on raw.
+    assert_eq!(answer(&mut h, None, &"x".repeat(600))?, None);
+    Ok(())
+}
+
+#[test]
+fn a_session_header_under_another_spelling_or_in_the_trailers_never_reaches_the_server(
+) -> Result<()> {
+    let mut h = sealed(&[SEAL_KEY])?;
+    let bob = agent("files:read")?;
+    // `mcp_session_id` (a server folding `_` into `-` would read it as the session): 400.
+    let (ctx, status) = tessera_tests::post_mcp(
+        &mut h,
+        &bob,
+        &[("mcp_session_id", "srv-1")],
+        &read_file(2, "/workspace/a"),
+    )?;
+    assert_eq!(status, Some(400));
+    h.done(ctx)?;
+    // A copy in the request trailers is removed.
+    let body = read_file(3, "/workspace/a").to_string();
+    let ctx = h.new_http()?;
+    let len = body.len().to_string();
+    h.request_headers(
+        ctx,
+        &[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            (":authority", "api.example.com"),
+            ("authorization", &bob),
+            ("content-type", "application/json"),
+            ("content-length", &len),
+        ],
+        false,
+    )?;
+    h.request_body(ctx, body.as_bytes(), false)?;
+    h.request_trailers(ctx, &[("mcp-session-id", "srv-1"), ("x-other", "kept")])?;
+    let trailers = h.request_trailers_of(ctx);
+    assert!(
+        !trailers.iter().any(|(k, _)| k == "mcp-session-id"),
+        "{trailers:?}"
+    );
+    assert!(trailers.iter().any(|(k, _)| k == "x-other"), "{trailers:?}");
+    Ok(())
+}
+
+#[test]
+fn shortening_the_session_lifetime_shortens_handles_sealed_before() -> Result<()> {
+    let long = |ttl: u64| {
+        harness_with(move |c| {
+            c["sessions"] = json!({ "seal_keys": [SEAL_KEY] });
+            c["limits"]["session_ttl_s"] = json!(ttl);
+        })
+    };
+    let alice = agent("files:read")?;
+    let handle = sealed_initialize(&mut long(30 * 86_400)?, &alice, "srv-1")?;
+    assert_eq!(
+        sealed_call(&mut long(30 * 86_400)?, &alice, &handle)?,
+        Ok("srv-1".into())
+    );
+    assert_eq!(sealed_call(&mut long(600)?, &alice, &handle)?, Err(404));
+    Ok(())
+}

@@ -466,6 +466,12 @@ impl Engine {
         }))
     }
 
+    /// Whether MCP session ids are sealed (`sessions.seal_keys`): no raw server id may reach a
+    /// client.
+    pub fn seals_sessions(&self) -> bool {
+        self.sealer.is_some()
+    }
+
     /// Where the approval page posts approvals (`approval.receiver_path`, with `approval.page`).
     pub fn approval_receiver(&self) -> Option<&str> {
         self.approval.as_ref().and_then(|a| a.receiver_path())
