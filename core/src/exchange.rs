@@ -24,7 +24,7 @@ use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS, UTF8
 use crate::listing::{ListRequests, ResponseFilter, Step};
 use crate::mcp_revision::Mirrored;
 use crate::obligations::Redeemed;
-use crate::outcome::{Answer, Callout, Counter, Level, Next, Outcome, Purpose};
+use crate::outcome::{Answer, Call, Callout, Counter, Level, Next, Outcome, Purpose};
 use crate::reply::{log_safe, LocalReply};
 use crate::session::{Binding, SessionCaller};
 use crate::store::Store;
@@ -49,6 +49,8 @@ pub struct Exchange {
     redeeming: Option<Redeeming>,
     /// A pushed event's reply waiting for the shared store to hold its revocations.
     publishing: Option<Publishing>,
+    /// A reply asking for approval, waiting for the announcement to the approvers.
+    announcing: Option<LocalReply>,
 }
 
 /// The reply to a pushed security event, sent once its revocations are in the shared store.
@@ -175,6 +177,22 @@ impl Exchange {
         if let Some(p) = self.publishing.take() {
             return self.published(engine, store, p, answer, now_s);
         }
+        if let Some(reply) = self.announcing.take() {
+            engine.call_ended();
+            let mut out = Outcome::forward();
+            if !(200..300).contains(&answer.status) {
+                out.log(
+                    Level::Warn,
+                    format!(
+                        "tessera: the approval webhook answered {} (0: no answer); the approval \
+                         request was not announced",
+                        answer.status
+                    ),
+                );
+            }
+            out.next = Next::Reply(reply);
+            return out;
+        }
         let Some(mut w) = self.waiting.take() else {
             return Outcome::forward();
         };
@@ -228,7 +246,17 @@ impl Exchange {
 
     /// Whether the request waits for a call's answer.
     pub fn is_waiting(&self) -> bool {
-        self.waiting.is_some() || self.redeeming.is_some() || self.publishing.is_some()
+        self.waiting.is_some()
+            || self.redeeming.is_some()
+            || self.publishing.is_some()
+            || self.announcing.is_some()
+    }
+
+    /// The request is decided and waits for a call before its decision takes effect (a
+    /// redemption in the shared store, the write of a pushed event, the announcement of an
+    /// approval request): a body or trailers arriving meanwhile are held, never passed on.
+    fn holds(&self) -> bool {
+        self.redeeming.is_some() || self.publishing.is_some() || self.announcing.is_some()
     }
 
     /// The stream ended while the request waited for a call: that call will not be answered.
@@ -241,6 +269,9 @@ impl Exchange {
         }
         if let Some(p) = self.publishing.take() {
             engine.abandoned(&p.purpose);
+        }
+        if self.announcing.take().is_some() {
+            engine.abandoned(&Purpose::Announce);
         }
     }
 
@@ -398,8 +429,9 @@ impl Exchange {
         read: &mut dyn FnMut(usize) -> Vec<u8>,
     ) -> Outcome {
         let wait = Outcome::wait_for_body();
-        if self.redeeming.is_some() {
-            // The decision waits for the shared store: nothing passes meanwhile.
+        if self.holds() {
+            // Decided, and waiting for a call before the decision takes effect (the shared
+            // store, an announcement): nothing passes meanwhile.
             return wait;
         }
         if let Some(w) = self.waiting.as_mut() {
@@ -456,7 +488,7 @@ impl Exchange {
         // server might merge into the headers) is removed.
         trailers.extend(SINGLE_HEADERS.iter().map(|h| (h.to_string(), None)));
         let limit = engine.max_body_bytes();
-        let mut out = if self.redeeming.is_some() {
+        let mut out = if self.holds() {
             Outcome::wait_for_body()
         } else if let Some(w) = self.waiting.as_mut() {
             let body = read(limit.saturating_add(1));
@@ -730,11 +762,11 @@ impl Exchange {
         now_s: u64,
     ) {
         match redeemed {
-            Redeemed::Stands => self.settle(engine, out, decision, &head),
+            Redeemed::Stands => self.settle(engine, out, decision, &head, now_s),
             Redeemed::Refused(refused) => {
                 // Refused after all: no answer of the server to follow up on.
                 self.caller = None;
-                self.settle(engine, out, *refused, &head);
+                self.settle(engine, out, *refused, &head, now_s);
             }
             Redeemed::Wait { call, index } => {
                 if calls >= MAX_STORE_CALLS || !engine.try_hold_call(&call, now_s) {
@@ -787,7 +819,14 @@ impl Exchange {
     /// A final decision's outcome: counted, logged, and a reply or the request forwarded with
     /// its edits (a forwarded request whose answer carries list results has that answer
     /// filtered).
-    fn settle(&mut self, engine: &Engine, out: &mut Outcome, decision: Decision, head: &Head) {
+    fn settle(
+        &mut self,
+        engine: &Engine,
+        out: &mut Outcome,
+        decision: Decision,
+        head: &Head,
+        now_s: u64,
+    ) {
         let (method, path, request_id) = (&head.method, &head.path, &head.request_id);
         out.count(
             match decision.verdict {
@@ -808,9 +847,11 @@ impl Exchange {
         }
         if let Some(reply) = decision.reply {
             if let (Some(body), Some(w)) = (decision.notify, engine.approval_webhook()) {
-                // Announced to the approvers; the reply does not wait for it.
+                // Announced to the approvers before the client learns of the request: an
+                // approval page it is sent to knows it. With too many calls in flight, the
+                // reply goes at once and the announcement follows.
                 let authority = w.authority.as_deref().unwrap_or(&w.cluster);
-                out.callouts.push(Callout {
+                let callout = Callout {
                     cluster: w.cluster.clone(),
                     headers: [
                         (":method", "POST"),
@@ -822,7 +863,17 @@ impl Exchange {
                     .to_vec(),
                     body: body.into_bytes(),
                     timeout_ms: w.timeout_ms,
-                });
+                };
+                let call = Call {
+                    purpose: Purpose::Announce,
+                    callout,
+                };
+                if engine.try_hold_call(&call, now_s) {
+                    self.announcing = Some(reply);
+                    out.next = Next::Call(call);
+                    return;
+                }
+                out.callouts.push(call.callout);
             }
             out.next = Next::Reply(reply);
             return;

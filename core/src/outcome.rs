@@ -98,6 +98,9 @@ pub enum Purpose {
     StorePublish,
     /// What the other replicas wrote to the shared store since the last look.
     StoreFollow,
+    /// An approval request announced to the approvers (`approval.webhook`): the reply that asks
+    /// for approval waits for it, so that a page the client is sent to knows the request.
+    Announce,
 }
 
 /// A call whose answer Tessera needs: the request paused on it (`Next::Call`), or the root's

@@ -137,7 +137,7 @@ def test_approval_does_not_lift_a_denial_that_is_not_only_approval_policies(api)
 def test_an_approval_request_is_announced_to_the_webhook_cluster(envoy_bin, wasm_path, example_bootstrap,
                                                                   plugin_config, echo):
     """approval.webhook: the filter POSTs each approval request to an Envoy cluster (here the echo
-    upstream's, which counts what reaches it) without holding the client's answer."""
+    upstream's, which counts what reaches it) before it answers the client."""
     cfg = copy.deepcopy(plugin_config)
     cfg["approval"]["webhook"] = {"cluster": "upstream", "path": "/approval-requests"}
     e = envoy_with_plugin_config(envoy_bin, wasm_path, example_bootstrap, echo, cfg, "envoy-approval-webhook")
@@ -146,9 +146,7 @@ def test_an_approval_request_is_announced_to_the_webhook_cluster(envoy_bin, wasm
         hooked = Api(e.url)
         before = echo.count()
         ask_http(hooked, "/orders/42/refund", refund_agent())
-        deadline = time.monotonic() + 10  # a safety net: the call is asynchronous
-        while echo.count() == before and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The answer came after the announcement: no waiting here.
         assert echo.count() == before + 1, "the webhook received the approval request"
         # (That a plain denial announces nothing is shown in the harness, without waiting.)
     finally:

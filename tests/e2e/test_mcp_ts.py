@@ -170,12 +170,11 @@ def test_the_ts_client_follows_the_approval_loop_and_the_payment_runs_once(ts_cl
     before = [c for c in server.calls() if c["tool"] == "transfer_funds"]
     report = run_client(envoy, payer(), "approve")
     assert result_of(report) == {"isError": False, "text": "transferred 500 to EXT-42"}, report
-    # The person was sent to the page once and saw who asks and what (Tessera announces the
-    # request to the page without waiting, so a first view may come before it: 404, reloaded),
-    # and the approval reached Tessera.
+    # The person was sent to the page once and saw who asks and what at the first view (Tessera
+    # answers only once the page has the request), and the approval reached Tessera.
     [seen] = report["person"]
     assert seen["url"].startswith(f"{page.url}/approve?digest="), seen["url"]
-    assert seen["views"][-1] == 200 and set(seen["views"][:-1]) <= {404}, seen
+    assert seen["views"] == [200], seen
     for shown in ["https://agents.demo.tessera.dev", "agents|agent-pay", "call:transfer_funds", "EXT-42"]:
         assert shown in seen["page"], shown
     assert seen["approval"]["status"] == 200 and "Tessera answered 202" in seen["approval"]["page"], seen

@@ -563,14 +563,54 @@ fn an_http_request_needing_approval_gets_403_approval_required_then_is_allowed_o
 }
 
 #[test]
+fn a_body_arriving_while_the_approval_request_is_announced_is_held_not_forwarded() -> Result<()> {
+    let mut config = test_config()?;
+    config["approval"]["webhook"] = json!({"cluster": "approvals", "path": "/hooks/approval"});
+    let mut h = harness_with(config)?;
+    let auth = bearer(json!({"iss": AGENTS, "sub": "agent-9", "scope": "orders:write"}))?;
+    let ctx = h.new_http()?;
+    let action = h.request_headers(
+        ctx,
+        &[
+            (":method", "POST"),
+            (":path", "/orders/42/refund"),
+            (":authority", "api.example.com"),
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+        ],
+        false,
+    )?;
+    assert_eq!(
+        action,
+        tessera_harness::Action::Pause,
+        "waits for the announcement"
+    );
+    // The body comes while the announcement is out: held, the request is not let through.
+    let action = h.request_body(ctx, b"{}", true)?;
+    assert_eq!(
+        action,
+        tessera_harness::Action::Pause,
+        "the body must not pass"
+    );
+    h.request_trailers(ctx, &[("x-late", "1")])?;
+    assert!(!h.request_resumed(ctx));
+    let call = h.http_calls().first().cloned().context("announcement")?;
+    h.respond_to_call(call.token, 204, &[], b"")?;
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(403));
+    assert!(!h.request_resumed(ctx), "the refused request was resumed");
+    Ok(())
+}
+
+#[test]
 fn an_approval_request_is_announced_to_the_webhook_cluster() -> Result<()> {
     let mut config = test_config()?;
     config["approval"]["webhook"] = json!({"cluster": "approvals", "path": "/hooks/approval"});
     let mut h = harness_with(config)?;
     let auth = payer()?;
     let (ctx, status) = post_mcp(&mut h, &auth, &[], &transfer(9, 500, "EXT-42"))?;
-    assert_eq!(status, Some(200));
-    let digest = reply_json(&h, ctx)["error"]["data"]["approval"]["digest"].clone();
+    // The reply waits for the announcement: a page the client is sent to knows the request.
+    assert_eq!(status, None, "answered before the approvers were told");
     let calls = h.http_calls().to_vec();
     assert_eq!(calls.len(), 1, "one announcement");
     let call = &calls[0];
@@ -585,14 +625,24 @@ fn an_approval_request_is_announced_to_the_webhook_cluster() -> Result<()> {
     );
     let sent: Value = serde_json::from_slice(&call.body)?;
     assert_eq!(sent["event"], "approval_required");
-    assert_eq!(sent["approval"]["digest"], digest);
     assert_eq!(
         sent["policies"],
         json!(["external-transfers-need-approval"])
     );
-    // The webhook failing changes nothing for the client, who already has the answer; nor does
-    // its answer resume the refused request.
+    h.respond_to_call(call.token, 204, &[], b"")?;
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(200));
+    assert_eq!(
+        reply_json(&h, ctx)["error"]["data"]["approval"]["digest"],
+        sent["approval"]["digest"]
+    );
+    assert!(!h.request_resumed(ctx), "the refused request was resumed");
+    h.done(ctx)?;
+    // The webhook failing: the client still gets its answer, and nothing is resumed.
+    let (ctx, status) = post_mcp(&mut h, &auth, &[], &transfer(11, 500, "EXT-43"))?;
+    assert_eq!(status, None);
+    let call = h.http_calls().first().cloned().context("announcement")?;
     h.fail_call(call.token)?;
+    assert_eq!(h.local_reply(ctx).map(|r| r.status), Some(200));
     assert!(
         !h.request_resumed(ctx),
         "a webhook answer resumed the request"

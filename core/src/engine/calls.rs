@@ -162,8 +162,9 @@ impl Engine {
                 },
                 _ => (vec![], None),
             },
-            // Single-use redemption: its answers go to `Engine::redeem_answered`.
-            Purpose::StoreCreate(_) => (vec![], None),
+            // Single-use redemption: its answers go to `Engine::redeem_answered`; an
+            // announcement's to the exchange that waits for it.
+            Purpose::StoreCreate(_) | Purpose::Announce => (vec![], None),
         }
     }
 
@@ -185,7 +186,8 @@ impl Engine {
             | Purpose::StoreLease(_)
             | Purpose::StoreCreate(_)
             | Purpose::StorePublish
-            | Purpose::StoreFollow => {}
+            | Purpose::StoreFollow
+            | Purpose::Announce => {}
         }
         self.call_ended();
     }

@@ -19,7 +19,7 @@
 //     call-refused   tools/call read_file /etc/passwd → the JSON-RPC error (code, message, data)
 //     approve        tools/call transfer_funds {amount: 500, to_account: "EXT-42"}; the
 //                    elicitation/create handler (URL mode) plays the person: it opens the URL (the
-//                    approval page; reloading while the page answers 404), presses Approve (POST
+//                    approval page, once: Tessera announced the request before answering), presses Approve (POST
 //                    digest, approver to the page's /approve) and accepts; the SDK retries the
 //                    call by itself
 //     wait           as approve, but the person only accepts, never approves (the SDK gives up
@@ -30,8 +30,6 @@ const MODERN = '2026-07-28';
 const SCENARIOS = ['list', 'call-allowed', 'call-refused', 'approve', 'wait'];
 const RECORDED_HEADERS = ['mcp-protocol-version', 'mcp-method', 'mcp-name', 'mcp-session-id'];
 const SAFETY_NET_MS = 60_000; // bounds a hang; no timing is asserted
-const PAGE_RELOADS = 50;
-const PAGE_RELOAD_MS = 100;
 
 const [url, bearer, scenario] = process.argv.slice(2);
 if (!url || !bearer || !SCENARIOS.includes(scenario)) {
@@ -79,18 +77,14 @@ async function recordingFetch(input, init = {}) {
 const person = [];
 
 async function approvingPerson(pageUrl, approve) {
-    // Tessera announces the request to the page (approval.webhook) without waiting for it, so
-    // the page may not know it yet when the URL arrives: like a person, reload until it does.
+    // Tessera answers input_required only once the page has the request (approval.webhook):
+    // one view, no reloads.
     const seen = { url: pageUrl, views: [] };
     person.push(seen);
-    for (let view = 0; ; view++) {
-        const shown = await fetch(pageUrl);
-        seen.status = shown.status;
-        seen.page = await shown.text();
-        seen.views.push(shown.status);
-        if (shown.status !== 404 || view >= PAGE_RELOADS) break;
-        await new Promise(resolve => setTimeout(resolve, PAGE_RELOAD_MS));
-    }
+    const shown = await fetch(pageUrl);
+    seen.status = shown.status;
+    seen.page = await shown.text();
+    seen.views.push(shown.status);
     if (approve) {
         const target = new URL(pageUrl);
         const digest = target.searchParams.get('digest') ?? '';
