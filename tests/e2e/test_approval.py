@@ -15,7 +15,6 @@ digest is recomputed here from the approval request (sorted-key JSON, SHA-256, b
 from __future__ import annotations
 
 import copy
-import time
 import uuid
 
 import anyio
