@@ -410,7 +410,9 @@ fn i_json(v: &Value) -> bool {
         Value::Number(n) => match (n.as_u64(), n.as_i64()) {
             (Some(u), _) => u <= MAX_EXACT,
             (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT,
-            (None, None) => true,
+            // A float (or an integer literal beyond 64 bits, which the parser reads as one):
+            // two different literals of 2^53 or more can be the same double, so share a digest.
+            (None, None) => n.as_f64().is_some_and(|f| f.abs() < MAX_EXACT as f64),
         },
         Value::Array(a) => a.iter().all(i_json),
         Value::Object(m) => m.values().all(i_json),
@@ -553,6 +555,23 @@ mod tests {
         );
     }
 
+    /// Integer literals past 64 bits are read as doubles: two of them can be one double, so
+    /// share a digest. Such a request is not approvable (its denial stands).
+    #[test]
+    fn numbers_a_double_cannot_hold_exactly_have_no_digest() {
+        for text in [
+            r#"{"account": 123456789012345678901234}"#,
+            r#"{"account": 123456789012345678901235}"#,
+            r#"{"x": 1e300}"#,
+            r#"{"x": -9007199254740993.0}"#,
+        ] {
+            let v: Value = serde_json::from_str(text).expect("json");
+            assert_eq!(canonical(&v), None, "{text}");
+        }
+        let v: Value = serde_json::from_str(r#"{"x": 2.5, "y": -1e3}"#).expect("json");
+        assert!(canonical(&v).is_some());
+    }
+
     /// RFC 8785 §3.2.3: members sorted by UTF-16 code units, so U+1F600 (D83D DE00) comes
     /// before U+FB01; sorting by code points (Python's `sort_keys`) would put it after.
     #[test]
@@ -572,9 +591,12 @@ mod tests {
             digest(&json!({"n": [{"amount": -(exact as i64) - 1}]})),
             None
         );
+        // A double of 2^53 or more could be an integer literal past 64 bits, which a server
+        // reads exactly but the parser here rounds: not approvable either.
+        assert_eq!(digest(&json!({"amount": 1e300})), None);
         assert!(
-            digest(&json!({"amount": 1e300})).is_some(),
-            "a double is exact as itself"
+            digest(&json!({"amount": 0.25})).is_some(),
+            "a small double is exact"
         );
     }
 

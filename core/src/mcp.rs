@@ -204,6 +204,36 @@ pub fn target(m: &Message, server: &str) -> Result<Target, RpcError> {
     Ok(t)
 }
 
+/// The resources a `subscriptions/listen` (2026-07-28) subscribes to, each in its one form: every
+/// one is judged as `resources/subscribe`, as a 2025-11-25 subscription is. At most `max`.
+pub fn subscriptions(m: &Message, max: usize) -> Result<Vec<String>, RpcError> {
+    let Some(list) = m.params.pointer("/notifications/resourceSubscriptions") else {
+        return Ok(vec![]);
+    };
+    let invalid = |msg: String| (INVALID_PARAMS, msg);
+    let items = list.as_array().ok_or_else(|| {
+        invalid("params.notifications.resourceSubscriptions must be an array".into())
+    })?;
+    if items.len() > max {
+        return Err(invalid(format!(
+            "params.notifications.resourceSubscriptions may hold at most {max} URIs"
+        )));
+    }
+    items
+        .iter()
+        .map(|v| {
+            let raw = v.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                invalid("params.notifications.resourceSubscriptions holds a non-string".into())
+            })?;
+            crate::formats::canonical_resource_uri(raw).map_err(|e| {
+                invalid(format!(
+                    "a subscribed URI is not a resource URI with one meaning: {e}"
+                ))
+            })
+        })
+        .collect()
+}
+
 pub fn error_object(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
     let mut error = json!({"code": code, "message": message});
     if let Some(d) = data {

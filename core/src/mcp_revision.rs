@@ -273,6 +273,14 @@ pub fn decode(value: &str) -> Result<String, String> {
         .strip_prefix("=?base64?")
         .and_then(|v| v.strip_suffix("?="))
     else {
+        // Plain values are visible ASCII (and space, tab): anything else must come base64-encoded,
+        // or a server reading header bytes as Latin-1 would see another value than this check.
+        if !value
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) || b == b'\t')
+        {
+            return Err("is not plain ASCII (other values come as =?base64?...?=)".into());
+        }
         return Ok(value.to_string());
     };
     let bytes = base64::engine::general_purpose::STANDARD
@@ -437,5 +445,7 @@ mod tests {
             "padding is required"
         );
         assert!(decode("=?base64?/w==?=").is_err(), "not UTF-8");
+        assert!(decode("café").is_err(), "raw non-ASCII must be encoded");
+        assert!(decode("a\u{7f}").is_err());
     }
 }

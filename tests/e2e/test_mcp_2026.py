@@ -418,18 +418,32 @@ async def _until_barrier(sub: Subscription) -> list[ServerEvent]:
     return events
 
 
-def test_listen_stream_drops_updates_of_resources_the_caller_may_not_read(gw):
-    """alice (staff) and root (admins) listen through the gateway to the same resources; the
-    server announces a change of the guide, of the salaries, of the tool list, then of the
-    barrier. alice may not read the salaries: that update never reaches her; root gets all."""
-    watched = [GUIDE, SALARIES, BARRIER]
+def test_listen_is_allowed_only_for_resources_the_caller_may_subscribe_to_and_announces_those(gw):
+    """A listen naming a resource the caller may not subscribe to (alice, the salaries) is refused
+    whole (-32003), as a 2025-11-25 `resources/subscribe` of it would be, and never reaches the
+    server. alice (staff) and root (admins) then listen through the gateway; the server announces
+    a change of the guide, of the salaries, of the tool list, then of the barrier: alice gets what
+    she subscribed to, root gets all four. (An update the caller may not read that the server sends
+    anyway — a sub-resource — is dropped on the stream: tests/tests/mcp_2026.rs.)"""
     before = len(gw.server.requests())
+
+    async def refused():
+        async with sdk_client(gw, mcp_user("alice")) as (alice, _):
+            with pytest.raises(MCPError) as info:
+                async with alice.listen(resource_subscriptions=[GUIDE, SALARIES]):
+                    pass
+            return info.value
+
+    err = run(refused)
+    assert err.code == -32003 and "subscription to file:///private/salaries.csv" in err.message, err
+    assert not [r for r in seen_since(gw, before) if r["rpc"] == ["subscriptions/listen"]]
 
     async def main():
         async with sdk_client(gw, mcp_user("alice")) as (alice, alice_wire), \
                 sdk_client(gw, mcp_user("root", ["admins"])) as (root, _):
-            async with alice.listen(resource_subscriptions=watched, tools_list_changed=True) as alice_sub, \
-                    root.listen(resource_subscriptions=watched, tools_list_changed=True) as root_sub:
+            async with alice.listen(resource_subscriptions=[GUIDE, BARRIER], tools_list_changed=True) as alice_sub, \
+                    root.listen(resource_subscriptions=[GUIDE, SALARIES, BARRIER],
+                                tools_list_changed=True) as root_sub:
                 honored = alice_sub.honored
                 await _publish(gw.server, GUIDE, SALARIES, "tools", BARRIER)
                 return honored, await _until_barrier(alice_sub), await _until_barrier(root_sub), alice_wire

@@ -349,3 +349,153 @@ fn a_filtered_list_answer_is_private_to_its_caller() -> Result<()> {
     assert_eq!(names, ["read_file"], "the agent may not pay");
     Ok(())
 }
+
+// ---- attacker review of the 2026-07-28 changes: each finding, with a test ----
+
+/// The test configuration plus a `@scope` forbid on workspace secrets (a step-up lifts it).
+fn with_secret_scope() -> Result<Harness> {
+    harness_with(|c| {
+        c["approval"]["page"] = json!(PAGE);
+        c["policies"]["secrets.cedar"] = json!(
+            "@id(\"secrets-need-scope\")\n@scope(\"secret:read\")\n\
+             forbid (principal, action in [Action::\"resources/read\", Action::\"resources/subscribe\"], resource)\n\
+             when { context.mcp has uri && context.mcp.uri like \"file:///workspace/secret*\" }\n\
+             unless { context.token.scopes.contains(\"secret:read\") };\n"
+        );
+    })
+}
+
+fn listen(id: u64, uris: &[&str]) -> Value {
+    modern(
+        id,
+        "subscriptions/listen",
+        json!({"notifications": {"resourceSubscriptions": uris}}),
+        false,
+    )
+}
+
+#[test]
+fn a_listen_subscribing_to_a_resource_the_caller_may_not_subscribe_to_is_refused() -> Result<()> {
+    let mut h = with_secret_scope()?;
+    let user = bearer(json!({"iss": tessera_tests::IDP, "sub": "alice", "groups": ["staff"]}))?;
+    let headers = [
+        ("mcp-protocol-version", V),
+        ("mcp-method", "subscriptions/listen"),
+    ];
+    // Allowed; refused by policy (-32003); refused for a scope the token lacks (the 403 step-up
+    // an MCP client steps up on, as a read would get).
+    for (uris, expected) in [
+        (&["file:///workspace/guide.md"][..], None),
+        (
+            &["file:///workspace/guide.md", "file:///private/salaries.csv"][..],
+            Some((200, "-32003")),
+        ),
+        (
+            &["file:///workspace/secret.txt"][..],
+            Some((403, "insufficient_scope")),
+        ),
+    ] {
+        let (ctx, status) = post_mcp(&mut h, &user, &headers, &listen(1, uris))?;
+        assert_eq!(status, expected.map(|e| e.0), "{uris:?}");
+        if let Some((_, what)) = expected {
+            let body = String::from_utf8(h.local_reply(ctx).context("reply")?.body.clone())?;
+            assert!(body.contains(what), "{body}");
+        }
+        h.done(ctx)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_stream_never_announces_a_change_the_caller_could_read_only_after_a_step_up() -> Result<()> {
+    let mut h = with_secret_scope()?;
+    let user = bearer(json!({"iss": tessera_tests::IDP, "sub": "alice", "groups": ["staff"]}))?;
+    let headers = [
+        ("mcp-protocol-version", V),
+        ("mcp-method", "subscriptions/listen"),
+    ];
+    let (ctx, status) = post_mcp(
+        &mut h,
+        &user,
+        &headers,
+        &listen(1, &["file:///workspace/guide.md"]),
+    )?;
+    assert_eq!(status, None);
+    h.response_headers(
+        ctx,
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+        false,
+    )?;
+    let event = |uri: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                        "params": {"uri": uri}})
+        )
+    };
+    // The server names a sub-resource the caller may read only with the secret:read scope.
+    let stream = event("file:///workspace/secret.txt") + &event("file:///workspace/guide.md");
+    h.response_body(ctx, stream.as_bytes(), false)?;
+    let seen = String::from_utf8(h.response_body_of(ctx))?;
+    assert!(!seen.contains("secret.txt"), "{seen}");
+    assert!(seen.contains("guide.md"), "{seen}");
+    Ok(())
+}
+
+#[test]
+fn a_mirrored_name_that_is_not_plain_ascii_must_come_base64_encoded() -> Result<()> {
+    let mut h = harness()?;
+    let agent = bearer(json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read"}))?;
+    let call = modern(
+        1,
+        "tools/call",
+        json!({"name": "café", "arguments": {}}),
+        false,
+    );
+    let raw = [
+        ("mcp-protocol-version", V),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "café"),
+    ];
+    let (ctx, status) = post_mcp(&mut h, &agent, &raw, &call)?;
+    assert_eq!(status, Some(400));
+    let reply: Value = serde_json::from_slice(&h.local_reply(ctx).context("reply")?.body)?;
+    assert_eq!(reply["error"]["code"], -32020, "{reply}");
+    Ok(())
+}
+
+#[test]
+fn re_posting_an_older_approval_does_not_evict_a_fresh_one() -> Result<()> {
+    let mut h = harness()?;
+    let (_, reply) = send(&mut h, &transfer(1, None), Some("transfer_funds"))?;
+    let result = reply.context("asked")?.1["result"].clone();
+    let state = result["requestState"]
+        .as_str()
+        .context("state")?
+        .to_string();
+    let digest = result["_meta"]["tessera.dev/approval"]["digest"]
+        .as_str()
+        .context("d")?
+        .to_string();
+    let now = tessera_tests::now_s();
+    // A first approval, used by the call.
+    let older = approval_token(
+        &digest,
+        &json!({"jti": "older", "iat": now - 100, "exp": now + 20}),
+    )?;
+    assert_eq!(post_approval(&mut h, &older)?, 202);
+    let (ctx, reply) = send(&mut h, &transfer(2, Some(&state)), Some("transfer_funds"))?;
+    assert_eq!(reply, None);
+    h.done(ctx)?;
+    // The person approves the call again; someone re-posts the used first approval.
+    let fresh = approval_token(
+        &digest,
+        &json!({"jti": "fresh", "iat": now, "exp": now + 200}),
+    )?;
+    assert_eq!(post_approval(&mut h, &fresh)?, 202);
+    assert_eq!(post_approval(&mut h, &older)?, 202);
+    let (ctx, reply) = send(&mut h, &transfer(3, Some(&state)), Some("transfer_funds"))?;
+    assert_eq!(reply, None, "the fresh approval is still there");
+    h.done(ctx)?;
+    Ok(())
+}

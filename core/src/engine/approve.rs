@@ -263,10 +263,22 @@ impl Engine {
             Err(why) => return invalid(&why),
         };
         let key = input_required::granted_key(&digest);
-        // The latest approval for a call replaces an earlier one (whose use may be spent).
+        // A later approval for a call replaces an earlier one (whose use may be spent); an
+        // unused one that outlives it stays (re-posting an old approval evicts nothing).
         let mut written = Ok(false);
         for _ in 0..4 {
             let read = store.get(&key, now_s);
+            let keeps = read
+                .as_ref()
+                .and_then(|e| std::str::from_utf8(&e.payload).ok())
+                .and_then(|old| approval.verify_posted(old, now_s).ok())
+                .is_some_and(|(_, old)| {
+                    old.until > granted.until && store.get(&old.key, now_s).is_none()
+                });
+            if keeps {
+                written = Ok(true);
+                break;
+            }
             written = store.replace(
                 &key,
                 read.as_ref(),

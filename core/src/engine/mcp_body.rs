@@ -185,6 +185,10 @@ impl Engine {
                 Err((code, msg)) => Err(Refusal::invalid(code, msg)),
                 Ok(t) => self
                     .evaluate_mcp(&pending.token, &t, req, now_s, None)
+                    .and_then(|p| {
+                        self.subscribed(m, &t, &pending.token, req, now_s)
+                            .map(|()| p)
+                    })
                     .or_else(|r| {
                         // Approval is taken for the body's only message, not inside a batch.
                         let single = (!batch).then_some((m, revision.modern));
@@ -306,6 +310,39 @@ impl Engine {
         });
         d.reply = Some(rpc_reply(if invalid { 400 } else { 200 }, reply));
         d
+    }
+
+    /// A `subscriptions/listen` is allowed only if every resource it subscribes to is:
+    /// each is judged as `resources/subscribe` of it, so that a policy on subscriptions holds
+    /// for both revisions.
+    fn subscribed(
+        &self,
+        m: &mcp::Message,
+        listen: &mcp::Target,
+        token: &VerifiedToken,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+    ) -> Result<(), Refusal> {
+        if m.method != "subscriptions/listen" {
+            return Ok(());
+        }
+        let uris = mcp::subscriptions(m, self.max_batch_messages)
+            .map_err(|(code, msg)| Refusal::invalid(code, msg))?;
+        for uri in uris {
+            let t = mcp::Target {
+                action: "resources/subscribe".into(),
+                resource_type: crate::names::RESOURCE,
+                resource_id: uri.clone(),
+                uri: Some(uri.clone()),
+                ..listen.clone()
+            };
+            self.evaluate_mcp(token, &t, req, now_s, None)
+                .map_err(|r| Refusal {
+                    message: format!("subscription to {uri}: {}", r.message),
+                    ..r
+                })?;
+        }
+        Ok(())
     }
 
     /// A tool call's arguments with their declared formats in canonical form (`formats.rs`).

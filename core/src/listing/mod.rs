@@ -96,7 +96,7 @@ impl Engine {
                 let Some(name) = item.get(kind.key()).and_then(Value::as_str) else {
                     return false;
                 };
-                judge.may_use(self, kind, name).unwrap_or_else(|e| {
+                judge.may_use(self, kind, name, true).unwrap_or_else(|e| {
                     error.get_or_insert(e);
                     false
                 })
@@ -219,7 +219,8 @@ impl Engine {
             };
             let j = judge.get_or_insert_with(|| self.list_judge(lists, now_s));
             let ok = j
-                .may_use(self, ListKind::Resources, &uri)
+                // Not counting a step-up: a change is announced only to who may read it now.
+                .may_use(self, ListKind::Resources, &uri, false)
                 .unwrap_or_else(|e| {
                     total.error.get_or_insert(e);
                     false
@@ -275,7 +276,15 @@ struct Judge {
 impl Judge {
     /// Whether the caller may be allowed to use this item for some arguments; `Err` when that
     /// cannot be judged (the caller hides the item).
-    fn may_use(&self, engine: &Engine, kind: ListKind, name: &str) -> Result<bool, String> {
+    /// Whether the caller may use the item `name`: some arguments could be allowed, counting a
+    /// step-up (`after_step_up`: forbids a step-up lifts do not count) for a listing.
+    fn may_use(
+        &self,
+        engine: &Engine,
+        kind: ListKind,
+        name: &str,
+        after_step_up: bool,
+    ) -> Result<bool, String> {
         let (entities, context) = self.built.as_ref().map_err(Clone::clone)?;
         let (generic, resource_type, field) = kind.usage();
         // A resource is judged by the URI a read of it is judged by (formats.rs).
@@ -313,10 +322,13 @@ impl Judge {
         // Listed when some arguments could be allowed, counting a step-up: a tool held back
         // only by `@scope` forbids is listed, so that the client can call it, get the 403
         // `insufficient_scope` challenge and step up (as the MCP authorization spec expects).
-        let decision =
-            engine
-                .policies()
-                .evaluate_partial(entities.clone(), action, resource, pairs, true)?;
+        let decision = engine.policies().evaluate_partial(
+            entities.clone(),
+            action,
+            resource,
+            pairs,
+            after_step_up,
+        )?;
         Ok(decision != Some(CedarDecision::Deny))
     }
 }
