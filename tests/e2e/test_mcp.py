@@ -60,9 +60,10 @@ def mcp_bootstrap() -> dict:
     return envoy_config.rendered(EXAMPLE)
 
 
-def _gateway(envoy_bin, wasm_path, bootstrap: dict, mode: str):
-    server = McpServer(f"mcp-server-{mode}", *(["--json-response"] if mode == "json" else []))
-    envoy = Envoy(envoy_bin, copy.deepcopy(bootstrap), f"envoy-mcp-{mode}", wasm_path, server.port)
+def _gateway(envoy_bin, wasm_path, bootstrap: dict, mode: str, name: str = "mcp", *server_args: str):
+    """Envoy from `bootstrap` in front of a fresh SDK server (`mode` "json": --json-response)."""
+    server = McpServer(f"{name}-server-{mode}", *server_args, *(["--json-response"] if mode == "json" else []))
+    envoy = Envoy(envoy_bin, copy.deepcopy(bootstrap), f"envoy-{name}-{mode}", wasm_path, server.port)
     try:
         if not envoy.wait_ready():
             pytest.fail(f"Envoy exited (code {envoy.proc.returncode}) with {EXAMPLE.name}:\n{tail(envoy.log)}",

@@ -23,7 +23,6 @@ The SDK tests run twice: the server with its default SSE mode and with --json-re
 from __future__ import annotations
 
 import base64
-import copy
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from mcp.client.subscriptions import ResourceUpdated, ServerEvent, Subscription,
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 import envoy_config
-from conftest import REPO_ROOT, Envoy, McpServer, tail
+from conftest import REPO_ROOT, McpServer
 from helpers import json_body
+import test_mcp
 from test_mcp import Gateway, assert_refused_by, mcp_agent, mcp_user, rpc_error, text_of
 
 EXAMPLE = REPO_ROOT / "envoy-examples" / "envoy-mcp.yaml"
@@ -64,16 +64,7 @@ def bootstrap() -> dict:
 
 
 def _gateway(envoy_bin, wasm_path, bootstrap: dict, mode: str):
-    server = McpServer(f"mcp2026-server-{mode}", "--public-lists", *(["--json-response"] if mode == "json" else []))
-    envoy = Envoy(envoy_bin, copy.deepcopy(bootstrap), f"envoy-mcp2026-{mode}", wasm_path, server.port)
-    try:
-        if not envoy.wait_ready():
-            pytest.fail(f"Envoy exited (code {envoy.proc.returncode}) with {EXAMPLE.name}:\n{tail(envoy.log)}",
-                        pytrace=False)
-        yield Gateway(envoy, server)
-    finally:
-        envoy.stop()
-        server.stop()
+    yield from test_mcp._gateway(envoy_bin, wasm_path, bootstrap, mode, "mcp2026", "--public-lists")
 
 
 @pytest.fixture(scope="module")
