@@ -481,6 +481,20 @@ fn answer_existing(h: &mut Harness, txn: &HttpCall, existing: &str) -> Result<()
     )
 }
 
+/// The refund with `token` and `approval`: recorded in etcd (the transaction succeeds) and
+/// forwarded.
+fn recorded_and_forwarded(h: &mut Harness, token: &str, approval: &str) -> Result<()> {
+    let (ctx, _) = refund(h, token, Some(approval))?;
+    let txn = etcd_call(h, "/v3/kv/txn")?;
+    answer(h, &txn, json!({"header": {}, "succeeded": true}))?;
+    assert!(
+        h.request_resumed(ctx),
+        "{:?}",
+        h.local_reply(ctx).map(|r| r.status)
+    );
+    h.done(ctx)
+}
+
 #[test]
 fn a_request_s_single_use_token_and_approval_are_recorded_together_or_not_at_all() -> Result<()> {
     let mut h = harness()?;
@@ -511,19 +525,7 @@ fn a_request_s_single_use_token_and_approval_are_recorded_together_or_not_at_all
     );
     h.done(ctx)?;
     // ...and the approval is not used up: with a fresh token it is recorded and forwarded.
-    let (ctx, _) = refund(
-        &mut h,
-        &refund_token("t-fresh")?,
-        Some(&approval("a-kept")?),
-    )?;
-    let txn = etcd_call(&h, "/v3/kv/txn")?;
-    answer(&mut h, &txn, json!({"header": {}, "succeeded": true}))?;
-    assert!(
-        h.request_resumed(ctx),
-        "{:?}",
-        h.local_reply(ctx).map(|r| r.status)
-    );
-    h.done(ctx)?;
+    recorded_and_forwarded(&mut h, &refund_token("t-fresh")?, &approval("a-kept")?)?;
 
     // An approval another replica used, with a fresh token: refused as the approval's replay...
     let (ctx, _) = refund(&mut h, &refund_token("t-kept")?, Some(&approval("a-used")?))?;
@@ -537,19 +539,7 @@ fn a_request_s_single_use_token_and_approval_are_recorded_together_or_not_at_all
     );
     h.done(ctx)?;
     // ...and the token is not used up.
-    let (ctx, _) = refund(
-        &mut h,
-        &refund_token("t-kept")?,
-        Some(&approval("a-other")?),
-    )?;
-    let txn = etcd_call(&h, "/v3/kv/txn")?;
-    answer(&mut h, &txn, json!({"header": {}, "succeeded": true}))?;
-    assert!(
-        h.request_resumed(ctx),
-        "{:?}",
-        h.local_reply(ctx).map(|r| r.status)
-    );
-    h.done(ctx)?;
+    recorded_and_forwarded(&mut h, &refund_token("t-kept")?, &approval("a-other")?)?;
     // Both recorded now, on this proxy too: a replay is refused without a call.
     let (_, status) = refund(
         &mut h,

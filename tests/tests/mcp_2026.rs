@@ -87,6 +87,18 @@ fn post_approval(h: &mut Harness, approval: &str) -> Result<u32> {
     Ok(status)
 }
 
+/// Asks for the transfer that needs approval: the `requestState` and the call's digest of the
+/// `input_required` answer.
+fn ask(h: &mut Harness) -> Result<(String, String)> {
+    let (_, reply) = send(h, &transfer(1, None), Some("transfer_funds"))?;
+    let result = reply.context("asked")?.1["result"].clone();
+    let field = |v: &Value, what: &str| v.as_str().map(str::to_string).context(what.to_string());
+    Ok((
+        field(&result["requestState"], "state")?,
+        field(&result["_meta"]["tessera.dev/approval"]["digest"], "digest")?,
+    ))
+}
+
 #[test]
 fn a_call_needing_approval_asks_the_person_through_input_required_then_runs_once() -> Result<()> {
     let mut h = harness()?;
@@ -171,12 +183,7 @@ fn a_call_needing_approval_asks_the_person_through_input_required_then_runs_once
 #[test]
 fn an_approval_is_for_its_call_only_and_the_receiver_takes_only_valid_approvals() -> Result<()> {
     let mut h = harness()?;
-    let (_, reply) = send(&mut h, &transfer(1, None), Some("transfer_funds"))?;
-    let result = reply.context("asked")?.1["result"].clone();
-    let state = result["requestState"]
-        .as_str()
-        .context("state")?
-        .to_string();
+    let (state, digest) = ask(&mut h)?;
     // An approval of another call, posted: the retry is still asked for approval.
     assert_eq!(
         post_approval(&mut h, &approval_token("another-call", &json!({}))?)?,
@@ -188,11 +195,8 @@ fn an_approval_is_for_its_call_only_and_the_receiver_takes_only_valid_approvals(
         Some(json!("input_required"))
     );
     // Our state on another call (other arguments): that call's own digest decides.
-    let digest = result["_meta"]["tessera.dev/approval"]["digest"]
-        .as_str()
-        .context("d")?;
     assert_eq!(
-        post_approval(&mut h, &approval_token(digest, &json!({"jti": "p-2"}))?)?,
+        post_approval(&mut h, &approval_token(&digest, &json!({"jti": "p-2"}))?)?,
         202
     );
     let mut other = transfer(3, Some(&state));
@@ -204,7 +208,7 @@ fn an_approval_is_for_its_call_only_and_the_receiver_takes_only_valid_approvals(
     );
     // Not an approval, a forged one, and a GET: refused by the receiver.
     assert_eq!(post_approval(&mut h, "not a jwt")?, 400);
-    let forged = approval_token(digest, &json!({"iss": "https://evil.example"}))?;
+    let forged = approval_token(&digest, &json!({"iss": "https://evil.example"}))?;
     assert_eq!(post_approval(&mut h, &forged)?, 400);
     let (ctx, status) = tessera_tests::request(&mut h, "GET", RECEIVER, None, &[])?;
     assert_eq!(status, Some(405));
@@ -467,16 +471,7 @@ fn a_mirrored_name_that_is_not_plain_ascii_must_come_base64_encoded() -> Result<
 #[test]
 fn re_posting_an_older_approval_does_not_evict_a_fresh_one() -> Result<()> {
     let mut h = harness()?;
-    let (_, reply) = send(&mut h, &transfer(1, None), Some("transfer_funds"))?;
-    let result = reply.context("asked")?.1["result"].clone();
-    let state = result["requestState"]
-        .as_str()
-        .context("state")?
-        .to_string();
-    let digest = result["_meta"]["tessera.dev/approval"]["digest"]
-        .as_str()
-        .context("d")?
-        .to_string();
+    let (state, digest) = ask(&mut h)?;
     let now = tessera_tests::now_s();
     // A first approval, used by the call.
     let older = approval_token(
