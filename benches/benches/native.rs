@@ -113,6 +113,7 @@ fn verified(i: usize, now: u64) -> Arc<VerifiedToken> {
         checked: Default::default(),
         payload: payload.into(),
         agent: Default::default(),
+        binding: Default::default(),
     })
 }
 

@@ -127,6 +127,13 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// The names of the configured task detail fields, in configuration order.
+    pub fn detail_field_names(&self) -> impl Iterator<Item = &str> {
+        self.detail_fields.iter().map(|(name, _)| name.as_str())
+    }
+}
+
 /// The `act` chain of a token: empty without `act`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delegation {

@@ -33,7 +33,8 @@ pub struct Policies {
     authorizer: Authorizer,
     entity_types: HashSet<String>,
     /// Per action: the attributes its schema declares for `context.mcp`.
-    mcp_fields: HashMap<String, HashSet<String>>,
+    /// Per action, the context attributes its schema declares (`declared_fields`).
+    declared: HashMap<String, HashSet<String>>,
 }
 
 /// The policies that can apply to one action, split so that a request evaluates only those whose
@@ -160,7 +161,8 @@ impl Clone for Checked {
 
 /// Context attributes built from the token alone; every other attribute (`request`, `now`,
 /// `mcp`, `approval`, …) may differ from one request to the next.
-const PER_TOKEN_CONTEXT: [&str; 3] = ["token", "delegation", "task"];
+/// (`pop` says how the token is bound; a bound token reaches Cedar only proven.)
+const PER_TOKEN_CONTEXT: [&str; 4] = ["token", "delegation", "task", "pop"];
 
 /// Whether `policy` may read a context attribute that varies per request. Conservative: a use of
 /// `context` other than `context.<attr>` / `context has <attr>`, or a policy that cannot be
@@ -333,15 +335,25 @@ impl Policies {
             by_action,
             authorizer: Authorizer::new(),
             entity_types,
-            mcp_fields: mcp_fields(schema_text),
+            declared: declared_fields(schema_text),
         })
     }
 
     /// Whether `action`'s schema declares `context.mcp.<field>`.
     pub fn mcp_declares(&self, action: &str, field: &str) -> bool {
-        self.mcp_fields
-            .get(action)
-            .is_some_and(|f| f.contains(field))
+        self.declares(action, &format!("mcp/{field}"))
+    }
+
+    /// Whether `action`'s schema declares the context attribute at `path` (`pop`,
+    /// `request/tls`, `request/headers/x-tenant`): attributes the filter adds to older shapes
+    /// go only where declared, so that a schema written before them keeps validating.
+    pub fn declares(&self, action: &str, path: &str) -> bool {
+        self.declared.get(action).is_some_and(|f| f.contains(path))
+    }
+
+    /// Whether some action's schema declares the context attribute at `path`.
+    pub fn declared_anywhere(&self, path: &str) -> bool {
+        self.declared.values().any(|f| f.contains(path))
     }
 
     pub fn has_entity_type(&self, name: &str) -> bool {
@@ -573,9 +585,11 @@ impl Policies {
     }
 }
 
-/// Per action of the schema, the attributes of its `context.mcp` record type: read from the
-/// schema's JSON form, following common type names (`McpContext`, `ReadFileCall`).
-fn mcp_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
+/// Per action of the schema, the attribute paths its context type declares, written
+/// `mcp/client`, `request/headers/x-tenant` (`/` never appears in a header name): read from the
+/// schema's JSON form, following common type names (`McpContext`, `ReadFileCall`), three levels
+/// deep.
+fn declared_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
     let mut out = HashMap::new();
     let Ok((fragment, _)) = cedar_policy::SchemaFragment::from_cedarschema_str(schema_text) else {
         return out;
@@ -603,22 +617,34 @@ fn mcp_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
             }
             None
         };
+        fn walk(
+            record: &Value,
+            prefix: &str,
+            depth: usize,
+            resolve: &dyn Fn(&Value) -> Option<Value>,
+            out: &mut HashSet<String>,
+        ) {
+            let Some(attrs) = record.get("attributes").and_then(Value::as_object) else {
+                return;
+            };
+            for (name, t) in attrs {
+                let path = format!("{prefix}{name}");
+                if depth > 1 {
+                    if let Some(inner) = resolve(t) {
+                        walk(&inner, &format!("{path}/"), depth - 1, resolve, out);
+                    }
+                }
+                out.insert(path);
+            }
+        }
         let Some(actions) = ns.get("actions").and_then(Value::as_object) else {
             continue;
         };
         for (action, def) in actions {
-            let fields = def
-                .pointer("/appliesTo/context")
-                .and_then(resolve)
-                .and_then(|ctx| ctx.pointer("/attributes/mcp").cloned())
-                .and_then(|mcp| resolve(&mcp))
-                .and_then(|mcp| {
-                    mcp.get("attributes")
-                        .and_then(Value::as_object)
-                        .map(|a| a.keys().cloned().collect::<HashSet<String>>())
-                });
-            if let Some(f) = fields {
-                out.insert(action.clone(), f);
+            if let Some(ctx) = def.pointer("/appliesTo/context").and_then(resolve) {
+                let mut fields = HashSet::new();
+                walk(&ctx, "", 3, &resolve, &mut fields);
+                out.insert(action.clone(), fields);
             }
         }
     }
@@ -636,24 +662,29 @@ mod tests {
             "/../policies/tessera.cedarschema"
         ))
         .unwrap_or_default();
-        let f = mcp_fields(&schema);
+        let f = declared_fields(&schema);
         for action in ["tools/call", "server/discover", "call:read_file"] {
             let fields = f.get(action).cloned().unwrap_or_default();
             assert!(
-                fields.contains("protocol_version") && fields.contains("client"),
+                fields.contains("mcp/protocol_version") && fields.contains("mcp/client"),
                 "{action}: {fields:?}"
             );
         }
-        assert!(!f.contains_key("GET"), "an HTTP action has no context.mcp");
+        assert!(
+            !f.get("GET")
+                .is_some_and(|f| f.iter().any(|p| p.starts_with("mcp"))),
+            "an HTTP action has no context.mcp"
+        );
         let old = "entity Tool; type Call = { method: String };
                    action \"tools/call\" appliesTo { principal: [Tool], resource: [Tool], context: { mcp: Call } };";
-        let f = mcp_fields(old);
+        let f = declared_fields(old);
         assert_eq!(
-            f.get("tools/call").map(|f| f.contains("method")),
+            f.get("tools/call").map(|f| f.contains("mcp/method")),
             Some(true)
         );
         assert_eq!(
-            f.get("tools/call").map(|f| f.contains("protocol_version")),
+            f.get("tools/call")
+                .map(|f| f.contains("mcp/protocol_version")),
             Some(false)
         );
     }

@@ -41,6 +41,108 @@ pub struct Config {
     /// MCP sessions known to every replica: session ids sealed for their owner.
     #[serde(default)]
     pub sessions: Option<SessionsConfig>,
+    /// DPoP (RFC 9449): tokens bound to a key the client proves it holds on every request.
+    #[serde(default)]
+    pub dpop: Option<DpopConfig>,
+    /// Facts about the connection and request that Cedar sees in `context.request`: the
+    /// source, the TLS peer, headers the operator lists.
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+}
+
+/// `dpop`: how DPoP proofs (RFC 9449 §4) are checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopConfig {
+    /// Accepted proof algorithms (asymmetric): `ES256`, `ES384`, `EdDSA`.
+    #[serde(default = "default_dpop_algs")]
+    pub algs: Vec<String>,
+    /// A proof's `iat` at most this many seconds old.
+    #[serde(default = "default_dpop_max_age")]
+    pub max_age_s: u64,
+    /// A proof's `iat` at most this many seconds ahead of the proxy's clock.
+    #[serde(default = "default_dpop_skew")]
+    pub clock_skew_s: u64,
+    /// `scheme://authority` a proof's `htu` may name (the public origins of this gateway, when
+    /// it sits behind another proxy). Empty: the request's own `:scheme` and `:authority`.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Server nonces (RFC 9449 §9): proofs must carry one Tessera issued.
+    #[serde(default)]
+    pub nonce: Option<DpopNonceConfig>,
+    /// Largest `DPoP` header accepted.
+    #[serde(default = "default_max_proof_bytes")]
+    pub max_proof_bytes: usize,
+}
+
+fn default_dpop_algs() -> Vec<String> {
+    vec!["ES256".into(), "ES384".into(), "EdDSA".into()]
+}
+fn default_dpop_max_age() -> u64 {
+    60
+}
+fn default_dpop_skew() -> u64 {
+    5
+}
+fn default_max_proof_bytes() -> usize {
+    4096
+}
+
+/// `dpop.nonce`: nonces are HMAC-SHA-256 of their issue time, so that every replica with the
+/// keys accepts every replica's nonces without a store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopNonceConfig {
+    /// Base64 keys of at least 32 random bytes, the same on every replica: the first makes
+    /// nonces, every one checks them (rotation).
+    pub keys: Vec<String>,
+    /// How long a nonce is accepted.
+    #[serde(default = "default_nonce_ttl")]
+    pub ttl_s: u64,
+}
+
+fn default_nonce_ttl() -> u64 {
+    300
+}
+
+/// `connection`: what Cedar sees of the connection and of headers in `context.request`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Request headers copied into `context.request.headers` (lower-case names; each may appear
+    /// at most once in a request). Each must be declared in the schema.
+    #[serde(default)]
+    pub request_headers: Vec<String>,
+    /// Whether the listener verifies client certificates against a CA
+    /// (`require_client_certificate` and a `validation_context` with `trusted_ca`). The filter
+    /// cannot see that itself: this says what `context.request.tls.verified` reports, and only
+    /// verified certificates yield a SPIFFE ID.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+    /// Trust domains whose X.509-SVIDs (URI SAN `spiffe://<domain>/…`) are accepted as
+    /// `context.request.tls.spiffe_id`.
+    #[serde(default)]
+    pub spiffe_trust_domains: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificates {
+    #[default]
+    Unverified,
+    Verified,
+}
+
+/// Whether tokens must be bound to a key the client proves it holds (`cnf`: DPoP or a client
+/// certificate), per issuer and per route.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProofOfPossession {
+    /// Bound tokens are proven; unbound (bearer) tokens are accepted too.
+    #[default]
+    Optional,
+    /// Only bound tokens, proven.
+    Required,
 }
 
 /// `sessions`: the `Mcp-Session-Id` a client sees is the server's id sealed (HMAC-SHA-256) for
@@ -165,6 +267,9 @@ pub struct IssuerConfig {
     /// security events, status lists, DPoP proofs, approvals) are never access tokens.
     #[serde(default)]
     pub typ: Option<String>,
+    /// `required`: this issuer's tokens must be bound (`cnf`) and proven on every request.
+    #[serde(default)]
+    pub proof_of_possession: ProofOfPossession,
 }
 
 fn default_clock_skew() -> u64 {
@@ -213,6 +318,9 @@ pub struct RouteConfig {
     /// path keeps its case, as most upstreams tell `/share/abc` from `/share/ABC`.
     #[serde(default = "default_true")]
     pub case_sensitive: bool,
+    /// `required`: only bound tokens (`cnf`), proven, on this route.
+    #[serde(default)]
+    pub proof_of_possession: ProofOfPossession,
 }
 
 fn default_true() -> bool {

@@ -25,6 +25,7 @@ use crate::listing::{ListRequests, ResponseFilter, Step};
 use crate::mcp_revision::Mirrored;
 use crate::obligations::Redeemed;
 use crate::outcome::{Answer, Call, Callout, Counter, Level, Next, Outcome, Purpose};
+use crate::pop::connection::{Connection, RequestFacts};
 use crate::reply::{log_safe, LocalReply};
 use crate::session::{Binding, SessionCaller};
 use crate::store::Store;
@@ -51,6 +52,8 @@ pub struct Exchange {
     publishing: Option<Publishing>,
     /// A reply asking for approval, waiting for the announcement to the approvers.
     announcing: Option<LocalReply>,
+    /// The connection (`set_connection`) and the listed headers, read with the request headers.
+    facts: RequestFacts,
 }
 
 /// The reply to a pushed security event, sent once its revocations are in the shared store.
@@ -147,6 +150,12 @@ impl Exchange {
             debug,
             ..Exchange::default()
         }
+    }
+
+    /// What the proxy says about the connection the request came on (its attributes, read
+    /// before the request headers): the source address, the client certificate.
+    pub fn set_connection(&mut self, connection: Connection) {
+        self.facts.connection = connection;
     }
 
     /// The request headers (as bytes: a value that is not UTF-8 must not abort anything).
@@ -293,8 +302,11 @@ impl Exchange {
             out.remove(name);
         }
         let approval_header = engine.approval_header();
+        let listed = engine.listed_headers();
         let not_utf8 = headers.iter().any(|(k, v)| {
-            (UTF8_HEADERS.contains(&k.as_str()) || Some(k.as_str()) == approval_header)
+            (UTF8_HEADERS.contains(&k.as_str())
+                || Some(k.as_str()) == approval_header
+                || listed.iter().any(|l| l == k))
                 && std::str::from_utf8(v).is_err()
         });
         if not_utf8 {
@@ -314,10 +326,16 @@ impl Exchange {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
+        self.facts.headers = listed
+            .iter()
+            .filter_map(|name| Some((name.clone(), first(name)?)))
+            .collect();
         let method = first(":method").unwrap_or_default();
         let path = first(":path").unwrap_or_default();
         let host = first(":authority").unwrap_or_default();
         let authorization = first("authorization");
+        let scheme = first(":scheme").unwrap_or_default();
+        let dpop = first("dpop");
         let content_type = first("content-type");
         let approval = approval_header.and_then(first);
         // A header that must be single came twice, or also under another spelling (`mcp_session_id`,
@@ -326,6 +344,7 @@ impl Exchange {
             .iter()
             .copied()
             .chain(approval_header)
+            .chain(listed.iter().map(String::as_str))
             .find(|name| {
                 headers.iter().filter(|(k, _)| k == name).count() > 1
                     || headers
@@ -342,6 +361,9 @@ impl Exchange {
             approval: approval.as_deref(),
             repeated,
             mirrored: None,
+            scheme: &scheme,
+            dpop: dpop.as_deref(),
+            facts: Some(&self.facts),
         };
         let mut decision = engine.check(&request, store, now_s);
         if let Some(call) = decision.call.take() {
@@ -487,6 +509,7 @@ impl Exchange {
         // What identifies a request is read from its headers only: a copy in the trailers (which a
         // server might merge into the headers) is removed.
         trailers.extend(SINGLE_HEADERS.iter().map(|h| (h.to_string(), None)));
+        trailers.extend(engine.listed_headers().iter().map(|h| (h.clone(), None)));
         let limit = engine.max_body_bytes();
         let mut out = if self.holds() {
             Outcome::wait_for_body()
@@ -625,6 +648,7 @@ impl Exchange {
             host: &head.host,
             request_id: &head.request_id,
             mirrored: Some(&head.mirrored),
+            facts: Some(&self.facts),
             ..HttpRequest::default()
         };
         let decision = engine.check_mcp(&pending, &request, body, store, now_s);

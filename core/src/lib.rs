@@ -28,6 +28,7 @@ pub mod names;
 pub mod obligations;
 pub mod outcome;
 pub mod path;
+pub mod pop;
 pub mod reply;
 pub mod revocation;
 pub mod sealed;

@@ -72,6 +72,73 @@ impl LocalReply {
         }
     }
 
+    /// A DPoP challenge (RFC 9449 §7.1): `error` is `invalid_token`, `invalid_dpop_proof` or
+    /// `use_dpop_nonce`; `algs` the proof algorithms accepted.
+    pub fn dpop_challenge(
+        error: &str,
+        description: &str,
+        algs: &str,
+        request_id: &str,
+    ) -> LocalReply {
+        let d = quoted(description);
+        LocalReply {
+            status: 401,
+            headers: vec![
+                (
+                    "www-authenticate".into(),
+                    format!(
+                        "DPoP error=\"{error}\", error_description=\"{d}\", algs=\"{}\"",
+                        quoted(algs)
+                    ),
+                ),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: json!({"error": error, "error_description": d, "request_id": request_id})
+                .to_string(),
+        }
+    }
+
+    /// The same refusal as a DPoP challenge, for a client that used the DPoP scheme: every
+    /// `Bearer` challenge becomes `DPoP` with the accepted algorithms.
+    pub fn as_dpop(mut self, algs: &str) -> LocalReply {
+        for (k, v) in &mut self.headers {
+            if k == "www-authenticate" {
+                if let Some(rest) = v.strip_prefix("Bearer") {
+                    let sep = if rest.is_empty() { " " } else { ", " };
+                    *v = format!("DPoP{rest}{sep}algs=\"{}\"", quoted(algs));
+                }
+            }
+        }
+        self
+    }
+
+    /// Adds a `DPoP` challenge beside the `Bearer` one (RFC 9449 §7.1: a resource that takes
+    /// both schemes offers both).
+    pub fn with_dpop_offer(mut self, algs: &str) -> LocalReply {
+        if self
+            .headers
+            .iter()
+            .any(|(k, v)| k == "www-authenticate" && v.starts_with("Bearer"))
+        {
+            self.headers.insert(
+                1,
+                (
+                    "www-authenticate".into(),
+                    format!("DPoP algs=\"{}\"", quoted(algs)),
+                ),
+            );
+        }
+        self
+    }
+
+    /// `DPoP-Nonce: <nonce>` (RFC 9449 §9): the nonce the client's next proof must carry.
+    pub fn with_dpop_nonce(mut self, nonce: Option<String>) -> LocalReply {
+        if let Some(n) = nonce {
+            self.headers.push(("dpop-nonce".into(), n));
+        }
+        self
+    }
+
     /// RFC 6750 §3.1 and the MCP authorization spec's scope challenge: 403 naming the scopes
     /// (space-separated) a new token needs; `with_resource_metadata` adds where to get one.
     pub fn insufficient_scope(

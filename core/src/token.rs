@@ -36,6 +36,8 @@ pub struct Issuer {
     typ: Option<String>,
     /// The identity namespace of this issuer's entity ids (`identity.rs`).
     pub namespace: String,
+    /// Tokens must be bound (`cnf`) and proven (`proof_of_possession: required`).
+    pub proof_required: bool,
 }
 
 impl Issuer {
@@ -96,6 +98,7 @@ impl Issuer {
             agent: crate::agent::AgentConfig::compile(c.delegation.as_ref(), &c.task, path)?,
             typ,
             namespace,
+            proof_required: c.proof_of_possession == crate::config::ProofOfPossession::Required,
         })
     }
 
@@ -143,6 +146,8 @@ pub struct VerifiedToken {
     pub payload: Claims,
     /// `act` and the task claims, parsed and checked once, when the token was verified.
     pub agent: crate::agent::AgentClaims,
+    /// The key or certificate the token is bound to (`cnf`): proven on every request.
+    pub binding: crate::pop::Binding,
     /// What of the Cedar request built from this token is already known to fit the schema.
     pub checked: crate::authz::Checked,
 }
@@ -205,6 +210,7 @@ pub fn verify(
     // A chain too deep or task claims the filter cannot judge: refused before Cedar sees them.
     let payload = Claims::from(payload);
     let agent = crate::agent::parse(&payload, &issuer.agent)?;
+    let binding = crate::pop::Binding::of(payload.get("cnf"))?;
     let string = |name: &str| {
         payload
             .get(name)
@@ -233,6 +239,7 @@ pub fn verify(
         key_generation: keys.generation,
         payload,
         agent,
+        binding,
         checked: crate::authz::Checked::default(),
     })
 }

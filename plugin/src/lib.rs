@@ -16,6 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tessera_core::exchange::{self, Exchange};
 use tessera_core::outcome::{Answer, Edit, Level, Next, Outcome};
+use tessera_core::pop::connection::{Connection, SOURCE_ADDRESS};
 use tessera_core::Engine;
 
 mod calls;
@@ -242,6 +243,15 @@ impl HttpContext for Filter {
             return self.apply(o, REQUEST.0, (REQUEST.1, 0));
         }
         self.run(Action::Pause, REQUEST, 0, |x, engine, store, _| {
+            // The connection's attributes: the client certificate (what a certificate-bound
+            // token is checked against), the source address only when a policy may read it.
+            let source = engine.reads_source_address();
+            x.set_connection(Connection::from_attributes(&|path: &[&str]| {
+                if path == SOURCE_ADDRESS && !source {
+                    return None;
+                }
+                hostcalls::get_property(path.to_vec()).ok().flatten()
+            }));
             x.on_request_headers(engine, store, &headers, request_id, end_of_stream, now_s())
         })
     }

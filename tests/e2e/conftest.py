@@ -392,6 +392,7 @@ class Envoy:
         self.admin_path.unlink(missing_ok=True)
         envoy_config.patch(bootstrap, admin_port=0, listener_port=0, upstream_port=upstream_port,
                            wasm_path=wasm)
+        self.scheme = "https" if envoy_config.terminates_tls(bootstrap) else "http"
         envoy_config.dump_yaml(bootstrap, self.config_path)
         self.base_id = (os.getpid() % 100_000) * 100 + n % 100
         self._log_f = open(self.log, "w")
@@ -418,7 +419,7 @@ class Envoy:
             if self.admin_url:
                 try:
                     if httpx.get(f"{self.admin_url}/ready", timeout=2).status_code == 200:
-                        self.url = f"http://127.0.0.1:{self._listener_port()}"
+                        self.url = f"{self.scheme}://127.0.0.1:{self._listener_port()}"
                         return True
                 except httpx.HTTPError:
                     pass
@@ -480,13 +481,17 @@ def envoy(envoy_bin, wasm_path, example_bootstrap, echo) -> Envoy:
 
 def envoy_with_plugin_config(envoy_bin: Path, wasm_path: Path, example_bootstrap: dict, echo: Echo,
                              plugin_cfg: dict | str, name: str, attach_log: bool = True,
-                             concurrency: int = 1, clusters: dict[str, int] | None = None) -> Envoy:
+                             concurrency: int = 1, clusters: dict[str, int] | None = None,
+                             tls: dict | None = None) -> Envoy:
     """Start (without waiting) an Envoy from the example with another plugin configuration, with
-    `concurrency` worker threads and extra STATIC clusters (name → port on 127.0.0.1)."""
+    `concurrency` worker threads and extra STATIC clusters (name → port on 127.0.0.1); `tls`: the
+    listener terminates TLS, arguments of envoy_config.add_downstream_tls (its `url` is then https)."""
     import copy
     bootstrap = envoy_config.set_plugin_config(copy.deepcopy(example_bootstrap), plugin_cfg)
     for cluster, port in (clusters or {}).items():
         envoy_config.add_cluster(bootstrap, cluster, port)
+    if tls is not None:
+        envoy_config.add_downstream_tls(bootstrap, **tls)
     return Envoy(envoy_bin, bootstrap, name, wasm_path, echo.port, attach_log=attach_log,
                  concurrency=concurrency)
 

@@ -125,3 +125,36 @@ def patch(doc: dict, *, admin_port: int | None = None, listener_port: int | None
         for pc in wasm_plugin_configs(doc):
             pc["vm_config"]["code"]["local"]["filename"] = str(wasm_path)
     return doc
+
+
+DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+def add_downstream_tls(doc: dict, cert: str | Path, key: str | Path, trusted_ca: str | Path | None = None, *,
+                       require_client_certificate: bool = True, accept_untrusted: bool = False) -> dict:
+    """Terminate TLS (in place) on every filter chain of every listener, with `cert`/`key` (PEM files).
+
+    trusted_ca: ask clients for a certificate and validate it against this CA (PEM); a certificate
+    that does not chain to it fails the handshake, unless accept_untrusted (then Envoy lets it in and
+    reports it as not validated). require_client_certificate: a client without a certificate fails
+    the handshake (else it gets in without one). Without trusted_ca no client certificate is asked for.
+    """
+    tls: dict[str, Any] = {"common_tls_context": {"tls_certificates": [{
+        "certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}]}}
+    if trusted_ca is not None:
+        validation: dict[str, Any] = {"trusted_ca": {"filename": str(trusted_ca)}}
+        if accept_untrusted:
+            validation["trust_chain_verification"] = "ACCEPT_UNTRUSTED"
+        tls["common_tls_context"]["validation_context"] = validation
+        tls["require_client_certificate"] = require_client_certificate
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            chain["transport_socket"] = {"name": "envoy.transport_sockets.tls",
+                                         "typed_config": {"@type": DOWNSTREAM_TLS, **copy.deepcopy(tls)}}
+    return doc
+
+
+def terminates_tls(doc: dict) -> bool:
+    """Whether a listener of the bootstrap has a TLS transport socket (clients then speak https)."""
+    return any(chain.get("transport_socket", {}).get("name") == "envoy.transport_sockets.tls"
+               for listener in doc["static_resources"]["listeners"] for chain in listener["filter_chains"])

@@ -59,6 +59,25 @@ def www_authenticate_params(value: str) -> dict[str, str]:
     return {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="((?:[^"\\]|\\.)*)"', value)}
 
 
+_AUTH_ITEM = re.compile(r'\s*,?\s*([A-Za-z][\w!#$%&\'*+.^`|~-]*)(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*))?')
+
+
+def challenges(resp: httpx.Response) -> dict[str, dict[str, str]]:
+    """Every challenge of every `www-authenticate` header (RFC 9110 §11.6.1), scheme (lower-case) →
+    auth-params (names lower-case, quoted values unquoted): `DPoP error="x", Bearer` →
+    {"dpop": {"error": "x"}, "bearer": {}}."""
+    out: dict[str, dict[str, str]] = {}
+    for value in resp.headers.get_list("www-authenticate"):
+        current: dict[str, str] | None = None
+        for m in _AUTH_ITEM.finditer(value):
+            name, val = m.group(1), m.group(2)
+            if val is None:
+                current = out.setdefault(name.lower(), {})
+            elif current is not None:
+                current[name.lower()] = re.sub(r'\\(.)', r'\1', val[1:-1]) if val.startswith('"') else val
+    return out
+
+
 def assert_invalid_token(resp: httpx.Response, *reason_words: str) -> None:
     """401, `www-authenticate: Bearer error="invalid_token", error_description="…"` and the JSON
     body, with error_description containing one of reason_words (case-insensitive)."""

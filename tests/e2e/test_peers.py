@@ -227,3 +227,49 @@ def test_idp_poll_honours_max_events_and_records_acks_and_set_errs(idp):
     state = idp.acks()
     assert state["acks"] == ["s1"] and state["setErrs"] == {"s2": {"err": "invalid_key", "description": "x"}}
     assert state["pending"] == ["s3"] and len(state["polls"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# dpop.py (RFC 9449 proofs) and pki.py (mutual TLS certificates)
+
+def test_dpop_thumbprints_match_rfc7638_by_hand_and_proofs_verify_with_joserfc():
+    import dpop
+    dpop.self_test()
+
+
+def test_pki_certificates_chain_to_the_ca_with_the_sans_and_thumbprints_rfc8705_names():
+    import base64
+    import ssl
+
+    from cryptography import x509
+
+    import pki as pkimod
+
+    p = pkimod.generate(ARTIFACTS / "pki-peers")
+    ca = x509.load_pem_x509_certificate(p.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(p.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert set(p.clients) == set(pkimod.CLIENTS)
+    for name, client in p.clients.items():
+        cert = x509.load_pem_x509_certificate(client.cert.read_bytes())
+        if client.from_ca:
+            cert.verify_directly_issued_by(ca)
+        else:
+            with pytest.raises(Exception):
+                cert.verify_directly_issued_by(ca)
+            cert.verify_directly_issued_by(cert)  # self-signed
+        try:
+            uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+                .get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        assert uris == ([client.uri] if client.uri else []), name
+        der = ssl.PEM_cert_to_DER_cert(client.cert.read_text())  # not the code under test
+        expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+        assert client.x5t_s256 == expected == p.thumbprints()[name] and "=" not in expected, name
+    assert p.clients["evil"].uri.startswith("spiffe://evil.example/")
+    assert p.clients["selfsigned"].uri == pkimod.PLANNER and not p.clients["selfsigned"].from_ca
+    assert len(set(p.thumbprints().values())) == len(p.clients)

@@ -31,6 +31,9 @@ PRIVATE_KEYS = {
     "attacker-rsa2048": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     # The demo approver (human approval, tests/peers/approve.py): its own JWKS, approver-jwks.json.
     "approver-ed25519": lambda: ed25519.Ed25519PrivateKey.generate(),
+    # An agent's own key (not in any JWKS): DPoP proofs of the harness tests (tests/src/dpop.rs);
+    # tokens are bound to it with `cnf.jkt`.
+    "holder-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
 }
 
 APPROVER_KID = "demo-approver"

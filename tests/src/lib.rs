@@ -2,6 +2,7 @@
 //! example policies with the demo issuers), token minting with an independent JOSE library
 //! (`jsonwebtoken`, not the jwt-simple the filter verifies with), and the built `.wasm`.
 
+pub mod dpop;
 pub mod signed;
 
 use std::path::{Path, PathBuf};

@@ -166,6 +166,7 @@ fn run_native(engine: &Engine, case: &Case, auth: Option<&str>) -> Outcome {
         approval: None,
         repeated: None,
         mirrored: Some(&mirrored),
+        ..HttpRequest::default()
     };
     let mut d = engine.check(&req, &MemoryStore::new(), now_s());
     if let Some(p) = d.pending.take() {

@@ -339,7 +339,20 @@ fn sse_for_a_non_list_request_passes_through_untouched() -> Result<()> {
 
 #[test]
 fn a_json_list_reply_is_buffered_filtered_and_loses_its_content_length() -> Result<()> {
+    json_list_reply_filtered(harness()?)
+}
+
+/// Envoy reports the peer's address and TLS state: the listing sees them in `context.request`
+/// (`source_ip` an `ipaddr`), and filters exactly as without them.
+#[test]
+fn a_list_reply_is_filtered_the_same_when_the_connection_is_known() -> Result<()> {
     let mut h = harness()?;
+    h.set_property("source.address", "127.0.0.1:40000");
+    h.set_property("connection.mtls", [0u8]);
+    json_list_reply_filtered(h)
+}
+
+fn json_list_reply_filtered(mut h: Harness) -> Result<()> {
     let agent = token(AGENTS, "agent-7", "")?;
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "resources/list"},

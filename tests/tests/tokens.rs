@@ -32,6 +32,7 @@ fn check_with_clock(engine: &Engine, token: &str, now: u64) -> (Verdict, u32, St
         approval: None,
         repeated: None,
         mirrored: None,
+        ..HttpRequest::default()
     };
     let d = engine.check(&req, &MemoryStore::new(), now);
     let status = d.reply.as_ref().map_or(200, |r| r.status);
@@ -253,6 +254,7 @@ fn a_bearer_scheme_is_required() {
         approval: None,
         repeated: None,
         mirrored: None,
+        ..HttpRequest::default()
     };
     let d = e.check(&req, &MemoryStore::new(), now_s());
     assert_eq!(d.verdict, Verdict::Unauthenticated);
@@ -269,6 +271,7 @@ fn a_bearer_scheme_is_required() {
         approval: None,
         repeated: None,
         mirrored: None,
+        ..HttpRequest::default()
     };
     assert_eq!(
         e.check(&req, &MemoryStore::new(), now_s()).verdict,

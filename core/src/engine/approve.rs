@@ -22,7 +22,7 @@ impl Engine {
         route: &Route,
         req: &HttpRequest<'_>,
         now_s: u64,
-        once: Option<crate::approval::Once>,
+        once: Vec<crate::approval::Once>,
     ) {
         use crate::approval::{self, Approved};
         let Some(principal) = d.principal.clone() else {

@@ -16,6 +16,15 @@ use crate::token::VerifiedToken;
 
 use super::*;
 
+/// The request line as policies see it (`context.request`), and the connection facts.
+pub(crate) struct RequestLine<'a> {
+    pub method: &'a str,
+    /// Already in its policy form (`path::for_policy`, `path::host_for_policy`).
+    pub path: &'a str,
+    pub host: &'a str,
+    pub facts: Option<&'a crate::pop::connection::RequestFacts>,
+}
+
 /// The entities (principal first) and context attributes of a Cedar request.
 pub(crate) type RequestParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>);
 
@@ -45,19 +54,16 @@ impl Engine {
         }
         let entities = self.token_entities(t)?;
         let mut context = self.token_context(t)?;
-        // Per-request parts. Strings and the clock have one type whatever the request says.
+        // Per-request parts. Strings, the clock, the connection have one type whatever the
+        // request says.
+        let line = RequestLine {
+            method: req.method,
+            path: crate::path::for_policy(req.path),
+            host: &crate::path::host_for_policy(req.host),
+            facts: req.facts,
+        };
+        self.request_context(t, action, &line, now_s, &mut context)?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let request = RestrictedExpression::new_record([
-            ("method".to_string(), s(req.method)),
-            ("path".to_string(), s(crate::path::for_policy(req.path))),
-            (
-                "host".to_string(),
-                s(&crate::path::host_for_policy(req.host)),
-            ),
-        ])
-        .map_err(RequestError::build)?;
-        context.push(("request".to_string(), request));
-        context.push(("now".to_string(), long(now_s)));
         // Only fixed-type per-request parts so far.
         let mut fixed_context = true;
         if let Some((m, target)) = mcp {
@@ -208,6 +214,84 @@ impl Engine {
             &issuer.namespace,
         )?);
         Ok(context)
+    }
+
+    /// The per-request context attributes every action has: `request` (the request line, and
+    /// what the action's schema declares of the connection and the listed headers), `now`, and
+    /// `pop` where declared. `Engine::evaluate` and the list filter build them here alike.
+    pub(crate) fn request_context(
+        &self,
+        t: &VerifiedToken,
+        action: &str,
+        line: &RequestLine<'_>,
+        now_s: u64,
+        context: &mut Vec<(String, RestrictedExpression)>,
+    ) -> Result<(), RequestError> {
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let declares = |path: &str| self.policies.declares(action, path);
+        let mut request = vec![
+            ("method".to_string(), s(line.method)),
+            ("path".to_string(), s(line.path)),
+            ("host".to_string(), s(line.host)),
+        ];
+        if let Some(facts) = line.facts {
+            let c = &facts.connection;
+            if let Some(ip) = c
+                .source_ip
+                .as_ref()
+                .filter(|_| declares("request/source_ip"))
+            {
+                request.push((
+                    "source_ip".to_string(),
+                    RestrictedExpression::new_ip(ip.clone()),
+                ));
+            }
+            if let Some(port) = c.source_port.filter(|_| declares("request/source_port")) {
+                request.push(("source_port".to_string(), long(u64::from(port))));
+            }
+            if let Some(peer) = c.tls.as_ref().filter(|_| declares("request/tls")) {
+                let spiffe = self.connection.spiffe_id(peer);
+                let fields = [
+                    (
+                        "verified",
+                        Some(RestrictedExpression::new_bool(self.connection.verified)),
+                    ),
+                    ("certificate_sha256", Some(s(&peer.certificate_sha256))),
+                    ("subject", peer.subject.as_deref().map(s)),
+                    ("spiffe_id", spiffe.map(|(id, _)| s(id))),
+                    ("trust_domain", spiffe.map(|(_, td)| s(td))),
+                ];
+                let tls = fields
+                    .into_iter()
+                    .filter(|(name, _)| declares(&format!("request/tls/{name}")))
+                    .filter_map(|(name, v)| Some((name.to_string(), v?)));
+                request.push((
+                    "tls".to_string(),
+                    RestrictedExpression::new_record(tls).map_err(RequestError::build)?,
+                ));
+            }
+        }
+        if declares("request/headers") {
+            let listed = line.facts.map_or(&[][..], |f| f.headers.as_slice());
+            let headers = listed
+                .iter()
+                .filter(|(name, _)| declares(&format!("request/headers/{name}")))
+                .map(|(name, value)| (name.clone(), s(value)));
+            request.push((
+                "headers".to_string(),
+                RestrictedExpression::new_record(headers).map_err(RequestError::build)?,
+            ));
+        }
+        context.push((
+            "request".to_string(),
+            RestrictedExpression::new_record(request).map_err(RequestError::build)?,
+        ));
+        context.push(("now".to_string(), long(now_s)));
+        if declares("pop") {
+            let pop = t.binding.context().map_err(RequestError::build)?;
+            context.push(("pop".to_string(), pop));
+        }
+        Ok(())
     }
 
     pub(crate) fn policies(&self) -> &Policies {

@@ -94,6 +94,7 @@ impl Engine {
                 auth: r.auth,
                 kind: r.kind,
                 max_token_age_s: r.max_token_age_s,
+                proof_required: r.proof_of_possession == crate::config::ProofOfPossession::Required,
             });
         }
         if routes.iter().any(|r| r.kind == RouteKind::Mcp) {
@@ -234,6 +235,29 @@ impl Engine {
                 "must be at least 1",
             ));
         }
+        let dpop = c
+            .dpop
+            .as_ref()
+            .map(crate::pop::dpop::Dpop::compile)
+            .transpose()?;
+        let connection = crate::pop::connection::ConnectionFacts::compile(&c.connection)?;
+        for (i, h) in connection.request_headers.iter().enumerate() {
+            if !policies.declared_anywhere(&format!("request/headers/{h}")) {
+                return Err(ConfigError::new(
+                    format!("connection.request_headers[{i}]"),
+                    format!(
+                        "`{h}` is declared in no action's context.request.headers in the schema \
+                         (e.g. `type RequestHeaders = {{ \"{h}\"?: String }}`)"
+                    ),
+                ));
+            }
+            if owned_headers_contains(&forward, h) {
+                return Err(ConfigError::new(
+                    format!("connection.request_headers[{i}]"),
+                    "is an identity header the filter sets (forward.headers)",
+                ));
+            }
+        }
         let engine = Engine {
             mode: c.mode,
             issuers,
@@ -261,6 +285,8 @@ impl Engine {
             events,
             etcd,
             sealer,
+            dpop,
+            connection,
             pending_calls: Mutex::new(Vec::new()),
             max_pending_calls: c.limits.max_pending_calls,
         };
@@ -313,6 +339,7 @@ impl Engine {
                     |e| ConfigError::new(format!("issuers[{i}]"), format!("sample token: {e}")),
                 )?,
                 payload: payload.into(),
+                binding: crate::pop::Binding::default(),
                 checked: crate::authz::Checked::default(),
             };
             let req = HttpRequest {
@@ -340,10 +367,15 @@ impl Engine {
                 && self.policies.has_action("tools/call");
             if delegated && tool_calls {
                 self.check_task_detail(&token).map_err(|reason| {
+                    let fields = issuer
+                        .agent
+                        .detail_field_names()
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     ConfigError::new(
                         format!("issuers[{i}].task.detail_fields"),
                         format!(
-                            "the schema does not accept the task detail of a tool call: {reason}"
+                            "the schema does not accept the task detail fields ({fields}) of a tool call: {reason}"
                         ),
                     )
                 })?;
@@ -476,4 +508,8 @@ fn compile_resource_metadata(
         crate::json::set(&mut doc, "resource_name", json!(n));
     }
     Ok((url, paths, doc.to_string()))
+}
+
+fn owned_headers_contains(forward: &[(String, HeaderSource)], name: &str) -> bool {
+    forward.iter().any(|(n, _)| n == name)
 }

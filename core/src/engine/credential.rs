@@ -1,6 +1,7 @@
-//! The second stage: the credential — the bearer token taken from the request, verified with its
-//! issuer's keys (or found verified in the cache), its age checked for the route, whether it is
-//! revoked (security events, status list), and whether it is single-use.
+//! The second stage: the credential — the token taken from the request (`Bearer` or `DPoP`
+//! scheme), verified with its issuer's keys (or found verified in the cache), its age checked
+//! for the route, whether it is revoked (security events, status list), whether the key or
+//! certificate it is bound to was proven (`pop/`), and whether it is single-use.
 //!
 //! Two checks may need a call first: keys fetched again for a `kid` they lack, a status list
 //! not fetched yet. The request then waits for the call (`Decision::call`) and is decided again.
@@ -11,6 +12,7 @@ use super::{unauthenticated, wait_for, Decision, Engine, HttpRequest, Route};
 use crate::cache;
 use crate::error::TokenError;
 use crate::outcome::Call;
+use crate::pop::dpop::ProofError;
 use crate::reply::LocalReply;
 use crate::revocation::{self, status_list};
 use crate::store::Store;
@@ -26,20 +28,31 @@ impl Engine {
         req: &HttpRequest<'_>,
         store: &dyn Store,
         now_s: u64,
-    ) -> Result<Arc<VerifiedToken>, Decision> {
-        let Some(token) = req.authorization.and_then(bearer) else {
+    ) -> Result<(Arc<VerifiedToken>, Option<crate::approval::Once>), Decision> {
+        let Some((scheme, token)) = req.authorization.and_then(credential_of) else {
             let reason = if req.authorization.is_some() {
-                "authorization is not a bearer token"
+                "authorization is not a Bearer or DPoP token"
             } else {
                 "no token"
             };
+            let mut reply = LocalReply::missing_token(req.request_id);
+            if let Some(d) = &self.dpop {
+                reply = reply.with_dpop_offer(d.algs());
+            }
             return Err(Decision {
                 reason: reason.into(),
-                reply: Some(LocalReply::missing_token(req.request_id)),
+                reply: Some(reply),
                 ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
             });
         };
-        let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);
+        // A client that used the DPoP scheme gets DPoP challenges.
+        let as_scheme = |mut d: Decision| {
+            if let (Scheme::Dpop, Some(dpop)) = (scheme, &self.dpop) {
+                d.reply = d.reply.map(|r| r.as_dpop(dpop.algs()));
+            }
+            d
+        };
+        let refused = |e: TokenError| as_scheme(unauthenticated(route, &e, req.request_id));
         let verified = match self.verify_cached(token, now_s) {
             Ok(v) => v,
             Err(TokenError::UnknownKid(kid)) => {
@@ -58,7 +71,119 @@ impl Engine {
         if let Some(call) = self.token_status(&verified, now_s).map_err(refused)? {
             return Err(self.wait(route, call, req.request_id, now_s));
         }
-        Ok(verified)
+        let proof = self
+            .possession(route, &verified, scheme, token, req, now_s)
+            .map_err(as_scheme)?;
+        Ok((verified, proof))
+    }
+
+    /// The token's binding (`cnf`), proven by this request: a DPoP proof for `cnf.jkt` (its
+    /// `jti`, to record, is the `Ok`), the connection's client certificate for `cnf.x5t#S256`.
+    /// An unbound token passes where neither its issuer nor the route requires proof.
+    #[allow(clippy::result_large_err)] // as `Engine::stages`
+    fn possession(
+        &self,
+        route: &Route,
+        t: &VerifiedToken,
+        scheme: Scheme,
+        token: &str,
+        req: &HttpRequest<'_>,
+        now_s: u64,
+    ) -> Result<Option<crate::approval::Once>, Decision> {
+        let refused = |why: &str| Decision {
+            reason: why.to_string(),
+            reply: Some(LocalReply::invalid_token(why, req.request_id)),
+            ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
+        };
+        let b = &t.binding;
+        let issuer_requires = self.issuer_of(t).is_ok_and(|i| i.proof_required);
+        if !b.is_bound() && (route.proof_required || issuer_requires) {
+            return Err(refused(
+                "proof of possession required: the token is not bound to a key or certificate (cnf)",
+            ));
+        }
+        if let Some(x5t) = &b.x5t {
+            let presented = req
+                .facts
+                .and_then(|f| f.connection.tls.as_ref())
+                .map(|tls| tls.certificate_sha256.as_str());
+            match presented {
+                None => {
+                    return Err(refused(
+                        "the token is bound to a client certificate (cnf x5t#S256) and the connection presented none",
+                    ))
+                }
+                Some(h) if h != x5t => {
+                    return Err(refused(
+                        "the connection's client certificate is not the one the token is bound to (cnf x5t#S256)",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(jkt) = &b.jkt else {
+            if scheme == Scheme::Dpop {
+                return Err(refused(
+                    "the token is not DPoP-bound (no cnf.jkt): use the Bearer scheme",
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(dpop) = &self.dpop else {
+            return Err(refused(
+                "DPoP-bound tokens are not accepted here (no dpop configuration)",
+            ));
+        };
+        let challenge = |error: &str, why: &str| Decision {
+            reason: format!("DPoP proof: {why}"),
+            reply: Some(LocalReply::dpop_challenge(
+                error,
+                why,
+                dpop.algs(),
+                req.request_id,
+            )),
+            ..Decision::new(Verdict::Unauthenticated, Some(route.name.clone()), None)
+        };
+        if scheme != Scheme::Dpop {
+            // RFC 9449 §7.1: a bound token used as a bearer token; the challenge names the
+            // scheme it needs.
+            return Err(challenge(
+                "invalid_token",
+                "the token is DPoP-bound: send it with the DPoP scheme and a DPoP proof",
+            ));
+        }
+        let Some(proof) = req.dpop else {
+            return Err(challenge("invalid_dpop_proof", "no DPoP proof"));
+        };
+        let target = crate::pop::dpop::Target {
+            method: req.method,
+            scheme: req.scheme,
+            authority: req.host,
+            path: req.path,
+        };
+        match dpop.check(proof, target, token, jkt, now_s) {
+            Ok(p) => {
+                let used = "DPoP proof already used (jti)";
+                Ok(Some(crate::approval::Once {
+                    key: p.replay_key,
+                    until: p.until,
+                    verdict: Verdict::Unauthenticated,
+                    reason: used.into(),
+                    reply: LocalReply::dpop_challenge(
+                        "invalid_dpop_proof",
+                        used,
+                        dpop.algs(),
+                        req.request_id,
+                    ),
+                }))
+            }
+            Err(ProofError::Invalid(why)) => Err(challenge("invalid_dpop_proof", &why)),
+            Err(ProofError::UseNonce(why)) => {
+                let mut d = challenge("use_dpop_nonce", why);
+                d.reply = d.reply.map(|r| r.with_dpop_nonce(dpop.fresh_nonce(now_s)));
+                Err(d)
+            }
+        }
     }
 
     /// The token's status list says VALID (`Ok(None)`), or must be fetched first.
@@ -187,12 +312,24 @@ impl Engine {
     }
 }
 
-/// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235 §2.1).
-fn bearer(h: &str) -> Option<&str> {
+/// How the client presented its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scheme {
+    Bearer,
+    /// RFC 9449 §7.1: with a `DPoP` proof header.
+    Dpop,
+}
+
+/// `Authorization: Bearer <token>` or `DPoP <token>` (scheme case-insensitive, RFC 7235 §2.1).
+fn credential_of(h: &str) -> Option<(Scheme, &str)> {
     let (scheme, rest) = h.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return None;
-    }
+    };
     let token = rest.trim();
-    (!token.is_empty()).then_some(token)
+    (!token.is_empty()).then_some((scheme, token))
 }

@@ -57,7 +57,7 @@ pub struct Pending {
     pub(super) token: Arc<VerifiedToken>,
     pub(super) principal: String,
     /// The token is single-use: recorded if the body is forwarded.
-    pub(super) once: Option<crate::approval::Once>,
+    pub(super) once: Vec<crate::approval::Once>,
     /// The approval header, for a call that needs one.
     pub(super) approval: Option<String>,
 }
@@ -109,6 +109,10 @@ impl Decision {
 impl Pending {
     pub(crate) fn token(&self) -> &VerifiedToken {
         &self.token
+    }
+
+    pub(crate) fn token_arc(&self) -> Arc<VerifiedToken> {
+        self.token.clone()
     }
 }
 

@@ -90,6 +90,8 @@ pub struct ListRequests {
     pub(crate) pending: Pending,
     pub(crate) path: String,
     pub(crate) host: String,
+    /// The connection and listed headers of the list request (`context.request`).
+    pub(crate) facts: Option<crate::pop::connection::RequestFacts>,
     pub(crate) request_id: String,
     pub(crate) ids: Vec<(Value, ListKind)>,
     /// The answer to a GET on an MCP route (the server's SSE stream, which a client can resume
@@ -141,6 +143,7 @@ impl ListRequests {
             pending,
             path: crate::path::for_policy(req.path).to_string(),
             host: crate::path::host_for_policy(req.host),
+            facts: req.facts.cloned(),
             request_id: req.request_id.to_string(),
             ids,
             stream,

@@ -40,7 +40,7 @@ mod identity;
 pub mod lists;
 mod mcp_body;
 mod route;
-pub(crate) use cedar::RequestParts;
+pub(crate) use cedar::{RequestLine, RequestParts};
 use decision::{cannot_judge, deny_reply, unauthenticated, wait_for};
 pub use decision::{Decision, Pending};
 use identity::HeaderSource;
@@ -66,6 +66,12 @@ pub struct HttpRequest<'a> {
     pub repeated: Option<&'a str>,
     /// The MCP headers that mirror the body (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`).
     pub mirrored: Option<&'a crate::mcp_revision::Mirrored>,
+    /// `:scheme` (`http` or `https`): with `:authority` and `:path`, the URI a DPoP proof names.
+    pub scheme: &'a str,
+    /// The `DPoP` header: a proof of possession (RFC 9449).
+    pub dpop: Option<&'a str>,
+    /// The connection and the listed headers (`pop/connection.rs`).
+    pub facts: Option<&'a crate::pop::connection::RequestFacts>,
 }
 
 impl<'a> HttpRequest<'a> {
@@ -85,8 +91,9 @@ impl<'a> HttpRequest<'a> {
 // header the exchange starts reading belongs in `READ_HEADERS`, and in the others if they apply.
 
 /// Headers a request may carry at most once.
-pub const SINGLE_HEADERS: [&str; 5] = [
+pub const SINGLE_HEADERS: [&str; 6] = [
     "authorization",
+    "dpop",
     "mcp-session-id",
     "mcp-protocol-version",
     "mcp-method",
@@ -95,11 +102,13 @@ pub const SINGLE_HEADERS: [&str; 5] = [
 
 /// Request headers whose values the engine reads as text: each must be UTF-8, or the request is
 /// refused (400), as is the approval header.
-pub const UTF8_HEADERS: [&str; 8] = [
+pub const UTF8_HEADERS: [&str; 10] = [
     ":method",
     ":path",
     ":authority",
+    ":scheme",
     "authorization",
+    "dpop",
     "content-type",
     "mcp-protocol-version",
     "mcp-method",
@@ -110,8 +119,9 @@ pub const UTF8_HEADERS: [&str; 8] = [
 /// requests), besides the pseudo-headers and the approval header: never the name of a
 /// forwarded identity header (`forward.headers`), or the client's copy would be read as the
 /// filter's.
-pub const READ_HEADERS: [&str; 10] = [
+pub const READ_HEADERS: [&str; 11] = [
     "authorization",
+    "dpop",
     "host",
     "content-type",
     "content-length",
@@ -157,6 +167,10 @@ pub struct Engine {
     /// MCP session handles sealed for their owner (`sessions.seal_keys`); none: bindings in the
     /// Store.
     pub(crate) sealer: Option<crate::sealed::Sealer>,
+    /// DPoP proofs (RFC 9449), when configured (`pop/dpop.rs`).
+    dpop: Option<crate::pop::dpop::Dpop>,
+    /// What Cedar sees of the connection and the listed headers (`pop/connection.rs`).
+    connection: crate::pop::connection::ConnectionFacts,
     /// Calls requests wait for: when each started one times out. At most `max_pending_calls`.
     pending_calls: Mutex<Vec<u64>>,
     max_pending_calls: usize,
@@ -317,14 +331,18 @@ impl Engine {
         let folded = route.fold(req.path);
         let req = &req.with_path(folded.as_deref());
         // 2. Credential (credential.rs).
-        let verified = self.credential(route, req, store, now_s)?;
+        let (verified, proof) = self.credential(route, req, store, now_s)?;
         let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);
         // 3. Identity (identity.rs).
         let principal = self.principal_uid(&verified).map_err(refused)?;
-        // A single-use credential: its first use is recorded before forwarding (credential.rs).
-        let once = self
+        // A single-use credential, a DPoP proof: the first use is recorded before forwarding
+        // (credential.rs).
+        let once: Vec<_> = self
             .single_use(&verified, req.request_id)
-            .map_err(refused)?;
+            .map_err(refused)?
+            .into_iter()
+            .chain(proof)
+            .collect();
         // An MCP POST: the body decides (mcp_body.rs).
         if route.kind == RouteKind::Mcp && req.method == "POST" {
             let mut d = self.await_mcp_body(route, verified, principal, req);
@@ -343,7 +361,7 @@ impl Engine {
         route: &Route,
         verified: Arc<VerifiedToken>,
         principal: String,
-        once: Option<crate::approval::Once>,
+        once: Vec<crate::approval::Once>,
         req: &HttpRequest<'_>,
         now_s: u64,
     ) -> Decision {
@@ -386,7 +404,7 @@ impl Engine {
                         route: self.route_index(route),
                         token: verified.clone(),
                         principal: principal.clone(),
-                        once: None,
+                        once: vec![],
                         approval: None,
                     };
                     d.mcp_lists = Some(lists::ListRequests::stream(pending, req));
@@ -444,7 +462,7 @@ impl Engine {
             route: self.route_index(route),
             token,
             principal,
-            once: None,
+            once: vec![],
             approval: self.approval.as_ref().and(req.approval).map(str::to_string),
         });
         d
@@ -475,6 +493,18 @@ impl Engine {
     /// Where the approval page posts approvals (`approval.receiver_path`, with `approval.page`).
     pub fn approval_receiver(&self) -> Option<&str> {
         self.approval.as_ref().and_then(|a| a.receiver_path())
+    }
+
+    /// The request headers copied into `context.request.headers` (`connection.request_headers`):
+    /// each is read as one UTF-8 value, like the headers in [`SINGLE_HEADERS`].
+    pub fn listed_headers(&self) -> &[String] {
+        &self.connection.request_headers
+    }
+
+    /// Whether some policy may read the source address: the proxy reads it only then.
+    pub fn reads_source_address(&self) -> bool {
+        self.policies.declared_anywhere("request/source_ip")
+            || self.policies.declared_anywhere("request/source_port")
     }
 
     /// Number of verified tokens in the cache.

@@ -16,6 +16,8 @@ pub(super) struct Route {
     pub(super) kind: RouteKind,
     /// Sensitive routes: the oldest `iat` accepted, in seconds before now.
     pub(super) max_token_age_s: Option<u64>,
+    /// Only bound tokens, proven (`proof_of_possession: required`).
+    pub(super) proof_required: bool,
 }
 
 impl Route {

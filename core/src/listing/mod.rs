@@ -248,29 +248,36 @@ impl Engine {
     fn list_judge(&self, lists: &ListRequests, now_s: u64) -> Judge {
         let built = self
             .token_parts(lists.pending.token())
-            .and_then(|(entities, mut context)| {
-                let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-                let request = RestrictedExpression::new_record([
-                    ("method".to_string(), s("POST")),
-                    ("path".to_string(), s(&lists.path)),
-                    ("host".to_string(), s(&lists.host)),
-                ])
-                .map_err(crate::error::RequestError::build)?;
-                let now = i64::try_from(now_s).unwrap_or(i64::MAX);
-                context.push(("request".to_string(), request));
-                context.push(("now".to_string(), RestrictedExpression::new_long(now)));
-                Ok((entities, context))
-            })
             .map_err(|e| e.to_string());
-        Judge { built }
+        Judge {
+            built,
+            token: lists.pending.token_arc(),
+            path: lists.path.clone(),
+            host: lists.host.clone(),
+            facts: lists.facts.clone(),
+            facts_without_address: lists.facts.clone().map(|mut f| {
+                f.connection.source_ip = None;
+                f
+            }),
+            now_s,
+        }
     }
 }
 
 /// Judges the items of the list answers in one reply.
 struct Judge {
-    /// The principal and the known context, or why they could not be built (then every item
-    /// is hidden: fail closed).
+    /// The principal and the per-token context, or why they could not be built (then every
+    /// item is hidden: fail closed).
     built: Result<RequestParts, String>,
+    /// The token, the list request's line and connection: the per-action part of the context
+    /// (`Engine::request_context`).
+    token: std::sync::Arc<crate::token::VerifiedToken>,
+    path: String,
+    host: String,
+    facts: Option<crate::pop::connection::RequestFacts>,
+    /// `facts` without the source address: for judgements with unknown arguments (`may_use`).
+    facts_without_address: Option<crate::pop::connection::RequestFacts>,
+    now_s: u64,
 }
 
 impl Judge {
@@ -317,6 +324,26 @@ impl Judge {
         }
         let mcp_record = RestrictedExpression::new_record(mcp_fields).map_err(|e| e.to_string())?;
         let mut pairs = context.clone();
+        // With an unknown in the context Cedar keeps the whole context as an expression, and
+        // projects attributes out of it only when it holds nothing but literals, records and
+        // sets: an `ip(…)` value anywhere would leave every `context.…` of every policy
+        // undecided, and so list every tool. The source address is left out of per-tool
+        // listings (a policy sees `context.request has source_ip` false); the call itself is
+        // judged with it.
+        let facts = if per_tool {
+            self.facts_without_address.as_ref()
+        } else {
+            self.facts.as_ref()
+        };
+        let line = crate::engine::RequestLine {
+            method: "POST",
+            path: &self.path,
+            host: &self.host,
+            facts,
+        };
+        engine
+            .request_context(&self.token, action, &line, self.now_s, &mut pairs)
+            .map_err(|e| e.to_string())?;
         pairs.push(("mcp".to_string(), mcp_record));
         let resource = uid(resource_type, name)?;
         // Listed when some arguments could be allowed, counting a step-up: a tool held back
