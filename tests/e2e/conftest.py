@@ -244,6 +244,14 @@ class Idp(Peer):
 
 
 @pytest.fixture(scope="session")
+def pki():
+    """A throwaway PKI made by tests/peers/pki.py (`cryptography`): a CA, a server certificate and
+    client certificates with SPIFFE IDs."""
+    import pki as pkimod
+    return pkimod.generate(ARTIFACTS / "pki")
+
+
+@pytest.fixture(scope="session")
 def echo() -> Echo:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     e = Echo(ARTIFACTS / "echo-upstream.log")

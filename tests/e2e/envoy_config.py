@@ -154,6 +154,19 @@ def add_downstream_tls(doc: dict, cert: str | Path, key: str | Path, trusted_ca:
     return doc
 
 
+DEMO_PKI = "target/demo/pki/"
+
+
+def with_pki(doc: dict, pki_dir: str | Path) -> dict:
+    """The example's PKI files (`target/demo/pki/…`, which `cargo xtask demo` makes with
+    tests/peers/pki.py) read from `pki_dir` instead (in place)."""
+    for node in _walk(doc):
+        f = node.get("filename")
+        if isinstance(f, str) and f.startswith(DEMO_PKI):
+            node["filename"] = str(Path(pki_dir) / f[len(DEMO_PKI):])
+    return doc
+
+
 def terminates_tls(doc: dict) -> bool:
     """Whether a listener of the bootstrap has a TLS transport socket (clients then speak https)."""
     return any(chain.get("transport_socket", {}).get("name") == "envoy.transport_sockets.tls"

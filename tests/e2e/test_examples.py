@@ -29,14 +29,17 @@ def test_envoy_validate_accepts_example(example: Path, request):
     envoy_bin = request.getfixturevalue("envoy_bin")
     wasm_path = request.getfixturevalue("wasm_path")
     expanded = envoy_config.rendered(example)
-    # `--mode validate` loads the module named in the config, so point it at the one under test.
+    # `--mode validate` loads the module named in the config, so point it at the one under test,
+    # and the certificates of a TLS listener, so give it a PKI.
     envoy_config.patch(expanded, wasm_path=wasm_path)
+    if envoy_config.terminates_tls(expanded):
+        envoy_config.with_pki(expanded, request.getfixturevalue("pki").dir)
     r = envoy_validate(envoy_bin, expanded, example.name)
     assert r.returncode == 0, f"envoy --mode validate rejected {example.name}:\n{r.stdout}\n{r.stderr}"
 
 
 def test_every_envoy_example_is_validated_and_no_istio_resource_is_taken_for_one():
-    assert {p.name for p in EXAMPLES} >= {"envoy-http.yaml", "envoy-mcp.yaml"}
+    assert {p.name for p in EXAMPLES} >= {"envoy-http.yaml", "envoy-mcp.yaml", "envoy-mtls.yaml"}
     istio = {p.name for p in (REPO_ROOT / "envoy-examples").glob("istio-*.yaml")}
     assert istio >= {"istio-wasmplugin.yaml", "istio-envoyfilter-mcp.yaml"}
     assert not istio & {p.name for p in EXAMPLES}

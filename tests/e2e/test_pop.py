@@ -8,7 +8,8 @@ example plugin configuration plus what its tests need (policies in an extra `pop
 
   dpop_gw        plain HTTP, `dpop: {}` (defaults), two workers (replays are looked for on both)
   nonce_gw       plain HTTP, `dpop` with `nonce` and `origins: ["https://api.example.com"]`
-  tls_example    the example configuration, unmodified, behind the TLS listener of mtls_gw
+  mtls_example   envoy-examples/envoy-mtls.yaml as shipped (TLS requiring a client certificate from
+                 the CA, its issuer requiring proof of possession, `dpop`, SPIFFE trust domain)
   mtls_gw        TLS requiring a client certificate from the test CA, `connection.client_certificates:
                  "verified"`, SPIFFE trust domain example.org, `request_headers: ["x-tenant"]`, `dpop: {}`
   unverified_gw  TLS asking for any client certificate (ACCEPT_UNTRUSTED), `client_certificates`
@@ -50,6 +51,7 @@ RFC 8705 §3, certificate-bound tokens                     test
   binding to a self-signed certificate (§2.2, no chain    test_a_token_bound_to_a_self_signed_certificate_works_over_an_unverifying_listener
   validation by the resource server)
   the listener (not the filter) validates chains          test_a_client_certificate_not_from_the_ca_fails_the_handshake
+the shipped example (envoy-mtls.yaml)                     test_the_mtls_example_*
 both bound (jkt and x5t#S256)                             test_token_bound_to_key_and_certificate_needs_both
 proof_of_possession: required (route, issuer)             test_route_requiring_pop_*, test_issuer_requiring_pop_*
 context.pop in Cedar                                      test_a_write_needs_a_proven_token_by_policy, test_policy_sees_the_*
@@ -71,7 +73,8 @@ import pytest
 
 import mint as minting
 import pki as pkimod
-from conftest import ARTIFACTS, Echo, Envoy, envoy_with_plugin_config, tail
+import envoy_config
+from conftest import Echo, Envoy, envoy_with_plugin_config, tail
 from dpop import generate_key, jkt, proof, public_jwk
 from helpers import agent, challenges, json_body, token, upstream_saw
 
@@ -280,11 +283,6 @@ def bound_issuer(plugin_config: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pki() -> pkimod.Pki:
-    return pkimod.generate(ARTIFACTS / "pki-pop")
-
-
-@pytest.fixture(scope="module")
 def dpop_gw(envoy_bin, wasm_path, example_bootstrap, plugin_config, echo) -> Client:
     cfg = configured(plugin_config, dpop={}, policies=DPOP_POLICIES, routes=POP_ROUTES)
     cfg["issuers"].append(bound_issuer(plugin_config))
@@ -341,12 +339,14 @@ when {{
 
 
 @pytest.fixture(scope="module")
-def tls_example(envoy_bin, wasm_path, example_bootstrap, plugin_config, echo, pki) -> Client:
-    """The example plugin configuration, unmodified, behind a listener requiring a client
-    certificate from the test CA: the TLS plumbing on its own."""
-    tls = {"cert": pki.server_cert, "key": pki.server_key, "trusted_ca": pki.ca_cert}
-    with gateway(envoy_bin, wasm_path, example_bootstrap, echo, plugin_config, "envoy-tls-example", tls=tls) as e:
+def mtls_example(envoy_bin, wasm_path, echo, pki) -> Client:
+    """envoy-examples/envoy-mtls.yaml as shipped, but for ports, the module and the PKI's place."""
+    bootstrap = envoy_config.with_pki(envoy_config.rendered("envoy-examples/envoy-mtls.yaml"), pki.dir)
+    e = started(Envoy(envoy_bin, bootstrap, "envoy-mtls-example", wasm_path, echo.port))
+    try:
         yield Client(e.url, pki)
+    finally:
+        e.stop()
 
 
 @pytest.fixture(scope="module")
@@ -696,17 +696,41 @@ def test_policy_reads_a_listed_request_header(mtls_gw, echo, tenant, allowed):
 
 
 @pytest.mark.parametrize("cert", ["planner", "executor", "evil", "nosan"])
-def test_the_example_configuration_behind_an_mtls_listener_serves_a_bearer_token(tls_example, cert):
-    forwarded(tls_example.send("GET", "/orders/1", agent("orders:read"), scheme="Bearer", cert=cert))
+def test_the_mtls_example_serves_a_token_bound_to_the_presented_certificate(mtls_example, pki, cert):
+    forwarded(mtls_example.send("GET", "/orders/1", cert_bound(pki.clients[cert].x5t_s256), scheme="Bearer",
+                                cert=cert))
+
+
+def test_the_mtls_example_refuses_a_token_bound_to_another_certificate(mtls_example, echo, pki):
+    with nothing_forwarded(echo):
+        assert_challenge(mtls_example.send("GET", "/orders/1", cert_bound(pki.clients["executor"].x5t_s256),
+                                           scheme="Bearer", cert="planner"),
+                         "Bearer", "invalid_token", "certificate")
+
+
+def test_the_mtls_example_requires_bound_tokens(mtls_example, echo):
+    """Its issuer says `proof_of_possession: required`: a bearer token is refused even over a
+    verified connection."""
+    with nothing_forwarded(echo):
+        assert_invalid_token_in_some_challenge(
+            mtls_example.send("GET", "/orders/1", agent("orders:read"), scheme="Bearer"), "possession", "bound")
+
+
+def test_the_mtls_example_serves_a_dpop_bound_token_with_its_proof(mtls_example, echo):
+    t = bound()
+    forwarded(mtls_example.dpop("GET", "/orders/1", t))
+    with nothing_forwarded(echo):
+        params = assert_challenge(mtls_example.send("GET", "/orders/1", t, None), "DPoP", "invalid_dpop_proof")
+    assert params["algs"] == "ES256 EdDSA"  # the example's `dpop.algs`
 
 
 @pytest.mark.parametrize("cert", ["selfsigned", None])
-def test_a_client_certificate_not_from_the_ca_fails_the_handshake(tls_example, echo, cert):
-    """Self-signed (claiming the planner's SPIFFE ID), or none at all: the listener refuses (the
-    listener of mtls_gw is the same: envoy_config.add_downstream_tls with the test CA)."""
+def test_a_client_certificate_not_from_the_ca_fails_the_handshake(mtls_example, echo, cert):
+    """Self-signed (claiming the planner's SPIFFE ID), or none at all: the example's listener
+    refuses (mtls_gw's listener is the same: envoy_config.add_downstream_tls with the test CA)."""
     with nothing_forwarded(echo):
         with pytest.raises(httpx.TransportError):
-            tls_example.send("GET", "/orders/1", agent("orders:read"), scheme="Bearer", cert=cert, fresh=True)
+            mtls_example.send("GET", "/orders/1", agent("orders:read"), scheme="Bearer", cert=cert, fresh=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ impl Engine {
             Ok(p) => {
                 let used = "DPoP proof already used (jti)";
                 Ok(Some(crate::approval::Once {
-                    key: p.replay_key,
+                    key: crate::approval::once_key("dpop", jkt, &p.jti),
                     until: p.until,
                     verdict: Verdict::Unauthenticated,
                     reason: used.into(),

@@ -5,7 +5,7 @@
 //! a public `jwk` (private members refused) whose thumbprint is the token's `cnf.jkt`, `htm`
 //! and `htu` naming this request, `iat` within the window, `ath` the hash of the token, the
 //! server's nonce when nonces are on, the signature by that `jwk`; `jti` never seen before is
-//! an obligation the Store records (`approval::Once`), so a replay on any replica is refused.
+//! an obligation the engine has the Store record (`approval::Once`), so a replay on any replica is refused.
 //!
 //! The proof's key is the one place a token-offered key is right: it is checked against the
 //! thumbprint the issuer signed into the access token. jwt-simple's header type cannot hold a
@@ -86,11 +86,12 @@ pub struct Target<'a> {
     pub path: &'a str,
 }
 
-/// A proof that holds, and the record its `jti` needs.
+/// A proof that holds, and the record its `jti` needs (the engine records it, scoped by the
+/// key's thumbprint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proven {
-    /// Store key of the proof's `jti` (scoped by the key's thumbprint).
-    pub replay_key: String,
+    /// The proof's `jti`.
+    pub jti: String,
     /// Until when the `jti` must be remembered: as long as the proof's `iat` is in the window.
     pub until: u64,
 }
@@ -284,7 +285,7 @@ impl Dpop {
             return Err(bad("signature invalid"));
         }
         Ok(Proven {
-            replay_key: crate::approval::once_key("dpop", jkt, jti),
+            jti: jti.to_string(),
             until: iat.saturating_add(self.max_age_s).saturating_add(1),
         })
     }
