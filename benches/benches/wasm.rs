@@ -11,6 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::json;
 use tessera_benches::{
@@ -19,6 +20,7 @@ use tessera_benches::{
     MCP_BATCHES, POLICY_COUNTS, TOKEN_SIZES,
 };
 use tessera_harness::Harness;
+use tessera_tests::dpop::Holder;
 use tessera_tests::signed::{revocation_config, revoke, status_list_token, LISTS, STATUS_SIGNER};
 
 /// Times `on_http_request_headers` alone, `iters` times; each request gets its own HTTP context
@@ -214,9 +216,61 @@ fn revocation(c: &mut Criterion) {
     g.finish();
 }
 
+/// Proof of possession: a cached `cnf.jkt`-bound token with a fresh DPoP proof per request (the
+/// proof is new on every request, so its signature is always verified, and its `jti` recorded),
+/// beside the same token bound to the client certificate the connection reports.
+fn proof_of_possession(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wasm/pop");
+    let holder = Holder::agent().unwrap();
+    let mut cfg = config(Setup::CACHED).unwrap();
+    cfg["dpop"] = json!({});
+    let mut h = harness_with_config(cfg.clone()).unwrap();
+    let token = agent_token("ES256", &json!({"cnf": {"jkt": holder.jkt}})).unwrap();
+    let htu = format!("http://api.example.com{}", tessera_benches::PATH);
+    let headers_with = |proof: &str| {
+        let mut headers = request_headers(&token);
+        for (k, v) in &mut headers {
+            if k == "authorization" {
+                *v = format!("DPoP {token}");
+            }
+        }
+        headers.push(("dpop".into(), proof.to_string()));
+        headers
+    };
+    let first = headers_with(&holder.proof("GET", &htu, &token, &json!({})).unwrap());
+    expect_allowed(&mut h, &borrowed(&first)).unwrap();
+    g.bench_function("dpop_cached_token_fresh_proof", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                // A new proof (new jti, iat now) made outside the timed span.
+                let proof = holder.proof("GET", &htu, &token, &json!({})).unwrap();
+                let headers = headers_with(&proof);
+                total += time_request_headers(&mut h, &borrowed(&headers), 1);
+            }
+            total
+        })
+    });
+
+    let digest = [7u8; 32];
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut h = harness_with_config(cfg).unwrap();
+    h.set_property("connection.mtls", [1u8]);
+    h.set_property("connection.sha256_peer_certificate_digest", hex.as_bytes());
+    let token = agent_token("ES256", &json!({"cnf": {"x5t#S256": x5t}})).unwrap();
+    let headers = request_headers(&token);
+    let headers = borrowed(&headers);
+    expect_allowed(&mut h, &headers).unwrap();
+    g.bench_function("mtls_cached_token", |b| {
+        b.iter_custom(|iters| time_request_headers(&mut h, &headers, iters))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = whole_request, mcp, token_size, delegation, revocation
+    targets = whole_request, mcp, token_size, delegation, revocation, proof_of_possession
 }
 criterion_main!(benches);

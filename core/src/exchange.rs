@@ -364,6 +364,7 @@ impl Exchange {
             scheme: &scheme,
             dpop: dpop.as_deref(),
             facts: Some(&self.facts),
+            sent_path: None,
         };
         let mut decision = engine.check(&request, store, now_s);
         if let Some(call) = decision.call.take() {

@@ -56,7 +56,8 @@ both bound (jkt and x5t#S256)                             test_token_bound_to_ke
 proof_of_possession: required (route, issuer)             test_route_requiring_pop_*, test_issuer_requiring_pop_*
 context.pop in Cedar                                      test_a_write_needs_a_proven_token_by_policy, test_policy_sees_the_*
 context.request.tls (spiffe_id, verified), .headers,      test_spiffe_id_*, test_unverified_certificates_never_yield_a_spiffe_id,
-  .source_ip/.source_port                                   test_policy_reads_a_listed_request_header
+  .source_ip/.source_port                                   test_policy_reads_a_listed_request_header,
+                                                            test_a_forwarded_for_header_does_not_move_the_source_address
 """
 from __future__ import annotations
 
@@ -693,6 +694,14 @@ def test_policy_reads_a_listed_request_header(mtls_gw, echo, tenant, allowed):
     else:
         with nothing_forwarded(echo):
             assert_forbidden(mtls_gw.send("GET", "/tenants", agent(None), scheme="Bearer", headers=headers), [])
+
+
+def test_a_forwarded_for_header_does_not_move_the_source_address(mtls_gw, echo):
+    """The example's listener is the edge (`use_remote_address: true`): `context.request.source_ip`
+    is the connection's peer, not the last X-Forwarded-For entry a client wrote (the policy
+    acme-tenant-only wants a loopback peer)."""
+    headers = [("x-tenant", "acme"), ("x-forwarded-for", "10.0.0.1")]
+    forwarded(mtls_gw.send("GET", "/tenants", agent(None), scheme="Bearer", headers=headers), path="/tenants")
 
 
 @pytest.mark.parametrize("cert", ["planner", "executor", "evil", "nosan"])

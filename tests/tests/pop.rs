@@ -304,3 +304,89 @@ fn a_policy_sees_how_the_token_was_proven() {
         .expect("refused");
     assert_eq!(reply.status, 403, "{}", reply.body_text());
 }
+
+/// A proof does not cover the body: the proof of an MCP call refused by policy is spent all the
+/// same, so that it cannot carry another call.
+#[test]
+fn the_proof_of_a_refused_mcp_call_cannot_carry_another_call() {
+    let mut h = gateway(|_| {});
+    let holder = Holder::agent().unwrap();
+    let token = mint(
+        "ES256",
+        &json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
+                "cnf": {"jkt": holder.jkt}}),
+    )
+    .unwrap();
+    let proof = holder
+        .proof("POST", "https://api.example.com/mcp", &token, &json!({}))
+        .unwrap();
+    let auth = format!("DPoP {token}");
+    let mut call = |path: &str| -> Option<LocalReply> {
+        let body = tessera_tests::read_file(1, path).to_string();
+        let len = body.len().to_string();
+        let ctx = h.new_http().unwrap();
+        h.request_headers(
+            ctx,
+            &[
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":path", "/mcp"),
+                (":authority", "api.example.com"),
+                ("authorization", auth.as_str()),
+                ("dpop", proof.as_str()),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("content-length", len.as_str()),
+            ],
+            false,
+        )
+        .unwrap();
+        if h.local_reply(ctx).is_none() {
+            h.request_body(ctx, body.as_bytes(), true).unwrap();
+        }
+        let reply = h.local_reply(ctx);
+        h.done(ctx).unwrap();
+        reply
+    };
+    let refused = call("/etc/passwd").expect("a secret is refused by policy");
+    assert!(
+        refused.body_text().contains("no-reading-secrets"),
+        "{} {}",
+        refused.status,
+        refused.body_text()
+    );
+    assert_challenge(call("/workspace/README.md"), "DPoP", "invalid_dpop_proof");
+}
+
+/// On a route that ignores case, policies see the path lower-cased; the proof names the path
+/// the client sent.
+#[test]
+fn on_a_case_insensitive_route_the_proof_names_the_path_as_sent() {
+    let mut h = gateway(|c| c["routes"][0]["case_sensitive"] = json!(false));
+    let agent = Holder::agent().unwrap();
+    let token = jkt_bound();
+    let proof = agent
+        .proof("GET", "https://api.example.com/PopInfo", &token, &json!({}))
+        .unwrap();
+    let reply = send(
+        &mut h,
+        "/PopInfo",
+        &format!("DPoP {token}"),
+        Some(&proof),
+        &[],
+    )
+    .unwrap();
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+    let lower = agent
+        .proof("GET", "https://api.example.com/popinfo", &token, &json!({}))
+        .unwrap();
+    let reply = send(
+        &mut h,
+        "/PopInfo",
+        &format!("DPoP {token}"),
+        Some(&lower),
+        &[],
+    )
+    .unwrap();
+    assert_challenge(reply, "DPoP", "invalid_dpop_proof");
+}

@@ -72,22 +72,23 @@ impl Engine {
             return Err(self.wait(route, call, req.request_id, now_s));
         }
         let proof = self
-            .possession(route, &verified, scheme, token, req, now_s)
+            .possession(route, &verified, (scheme, token), req, store, now_s)
             .map_err(as_scheme)?;
         Ok((verified, proof))
     }
 
-    /// The token's binding (`cnf`), proven by this request: a DPoP proof for `cnf.jkt` (its
-    /// `jti`, to record, is the `Ok`), the connection's client certificate for `cnf.x5t#S256`.
+    /// The token's binding (`cnf`), proven by this request (the `Authorization` scheme and
+    /// token as sent): a DPoP proof for `cnf.jkt` (spent on this proxy at once; the `Ok` is its
+    /// record for the fleet), the connection's client certificate for `cnf.x5t#S256`.
     /// An unbound token passes where neither its issuer nor the route requires proof.
     #[allow(clippy::result_large_err)] // as `Engine::stages`
     fn possession(
         &self,
         route: &Route,
         t: &VerifiedToken,
-        scheme: Scheme,
-        token: &str,
+        (scheme, token): (Scheme, &str),
         req: &HttpRequest<'_>,
+        store: &dyn Store,
         now_s: u64,
     ) -> Result<Option<crate::approval::Once>, Decision> {
         let refused = |why: &str| Decision {
@@ -159,11 +160,29 @@ impl Engine {
             method: req.method,
             scheme: req.scheme,
             authority: req.host,
-            path: req.path,
+            path: req.sent_path.unwrap_or(req.path),
         };
         match dpop.check(proof, target, token, jkt, now_s) {
             Ok(p) => {
                 let used = "DPoP proof already used (jti)";
+                // Spent on this proxy as soon as it verifies, whatever the decision: a proof
+                // does not cover the body, so the proof of a refused request (an MCP call
+                // refused by policy) must not carry another body later. Across the fleet
+                // (`store.etcd`) the proof of a forwarded request is recorded as its
+                // obligation (the `Once` below).
+                let seen = crate::approval::once_key("dpop-seen", jkt, &p.jti);
+                match store.create(&seen, b"", p.until, now_s, "") {
+                    Ok(true) => {}
+                    Ok(false) => return Err(challenge("invalid_dpop_proof", used)),
+                    Err(e) => {
+                        let why = format!("cannot record the DPoP proof: {e}");
+                        return Err(Decision {
+                            reply: Some(LocalReply::retry_later(&why, req.request_id)),
+                            reason: why,
+                            ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
+                        });
+                    }
+                }
                 Ok(Some(crate::approval::Once {
                     key: crate::approval::once_key("dpop", jkt, &p.jti),
                     until: p.until,

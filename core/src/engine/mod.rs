@@ -72,6 +72,9 @@ pub struct HttpRequest<'a> {
     pub dpop: Option<&'a str>,
     /// The connection and the listed headers (`pop/connection.rs`).
     pub facts: Option<&'a crate::pop::connection::RequestFacts>,
+    /// `:path` as the client sent it, once `path` is folded for a route that ignores case
+    /// (`with_path`): what a DPoP proof's `htu` names.
+    pub sent_path: Option<&'a str>,
 }
 
 impl<'a> HttpRequest<'a> {
@@ -82,6 +85,7 @@ impl<'a> HttpRequest<'a> {
     {
         HttpRequest {
             path: path.unwrap_or(self.path),
+            sent_path: Some(self.sent_path.unwrap_or(self.path)),
             ..*self
         }
     }

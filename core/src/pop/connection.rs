@@ -108,6 +108,14 @@ impl ConnectionFacts {
             if !token || h.bytes().any(|b| b.is_ascii_uppercase()) {
                 return Err(ConfigError::new(path, "must be a lower-case header name"));
             }
+            if h.contains('_') {
+                // Envoy and upstreams may take `x_tenant` for `x-tenant` (and the filter refuses
+                // the `_` spelling of a listed name): only the dash spelling is listed.
+                return Err(ConfigError::new(
+                    path,
+                    "must not contain `_`: list the dash spelling",
+                ));
+            }
             if h == "authorization" || h == "dpop" || h == "cookie" {
                 return Err(ConfigError::new(
                     path,
@@ -285,5 +293,29 @@ mod tests {
         );
         assert_eq!(facts(false, &["example.org"]).spiffe_id(&peer), None);
         assert_eq!(facts(true, &["other.org"]).spiffe_id(&peer), None);
+    }
+
+    #[test]
+    fn a_listed_header_is_a_lower_case_dash_spelled_name_and_no_credential() {
+        let compile = |name: &str| {
+            let c = ConnectionConfig {
+                request_headers: vec!["x-tenant".into(), name.into()],
+                ..ConnectionConfig::default()
+            };
+            ConnectionFacts::compile(&c).err().map(|e| e.to_string())
+        };
+        assert_eq!(compile("x-region"), None);
+        for bad in [
+            "x_tenant",
+            "X-Tenant",
+            ":path",
+            "",
+            "authorization",
+            "dpop",
+            "cookie",
+        ] {
+            let e = compile(bad).unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(e.contains("connection.request_headers[1]"), "{e}");
+        }
     }
 }

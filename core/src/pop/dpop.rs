@@ -4,8 +4,10 @@
 //! one header (the exchange), a compact JWS, `typ: dpop+jwt`, an `alg` of the allow-list,
 //! a public `jwk` (private members refused) whose thumbprint is the token's `cnf.jkt`, `htm`
 //! and `htu` naming this request, `iat` within the window, `ath` the hash of the token, the
-//! server's nonce when nonces are on, the signature by that `jwk`; `jti` never seen before is
-//! an obligation the engine has the Store record (`approval::Once`), so a replay on any replica is refused.
+//! server's nonce when nonces are on, the signature by that `jwk`. The engine then spends the
+//! `jti` (`engine/credential.rs`): on this proxy as soon as the proof verifies, whatever the
+//! decision, and with `store.etcd` across the fleet when the request is forwarded
+//! (`approval::Once`).
 //!
 //! The proof's key is the one place a token-offered key is right: it is checked against the
 //! thumbprint the issuer signed into the access token. jwt-simple's header type cannot hold a
@@ -294,7 +296,14 @@ impl Dpop {
     /// the request's own or one of `origins`.
     fn names(&self, htu: &str, t: Target<'_>) -> bool {
         let path = t.path.split(['?', '#']).next().unwrap_or("");
-        if !path.starts_with('/') {
+        // Only an authority (RFC 3986 §3.2: host, port, no userinfo): a `/`, `?` or `#` in
+        // `:authority` would move the boundary between authority and path.
+        let authority_char =
+            |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b);
+        if !path.starts_with('/')
+            || t.authority.is_empty()
+            || !t.authority.bytes().all(authority_char)
+        {
             return false;
         }
         let Some(own) = normalise(&format!("{}://{}{path}", t.scheme, t.authority)) else {
@@ -519,5 +528,28 @@ mod tests {
         assert_ne!(n("http://example.com:8080/a"), n("http://example.com/a"));
         assert_eq!(n("ftp://example.com/a"), None);
         assert_eq!(n("http://user@example.com/a"), None);
+    }
+
+    #[test]
+    fn an_authority_that_is_not_one_names_nothing() {
+        let config: DpopConfig = serde_json::from_str("{}").unwrap();
+        let d = Dpop::compile(&config).unwrap();
+        let names = |htu: &str, authority: &str| {
+            let target = Target {
+                method: "GET",
+                scheme: "https",
+                authority,
+                path: "/a",
+            };
+            d.names(&normalise(htu).unwrap(), target)
+        };
+        assert!(names("https://example.com/a", "example.com"));
+        assert!(names("https://example.com:8443/a", "example.com:8443"));
+        // `?`, `#` or `/` in :authority would move the path: a proof for `/` or `/x/a`.
+        assert!(!names("https://example.com/", "example.com?"));
+        assert!(!names("https://example.com/", "example.com#"));
+        assert!(!names("https://example.com/x/a", "example.com/x"));
+        assert!(!names("https://example.com/a", "u@example.com"));
+        assert!(!names("https://example.com/a", ""));
     }
 }
