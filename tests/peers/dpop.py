@@ -196,7 +196,38 @@ def self_test() -> None:
     assert "ath" not in decode(proof(key, "GET", "https://x/"))[1]
 
 
+def main(argv: list[str]) -> int:
+    """`dpop.py` alone: the self-test. `dpop.py --key-pem F --jkt`: the key's thumbprint (for a
+    token's `cnf.jkt`). `dpop.py --key-pem F --count N HTM HTU TOKEN`: N proofs, one a line, each
+    with its own jti and iat now (cargo xtask load sends each once)."""
+    import argparse
+    if not argv:
+        self_test()
+        print("dpop.py self-test: ok")
+        return 0
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--key-pem", required=True, help="the holder's private key (PKCS#8 PEM)")
+    ap.add_argument("--jkt", action="store_true", help="print the key's RFC 7638 thumbprint")
+    ap.add_argument("--count", type=int, default=1)
+    ap.add_argument("request", nargs="*", metavar="HTM HTU TOKEN")
+    args = ap.parse_args(argv)
+    with open(args.key_pem, "rb") as f:
+        pem = f.read()
+    try:
+        key = ECKey.import_key(pem)
+    except Exception:  # not an EC key: Ed25519
+        key = OKPKey.import_key(pem)
+    if args.jkt:
+        print(jkt(key))
+        return 0
+    if len(args.request) != 3 or args.count < 1:
+        ap.error("give HTM HTU TOKEN and --count N >= 1")
+    htm, htu, token = args.request
+    out = sys.stdout
+    for _ in range(args.count):
+        out.write(proof(key, htm, htu, token) + "\n")
+    return 0
+
+
 if __name__ == "__main__":
-    self_test()
-    print("dpop.py self-test: ok")
-    sys.exit(0)
+    sys.exit(main(sys.argv[1:]))

@@ -10,13 +10,24 @@ use crate::Children;
 /// `GET http://127.0.0.1:<port><path>` (with `authorization: Bearer <token>` when given): the
 /// status, whatever it is, and the body.
 pub(crate) fn get(port: u16, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+    let auth = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
+    get_with(port, path, &headers)
+}
+
+/// [`get`] with the request headers given.
+pub(crate) fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
     let mut req = ureq::get(format!("http://127.0.0.1:{port}{path}"))
         .config()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build();
-    if let Some(token) = bearer {
-        req = req.header("authorization", format!("Bearer {token}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let mut resp = req.call()?;
     let status = resp.status().as_u16();

@@ -14,6 +14,7 @@ mod churn;
 mod demo;
 mod http;
 mod perf;
+mod pop_load;
 mod render;
 mod single_use;
 

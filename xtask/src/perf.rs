@@ -536,7 +536,7 @@ pub fn load(root: &Path) -> Result<()> {
                 "content_type": "application/statuslist+jwt"}),
     )?;
     with_status_list(&dir.join("c2.json"), status_port, &list["jwks"])?;
-    if crate::single_use::only()? {
+    if crate::single_use::only()? || crate::pop_load::only() {
         proxies.clear();
     }
 
@@ -705,22 +705,34 @@ pub fn load(root: &Path) -> Result<()> {
             .collect();
         evidence.push((p.label, lines));
     }
-    let single_use = crate::single_use::measure(&crate::single_use::Setup {
+    let render_http = |out: &Path, listener: u16, admin: u16| {
+        render("envoy-examples/envoy-http.yaml", out, listener, admin)
+    };
+    let setup = |first_id: u32| crate::single_use::Setup {
         dir: &dir,
         python: &python,
-        render: &|out: &Path, listener: u16, admin: u16| {
-            render("envoy-examples/envoy-http.yaml", out, listener, admin)
-        },
+        render: &render_http,
         start_envoy: &start,
-        first_id: proxies.len() as u32 + 1,
-    })?;
+        first_id,
+    };
+    if crate::pop_load::only() {
+        let row = crate::pop_load::measure(&setup(1))?;
+        drop(children);
+        return crate::pop_load::write_alone(&dir, &row);
+    }
+    let single_use = crate::single_use::measure(&setup(proxies.len() as u32 + 1))?;
     for r in &single_use.rows {
         evidence.push((r.label, r.evidence.clone()));
     }
-    drop(children);
     if crate::single_use::only()? {
+        drop(children);
         return crate::single_use::write_alone(&dir, &single_use);
     }
+    let dpop = crate::pop_load::measure(&setup(
+        proxies.len() as u32 + single_use.rows.len() as u32 + 1,
+    ))?;
+    evidence.push((dpop.label, dpop.evidence.clone()));
+    drop(children);
 
     let versions = (
         command_output(Command::new(&envoy).arg("--version"))
@@ -733,6 +745,7 @@ pub fn load(root: &Path) -> Result<()> {
         &fixed,
         &saturation,
         &single_use,
+        &dpop,
         &evidence,
         &versions,
     )?;
@@ -865,17 +878,32 @@ pub(crate) fn with_cluster_and_plugin(
     bootstrap: &Path,
     cluster: &str,
     port: u16,
+    edit: impl FnMut(&mut Value),
+) -> Result<()> {
+    edit_bootstrap(bootstrap, Some((cluster, port)), edit)
+}
+
+/// Changes the plugin configuration of every Tessera filter in a rendered bootstrap with `edit`.
+pub(crate) fn with_plugin(bootstrap: &Path, edit: impl FnMut(&mut Value)) -> Result<()> {
+    edit_bootstrap(bootstrap, None, edit)
+}
+
+fn edit_bootstrap(
+    bootstrap: &Path,
+    cluster: Option<(&str, u16)>,
     mut edit: impl FnMut(&mut Value),
 ) -> Result<()> {
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(bootstrap)?)?;
-    let clusters = doc["static_resources"]["clusters"]
-        .as_array_mut()
-        .context("the bootstrap has no clusters")?;
-    clusters.push(json!({
-        "name": cluster, "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
-    }));
+    if let Some((cluster, port)) = cluster {
+        let clusters = doc["static_resources"]["clusters"]
+            .as_array_mut()
+            .context("the bootstrap has no clusters")?;
+        clusters.push(json!({
+            "name": cluster, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+        }));
+    }
     let mut patched = false;
     let mut stack = vec![&mut doc];
     while let Some(v) = stack.pop() {
@@ -934,6 +962,7 @@ fn load_section(
     fixed: &BTreeMap<(u32, &str), Run>,
     saturation: &BTreeMap<&str, Vec<Run>>,
     single_use: &crate::single_use::Rows,
+    dpop: &crate::single_use::Row,
     evidence: &[(&str, Vec<String>)],
     versions: &(String, String),
 ) -> Result<String> {
@@ -1048,6 +1077,12 @@ fn load_section(
     }
 
     writeln!(s, "\n{}", crate::single_use::section(single_use)?)?;
+    let s_rps = single_use.rows.first().map(|r| r.saturation.rps);
+    writeln!(
+        s,
+        "{}",
+        crate::pop_load::section(dpop, Some(med("c")), s_rps)?
+    )?;
     writeln!(s, "![latency at fixed rates](performance-latency.svg)\n")?;
 
     writeln!(s, "#### Against the targets (issue 5)\n")?;

@@ -264,8 +264,12 @@ pub(crate) fn only() -> Result<bool> {
     match std::env::var("TESSERA_LOAD_ONLY").as_deref() {
         Err(_) | Ok("") => Ok(false),
         Ok("s") => Ok(true),
+        Ok("d") => Ok(false),
         Ok(other) => {
-            bail!("TESSERA_LOAD_ONLY={other:?}: the one value is `s` (the single-use rows)")
+            bail!(
+                "TESSERA_LOAD_ONLY={other:?}: the values are `s` (the single-use rows) and `d` \
+                 (the DPoP row)"
+            )
         }
     }
 }
