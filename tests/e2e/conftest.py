@@ -487,6 +487,16 @@ def envoy(envoy_bin, wasm_path, example_bootstrap, echo) -> Envoy:
         e.stop()
 
 
+def ready_or_fail(e: "Envoy", what: str) -> "Envoy":
+    """`e` once ready; if it exits instead, the test fails with its log's tail (`what`: the
+    configuration it was started with)."""
+    if not e.wait_ready():
+        e.stop()
+        pytest.fail(f"Envoy {e.name} exited (code {e.proc.returncode}) with {what}:\n{tail(e.log)}",
+                    pytrace=False)
+    return e
+
+
 def envoy_with_plugin_config(envoy_bin: Path, wasm_path: Path, example_bootstrap: dict, echo: Echo,
                              plugin_cfg: dict | str, name: str, attach_log: bool = True,
                              concurrency: int = 1, clusters: dict[str, int] | None = None,

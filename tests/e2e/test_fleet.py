@@ -31,7 +31,7 @@ import pytest
 
 from approve import HEADER, approve
 import envoy_config
-from conftest import Api, Envoy, McpServer, envoy_with_plugin_config, measured, tail
+from conftest import Api, Envoy, McpServer, envoy_with_plugin_config, measured, ready_or_fail
 from helpers import agent, assert_invalid_token, bearer, eventually, json_body, minting, upstream_saw
 from jose_kit import SigningKey, jwks, jwt_id, revoked, security_event_token
 from test_mcp import EXAMPLE as MCP_EXAMPLE
@@ -74,11 +74,7 @@ def approval_for(api: Api, bearer_token: str) -> str:
 
 
 def ready(e: Envoy) -> Envoy:
-    if not e.wait_ready():
-        e.stop()
-        pytest.fail(f"Envoy {e.name} exited (code {e.proc.returncode}) with store.etcd:\n{tail(e.log)}",
-                    pytrace=False)
-    return e
+    return ready_or_fail(e, "store.etcd")
 
 
 class Fleet:

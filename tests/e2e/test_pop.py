@@ -75,7 +75,7 @@ import pytest
 import mint as minting
 import pki as pkimod
 import envoy_config
-from conftest import Echo, Envoy, envoy_with_plugin_config, tail
+from conftest import Echo, Envoy, envoy_with_plugin_config, ready_or_fail
 from dpop import generate_key, jkt, proof, public_jwk
 from helpers import agent, challenges, json_body, token, upstream_saw
 
@@ -132,11 +132,7 @@ def configured(plugin_config: dict, *, policies: str = "", routes: tuple[dict, .
 
 
 def started(e: Envoy) -> Envoy:
-    if not e.wait_ready():
-        e.stop()
-        pytest.fail(f"Envoy exited (code {e.proc.returncode}) with a proof-of-possession config:\n{tail(e.log)}",
-                    pytrace=False)
-    return e
+    return ready_or_fail(e, "a proof-of-possession config")
 
 
 @contextlib.contextmanager

@@ -53,6 +53,14 @@ fn jkt_bound() -> String {
     bound(json!({"jkt": Holder::agent().unwrap().jkt}))
 }
 
+/// A valid proof by the agent's key for `GET HTU` with `token`.
+fn proof_for(token: &str) -> String {
+    Holder::agent()
+        .unwrap()
+        .proof("GET", HTU, token, &json!({}))
+        .unwrap()
+}
+
 /// `GET path` with `authorization` and an optional `DPoP` header, the connection's properties
 /// set first: the local reply, if the module sent one.
 fn send(
@@ -102,10 +110,7 @@ fn assert_challenge(reply: Option<LocalReply>, scheme: &str, error: &str) -> Loc
 fn a_bound_token_with_a_valid_proof_is_forwarded() {
     let mut h = gateway(|_| {});
     let token = jkt_bound();
-    let proof = Holder::agent()
-        .unwrap()
-        .proof("GET", HTU, &token, &json!({}))
-        .unwrap();
+    let proof = proof_for(&token);
     let reply = dpop(&mut h, &token, &proof);
     assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
 }
@@ -114,10 +119,7 @@ fn a_bound_token_with_a_valid_proof_is_forwarded() {
 fn a_replayed_proof_is_refused() {
     let mut h = gateway(|_| {});
     let token = jkt_bound();
-    let proof = Holder::agent()
-        .unwrap()
-        .proof("GET", HTU, &token, &json!({}))
-        .unwrap();
+    let proof = proof_for(&token);
     assert!(dpop(&mut h, &token, &proof).is_none());
     let reply = assert_challenge(dpop(&mut h, &token, &proof), "DPoP", "invalid_dpop_proof");
     assert!(
@@ -189,10 +191,7 @@ fn proofs_for_another_request_token_type_or_key_are_refused() {
 fn a_proof_whose_jwk_carries_the_private_key_is_refused() {
     let mut h = gateway(|_| {});
     let token = jkt_bound();
-    let proof = Holder::agent()
-        .unwrap()
-        .proof("GET", HTU, &token, &json!({}))
-        .unwrap();
+    let proof = proof_for(&token);
     // Put a `d` into the protected header's jwk: the signature no longer matters, the header
     // alone must be refused.
     let mut parts: Vec<String> = proof.split('.').map(str::to_string).collect();
@@ -211,10 +210,7 @@ fn a_proof_whose_jwk_carries_the_private_key_is_refused() {
 fn the_bound_token_sent_as_a_bearer_token_is_refused() {
     let mut h = gateway(|_| {});
     let token = jkt_bound();
-    let proof = Holder::agent()
-        .unwrap()
-        .proof("GET", HTU, &token, &json!({}))
-        .unwrap();
+    let proof = proof_for(&token);
     let auth = format!("Bearer {token}");
     for p in [None, Some(proof.as_str())] {
         let reply = send(&mut h, "/orders/1", &auth, p, &[]).unwrap();

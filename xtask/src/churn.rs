@@ -25,6 +25,23 @@ pub(crate) enum Pace {
     Closed { connections: usize },
 }
 
+impl Pace {
+    /// The load rows' open loop: `rate` req/s on `RATE_CONNECTIONS` connections.
+    pub(crate) fn at(rate: u32) -> Pace {
+        Pace::Open {
+            rate,
+            connections: crate::perf::RATE_CONNECTIONS as usize,
+        }
+    }
+
+    /// The load rows' saturation: `SATURATION_CONNECTIONS` connections.
+    pub(crate) fn saturation() -> Pace {
+        Pace::Closed {
+            connections: crate::perf::SATURATION_CONNECTIONS as usize,
+        }
+    }
+}
+
 /// The request of each index, whole (request line, headers, body); `None` when there is none
 /// left (the token pool ran out), which stops the run.
 pub(crate) type Requests<'a> = &'a (dyn Fn(usize) -> Option<Vec<u8>> + Sync);

@@ -145,30 +145,10 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
         )?;
     }
 
-    let mint = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&python)
-            .arg("tests/peers/mint.py")
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("mint.py failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8(out.stdout)?.trim().to_string())
-    };
+    let mint = |args: &[&str]| crate::peer_output(&python, "tests/peers/mint.py", args);
     // An agent token of the demo agents issuer for the orders API, with more claims if given.
     let agent = |alg: &str, sub: &str, scope: &str, claims: &[&str]| -> Result<String> {
-        let mut args = vec![
-            "--alg",
-            alg,
-            "--iss",
-            "https://agents.demo.tessera.dev",
-            "--sub",
-            sub,
-            "--aud",
-            "orders-api",
-            "--scope",
-            scope,
-        ];
+        let mut args = crate::orders_agent(alg, sub, scope).to_vec();
         for c in claims {
             args.extend(["--claim", c]);
         }

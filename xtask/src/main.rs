@@ -72,6 +72,37 @@ pub(crate) fn step(name: &str) {
     println!("\n==> {name}");
 }
 
+/// tests/peers/mint.py arguments for a token of agent `sub` from the demo agents issuer, signed
+/// with `alg`, for the orders API with `scope`.
+pub(crate) fn orders_agent<'a>(alg: &'a str, sub: &'a str, scope: &'a str) -> [&'a str; 10] {
+    [
+        "--alg",
+        alg,
+        "--iss",
+        "https://agents.demo.tessera.dev",
+        "--sub",
+        sub,
+        "--aud",
+        "orders-api",
+        "--scope",
+        scope,
+    ]
+}
+
+/// What a test peer script prints (`python script args…`, run from the repository root), trimmed;
+/// its standard error in the error when it fails.
+pub(crate) fn peer_output(python: &Path, script: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    if !out.status.success() {
+        bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let status = cmd

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::churn::{self, Pace};
-use crate::perf::{Run, RATE_CONNECTIONS, RUN_SECONDS, SATURATION_CONNECTIONS};
+use crate::perf::{Run, RUN_SECONDS, SATURATION_CONNECTIONS};
 use crate::single_use::{Row, Setup};
 use crate::{free_port, step, Children};
 
@@ -105,32 +105,21 @@ pub(crate) fn measure(setup: &Setup) -> Result<Row> {
         "target/load/*.log",
     )?;
 
-    let python_out = |args: &[&str]| -> Result<String> {
-        let out = Command::new(setup.python).args(args).output()?;
-        if !out.status.success() {
-            bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8(out.stdout)?.trim().to_string())
-    };
-    let jkt = python_out(&["tests/peers/dpop.py", "--key-pem", HOLDER_KEY, "--jkt"])?;
+    let jkt = crate::peer_output(
+        setup.python,
+        "tests/peers/dpop.py",
+        &["--key-pem", HOLDER_KEY, "--jkt"],
+    )?;
     let cnf = format!("cnf={{\"jkt\":\"{jkt}\"}}");
-    let token = python_out(&[
+    let token = crate::peer_output(
+        setup.python,
         "tests/peers/mint.py",
-        "--alg",
-        "ES256",
-        "--iss",
-        "https://agents.demo.tessera.dev",
-        "--sub",
-        "agent-7",
-        "--aud",
-        "orders-api",
-        "--scope",
-        "orders:read",
-        "--ttl",
-        "3600",
-        "--claim",
-        &cnf,
-    ])?;
+        &[
+            &crate::orders_agent("ES256", "agent-7", "orders:read")[..],
+            &["--ttl", "3600", "--claim", &cnf],
+        ]
+        .concat(),
+    )?;
     let mut proofs = Proofs {
         python: setup.python,
         htu: format!("http://127.0.0.1:{port}/orders/42"),
@@ -169,13 +158,7 @@ pub(crate) fn measure(setup: &Setup) -> Result<Row> {
         "warm-up: {} s at {} req/s, fresh proofs",
         WARM_UP.1, WARM_UP.0
     ));
-    let open = |rate| Pace::Open {
-        rate,
-        connections: RATE_CONNECTIONS as usize,
-    };
-    let closed = Pace::Closed {
-        connections: SATURATION_CONNECTIONS as usize,
-    };
+    let (open, closed) = (Pace::at, Pace::saturation());
     let n = |rate: u32, seconds: f64| (f64::from(rate) * seconds) as usize + rate as usize;
     proofs.drive(port, n(WARM_UP.0, WARM_UP.1), open(WARM_UP.0), WARM_UP.1)?;
 

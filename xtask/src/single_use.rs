@@ -171,13 +171,7 @@ pub(crate) fn measure(setup: &Setup) -> Result<Rows> {
         "warm-up: {} s at {} req/s each, single-use tokens",
         WARM_UP.1, WARM_UP.0
     ));
-    let open = |rate| Pace::Open {
-        rate,
-        connections: RATE_CONNECTIONS as usize,
-    };
-    let closed = Pace::Closed {
-        connections: SATURATION_CONNECTIONS as usize,
-    };
+    let (open, closed) = (Pace::at, Pace::saturation());
     for c in &configs {
         drive(&mut pool, c, open(WARM_UP.0), WARM_UP.1)?;
     }
@@ -352,15 +346,7 @@ impl Pool<'_> {
         // hour long as the other rows' tokens (the run takes minutes).
         let out = Command::new(self.python)
             .arg("tests/peers/mint.py")
-            .args(["--alg", ALG, "--iss", "https://agents.demo.tessera.dev"])
-            .args([
-                "--sub",
-                "agent-7",
-                "--aud",
-                "orders-api",
-                "--scope",
-                "orders:read",
-            ])
+            .args(crate::orders_agent(ALG, "agent-7", "orders:read"))
             .args(["--claim", "single_use=true", "--ttl", "3600"])
             .args(["--count", &missing.to_string()])
             .output()
