@@ -1,4 +1,4 @@
-//! The proof-of-possession row of `cargo xtask load`: (d) Tessera with a DPoP-bound agent token
+//! The proof-of-possession row of `cargo xtask load`: (p) Tessera with a DPoP-bound agent token
 //! and a DPoP proof never sent before on every request, as an agent sends them (RFC 9449): the
 //! token is answered from the cache after its first request, the proof's signature is verified
 //! and its `jti` recorded on every one.
@@ -27,7 +27,7 @@ const HOLDER_KEY: &str = "tests/keys/holder-p256.pem";
 const WARM_UP: (u32, f64) = (500, 2.0);
 const PROBE_SECONDS: f64 = 2.0;
 const PROBE_PROOFS: usize = 20_000;
-pub(crate) const LABEL: &str = "(d) Tessera, DPoP-bound token, a fresh proof a request";
+pub(crate) const LABEL: &str = "(p) Tessera, DPoP-bound token, a fresh proof a request";
 
 /// Proofs for one URL, minted just before the run that sends them, each sent once.
 struct Proofs<'a> {
@@ -89,15 +89,15 @@ impl Proofs<'_> {
 }
 
 pub(crate) fn measure(setup: &Setup) -> Result<Row> {
-    step("DPoP: (d) a DPoP-bound token and a fresh proof on every request");
+    step("DPoP: (p) a DPoP-bound token and a fresh proof on every request");
     let mut children = Children(Vec::new());
     let (port, admin) = (free_port()?, free_port()?);
-    let bootstrap = setup.dir.join("d.json");
+    let bootstrap = setup.dir.join("p.json");
     (setup.render)(&bootstrap, port, admin)?;
     crate::perf::with_plugin(&bootstrap, |plugin| plugin["dpop"] = json!({}))?;
     children
         .0
-        .push((setup.start_envoy)(&bootstrap, "d", setup.first_id)?);
+        .push((setup.start_envoy)(&bootstrap, "p", setup.first_id)?);
     crate::http::wait_ready(
         admin,
         &mut children,
@@ -205,20 +205,20 @@ pub(crate) fn measure(setup: &Setup) -> Result<Row> {
     })
 }
 
-/// `TESSERA_LOAD_ONLY=d`: `cargo xtask load` measures the DPoP row only, and writes it to
+/// `TESSERA_LOAD_ONLY=p`: `cargo xtask load` measures the DPoP row only, and writes it to
 /// target/load/dpop.md, not to the report (which would lose the other rows).
 pub(crate) fn only() -> bool {
-    std::env::var("TESSERA_LOAD_ONLY").as_deref() == Ok("d")
+    std::env::var("TESSERA_LOAD_ONLY").as_deref() == Ok("p")
 }
 
-/// The row of a `TESSERA_LOAD_ONLY=d` run: printed and written to `dir`/dpop.md.
+/// The row of a `TESSERA_LOAD_ONLY=p` run: printed and written to `dir`/dpop.md.
 pub(crate) fn write_alone(dir: &Path, row: &Row) -> Result<()> {
     let text = section(row, None, None)?;
     let out = dir.join("dpop.md");
     std::fs::write(&out, &text)?;
     println!("\n{text}\n{}\n  {}", row.label, row.evidence.join("\n  "));
     println!(
-        "TESSERA_LOAD_ONLY=d: wrote {}; docs/PERFORMANCE.md untouched",
+        "TESSERA_LOAD_ONLY=p: wrote {}; docs/PERFORMANCE.md untouched",
         out.display()
     );
     Ok(())

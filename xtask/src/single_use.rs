@@ -258,10 +258,10 @@ pub(crate) fn only() -> Result<bool> {
     match std::env::var("TESSERA_LOAD_ONLY").as_deref() {
         Err(_) | Ok("") => Ok(false),
         Ok("s") => Ok(true),
-        Ok("d") => Ok(false),
+        Ok("p") => Ok(false),
         Ok(other) => {
             bail!(
-                "TESSERA_LOAD_ONLY={other:?}: the values are `s` (the single-use rows) and `d` \
+                "TESSERA_LOAD_ONLY={other:?}: the values are `s` (the single-use rows) and `p` \
                  (the DPoP row)"
             )
         }
