@@ -270,6 +270,10 @@ pub struct IssuerConfig {
     /// `required`: this issuer's tokens must be bound (`cnf`) and proven on every request.
     #[serde(default)]
     pub proof_of_possession: ProofOfPossession,
+    /// JWT-SVIDs: this issuer is a SPIFFE trust domain's, and the principal claim (`sub`) of
+    /// its tokens must be a workload's SPIFFE ID in this trust domain.
+    #[serde(default)]
+    pub spiffe_trust_domain: Option<String>,
 }
 
 fn default_clock_skew() -> u64 {

@@ -38,6 +38,8 @@ pub struct Issuer {
     pub namespace: String,
     /// Tokens must be bound (`cnf`) and proven (`proof_of_possession: required`).
     pub proof_required: bool,
+    /// JWT-SVIDs: the principal claim is a SPIFFE ID in this trust domain.
+    spiffe_trust_domain: Option<String>,
 }
 
 impl Issuer {
@@ -77,6 +79,15 @@ impl Issuer {
                 "must not be empty",
             ));
         }
+        let spiffe_trust_domain = match &c.spiffe_trust_domain {
+            Some(td) if !crate::pop::connection::is_trust_domain(td) => {
+                return Err(ConfigError::new(
+                    format!("{path}.spiffe_trust_domain"),
+                    "not a SPIFFE trust domain (lower-case letters, digits, `-`, `.`, `_`)",
+                ))
+            }
+            td => td.clone(),
+        };
         Ok(Issuer {
             issuer: c.issuer.clone(),
             audiences: c.audiences.iter().cloned().collect(),
@@ -99,6 +110,7 @@ impl Issuer {
             typ,
             namespace,
             proof_required: c.proof_of_possession == crate::config::ProofOfPossession::Required,
+            spiffe_trust_domain,
         })
     }
 
@@ -205,6 +217,20 @@ pub fn verify(
     for c in &issuer.required_claims {
         if payload.get(c).is_none_or(Value::is_null) {
             return Err(TokenError::MissingClaim(c.clone()));
+        }
+    }
+    if let Some(td) = &issuer.spiffe_trust_domain {
+        // A JWT-SVID names a workload of its own trust domain (SPIFFE JWT-SVID §3: `sub`).
+        let id = payload.get(&issuer.principal_claim).and_then(Value::as_str);
+        let in_domain = id.is_some_and(|id| {
+            crate::pop::connection::spiffe_trust_domain(id) == Some(td.as_str())
+                && id.len() > "spiffe://".len() + td.len() + 1
+        });
+        if !in_domain {
+            return Err(TokenError::BadClaim(
+                issuer.principal_claim.clone(),
+                "not a workload's SPIFFE ID in the issuer's trust domain",
+            ));
         }
     }
     // A chain too deep or task claims the filter cannot judge: refused before Cedar sees them.

@@ -296,3 +296,11 @@ fn a_fleet_store_with_an_mcp_route_needs_sealed_sessions() {
     let e = error_for(|c| c["sessions"] = json!({"seal_keys": ["c2hvcnQ="]}));
     assert!(e.contains("`sessions.seal_keys[0]`: 5 bytes"), "{e}");
 }
+
+#[test]
+fn a_spiffe_trust_domain_that_is_not_one_names_the_field() {
+    for bad in ["Example.org", "spiffe://example.org", "example.org/x", ""] {
+        let e = error_for(|c| c["issuers"][1]["spiffe_trust_domain"] = json!(bad));
+        assert!(e.contains("issuers[1].spiffe_trust_domain"), "{bad:?}: {e}");
+    }
+}

@@ -386,3 +386,51 @@ fn on_a_case_insensitive_route_the_proof_names_the_path_as_sent() {
     .unwrap();
     assert_challenge(reply, "DPoP", "invalid_dpop_proof");
 }
+
+/// JWT-SVIDs: an issuer of a SPIFFE trust domain (`spiffe_trust_domain`) whose tokens name a
+/// `Workload` by its SPIFFE ID; a `sub` outside the trust domain, or no workload path, is 401.
+#[test]
+fn jwt_svids_of_a_trust_domain_name_its_workloads() {
+    const SPIRE: &str = "https://spire.example.org";
+    const PLANNER: &str = "spiffe://example.org/ns/agents/sa/planner";
+    let mut h = gateway(|c| {
+        let mut svids = c["issuers"][1].clone();
+        for (k, v) in [
+            ("issuer", json!(SPIRE)),
+            ("principal", json!({"type": "Workload", "claim": "sub"})),
+            ("identity_namespace", json!("spiffe://example.org")),
+            ("spiffe_trust_domain", json!("example.org")),
+        ] {
+            svids[k] = v;
+        }
+        for k in ["delegation", "single_use_claim"] {
+            svids.as_object_mut().unwrap().remove(k);
+        }
+        c["issuers"].as_array_mut().unwrap().push(svids);
+        c["policies"]["svid.cedar"] = json!(format!(
+            r#"@id("planner-svid")
+permit (principal == Workload::"spiffe://example.org|{PLANNER}",
+        action == Action::"GET", resource == Route::"popinfo");"#
+        ));
+    });
+    let mut svid = |sub: &str| {
+        let t = mint("ES256", &json!({"iss": SPIRE, "sub": sub})).unwrap();
+        send(&mut h, "/popinfo", &format!("Bearer {t}"), None, &[]).unwrap()
+    };
+    assert!(svid(PLANNER).is_none());
+    let other = svid("spiffe://example.org/ns/agents/sa/executor").expect("refused");
+    assert_eq!(other.status, 403, "{}", other.body_text());
+    for sub in [
+        "spiffe://other.org/ns/agents/sa/planner",
+        "spiffe://example.org",
+        "spiffe://EXAMPLE.org/ns/agents/sa/planner",
+        "planner",
+    ] {
+        let reply = assert_challenge(svid(sub), "Bearer", "invalid_token");
+        assert!(
+            reply.body_text().contains("SPIFFE"),
+            "{sub}: {}",
+            reply.body_text()
+        );
+    }
+}

@@ -164,7 +164,8 @@ impl ConnectionFacts {
     }
 }
 
-fn is_trust_domain(td: &str) -> bool {
+/// A SPIFFE trust domain name (SPIFFE-ID spec §2.1).
+pub fn is_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
         && td

@@ -513,6 +513,15 @@ mod tests {
     }
 
     #[test]
+    fn rfc9449_example_ath() {
+        // RFC 9449 §7.1: the access token of the example request and its proof's `ath`.
+        assert_eq!(
+            ath("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"),
+            "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+        );
+    }
+
+    #[test]
     fn htu_is_compared_after_rfc3986_normalisation() {
         let n = |s: &str| normalise(s);
         assert_eq!(
