@@ -181,6 +181,10 @@ fn cedar_inputs(
         ("method".to_string(), s("GET")),
         ("path".to_string(), s("/orders/42")),
         ("host".to_string(), s("api.example.com")),
+        (
+            "headers".to_string(),
+            RestrictedExpression::new_record([]).unwrap(),
+        ),
     ])
     .unwrap();
     // A token without `act`: the agent acts for itself (agent.rs).
@@ -195,6 +199,11 @@ fn cedar_inputs(
         ("request".to_string(), request),
         ("now".to_string(), long(now)),
         ("delegation".to_string(), delegation),
+        // A bearer token: not bound, nothing proven (pop/mod.rs).
+        (
+            "pop".to_string(),
+            tessera_core::pop::Binding::default().context().unwrap(),
+        ),
     ];
     (principal, resource, context)
 }
