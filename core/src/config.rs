@@ -270,8 +270,9 @@ pub struct IssuerConfig {
     /// `required`: this issuer's tokens must be bound (`cnf`) and proven on every request.
     #[serde(default)]
     pub proof_of_possession: ProofOfPossession,
-    /// JWT-SVIDs: this issuer is a SPIFFE trust domain's, and the principal claim (`sub`) of
-    /// its tokens must be a workload's SPIFFE ID in this trust domain.
+    /// JWT-SVIDs: this issuer is a SPIFFE trust domain's, and the principal claim of its tokens
+    /// (`sub`, as `principal.claim` should say) must be a workload's SPIFFE ID in this trust
+    /// domain.
     #[serde(default)]
     pub spiffe_trust_domain: Option<String>,
 }

@@ -223,8 +223,7 @@ pub fn verify(
         // A JWT-SVID names a workload of its own trust domain (SPIFFE JWT-SVID §3: `sub`).
         let id = payload.get(&issuer.principal_claim).and_then(Value::as_str);
         let in_domain = id.is_some_and(|id| {
-            crate::pop::connection::spiffe_trust_domain(id) == Some(td.as_str())
-                && id.len() > "spiffe://".len() + td.len() + 1
+            crate::pop::connection::workload_trust_domain(id) == Some(td.as_str())
         });
         if !in_domain {
             return Err(TokenError::BadClaim(

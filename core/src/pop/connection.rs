@@ -1,5 +1,6 @@
 //! The connection a request came on, as the proxy reports it (Envoy attributes, read by the
-//! plugin only when the configuration needs them): the source address and the TLS peer's
+//! plugin before each request; `source.address` only when the schema declares `source_ip` or
+//! `source_port`): the source address and the TLS peer's
 //! certificate — its SHA-256 (what `cnf.x5t#S256` binds a token to, RFC 8705 §3), its
 //! subject, its first URI SAN (a SPIFFE ID, when the certificate is an X.509-SVID).
 //!
@@ -156,7 +157,7 @@ impl ConnectionFacts {
             return None;
         }
         let id = peer.uri_san.as_deref()?;
-        let td = spiffe_trust_domain(id)?;
+        let td = workload_trust_domain(id)?;
         self.trust_domains
             .iter()
             .any(|t| t == td)
@@ -171,6 +172,13 @@ pub fn is_trust_domain(td: &str) -> bool {
         && td
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+}
+
+/// The trust domain of a workload's SPIFFE ID: a well-formed one with a path (an ID without a
+/// path names the trust domain itself, not a workload).
+pub fn workload_trust_domain(id: &str) -> Option<&str> {
+    let td = spiffe_trust_domain(id)?;
+    (id.len() > "spiffe://".len() + td.len()).then_some(td)
 }
 
 /// The trust domain of a well-formed SPIFFE ID (SPIFFE-ID spec §2): `spiffe://` (lower-case),
@@ -260,6 +268,12 @@ mod tests {
             spiffe_trust_domain("spiffe://example.org"),
             Some("example.org")
         );
+        // The trust domain itself is not a workload.
+        assert_eq!(workload_trust_domain("spiffe://example.org"), None);
+        assert_eq!(
+            workload_trust_domain("spiffe://example.org/ns/a"),
+            Some("example.org")
+        );
         for bad in [
             "SPIFFE://example.org/a",
             "spiffe://Example.org/a",
@@ -294,6 +308,11 @@ mod tests {
         );
         assert_eq!(facts(false, &["example.org"]).spiffe_id(&peer), None);
         assert_eq!(facts(true, &["other.org"]).spiffe_id(&peer), None);
+        let root = TlsPeer {
+            uri_san: Some("spiffe://example.org".into()),
+            ..peer
+        };
+        assert_eq!(facts(true, &["example.org"]).spiffe_id(&root), None);
     }
 
     #[test]

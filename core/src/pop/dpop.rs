@@ -1,8 +1,9 @@
 //! DPoP proofs (RFC 9449): a JWT the client signs for every request with the key its access
 //! token is bound to (`cnf.jkt`, the RFC 7638 thumbprint of that key). A proof is checked as
 //! RFC 9449 §4.3 lists, cheap checks first and the signature last:
-//! one header (the exchange), a compact JWS, `typ: dpop+jwt`, an `alg` of the allow-list,
-//! a public `jwk` (private members refused) whose thumbprint is the token's `cnf.jkt`, `htm`
+//! one header (the exchange), at most `max_proof_bytes`, a compact JWS, `typ: dpop+jwt`, an
+//! `alg` of the allow-list, no `jku`/`x5u`/`x5c`/`crit`, a public `jwk` (private members
+//! refused) whose thumbprint is the token's `cnf.jkt`, a `jti` (1 to 256 bytes), `htm`
 //! and `htu` naming this request, `iat` within the window, `ath` the hash of the token, the
 //! server's nonce when nonces are on, the signature by that `jwk`. The engine then spends the
 //! `jti` (`engine/credential.rs`): on this proxy as soon as the proof verifies, whatever the
