@@ -79,7 +79,8 @@ impl Engine {
 
     /// The token's binding (`cnf`), proven by this request (the `Authorization` scheme and
     /// token as sent): a DPoP proof for `cnf.jkt` (spent on this proxy at once; the `Ok` is its
-    /// record for the fleet), the connection's client certificate for `cnf.x5t#S256`.
+    /// record for the fleet, with `store.etcd`), the connection's client certificate for
+    /// `cnf.x5t#S256`.
     /// An unbound token passes where neither its issuer nor the route requires proof.
     #[allow(clippy::result_large_err)] // as `Engine::stages`
     fn possession(
@@ -169,7 +170,7 @@ impl Engine {
                 // does not cover the body, so the proof of a refused request (an MCP call
                 // refused by policy) must not carry another body later. Across the fleet
                 // (`store.etcd`) the proof of a forwarded request is recorded as its
-                // obligation (the `Once` below).
+                // obligation (the `Once` below); without etcd this record is all there is.
                 let seen = crate::approval::once_key("dpop-seen", jkt, &p.jti);
                 match store.create(&seen, b"", p.until, now_s, "") {
                     Ok(true) => {}
@@ -182,6 +183,9 @@ impl Engine {
                             ..Decision::new(Verdict::Error, Some(route.name.clone()), None)
                         });
                     }
+                }
+                if self.etcd.is_none() {
+                    return Ok(None);
                 }
                 Ok(Some(crate::approval::Once {
                     key: crate::approval::once_key("dpop", jkt, &p.jti),
