@@ -350,6 +350,11 @@ pub enum Auth {
     Required,
     /// Public route (health checks): no token, no Cedar decision.
     None,
+    /// The peer's X.509-SVID authenticates (README "Workloads"): no token; a verified client
+    /// certificate whose URI SAN is a SPIFFE ID of a listed trust domain
+    /// (`connection.spiffe_trust_domains`) is the principal, `Workload::"spiffe|<SPIFFE ID>"`,
+    /// and a Cedar permit is required. HTTP routes only.
+    Workload,
 }
 
 #[derive(Debug, Default, Deserialize)]

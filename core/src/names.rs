@@ -2,6 +2,13 @@
 //! are written here only; the schema a policy author writes must declare them
 //! (`engine/compile.rs` says which one is missing).
 
+/// The principal of a request its peer's X.509-SVID authenticates (`auth: workload`).
+pub const WORKLOAD: &str = "Workload";
+/// The identity namespace of those principals (`identity.rs`): `Workload::"spiffe|<SPIFFE ID>"`.
+/// An issuer of JWT-SVIDs with this `identity_namespace` names the same workloads.
+pub const SPIFFE_NAMESPACE: &str = "spiffe";
+/// The HTTP methods that are Cedar actions on routes.
+pub const HTTP_METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
 /// A protected route (`resource` of an HTTP request).
 pub const ROUTE: &str = "Route";
 /// A group from a token's groups claim (a parent of the principal).

@@ -62,7 +62,7 @@ impl Engine {
             host: &crate::path::host_for_policy(req.host),
             facts: req.facts,
         };
-        self.request_context(t, action, &line, now_s, &mut context)?;
+        self.request_context(Some(&t.binding), action, &line, now_s, &mut context)?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         // Only fixed-type per-request parts so far.
         let mut fixed_context = true;
@@ -218,10 +218,12 @@ impl Engine {
 
     /// The per-request context attributes every action has: `request` (the request line, and
     /// what the action's schema declares of the connection and the listed headers), `now`, and
-    /// `pop` where declared. `Engine::evaluate` and the list filter build them here alike.
+    /// `pop` (how `binding`'s token is bound; none without a token) where declared.
+    /// `Engine::evaluate`, the list filter and workload requests (`workload.rs`) build them here
+    /// alike.
     pub(crate) fn request_context(
         &self,
-        t: &VerifiedToken,
+        binding: Option<&crate::pop::Binding>,
         action: &str,
         line: &RequestLine<'_>,
         now_s: u64,
@@ -287,8 +289,8 @@ impl Engine {
             RestrictedExpression::new_record(request).map_err(RequestError::build)?,
         ));
         context.push(("now".to_string(), long(now_s)));
-        if declares("pop") {
-            let pop = t.binding.context().map_err(RequestError::build)?;
+        if let Some(b) = binding.filter(|_| declares("pop")) {
+            let pop = b.context().map_err(RequestError::build)?;
             context.push(("pop".to_string(), pop));
         }
         Ok(())

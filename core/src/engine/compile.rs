@@ -76,6 +76,20 @@ impl Engine {
                     "an mcp route cannot be public (auth \"none\"): its calls are decided by policy",
                 ));
             }
+            if r.auth == Auth::Workload {
+                if r.kind == RouteKind::Mcp {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].auth"),
+                        "`workload` is for http routes: an mcp route's calls are decided with a token",
+                    ));
+                }
+                if c.connection.spiffe_trust_domains.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].auth"),
+                        "`workload` needs connection.spiffe_trust_domains (and client_certificates \"verified\"): only a verified X.509-SVID of a listed trust domain names a workload",
+                    ));
+                }
+            }
             let host = match r.host.as_deref() {
                 None => None,
                 Some(h) if h.is_empty() || h.contains([':', '/', '@']) => {
@@ -107,9 +121,7 @@ impl Engine {
                 }
             }
         }
-        if routes.iter().any(|r| r.auth == Auth::Required)
-            && !policies.has_entity_type(names::ROUTE)
-        {
+        if routes.iter().any(|r| r.auth != Auth::None) && !policies.has_entity_type(names::ROUTE) {
             return Err(ConfigError::new(
                 "schema",
                 "the schema has no entity type `Route`",
@@ -291,6 +303,7 @@ impl Engine {
             max_pending_calls: c.limits.max_pending_calls,
         };
         engine.check_schema_accepts_requests()?;
+        engine.check_workload_routes()?;
         Ok(engine)
     }
 

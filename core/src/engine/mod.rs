@@ -7,6 +7,9 @@
 //!    builds context records; list filtering builds its requests with it too) and evaluation;
 //! 5. `decision.rs` — what the decision says; `approve.rs` lifts an `@approval` forbid.
 //!
+//! A route whose peers authenticate by their X.509-SVID (`auth: workload`) takes stages 2–5 in
+//! `workload.rs` instead: no token, the workload is the principal.
+//!
 //! An MCP POST waits for its body: `Engine::check_mcp` (`mcp_body.rs`) decides each message;
 //! `lists.rs` keeps the list requests whose answers must be filtered (`listing/`).
 //! `calls.rs` takes the answers of the calls Tessera makes (keys, status lists, event polls) and
@@ -40,6 +43,7 @@ mod identity;
 pub mod lists;
 mod mcp_body;
 mod route;
+mod workload;
 pub(crate) use cedar::{RequestLine, RequestParts};
 use decision::{cannot_judge, deny_reply, unauthenticated, wait_for};
 pub use decision::{Decision, Pending};
@@ -334,6 +338,10 @@ impl Engine {
         }
         let folded = route.fold(req.path);
         let req = &req.with_path(folded.as_deref());
+        // A workload's X.509-SVID in place of a token: stages 2–5 in workload.rs.
+        if route.auth == Auth::Workload {
+            return Ok(self.decide_workload(route, req, now_s));
+        }
         // 2. Credential (credential.rs).
         let (verified, proof) = self.credential(route, req, store, now_s)?;
         let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);

@@ -342,7 +342,13 @@ impl Judge {
             facts,
         };
         engine
-            .request_context(&self.token, action, &line, self.now_s, &mut pairs)
+            .request_context(
+                Some(&self.token.binding),
+                action,
+                &line,
+                self.now_s,
+                &mut pairs,
+            )
             .map_err(|e| e.to_string())?;
         pairs.push(("mcp".to_string(), mcp_record));
         let resource = uid(resource_type, name)?;
