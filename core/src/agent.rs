@@ -139,27 +139,57 @@ impl AgentConfig {
 pub struct Delegation {
     /// Actor ids, earliest first: the last one is the current actor.
     pub actors: Vec<String>,
+    /// The workload that presented the token over a verified mutual-TLS connection, when its
+    /// issuer takes it as the outermost actor (`issuers[].workload_actor`): its SPIFFE ID. Not
+    /// from the token: set per request (`engine/workload.rs`); its entity is a `Workload` in
+    /// the `spiffe` identity namespace, not the issuer's.
+    pub presenter: Option<String>,
 }
 
 impl Delegation {
-    /// Number of `act` levels (0: the subject acts itself).
+    /// Number of actors (0: the subject acts itself).
     pub fn depth(&self) -> usize {
-        self.actors.len()
+        self.actors.len() + usize::from(self.presenter.is_some())
     }
 
-    /// The current actor (the outermost `act.sub`), the principal of a delegated request.
+    /// Every actor, earliest first: the `act` chain, then the presenting workload.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.actors
+            .iter()
+            .map(String::as_str)
+            .chain(self.presenter.as_deref())
+    }
+
+    /// The current actor (the presenting workload, else the outermost `act.sub`), the principal
+    /// of a delegated request.
     pub fn current(&self) -> Option<&str> {
-        self.actors.last().map(String::as_str)
+        self.presenter
+            .as_deref()
+            .or_else(|| self.actors.last().map(String::as_str))
     }
 
     /// `subject>first>…>current`, for logs and `like` patterns.
     pub fn chain(&self, subject: &str) -> String {
         let mut out = String::from(subject);
-        for a in &self.actors {
+        for a in self.all() {
             out.push('>');
             out.push_str(a);
         }
         out
+    }
+
+    /// The current actor's entity type and id: a presenting workload's in the `spiffe`
+    /// namespace, else `actor_type` in the issuer's `namespace`.
+    pub fn current_entity(&self, actor_type: &str, namespace: &str) -> Option<(String, String)> {
+        if let Some(w) = &self.presenter {
+            let id = crate::identity::entity_id(crate::names::SPIFFE_NAMESPACE, w);
+            return Some((crate::names::WORKLOAD.to_string(), id));
+        }
+        let actor = self.actors.last()?;
+        Some((
+            actor_type.to_string(),
+            crate::identity::entity_id(namespace, actor),
+        ))
     }
 }
 
@@ -188,6 +218,7 @@ pub fn delegation(
     current_first.reverse();
     Ok(Delegation {
         actors: current_first,
+        presenter: None,
     })
 }
 
@@ -397,13 +428,9 @@ pub fn request_entities(
     namespace: &str,
     subject_as: impl Fn(&str) -> Result<Entity, RequestError>,
 ) -> Result<Vec<Entity>, RequestError> {
-    let principal = match claims.delegation.current() {
-        Some(actor) => Entity::new_no_attrs(
-            crate::authz::uid(
-                &cfg.actor_type,
-                &crate::identity::entity_id(namespace, actor),
-            )
-            .map_err(RequestError::Build)?,
+    let principal = match claims.delegation.current_entity(&cfg.actor_type, namespace) {
+        Some((ty, id)) => Entity::new_no_attrs(
+            crate::authz::uid(&ty, &id).map_err(RequestError::Build)?,
             Default::default(),
         ),
         None => subject_as(principal_type)?,
@@ -480,10 +507,7 @@ pub fn delegation_record(
         ),
         ("subject".into(), string(subject)),
         ("actor".into(), string(d.current().unwrap_or(subject))),
-        (
-            "actors".into(),
-            string_set(d.actors.iter().map(String::as_str)),
-        ),
+        ("actors".into(), string_set(d.all())),
         ("chain".into(), string(&d.chain(subject))),
         ("depth".into(), RestrictedExpression::new_long(depth)),
     ])

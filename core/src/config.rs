@@ -275,6 +275,11 @@ pub struct IssuerConfig {
     /// domain.
     #[serde(default)]
     pub spiffe_trust_domain: Option<String>,
+    /// A workload that presents this issuer's token over a verified mutual-TLS connection (its
+    /// X.509-SVID, `connection.spiffe_trust_domains`) is the token's outermost actor: the
+    /// principal is `Workload::"spiffe|<SPIFFE ID>"`, acting for the token's subject and actors.
+    #[serde(default)]
+    pub workload_actor: bool,
 }
 
 fn default_clock_skew() -> u64 {

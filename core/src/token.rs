@@ -40,6 +40,8 @@ pub struct Issuer {
     pub proof_required: bool,
     /// JWT-SVIDs: the principal claim is a SPIFFE ID in this trust domain.
     spiffe_trust_domain: Option<String>,
+    /// The workload presenting a token is its outermost actor (`issuers[].workload_actor`).
+    pub workload_actor: bool,
 }
 
 impl Issuer {
@@ -111,6 +113,7 @@ impl Issuer {
             namespace,
             proof_required: c.proof_of_possession == crate::config::ProofOfPossession::Required,
             spiffe_trust_domain,
+            workload_actor: c.workload_actor,
         })
     }
 

@@ -10,6 +10,10 @@ principal, `Workload::"spiffe|<SPIFFE ID>"`. The schema is the example's with `t
   executor   spiffe://example.org/ns/agents/sa/executor, from the CA     a workload without permit
   evil       spiffe://evil.example/x, from the CA                        a trust domain not listed
   nosan      no URI SAN, from the CA                                     no SPIFFE ID
+
+And a workload presenting a user's token (`issuers[].workload_actor` on the example's IdP issuer,
+the example schema and policies, its trusted actors with the planner workload added): the
+workload is the token's outermost actor in `context.delegation` and the principal.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import pytest
 
 import pki as pkimod
 from conftest import envoy_with_plugin_config, ready_or_fail
-from helpers import agent, json_body, upstream_saw
+import mint as minting
+from helpers import agent, json_body, upstream_saw, user
 from test_pop import Client
 
 PLANNER = f'Workload::"spiffe|{pkimod.PLANNER}"'
@@ -115,3 +120,53 @@ def test_the_token_route_beside_it_still_wants_a_token(mesh_gw):
     assert mesh_gw.send("GET", "/orders/1", cert="planner").status_code == 401
     saw = upstream_saw(mesh_gw.send("GET", "/orders/1", agent("orders:read"), scheme="Bearer", cert="planner"))
     assert saw["headers"].get("x-tessera-principal") == 'Agent::"agents|agent-7"', saw["headers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A workload presenting a user's token: its outermost actor (relay_gw)
+
+RELAY_POLICIES = f"""
+@id("planner-relays-for-alice")
+permit (principal == {PLANNER}, action == Action::"GET", resource == Route::"relay")
+when {{ context.delegation.on_behalf_of == User::"corp|alice" && context.delegation.depth == 1 &&
+        context.delegation.actor == "{pkimod.PLANNER}" &&
+        context.delegation.chain == "alice>{pkimod.PLANNER}" }};
+"""
+
+
+@pytest.fixture(scope="module")
+def relay_gw(envoy_bin, wasm_path, example_bootstrap, plugin_config, echo, pki) -> Client:
+    cfg = copy.deepcopy(plugin_config)
+    idp = next(i for i in cfg["issuers"] if i["issuer"] == minting.IDP)
+    idp["workload_actor"] = True
+    cfg["connection"] = {"client_certificates": "verified", "spiffe_trust_domains": [pkimod.TRUST_DOMAIN]}
+    cfg["routes"][:0] = [{"name": "relay", "prefix": "/relay"}]
+    cfg["policies"]["relay.cedar"] = RELAY_POLICIES
+    trusted = '"agent-7"].containsAll'
+    assert trusted in cfg["policies"]["agents.cedar"]
+    cfg["policies"]["agents.cedar"] = cfg["policies"]["agents.cedar"].replace(
+        trusted, f'"agent-7", "{pkimod.PLANNER}"].containsAll')
+    tls = {"cert": pki.server_cert, "key": pki.server_key, "trusted_ca": pki.ca_cert}
+    e = ready_or_fail(envoy_with_plugin_config(envoy_bin, wasm_path, example_bootstrap, echo, cfg,
+                                               "envoy-workload-relay", tls=tls), "workload_actor")
+    try:
+        yield Client(e.url, pki)
+    finally:
+        e.stop()
+
+
+def test_a_workload_presenting_a_users_token_is_its_actor(relay_gw, echo):
+    t = user("alice")
+    saw = upstream_saw(relay_gw.send("GET", "/relay/1", t, scheme="Bearer", cert="planner"))
+    assert saw["headers"].get("x-tessera-principal") == PLANNER, saw["headers"]
+    # Another workload of the trust domain is another actor: not among the trusted ones.
+    before = echo.count()
+    refused(relay_gw.send("GET", "/relay/1", t, scheme="Bearer", cert="executor"),
+            policies=["delegation-trusted-actors-only"])
+    assert echo.count() == before
+
+
+@pytest.mark.parametrize("cert", ["evil", "nosan"])
+def test_without_a_workload_identity_the_user_acts_herself(relay_gw, cert):
+    saw = upstream_saw(relay_gw.send("GET", "/relay/1", user("alice"), scheme="Bearer", cert=cert))
+    assert saw["headers"].get("x-tessera-principal") == 'User::"corp|alice"', saw["headers"]

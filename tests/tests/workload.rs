@@ -234,3 +234,112 @@ fn a_schema_that_needs_a_token_in_every_request_is_refused_for_workload_routes()
         "{e}"
     );
 }
+
+/// The test configuration with the IdP's tokens presented by workloads (`workload_actor`), and a
+/// route `/relay` whose one policy permits the checkout workload acting for alice.
+fn relay_gateway() -> Harness {
+    harness_with(|c| {
+        c["issuers"][0]["workload_actor"] = json!(true);
+        c["connection"] = json!({
+            "client_certificates": "verified",
+            "spiffe_trust_domains": ["example.org"],
+        });
+        c["routes"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"name": "relay", "prefix": "/relay"}));
+        // The example's trusted actors, and the checkout workload.
+        let agents = c["policies"]["agents.cedar"].as_str().unwrap().replace(
+            r#""agent-7"].containsAll"#,
+            &format!(r#""agent-7", "{CHECKOUT}"].containsAll"#),
+        );
+        c["policies"]["agents.cedar"] = json!(agents);
+        c["policies"]["relay.cedar"] = json!(format!(
+            r#"@id("checkout-relays-for-alice")
+permit (principal == Workload::"spiffe|{CHECKOUT}", action == Action::"GET", resource == Route::"relay")
+when {{ context.delegation.on_behalf_of == User::"corp|alice" &&
+        context.delegation.subject == "alice" && context.delegation.actor == "{CHECKOUT}" &&
+        context.delegation.actors.contains("{CHECKOUT}") &&
+        context.delegation.chain like "alice>*{CHECKOUT}" }};
+
+@id("relay-chain-depth")
+forbid (principal, action, resource == Route::"relay") when {{ context.delegation.depth > 2 }};"#
+        ));
+    })
+    .expect("the module takes the configuration")
+}
+
+fn idp_token(claims: Value) -> String {
+    let mut c = json!({"iss": tessera_tests::IDP, "aud": tessera_tests::AUDIENCE, "sub": "alice"});
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    mint("ES256", &c).unwrap()
+}
+
+#[test]
+fn a_workload_presenting_a_users_token_is_its_actor() {
+    let mut h = relay_gateway();
+    let bearer = format!("Bearer {}", idp_token(json!({})));
+    let (reply, principal) = send(&mut h, "GET", "/relay/1", Some(CHECKOUT), Some(&bearer));
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+    assert_eq!(
+        principal.as_deref(),
+        Some(r#"Workload::"spiffe|spiffe://example.org/ns/shop/sa/checkout""#)
+    );
+    // The cached token learnt nothing from that request: without a certificate alice acts
+    // herself (the example's `users-read` permits her), and another workload is another
+    // principal (not among the example's trusted actors).
+    let (reply, principal) = send(&mut h, "GET", "/relay/1", None, Some(&bearer));
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+    assert_eq!(principal.as_deref(), Some(r#"User::"corp|alice""#));
+    let (reply, _) = send(&mut h, "GET", "/relay/1", Some(REPORTS), Some(&bearer));
+    refused(reply, 403, "delegation-trusted-actors-only");
+    // An unlisted trust domain names no workload: alice acts herself.
+    let (reply, principal) = send(
+        &mut h,
+        "GET",
+        "/relay/1",
+        Some("spiffe://other.org/ns/shop/sa/checkout"),
+        Some(&bearer),
+    );
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+    assert_eq!(principal.as_deref(), Some(r#"User::"corp|alice""#));
+    // Again with the checkout workload: allowed (no decision remembered from the others).
+    let (reply, _) = send(&mut h, "GET", "/relay/1", Some(CHECKOUT), Some(&bearer));
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+}
+
+#[test]
+fn the_presenting_workload_ends_the_act_chain() {
+    let mut h = relay_gateway();
+    // alice > planner (act), presented by checkout: depth 2, checkout the principal.
+    let one = format!("Bearer {}", idp_token(json!({"act": {"sub": "planner"}})));
+    let (reply, principal) = send(&mut h, "GET", "/relay/1", Some(CHECKOUT), Some(&one));
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+    assert_eq!(
+        principal.as_deref(),
+        Some(r#"Workload::"spiffe|spiffe://example.org/ns/shop/sa/checkout""#)
+    );
+    // Two actors in the token and the workload: depth 3, forbidden by `relay-chain-depth`.
+    let two = format!(
+        "Bearer {}",
+        idp_token(json!({"act": {"sub": "executor", "act": {"sub": "planner"}}}))
+    );
+    let (reply, _) = send(&mut h, "GET", "/relay/1", Some(CHECKOUT), Some(&two));
+    refused(reply, 403, "relay-chain-depth");
+}
+
+#[test]
+fn workload_actors_need_a_listed_trust_domain() {
+    let mut c = test_config().unwrap();
+    c["issuers"][0]["workload_actor"] = json!(true);
+    let e = match Engine::from_json(c.to_string().as_bytes()) {
+        Ok(_) => panic!("the configuration was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("issuers[0].workload_actor") && e.contains("spiffe_trust_domains"),
+        "{e}"
+    );
+}

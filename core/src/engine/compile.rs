@@ -50,6 +50,20 @@ impl Engine {
                     "the schema has no entity type `Group`",
                 ));
             }
+            if issuer.workload_actor {
+                if c.connection.spiffe_trust_domains.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{path}.workload_actor"),
+                        "needs connection.spiffe_trust_domains (and client_certificates \"verified\"): only a verified X.509-SVID of a listed trust domain names a workload",
+                    ));
+                }
+                if !policies.has_entity_type(names::WORKLOAD) {
+                    return Err(ConfigError::new(
+                        format!("{path}.workload_actor"),
+                        "the schema has no entity type `Workload`",
+                    ));
+                }
+            }
             issuers.push(issuer);
         }
         if c.routes.is_empty() {
@@ -375,6 +389,26 @@ impl Engine {
                     ))
                 }
                 Ok(_) => {}
+            }
+            if issuer.workload_actor {
+                // The same token presented by a workload: a `Workload` principal.
+                let mut presented = VerifiedToken {
+                    checked: crate::authz::Checked::default(),
+                    ..token.clone()
+                };
+                presented.agent.delegation.presenter =
+                    Some("spiffe://tessera.configure.check/workload".into());
+                let resource =
+                    uid(names::ROUTE, &route.name).map_err(|e| ConfigError::new("routes", e))?;
+                if let Ok(Evaluation::Error { reason }) | Err(reason) = self
+                    .evaluate(&presented, method, resource, &req, 0, None, None)
+                    .map_err(|e| e.to_string())
+                {
+                    return Err(ConfigError::new(
+                        format!("issuers[{i}].workload_actor"),
+                        format!("the schema does not accept a request with a workload as the principal: {reason}"),
+                    ));
+                }
             }
             let tool_calls = self.routes.iter().any(|r| r.kind == RouteKind::Mcp)
                 && self.policies.has_action("tools/call");

@@ -49,7 +49,13 @@ impl Engine {
         t: &'t VerifiedToken,
     ) -> Result<(&'t str, String), TokenError> {
         let issuer = self.issuer_of(t)?;
-        let (ty, id) = match t.agent.delegation.current() {
+        let d = &t.agent.delegation;
+        if let Some(w) = &d.presenter {
+            // A presenting workload (`workload.rs`): a `Workload` in the `spiffe` namespace.
+            let id = crate::identity::entity_id(crate::names::SPIFFE_NAMESPACE, w);
+            return Ok((crate::names::WORKLOAD, id));
+        }
+        let (ty, id) = match d.current() {
             Some(actor) => (issuer.agent.actor_type.as_str(), actor),
             None => (issuer.principal_type.as_str(), self.principal_id(t)?),
         };
@@ -68,7 +74,11 @@ impl Engine {
             subject,
             &t.issuer,
             on_behalf_of.as_deref(),
-            &t.agent.delegation.actors,
+            &t.agent
+                .delegation
+                .all()
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
             t.agent.task.as_ref().and_then(|task| task.id.as_deref()),
         );
     }

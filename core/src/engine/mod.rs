@@ -344,6 +344,8 @@ impl Engine {
         }
         // 2. Credential (credential.rs).
         let (verified, proof) = self.credential(route, req, store, now_s)?;
+        // A workload presenting the token may be its outermost actor (workload.rs).
+        let verified = self.presented(verified, req);
         let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);
         // 3. Identity (identity.rs).
         let principal = self.principal_uid(&verified).map_err(refused)?;

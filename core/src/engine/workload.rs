@@ -3,8 +3,12 @@
 //! trust domain (`pop/connection.rs`); the principal is `Workload::"spiffe|<SPIFFE ID>"`; the
 //! Cedar request has the HTTP method as its action on the `Route`, and a context of what the
 //! request and the connection say (`request`, `now`), nothing of a token.
+//!
+//! And a workload presenting a token of an issuer with `workload_actor`: the workload is the
+//! token's outermost actor (`Engine::presented`), so `context.delegation` says who it acts for.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use cedar_policy::Entity;
 use serde_json::Value;
@@ -18,6 +22,7 @@ use crate::authz::{uid, Evaluation};
 use crate::error::ConfigError;
 use crate::names;
 use crate::reply::LocalReply;
+use crate::token::VerifiedToken;
 use crate::verdict::Verdict;
 
 /// A workload the connection proved: its SPIFFE ID and that ID as a Cedar entity id.
@@ -80,6 +85,31 @@ impl Engine {
             }
         }
         d
+    }
+
+    /// `t` as presented on this request: when its issuer takes a presenting workload as the
+    /// outermost actor (`issuers[].workload_actor`) and the connection carries a workload
+    /// identity, a copy whose delegation ends with that workload (the principal). The copy is
+    /// this request's alone: its schema checks and remembered decisions start empty, as the
+    /// cached token's must not learn from another principal's requests.
+    pub(super) fn presented(
+        &self,
+        t: Arc<VerifiedToken>,
+        req: &HttpRequest<'_>,
+    ) -> Arc<VerifiedToken> {
+        if !self.issuer_of(&t).is_ok_and(|i| i.workload_actor) {
+            return t;
+        }
+        let peer = req.facts.and_then(|f| f.connection.tls.as_ref());
+        let Some((spiffe_id, _)) = peer.and_then(|p| self.connection.spiffe_id(p)) else {
+            return t;
+        };
+        let mut presented = VerifiedToken {
+            checked: crate::authz::Checked::default(),
+            ..(*t).clone()
+        };
+        presented.agent.delegation.presenter = Some(spiffe_id.to_string());
+        Arc::new(presented)
     }
 
     /// The Cedar request of a workload: its entity (no attributes, no groups), the method on
