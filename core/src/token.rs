@@ -75,6 +75,19 @@ impl Issuer {
             .unwrap_or_else(|| c.issuer.clone());
         crate::identity::check_namespace(&namespace)
             .map_err(|why| ConfigError::new(format!("{path}.identity_namespace"), why))?;
+        // `Workload::"spiffe|…"` is an X.509-SVID's identity: only an issuer of JWT-SVIDs (whose
+        // `sub` is checked as a SPIFFE ID of its trust domain), naming workloads, with no actors
+        // of its own, may name the same entities.
+        if namespace == crate::names::SPIFFE_NAMESPACE
+            && (c.spiffe_trust_domain.is_none()
+                || c.principal.entity_type != crate::names::WORKLOAD
+                || c.delegation.is_some())
+        {
+            return Err(ConfigError::new(
+                format!("{path}.identity_namespace"),
+                "`spiffe` is the namespace of workloads' SPIFFE IDs: only an issuer with `spiffe_trust_domain`, principal type `Workload` and no `delegation` may use it",
+            ));
+        }
         if c.principal.claim.is_empty() {
             return Err(ConfigError::new(
                 format!("{path}.principal.claim"),

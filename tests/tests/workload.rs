@@ -1,7 +1,8 @@
 //! Workloads authenticated by their X.509-SVID (issue 15, `auth: workload`): the verified client
 //! certificate's SPIFFE ID is the principal, `Workload::"spiffe|<SPIFFE ID>"`, with no token. The
 //! connection's properties are set as Envoy reports them; the Envoy end-to-end counterpart, with
-//! certificates made by Python's `cryptography`, is in `tests/e2e/test_pop.py`.
+//! certificates made by Python's `cryptography`, is `tests/e2e/test_workload.py`. And a workload
+//! presenting a user's token as its outermost actor (`issuers[].workload_actor`).
 
 // A helper that panics is a test failing with its message (clippy.toml allows it in #[test]s).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -238,7 +239,13 @@ fn a_schema_that_needs_a_token_in_every_request_is_refused_for_workload_routes()
 /// The test configuration with the IdP's tokens presented by workloads (`workload_actor`), and a
 /// route `/relay` whose one policy permits the checkout workload acting for alice.
 fn relay_gateway() -> Harness {
-    harness_with(|c| {
+    harness_with(|c| *c = relay_config()).expect("the module takes the configuration")
+}
+
+fn relay_config() -> Value {
+    let mut config = test_config().unwrap();
+    {
+        let c = &mut config;
         c["issuers"][0]["workload_actor"] = json!(true);
         c["connection"] = json!({
             "client_certificates": "verified",
@@ -265,8 +272,8 @@ when {{ context.delegation.on_behalf_of == User::"corp|alice" &&
 @id("relay-chain-depth")
 forbid (principal, action, resource == Route::"relay") when {{ context.delegation.depth > 2 }};"#
         ));
-    })
-    .expect("the module takes the configuration")
+    }
+    config
 }
 
 fn idp_token(claims: Value) -> String {
@@ -342,4 +349,63 @@ fn workload_actors_need_a_listed_trust_domain() {
         e.contains("issuers[0].workload_actor") && e.contains("spiffe_trust_domains"),
         "{e}"
     );
+}
+
+#[test]
+fn a_presenting_workload_counts_towards_the_delegation_depth_limit() {
+    let mut h = harness_with(|c| {
+        *c = relay_config();
+        c["limits"]["max_delegation_depth"] = json!(1);
+    })
+    .expect("the module takes the configuration");
+    let one = format!("Bearer {}", idp_token(json!({"act": {"sub": "planner"}})));
+    // One actor: within the limit as the token says it (authenticated; no permit for the
+    // planner on this route) ...
+    let (reply, _) = send(&mut h, "GET", "/relay/1", None, Some(&one));
+    refused(reply, 403, "forbidden");
+    // ... one too many with the workload presenting it.
+    let (reply, _) = send(&mut h, "GET", "/relay/1", Some(CHECKOUT), Some(&one));
+    let reply = reply.expect("refused");
+    assert_eq!(reply.status, 401, "{}", reply.body_text());
+    assert!(reply.body_text().contains("deep"), "{}", reply.body_text());
+}
+
+#[test]
+fn the_spiffe_namespace_is_only_for_issuers_of_listed_jwt_svids() {
+    let refused = |edit: &dyn Fn(&mut Value)| {
+        let mut c = mesh(POLICIES, |_| {});
+        edit(&mut c);
+        match Engine::from_json(c.to_string().as_bytes()) {
+            Ok(_) => panic!("the configuration was accepted"),
+            Err(e) => e.to_string(),
+        }
+    };
+    // An issuer of people or agents cannot name workloads' X.509 identities.
+    let e = refused(&|c| c["issuers"][1]["identity_namespace"] = json!("spiffe"));
+    assert!(e.contains("issuers[1].identity_namespace"), "{e}");
+    // A JWT-SVID issuer may, when its trust domain is listed for certificates too.
+    let svids = |td: &str| {
+        json!({
+            "issuer": "https://spire.example.org", "audiences": ["orders-api"],
+            "jwks": test_config().unwrap()["issuers"][1]["jwks"].clone(),
+            "identity_namespace": "spiffe", "spiffe_trust_domain": td,
+            "principal": {"type": "Workload", "claim": "sub"}
+        })
+    };
+    let e = refused(&|c| {
+        c["issuers"]
+            .as_array_mut()
+            .unwrap()
+            .push(svids("other.org"))
+    });
+    assert!(e.contains("issuers[3].identity_namespace"), "{e}");
+    let mut c = mesh(POLICIES, |_| {});
+    c["issuers"]
+        .as_array_mut()
+        .unwrap()
+        .push(svids("example.org"));
+    Engine::from_json(c.to_string().as_bytes()).expect("a listed JWT-SVID issuer may");
+    // A workload route reads no token: token options on it are refused.
+    let e = refused(&|c| c["routes"][0]["proof_of_possession"] = json!("required"));
+    assert!(e.contains("routes[0].auth"), "{e}");
 }

@@ -50,6 +50,18 @@ impl Engine {
                     "the schema has no entity type `Group`",
                 ));
             }
+            if issuer.namespace == names::SPIFFE_NAMESPACE
+                && !c
+                    .connection
+                    .spiffe_trust_domains
+                    .iter()
+                    .any(|td| Some(td) == ic.spiffe_trust_domain.as_ref())
+            {
+                return Err(ConfigError::new(
+                    format!("{path}.identity_namespace"),
+                    "`spiffe` names the workloads of connection.spiffe_trust_domains: list this issuer's spiffe_trust_domain there",
+                ));
+            }
             if issuer.workload_actor {
                 if c.connection.spiffe_trust_domains.is_empty() {
                     return Err(ConfigError::new(
@@ -95,6 +107,14 @@ impl Engine {
                     return Err(ConfigError::new(
                         format!("routes[{i}].auth"),
                         "`workload` is for http routes: an mcp route's calls are decided with a token",
+                    ));
+                }
+                if r.proof_of_possession == crate::config::ProofOfPossession::Required
+                    || r.max_token_age_s.is_some()
+                {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].auth"),
+                        "a `workload` route reads no token: proof_of_possession and max_token_age_s do not apply",
                     ));
                 }
                 if c.connection.spiffe_trust_domains.is_empty() {

@@ -345,7 +345,9 @@ impl Engine {
         // 2. Credential (credential.rs).
         let (verified, proof) = self.credential(route, req, store, now_s)?;
         // A workload presenting the token may be its outermost actor (workload.rs).
-        let verified = self.presented(verified, req);
+        let verified = self
+            .presented(verified, req)
+            .map_err(|e| unauthenticated(route, &e, req.request_id))?;
         let refused = |e: TokenError| unauthenticated(route, &e, req.request_id);
         // 3. Identity (identity.rs).
         let principal = self.principal_uid(&verified).map_err(refused)?;

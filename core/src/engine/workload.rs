@@ -19,7 +19,7 @@ use super::identity::HeaderSource;
 use super::route::Route;
 use super::{Decision, Engine, HttpRequest};
 use crate::authz::{uid, Evaluation};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, TokenError};
 use crate::names;
 use crate::reply::LocalReply;
 use crate::token::VerifiedToken;
@@ -38,8 +38,7 @@ impl Engine {
         req: &HttpRequest<'_>,
         now_s: u64,
     ) -> Decision {
-        let peer = req.facts.and_then(|f| f.connection.tls.as_ref());
-        let Some((spiffe_id, _)) = peer.and_then(|p| self.connection.spiffe_id(p)) else {
+        let Some(spiffe_id) = self.peer_spiffe_id(req) else {
             // No HTTP challenge can ask for a client certificate: 403, with what is missing.
             return deny_reply(
                 Verdict::Deny,
@@ -92,24 +91,35 @@ impl Engine {
     /// identity, a copy whose delegation ends with that workload (the principal). The copy is
     /// this request's alone: its schema checks and remembered decisions start empty, as the
     /// cached token's must not learn from another principal's requests.
+    ///
+    /// `Err`: the chain would be longer than `limits.max_delegation_depth` with the workload.
     pub(super) fn presented(
         &self,
         t: Arc<VerifiedToken>,
         req: &HttpRequest<'_>,
-    ) -> Arc<VerifiedToken> {
-        if !self.issuer_of(&t).is_ok_and(|i| i.workload_actor) {
-            return t;
-        }
-        let peer = req.facts.and_then(|f| f.connection.tls.as_ref());
-        let Some((spiffe_id, _)) = peer.and_then(|p| self.connection.spiffe_id(p)) else {
-            return t;
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        let Some(issuer) = self.issuer_of(&t).ok().filter(|i| i.workload_actor) else {
+            return Ok(t);
         };
+        let Some(spiffe_id) = self.peer_spiffe_id(req) else {
+            return Ok(t);
+        };
+        let max = issuer.agent.max_delegation_depth;
+        if t.agent.delegation.depth() >= max {
+            return Err(TokenError::DelegationTooDeep(max));
+        }
         let mut presented = VerifiedToken {
             checked: crate::authz::Checked::default(),
             ..(*t).clone()
         };
         presented.agent.delegation.presenter = Some(spiffe_id.to_string());
-        Arc::new(presented)
+        Ok(Arc::new(presented))
+    }
+
+    /// The SPIFFE ID of the request's peer: its verified X.509-SVID of a listed trust domain.
+    fn peer_spiffe_id<'r>(&self, req: &HttpRequest<'r>) -> Option<&'r str> {
+        let peer = req.facts.and_then(|f| f.connection.tls.as_ref())?;
+        self.connection.spiffe_id(peer).map(|(id, _)| id)
     }
 
     /// The Cedar request of a workload: its entity (no attributes, no groups), the method on
