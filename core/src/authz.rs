@@ -112,18 +112,35 @@ impl ActionIndex {
 ///   `i`-th action whose per-request parts have fixed types (see [`Policies::evaluate`]);
 /// - decisions for actions whose policies read nothing that varies per request (only the
 ///   principal, the resource, and the token's own context parts): the same token, action and
-///   resource always get the same answer, so it is remembered (a few per token).
+///   resource always get the same answer, so it is remembered (a few per token);
+/// - the per-token parts of its Cedar requests themselves (the entities and the context
+///   attributes built from the token alone), built once and cloned per request.
 #[derive(Debug, Default)]
 pub struct Checked {
     bits: AtomicU64,
     decisions: Mutex<Vec<(u64, EntityUid, Evaluation)>>,
+    parts: std::sync::OnceLock<TokenParts>,
 }
+
+/// The entities (principal first) and context attributes built from a token alone.
+pub type TokenParts = (Vec<Entity>, Vec<(String, RestrictedExpression)>);
 
 const ENTITIES_CHECKED: u64 = 1 << 63;
 /// Decisions remembered per token: a token is normally used on a handful of routes.
 const DECISIONS_PER_TOKEN: usize = 8;
 
 impl Checked {
+    /// The token's request parts: built by `build` the first time, then cloned (cheaper than
+    /// building: no entity type is parsed, no claim converted). A failed build is not kept.
+    pub fn parts<E>(&self, build: impl FnOnce() -> Result<TokenParts, E>) -> Result<TokenParts, E> {
+        if let Some(p) = self.parts.get() {
+            return Ok(p.clone());
+        }
+        let p = build()?;
+        let _ = self.parts.set(p.clone());
+        Ok(p)
+    }
+
     fn has(&self, bit: u64) -> bool {
         bit != 0 && self.bits.load(Ordering::Relaxed) & bit == bit
     }
@@ -155,6 +172,7 @@ impl Clone for Checked {
         Checked {
             bits: AtomicU64::new(self.bits.load(Ordering::Relaxed)),
             decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
+            parts: self.parts.clone(),
         }
     }
 }
@@ -487,10 +505,36 @@ impl Policies {
 }
 
 pub fn uid(entity_type: &str, id: &str) -> Result<EntityUid, String> {
+    Ok(EntityUid::from_type_name_and_id(
+        type_name(entity_type)?,
+        EntityId::new(id),
+    ))
+}
+
+/// Entity type names parsed once per thread: parsing one runs Cedar's parser, a few
+/// microseconds, and every request names several. The names come from the configuration and
+/// `names.rs`, never from a request, so there are few; past [`TYPE_NAMES_KEPT`] they are parsed
+/// each time.
+fn type_name(entity_type: &str) -> Result<EntityTypeName, String> {
+    thread_local! {
+        static PARSED: std::cell::RefCell<HashMap<String, EntityTypeName>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    if let Some(t) = PARSED.with(|p| p.borrow().get(entity_type).cloned()) {
+        return Ok(t);
+    }
     let t = EntityTypeName::from_str(entity_type)
         .map_err(|e| format!("entity type `{entity_type}`: {e}"))?;
-    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+    PARSED.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < TYPE_NAMES_KEPT {
+            p.insert(entity_type.to_string(), t.clone());
+        }
+    });
+    Ok(t)
 }
+
+const TYPE_NAMES_KEPT: usize = 64;
 
 /// A JSON value (from a token) as a Cedar value: strings, integers, booleans, arrays as sets,
 /// objects as records. Numbers that are not 64-bit integers have no Cedar equivalent.

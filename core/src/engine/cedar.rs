@@ -52,8 +52,7 @@ impl Engine {
                 return Ok(e);
             }
         }
-        let entities = self.token_entities(t)?;
-        let mut context = self.token_context(t)?;
+        let (entities, mut context) = self.token_parts(t)?;
         // Per-request parts. Strings, the clock, the connection have one type whatever the
         // request says.
         let line = RequestLine {
@@ -301,9 +300,11 @@ impl Engine {
     }
 
     /// The per-token parts of a Cedar request, as `Engine::evaluate` builds them: the entities
-    /// (principal first) and the `token` context attribute.
+    /// (principal first) and the `token`, `delegation` and `task` context attributes. Built once
+    /// per token and kept with it (`authz::Checked`).
     pub(crate) fn token_parts(&self, t: &VerifiedToken) -> Result<RequestParts, RequestError> {
-        Ok((self.token_entities(t)?, self.token_context(t)?))
+        t.checked
+            .parts(|| Ok((self.token_entities(t)?, self.token_context(t)?)))
     }
 
     pub(super) fn step_up_for(&self, policies: &[String], request_id: &str) -> Option<LocalReply> {
