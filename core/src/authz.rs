@@ -120,6 +120,8 @@ pub struct Checked {
     bits: AtomicU64,
     decisions: Mutex<Vec<(u64, EntityUid, Evaluation)>>,
     parts: std::sync::OnceLock<TokenParts>,
+    /// Per action bit: the entity store of its requests (the action's entities and the token's).
+    entities: Mutex<Vec<(u64, std::sync::Arc<Entities>)>>,
 }
 
 /// The entities (principal first) and context attributes built from a token alone.
@@ -139,6 +141,19 @@ impl Checked {
         let p = build()?;
         let _ = self.parts.set(p.clone());
         Ok(p)
+    }
+
+    fn entities(&self, bit: u64) -> Option<std::sync::Arc<Entities>> {
+        let e = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        e.iter().find(|(b, _)| *b == bit).map(|(_, e)| e.clone())
+    }
+
+    fn keep_entities(&self, bit: u64, entities: &std::sync::Arc<Entities>) {
+        let mut e = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        if e.len() < DECISIONS_PER_TOKEN && !e.iter().any(|(b, _)| *b == bit) {
+            e.reserve_exact(1);
+            e.push((bit, entities.clone()));
+        }
     }
 
     fn has(&self, bit: u64) -> bool {
@@ -173,6 +188,7 @@ impl Clone for Checked {
             bits: AtomicU64::new(self.bits.load(Ordering::Relaxed)),
             decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
             parts: self.parts.clone(),
+            entities: Mutex::new(self.entities.lock().map(|e| e.clone()).unwrap_or_default()),
         }
     }
 }
@@ -456,14 +472,28 @@ impl Policies {
             Ok(r) => r,
             Err(e) => return error(format!("request does not fit the schema: {e}")),
         };
-        let entities_known = checked.is_some_and(|c| c.has(ENTITIES_CHECKED));
-        let entities = match index
-            .entities
-            .clone()
-            .add_entities(entities, (!entities_known).then_some(&self.schema))
-        {
-            Ok(e) => e,
-            Err(e) => return error(format!("entities: {e}")),
+        // The entity store: the action's entities and the token's, built (and its transitive
+        // closure computed) once per token and action when they come from the token alone.
+        let kept = checked.filter(|_| index.bit != 0);
+        let entities = match kept.and_then(|c| c.entities(index.bit)) {
+            Some(e) => e,
+            None => {
+                let entities_known = checked.is_some_and(|c| c.has(ENTITIES_CHECKED));
+                match index
+                    .entities
+                    .clone()
+                    .add_entities(entities, (!entities_known).then_some(&self.schema))
+                {
+                    Ok(e) => {
+                        let e = std::sync::Arc::new(e);
+                        if let Some(c) = kept {
+                            c.keep_entities(index.bit, &e);
+                        }
+                        e
+                    }
+                    Err(e) => return error(format!("entities: {e}")),
+                }
+            }
         };
         if let Some(c) = checked {
             c.set(if fixed_context { index.bit } else { 0 } | ENTITIES_CHECKED);
