@@ -34,7 +34,7 @@ fn run_command() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root),
         Some("demo") => demo::demo(&root),
-        Some("bench") => perf::bench(&root),
+        Some("bench") => perf::bench(&root, args.get(1).is_some_and(|a| a == "--report")),
         Some("load") => perf::load(&root),
         Some("fuzz") => fuzz(&args[1..]),
         Some("wasm") => build_wasm(&root).map(|p| println!("{}", p.display())),
