@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Iterator
 
 import pytest
 
@@ -58,6 +59,19 @@ def mesh_schema(schema: str) -> str:
     return schema[:start] + context + schema[end:]
 
 
+def over_mtls(envoy_bin, wasm_path, example_bootstrap, echo, pki, cfg: dict, name: str) -> Iterator[Client]:
+    """`cfg` on a listener requiring client certificates from the test CA, with client
+    certificates verified and the trust domain example.org listed."""
+    cfg["connection"] = {"client_certificates": "verified", "spiffe_trust_domains": [pkimod.TRUST_DOMAIN]}
+    tls = {"cert": pki.server_cert, "key": pki.server_key, "trusted_ca": pki.ca_cert}
+    e = ready_or_fail(envoy_with_plugin_config(envoy_bin, wasm_path, example_bootstrap, echo, cfg, name, tls=tls),
+                      name)
+    try:
+        yield Client(e.url, pki)
+    finally:
+        e.stop()
+
+
 @pytest.fixture(scope="module")
 def mesh_gw(envoy_bin, wasm_path, example_bootstrap, plugin_config, echo, pki) -> Client:
     cfg = copy.deepcopy(plugin_config)
@@ -65,14 +79,7 @@ def mesh_gw(envoy_bin, wasm_path, example_bootstrap, plugin_config, echo, pki) -
     cfg["policies"] = {"mesh.cedar": POLICIES}
     cfg["routes"] = [{"name": "inventory", "prefix": "/inventory", "auth": "workload"},
                      {"name": "orders", "prefix": "/orders"}]
-    cfg["connection"] = {"client_certificates": "verified", "spiffe_trust_domains": [pkimod.TRUST_DOMAIN]}
-    tls = {"cert": pki.server_cert, "key": pki.server_key, "trusted_ca": pki.ca_cert}
-    e = ready_or_fail(envoy_with_plugin_config(envoy_bin, wasm_path, example_bootstrap, echo, cfg,
-                                               "envoy-workload", tls=tls), "a workload route")
-    try:
-        yield Client(e.url, pki)
-    finally:
-        e.stop()
+    yield from over_mtls(envoy_bin, wasm_path, example_bootstrap, echo, pki, cfg, "envoy-workload")
 
 
 def refused(resp, *words: str, policies: list[str] | None = None) -> None:
@@ -139,20 +146,13 @@ def relay_gw(envoy_bin, wasm_path, example_bootstrap, plugin_config, echo, pki) 
     cfg = copy.deepcopy(plugin_config)
     idp = next(i for i in cfg["issuers"] if i["issuer"] == minting.IDP)
     idp["workload_actor"] = True
-    cfg["connection"] = {"client_certificates": "verified", "spiffe_trust_domains": [pkimod.TRUST_DOMAIN]}
     cfg["routes"][:0] = [{"name": "relay", "prefix": "/relay"}]
     cfg["policies"]["relay.cedar"] = RELAY_POLICIES
     trusted = '"agent-7"].containsAll'
     assert trusted in cfg["policies"]["agents.cedar"]
     cfg["policies"]["agents.cedar"] = cfg["policies"]["agents.cedar"].replace(
         trusted, f'"agent-7", "{pkimod.PLANNER}"].containsAll')
-    tls = {"cert": pki.server_cert, "key": pki.server_key, "trusted_ca": pki.ca_cert}
-    e = ready_or_fail(envoy_with_plugin_config(envoy_bin, wasm_path, example_bootstrap, echo, cfg,
-                                               "envoy-workload-relay", tls=tls), "workload_actor")
-    try:
-        yield Client(e.url, pki)
-    finally:
-        e.stop()
+    yield from over_mtls(envoy_bin, wasm_path, example_bootstrap, echo, pki, cfg, "envoy-workload-relay")
 
 
 def test_a_workload_presenting_a_users_token_is_its_actor(relay_gw, echo):

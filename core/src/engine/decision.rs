@@ -106,6 +106,27 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// Denied by Cedar: by the forbids named (none: no permit).
+    pub(super) fn denied(&mut self, policies: Vec<String>, request_id: &str) {
+        self.verdict = Verdict::Deny;
+        self.reason = if policies.is_empty() {
+            "no permit".into()
+        } else {
+            "forbidden by policy".into()
+        };
+        self.reply = Some(LocalReply::forbidden(&policies, request_id));
+        self.policies = policies;
+    }
+
+    /// Cedar could not judge the request (`reason`): denied.
+    pub(super) fn cannot_judge(&mut self, reason: String, request_id: &str) {
+        self.verdict = Verdict::Error;
+        self.reply = Some(LocalReply::cannot_judge(request_id));
+        self.reason = reason;
+    }
+}
+
 impl Pending {
     pub(crate) fn token(&self) -> &VerifiedToken {
         &self.token

@@ -427,21 +427,10 @@ impl Engine {
                 }
             }
             Evaluation::Deny { policies } => {
-                d.verdict = Verdict::Deny;
-                d.reason = if policies.is_empty() {
-                    "no permit".into()
-                } else {
-                    "forbidden by policy".into()
-                };
-                d.reply = Some(LocalReply::forbidden(&policies, req.request_id));
-                d.policies = policies;
+                d.denied(policies, req.request_id);
                 self.approve_http(&mut d, &verified, route, req, now_s, once);
             }
-            Evaluation::Error { reason } => {
-                d.verdict = Verdict::Error;
-                d.reply = Some(LocalReply::cannot_judge(req.request_id));
-                d.reason = reason;
-            }
+            Evaluation::Error { reason } => d.cannot_judge(reason, req.request_id),
         }
         d
     }

@@ -21,7 +21,6 @@ use super::{Decision, Engine, HttpRequest};
 use crate::authz::{uid, Evaluation};
 use crate::error::{ConfigError, TokenError};
 use crate::names;
-use crate::reply::LocalReply;
 use crate::token::VerifiedToken;
 use crate::verdict::Verdict;
 
@@ -68,20 +67,9 @@ impl Engine {
                 d.set_headers = self.workload_headers(&w, d.principal.as_deref().unwrap_or(""));
             }
             Evaluation::Deny { policies } => {
-                d.verdict = Verdict::Deny;
-                d.reason = if policies.is_empty() {
-                    "no permit".into()
-                } else {
-                    "forbidden by policy".into()
-                };
-                d.reply = Some(LocalReply::forbidden(&policies, req.request_id));
-                d.policies = policies;
+                d.denied(policies, req.request_id);
             }
-            Evaluation::Error { reason } => {
-                d.verdict = Verdict::Error;
-                d.reply = Some(LocalReply::cannot_judge(req.request_id));
-                d.reason = reason;
-            }
+            Evaluation::Error { reason } => d.cannot_judge(reason, req.request_id),
         }
         d
     }
