@@ -71,10 +71,8 @@ impl TokenCache {
         if self.max_entries == 0 || now_s >= token.expires_at {
             return;
         }
-        // The payload is held decoded (about twice its encoded size), plus the fixed fields, and
-        // the Cedar parts built from it (about its size again) and the entity stores of the
-        // actions it is used for (`authz::Checked`, about 1 KiB for the first).
-        let size = token_len * 3 + 1280;
+        // The payload is held decoded: about twice its encoded size, plus the fixed fields.
+        let size = token_len * 2 + 256;
         if size > self.max_bytes {
             return;
         }

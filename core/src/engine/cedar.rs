@@ -300,11 +300,9 @@ impl Engine {
     }
 
     /// The per-token parts of a Cedar request, as `Engine::evaluate` builds them: the entities
-    /// (principal first) and the `token`, `delegation` and `task` context attributes. Built once
-    /// per token and kept with it (`authz::Checked`).
+    /// (principal first) and the `token`, `delegation` and `task` context attributes.
     pub(crate) fn token_parts(&self, t: &VerifiedToken) -> Result<RequestParts, RequestError> {
-        t.checked
-            .parts(|| Ok((self.token_entities(t)?, self.token_context(t)?)))
+        Ok((self.token_entities(t)?, self.token_context(t)?))
     }
 
     pub(super) fn step_up_for(&self, policies: &[String], request_id: &str) -> Option<LocalReply> {
