@@ -31,7 +31,11 @@ const MAX_TOKEN_BYTES: usize = 16_384;
 
 /// The compiled issuers of the bench configuration, as the engine holds them.
 fn issuers() -> Vec<Issuer> {
-    let json = serde_json::to_vec(&config(Setup::CACHED).expect("bench config")).unwrap();
+    compile_issuers(config(Setup::CACHED).expect("bench config"))
+}
+
+fn compile_issuers(config: Value) -> Vec<Issuer> {
+    let json = serde_json::to_vec(&config).unwrap();
     let c = Config::parse(&json).expect("bench config parses");
     c.issuers
         .iter()
@@ -79,20 +83,40 @@ fn token_stages(c: &mut Criterion) {
 
     let parse_only = with_unknown_kid(&agent_token("ES256", &json!({})).unwrap()).unwrap();
     assert!(matches!(
-        token::verify(&issuers, &parse_only, now, MAX_TOKEN_BYTES),
+        token::verify(&issuers, &parse_only, now, MAX_TOKEN_BYTES, None),
         Err(tessera_core::TokenError::UnknownKid(_))
     ));
     g.bench_function("parse", |b| {
-        b.iter(|| token::verify(&issuers, black_box(&parse_only), now, MAX_TOKEN_BYTES))
+        b.iter(|| token::verify(&issuers, black_box(&parse_only), now, MAX_TOKEN_BYTES, None))
     });
 
     for alg in ALGORITHMS {
         let t = agent_token(alg, &json!({})).expect("mint");
-        token::verify(&issuers, &t, now, MAX_TOKEN_BYTES).expect("bench token verifies");
+        token::verify(&issuers, &t, now, MAX_TOKEN_BYTES, None).expect("bench token verifies");
         g.bench_with_input(BenchmarkId::new("verify", alg), &t, |b, t| {
-            b.iter(|| token::verify(&issuers, black_box(t), now, MAX_TOKEN_BYTES))
+            b.iter(|| token::verify(&issuers, black_box(t), now, MAX_TOKEN_BYTES, None))
         });
     }
+
+    // Verified by Envoy's jwt_authn: the metadata compared with the payload, claims checked.
+    let by_jwt_authn = compile_issuers(tessera_benches::by_jwt_authn(
+        config(Setup::CACHED).expect("bench config"),
+    ));
+    let t = agent_token("ES256", &json!({})).expect("mint");
+    let metadata = tessera_benches::jwt_authn_metadata(&t).expect("metadata");
+    token::verify(&by_jwt_authn, &t, now, MAX_TOKEN_BYTES, Some(&metadata))
+        .expect("bench token verified by jwt_authn");
+    g.bench_function(BenchmarkId::new("verify", "jwt_authn"), |b| {
+        b.iter(|| {
+            token::verify(
+                &by_jwt_authn,
+                black_box(&t),
+                now,
+                MAX_TOKEN_BYTES,
+                Some(&metadata),
+            )
+        })
+    });
     g.finish();
 }
 
@@ -357,11 +381,11 @@ fn token_size(c: &mut Criterion) {
     let mut g = c.benchmark_group("native/token_size");
     for size in TOKEN_SIZES {
         let t = padded_token(size).unwrap();
-        token::verify(&issuers, &t, now, MAX_TOKEN_BYTES).expect("padded token verifies");
+        token::verify(&issuers, &t, now, MAX_TOKEN_BYTES, None).expect("padded token verifies");
         let auth = format!("Bearer {t}");
         check_allows(&cached, &auth);
         g.bench_with_input(BenchmarkId::new("verify", size), &t, |b, t| {
-            b.iter(|| token::verify(&issuers, black_box(t), now, MAX_TOKEN_BYTES))
+            b.iter(|| token::verify(&issuers, black_box(t), now, MAX_TOKEN_BYTES, None))
         });
         g.bench_with_input(BenchmarkId::new("cached", size), &auth, |b, auth| {
             b.iter(|| cached.check(&request(black_box(auth)), &MemoryStore::new(), now_s()))

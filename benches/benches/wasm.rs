@@ -93,6 +93,49 @@ fn whole_request(c: &mut Criterion) {
     g.finish();
 }
 
+/// A fresh token (cache off) whose signature Envoy's `jwt_authn` checked
+/// (`issuers[].jwt_authn_payload`): the metadata read and compared with the payload, and the
+/// claims checked, in place of a signature.
+fn by_jwt_authn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wasm/jwt_authn");
+    let token = agent_token("ES256", &json!({})).unwrap();
+    let metadata = tessera_benches::jwt_authn_metadata(&token).unwrap();
+    let mut h =
+        harness_with_config(tessera_benches::by_jwt_authn(config(Setup::COLD).unwrap())).unwrap();
+    let headers = request_headers(&token);
+    let headers = borrowed(&headers);
+    let attribute = tessera_core::jwt_authn::ATTRIBUTE;
+    let ctx = h.new_http().unwrap();
+    h.set_stream_property_path(ctx, &attribute, &metadata)
+        .unwrap();
+    h.request_headers(ctx, &headers, true).unwrap();
+    if let Some(reply) = h.local_reply(ctx) {
+        panic!(
+            "jwt_authn bench refused: {} {}",
+            reply.status,
+            reply.body_text()
+        );
+    }
+    h.done(ctx).unwrap();
+    g.bench_function("cold", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let ctx = h.new_http().expect("new_http");
+                h.set_stream_property_path(ctx, &attribute, &metadata)
+                    .expect("metadata");
+                let start = Instant::now();
+                let action = h.request_headers(ctx, &headers, true).expect("headers");
+                total += start.elapsed();
+                std::hint::black_box(action);
+                h.done(ctx).expect("done");
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
 /// MCP: headers (the module waits for the body) then the body at end of stream, decided per
 /// JSON-RPC message; timed from the headers call to the body call's return.
 fn mcp(c: &mut Criterion) {
@@ -271,6 +314,6 @@ fn proof_of_possession(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = whole_request, mcp, token_size, delegation, revocation, proof_of_possession
+    targets = whole_request, by_jwt_authn, mcp, token_size, delegation, revocation, proof_of_possession
 }
 criterion_main!(benches);

@@ -189,6 +189,32 @@ pub fn harness(setup: Setup) -> Result<Harness> {
 }
 
 /// [`harness`] with a configuration of the caller's.
+/// The payload key of the agents issuer in [`by_jwt_authn`] configurations.
+pub const JWT_AUTHN_KEY: &str = "agents";
+
+/// `config` with the agents issuer's tokens verified by Envoy's `jwt_authn`
+/// (`issuers[].jwt_authn_payload`, no keys).
+pub fn by_jwt_authn(mut config: Value) -> Value {
+    let agents = &mut config["issuers"][1];
+    if let Some(a) = agents.as_object_mut() {
+        a.remove("jwks");
+    }
+    agents["jwt_authn_payload"] = json!(JWT_AUTHN_KEY);
+    config
+}
+
+/// The dynamic metadata Envoy gives after `jwt_authn` verified `token` (see
+/// `tessera_core::jwt_authn`).
+pub fn jwt_authn_metadata(token: &str) -> Result<Vec<u8>> {
+    let middle = token.split('.').nth(1).context("not a JWS")?;
+    let payload: serde_json::Map<String, Value> =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(middle)?)?;
+    Ok(tessera_core::jwt_authn::encode_metadata(
+        JWT_AUTHN_KEY,
+        &payload,
+    ))
+}
+
 pub fn harness_with_config(config: Value) -> Result<Harness> {
     let wasm = tessera_tests::wasm_path();
     if !wasm.is_file() {

@@ -307,6 +307,8 @@ impl Approval {
             jwt.trim(),
             now_s,
             self.max_token_bytes,
+            // Approvals are Tessera's to verify (the approval issuer has keys, never jwt_authn).
+            None,
         )
         .map_err(|e| format!("approval rejected: {e}"))?;
         let digest = t

@@ -280,6 +280,13 @@ pub struct IssuerConfig {
     /// principal is `Workload::"spiffe|<SPIFFE ID>"`, acting for the token's subject and actors.
     #[serde(default)]
     pub workload_actor: bool,
+    /// Envoy's `jwt_authn` verifies this issuer's tokens and puts each verified payload in the
+    /// request's dynamic metadata under this key (its provider's `payload_in_metadata`; Istio's
+    /// `RequestAuthentication` uses the issuer). Tessera then checks no signature and takes no
+    /// keys: it admits a token only when its payload is the one `jwt_authn` verified for this
+    /// request, and applies its own claim rules to it (`jwt_authn.rs`).
+    #[serde(default)]
+    pub jwt_authn_payload: Option<String>,
 }
 
 fn default_clock_skew() -> u64 {

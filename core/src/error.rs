@@ -60,6 +60,10 @@ pub enum TokenError {
     },
     #[error("signature invalid")]
     BadSignature,
+    /// The issuer's tokens are verified by Envoy's `jwt_authn`, and it verified no such token
+    /// for this request (`jwt_authn.rs`).
+    #[error("token not verified by jwt_authn")]
+    NotVerifiedByJwtAuthn,
     #[error("token type `{0}` is not accepted here")]
     WrongType(String),
     #[error("token expired")]

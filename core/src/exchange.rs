@@ -158,6 +158,12 @@ impl Exchange {
         self.facts.connection = connection;
     }
 
+    /// The request's dynamic metadata (`jwt_authn::ATTRIBUTE`), where Envoy's `jwt_authn` put
+    /// the payloads it verified; read with the request headers when `Engine::reads_jwt_authn`.
+    pub fn set_jwt_authn(&mut self, metadata: Option<Vec<u8>>) {
+        self.facts.jwt_authn = metadata;
+    }
+
     /// The request headers (as bytes: a value that is not UTF-8 must not abort anything).
     pub fn on_request_headers(
         &mut self,

@@ -162,6 +162,50 @@ pub fn verify(
     Err(last_err)
 }
 
+/// The registered claims checked as [`verify`] has jwt-simple check them, for a payload whose
+/// signature someone else verified (`jwt_authn.rs`): `iss`, `sub`, `jti`, `nonce` strings, `aud`
+/// a string or strings and one of `checks.audiences`, `iat` and `nbf` not after now (plus the
+/// skew), `exp` not before now (minus the skew).
+pub fn check_registered(payload: &Map<String, Value>, checks: &Checks) -> Result<(), TokenError> {
+    let undecodable = TokenError::Malformed("token could not be decoded");
+    for name in ["iss", "sub", "jti", "nonce"] {
+        if !matches!(
+            payload.get(name),
+            None | Some(Value::Null | Value::String(_))
+        ) {
+            return Err(undecodable);
+        }
+    }
+    let audiences: Vec<&str> = match payload.get("aud") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<_>>()
+            .ok_or(undecodable.clone())?,
+        Some(_) => return Err(undecodable),
+    };
+    let time = |name| numeric(payload, name).map_err(|_| undecodable.clone());
+    let (iat, nbf, exp) = (time("iat")?, time("nbf")?, time("exp")?);
+    let (now, skew) = (checks.now_s, checks.clock_skew_s);
+    if iat.is_some_and(|iat| iat > now.saturating_add(skew)) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
+        return Err(TokenError::NotYetValid);
+    }
+    if exp.is_some_and(|exp| now < skew || now - skew > exp) {
+        return Err(TokenError::Expired);
+    }
+    if let Some(allowed) = &checks.audiences {
+        if !audiences.iter().any(|a| allowed.contains(*a)) {
+            return Err(TokenError::Audience);
+        }
+    }
+    Ok(())
+}
+
 /// A NumericDate claim (`exp`, `iat`, …): absent, or a non-negative number.
 pub fn numeric(
     payload: &Map<String, Value>,
@@ -198,5 +242,88 @@ fn map_jwt_error(e: &jwt_simple::Error) -> TokenError {
         // Anything else (base64 of the signature, claims of the wrong JSON type, …) is a token we
         // cannot judge, and so a rejected one.
         _ => TokenError::Malformed("token could not be decoded"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hmac::{Hmac, Mac};
+    use serde_json::json;
+
+    const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0";
+
+    fn signed(payload: &Value) -> String {
+        let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        let input = format!("{}.{}", b64(&json!({"alg": "HS256"})), b64(payload));
+        let secret = URL_SAFE_NO_PAD.decode(SECRET).unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
+        mac.update(input.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{input}.{sig}")
+    }
+
+    /// `check_registered` says of a payload what jwt-simple's verification says of it, signed.
+    #[test]
+    fn registered_claims_are_checked_as_jwt_simple_checks_them() {
+        let key = crate::jwks::hmac_key(SECRET, "k").unwrap();
+        let now = 1_800_000_000u64;
+        let times = [
+            json!(null),
+            json!(now - 200),
+            json!(now - 60),
+            json!(now - 59),
+            json!(now),
+            json!(now + 59),
+            json!(now + 60),
+            json!(now + 61),
+            json!((now + 60) as f64 + 0.5),
+            json!("soon"),
+            json!(-1),
+        ];
+        let auds = [
+            json!(null),
+            json!("api"),
+            json!("other"),
+            json!(["other", "api"]),
+            json!(["other"]),
+            json!([]),
+            json!([1]),
+            json!(5),
+        ];
+        let strings = [json!(null), json!("x"), json!(7), json!(["x"])];
+        let mut cases = 0;
+        for (i, t) in times.iter().enumerate() {
+            for (j, aud) in auds.iter().enumerate() {
+                let mut p = Map::new();
+                // Each time claim in turn, and `exp` always somewhere.
+                p.insert(["iat", "nbf", "exp"][(i + j) % 3].into(), t.clone());
+                p.insert("exp".into(), times[(i * 7 + j) % times.len()].clone());
+                p.insert("aud".into(), aud.clone());
+                p.insert(
+                    ["iss", "sub", "jti", "nonce"][j % 4].into(),
+                    strings[(i + j) % strings.len()].clone(),
+                );
+                let p: Map<String, Value> = p.into_iter().filter(|(_, v)| !v.is_null()).collect();
+                let token = signed(&Value::Object(p.clone()));
+                let checks = Checks {
+                    now_s: now,
+                    clock_skew_s: 60,
+                    audiences: Some(["api".to_string()].into()),
+                    max_bytes: 8192,
+                };
+                let theirs = verify(
+                    std::slice::from_ref(&key),
+                    &decode(&token, 8192).unwrap(),
+                    &token,
+                    &checks,
+                )
+                .map(|_| ());
+                let ours = check_registered(&p, &checks);
+                assert_eq!(ours, theirs, "payload {}", Value::Object(p));
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, times.len() * auds.len());
     }
 }

@@ -76,6 +76,13 @@ impl IssuerKeys {
         path: &str,
         limits: &crate::config::Limits,
     ) -> Result<IssuerKeys, ConfigError> {
+        if c.jwt_authn_payload.is_some() {
+            // jwt_authn checks the signatures (`jwt_authn.rs`).
+            return Ok(IssuerKeys::Inline(Arc::new(KeySet {
+                keys: Vec::new(),
+                generation: 0,
+            })));
+        }
         let mut keys = match &c.jwks {
             Some(j) => jwks::parse_jwks(j, &format!("{path}.jwks"))?,
             None => Vec::new(),

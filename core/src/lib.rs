@@ -20,6 +20,7 @@ pub mod input_required;
 pub mod json;
 pub mod jwks;
 pub mod jws;
+pub mod jwt_authn;
 pub mod keys;
 pub mod listing;
 pub mod mcp;

@@ -1,6 +1,9 @@
 //! Bearer token verification: pick the issuer by `iss`, the key by `kid` (the algorithm is the
 //! key's), verify with jwt-simple, then apply the checks jwt-simple leaves to us (`exp` required,
-//! maximum lifetime, required claims). Time is the proxy's clock, passed in.
+//! maximum lifetime, required claims). For an issuer whose tokens Envoy's `jwt_authn` verifies,
+//! the payload it verified stands in for the signature (`jwt_authn.rs`) and the registered claims
+//! are checked as jwt-simple checks them (`jws::check_registered`). Time is the proxy's clock,
+//! passed in.
 
 use std::collections::HashSet;
 
@@ -42,6 +45,9 @@ pub struct Issuer {
     spiffe_trust_domain: Option<String>,
     /// The workload presenting a token is its outermost actor (`issuers[].workload_actor`).
     pub workload_actor: bool,
+    /// `jwt_authn` verifies this issuer's tokens; its payloads are under this key
+    /// (`jwt_authn.rs`).
+    pub jwt_authn_payload: Option<String>,
 }
 
 impl Issuer {
@@ -57,6 +63,15 @@ impl Issuer {
                 format!("{path}.audiences"),
                 "needs at least one audience: a token for another service must not be accepted",
             ));
+        }
+        if let Some(key) = &c.jwt_authn_payload {
+            let keyed = c.jwks.is_some() || c.remote_jwks.is_some() || c.hmac_secret.is_some();
+            if key.is_empty() || keyed {
+                return Err(ConfigError::new(
+                    format!("{path}.jwt_authn_payload"),
+                    "names the `payload_in_metadata` of the jwt_authn provider that verifies this issuer's tokens (not empty); such an issuer takes no keys (jwks, remote_jwks, hmac_secret)",
+                ));
+            }
         }
         let keys = IssuerKeys::compile(c, path, limits)?;
         let typ = match &c.typ {
@@ -127,6 +142,7 @@ impl Issuer {
             proof_required: c.proof_of_possession == crate::config::ProofOfPossession::Required,
             spiffe_trust_domain,
             workload_actor: c.workload_actor,
+            jwt_authn_payload: c.jwt_authn_payload.clone(),
         })
     }
 
@@ -146,6 +162,25 @@ impl Issuer {
         Err(TokenError::WrongType(
             typ.unwrap_or_else(|| "(none)".into()),
         ))
+    }
+
+    /// For an issuer whose tokens `jwt_authn` verifies: `Ok` when `payload` is the one it
+    /// verified for this request (`metadata`: the request's dynamic metadata); `Ok` for any
+    /// other issuer.
+    pub fn verified_by_jwt_authn(
+        &self,
+        payload: &dyn crate::jwt_authn::Payload,
+        metadata: Option<&[u8]>,
+    ) -> Result<(), TokenError> {
+        let Some(key) = &self.jwt_authn_payload else {
+            return Ok(());
+        };
+        let by_jwt_authn = metadata.is_some_and(|m| crate::jwt_authn::is_verified(m, key, payload));
+        if by_jwt_authn {
+            Ok(())
+        } else {
+            Err(TokenError::NotVerifiedByJwtAuthn)
+        }
     }
 
     /// Tolerance for `exp`, `nbf`, `iat`: a token verifies until `exp` plus this.
@@ -202,11 +237,15 @@ pub fn issuer_of<'a>(
         .ok_or(TokenError::UnknownIssuer)
 }
 
+/// Verifies `token`: its signature with the issuer's keys, or, for an issuer whose tokens
+/// `jwt_authn` verifies, that its payload is the one `jwt_authn` verified for this request
+/// (`verified`: the request's dynamic metadata); then the claims.
 pub fn verify(
     issuers: &[Issuer],
     token: &str,
     now_s: u64,
     max_token_bytes: usize,
+    verified: Option<&[u8]>,
 ) -> Result<VerifiedToken, TokenError> {
     let parts = jws::decode(token, max_token_bytes)?;
     let (issuer_index, issuer) = issuer_of(issuers, &parts.payload)?;
@@ -218,7 +257,12 @@ pub fn verify(
         audiences: Some(issuer.audiences.clone()),
         max_bytes: max_token_bytes,
     };
-    jws::verify(&keys.keys, &parts, token, &checks)?;
+    if issuer.jwt_authn_payload.is_some() {
+        issuer.verified_by_jwt_authn(&parts.payload, verified)?;
+        jws::check_registered(&parts.payload, &checks)?;
+    } else {
+        jws::verify(&keys.keys, &parts, token, &checks)?;
+    }
     let payload = parts.payload;
 
     // What jwt-simple does not enforce.

@@ -593,7 +593,18 @@ impl Harness {
         path: &str,
         value: impl AsRef<[u8]>,
     ) -> Result<()> {
-        let key = property_key(&path.split('.').collect::<Vec<_>>());
+        self.set_stream_property_path(ctx, &path.split('.').collect::<Vec<_>>(), value)
+    }
+
+    /// Sets a per-stream property by explicit segments, for names that contain dots (Envoy's
+    /// `metadata.filter_metadata["envoy.filters.http.jwt_authn"]…`).
+    pub fn set_stream_property_path(
+        &mut self,
+        ctx: u32,
+        path: &[&str],
+        value: impl AsRef<[u8]>,
+    ) -> Result<()> {
+        let key = property_key(path);
         let stream = self.live_stream(ctx)?;
         stream.properties.retain(|(k, _)| *k != key);
         stream.properties.push((key, value.as_ref().to_vec()));

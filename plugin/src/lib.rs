@@ -252,6 +252,10 @@ impl HttpContext for Filter {
                 }
                 hostcalls::get_property(path.to_vec()).ok().flatten()
             }));
+            if engine.reads_jwt_authn() {
+                let path = tessera_core::jwt_authn::ATTRIBUTE.to_vec();
+                x.set_jwt_authn(hostcalls::get_property(path).ok().flatten());
+            }
             x.on_request_headers(engine, store, &headers, request_id, end_of_stream, now_s())
         })
     }

@@ -460,6 +460,14 @@ fn bench_section(
             v.map_or("—".into(), fmt_ns),
         )?;
     }
+    if let Some(v) = get("wasm/jwt_authn/cold") {
+        writeln!(
+            s,
+            "\nA fresh token whose signature Envoy's `jwt_authn` checked (`issuers[].jwt_authn_payload`, \
+             ES256, the metadata compared and the claims checked instead): {} (`wasm/jwt_authn/cold`).",
+            fmt_ns(v)
+        )?;
+    }
 
     writeln!(
         s,

@@ -53,7 +53,8 @@ impl Engine {
             d
         };
         let refused = |e: TokenError| as_scheme(unauthenticated(route, &e, req.request_id));
-        let verified = match self.verify_cached(token, now_s) {
+        let by_jwt_authn = req.facts.and_then(|f| f.jwt_authn.as_deref());
+        let verified = match self.verify_cached(token, now_s, by_jwt_authn) {
             Ok(v) => v,
             Err(TokenError::UnknownKid(kid)) => {
                 // The issuer may have rotated its keys: fetch them again (rate-limited) and
@@ -276,11 +277,14 @@ impl Engine {
         }
     }
 
-    /// Verifies a token, or finds its earlier verification in the cache.
+    /// Verifies a token, or finds its earlier verification in the cache. `verified`: the
+    /// request's dynamic metadata, where Envoy's `jwt_authn` put the payloads it verified
+    /// (`jwt_authn.rs`): a token of an issuer relying on it must be there, cached or not.
     pub(super) fn verify_cached(
         &self,
         token: &str,
         now_s: u64,
+        verified: Option<&[u8]>,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
         if token.len() > self.max_token_bytes {
             return Err(TokenError::TooLarge);
@@ -293,6 +297,7 @@ impl Engine {
             // Verified with the keys the issuer has now: good. Keys changed since (rotated or
             // removed): verified again. No keys now (stale): refused like a new token.
             let issuer = self.issuer_of(&hit)?;
+            issuer.verified_by_jwt_authn(&hit.payload, verified)?;
             if issuer.keys.current(now_s)?.generation == hit.key_generation {
                 return Ok(hit);
             }
@@ -304,6 +309,7 @@ impl Engine {
             token,
             now_s,
             self.max_token_bytes,
+            verified,
         )?);
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         c.insert(key, verified.clone(), token.len(), now_s);

@@ -1,6 +1,7 @@
 //! The compiled configuration and the decision stages, top-down in `Engine::stages`:
 //! 1. `route.rs` — the route, with the path in its canonical form;
-//! 2. `credential.rs` — the bearer token, verified (cached) with the issuer's keys (`keys.rs`),
+//! 2. `credential.rs` — the bearer token, verified (cached) with the issuer's keys (`keys.rs`)
+//!    or found verified by Envoy's `jwt_authn` for this request (`jwt_authn.rs`),
 //!    its age, whether it is revoked (`revocation/`), whether it is single-use;
 //! 3. `identity.rs` — the principal, on whose behalf, the identity headers;
 //! 4. `cedar.rs` — the Cedar request (the one place that names entity types and actions and
@@ -510,6 +511,12 @@ impl Engine {
     pub fn reads_source_address(&self) -> bool {
         self.policies.declared_anywhere("request/source_ip")
             || self.policies.declared_anywhere("request/source_port")
+    }
+
+    /// Whether an issuer's tokens are verified by Envoy's `jwt_authn`: the proxy then reads
+    /// the request's dynamic metadata (`jwt_authn::ATTRIBUTE`) with the request headers.
+    pub fn reads_jwt_authn(&self) -> bool {
+        self.issuers.iter().any(|i| i.jwt_authn_payload.is_some())
     }
 
     /// Number of verified tokens in the cache.

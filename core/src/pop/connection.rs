@@ -31,6 +31,9 @@ pub struct RequestFacts {
     pub connection: Connection,
     /// Listed headers present in the request, each once: (lower-case name, value).
     pub headers: Vec<(String, String)>,
+    /// The request's dynamic metadata, where Envoy's `jwt_authn` puts the payloads it verified
+    /// (`jwt_authn.rs`): read only when an issuer relies on it (`Engine::reads_jwt_authn`).
+    pub jwt_authn: Option<Vec<u8>>,
 }
 
 /// The client certificate the peer presented.
