@@ -160,6 +160,17 @@ fn cache_hit(c: &mut Criterion) {
     g.bench_function("hit", |b| {
         b.iter(|| cache.get(&cache::digest(black_box(&t)), now).is_some())
     });
+    // Token churn: a new token into the full cache (the oldest makes room).
+    let fresh = verified(8, now);
+    let mut n = 0u64;
+    g.bench_function("insert_full", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = cache::digest(&format!("churn-{n}"));
+            cache.insert(key, fresh.clone(), 600, now);
+        })
+    });
+    assert_eq!(cache.len(), 10_000);
     g.finish();
 }
 
