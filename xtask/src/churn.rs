@@ -11,7 +11,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::perf::Run;
 
@@ -341,6 +344,90 @@ fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
         body,
         keep_alive,
     })
+}
+
+/// Tokens minted ahead of the timing by tests/peers/mint.py (joserfc, not the filter's JOSE
+/// library), each with a `jti` of its own; each handed out once (`take`, `consume`).
+pub(crate) struct Pool<'a> {
+    python: &'a Path,
+    /// mint.py's arguments but `--count`.
+    args: Vec<String>,
+    /// What the tokens are, for the log.
+    what: String,
+    tokens: Vec<String>,
+    used: usize,
+}
+
+impl<'a> Pool<'a> {
+    pub(crate) fn new(python: &'a Path, args: &[&str], what: &str) -> Pool<'a> {
+        Pool {
+            python,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            what: what.to_string(),
+            tokens: Vec::new(),
+            used: 0,
+        }
+    }
+
+    /// How many were minted.
+    pub(crate) fn minted(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub(crate) fn unused(&self) -> &[String] {
+        &self.tokens[self.used.min(self.tokens.len())..]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.used = (self.used + n).min(self.tokens.len());
+    }
+
+    pub(crate) fn take(&mut self) -> Result<String> {
+        self.ensure(1)?;
+        let token = self.unused().first().cloned().context("no token minted")?;
+        self.consume(1);
+        Ok(token)
+    }
+
+    /// At least `n` unused tokens: mints the ones missing (never during a timed run).
+    pub(crate) fn ensure(&mut self, n: usize) -> Result<()> {
+        let missing = n.saturating_sub(self.unused().len());
+        if missing == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let out = Command::new(self.python)
+            .arg("tests/peers/mint.py")
+            .args(&self.args)
+            .args(["--count", &missing.to_string()])
+            .output()
+            .context("running tests/peers/mint.py")?;
+        if !out.status.success() {
+            bail!(
+                "mint.py --count failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let before = self.tokens.len();
+        self.tokens.extend(
+            String::from_utf8(out.stdout)?
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+        if self.tokens.len() - before != missing {
+            bail!(
+                "mint.py --count {missing} printed {} tokens",
+                self.tokens.len() - before
+            );
+        }
+        println!(
+            "minted {missing} {} in {:.1} s",
+            self.what,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

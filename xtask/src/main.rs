@@ -17,6 +17,7 @@ mod perf;
 mod pop_load;
 mod render;
 mod single_use;
+mod token_churn;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 

@@ -549,6 +549,12 @@ pub fn load(root: &Path) -> Result<()> {
             "envoy-examples/envoy-http.yaml",
             true,
         )?,
+        proxy(
+            "e",
+            "(e) Tessera, a policy that reads the request path",
+            "envoy-examples/envoy-http.yaml",
+            true,
+        )?,
     ];
 
     step("rendering the Envoy configurations");
@@ -599,7 +605,8 @@ pub fn load(root: &Path) -> Result<()> {
                 "content_type": "application/statuslist+jwt"}),
     )?;
     with_status_list(&dir.join("c2.json"), status_port, &list["jwks"])?;
-    if crate::single_use::only()? || crate::pop_load::only() {
+    reads_the_path(&dir.join("e.json"))?;
+    if crate::single_use::only()? || crate::pop_load::only() || crate::token_churn::only() {
         proxies.clear();
     }
 
@@ -775,9 +782,15 @@ pub fn load(root: &Path) -> Result<()> {
         dir: &dir,
         python: &python,
         render: &render_http,
+        render_example: &render,
         start_envoy: &start,
         first_id,
     };
+    if crate::token_churn::only() {
+        let rows = crate::token_churn::measure(&setup(1))?;
+        drop(children);
+        return crate::token_churn::write_alone(&dir, &rows);
+    }
     if crate::pop_load::only() {
         let row = crate::pop_load::measure(&setup(1))?;
         drop(children);
@@ -795,6 +808,10 @@ pub fn load(root: &Path) -> Result<()> {
         proxies.len() as u32 + single_use.rows.len() as u32 + 1,
     ))?;
     evidence.push((dpop.label, dpop.evidence.clone()));
+    let churn = crate::token_churn::measure(&setup(
+        proxies.len() as u32 + single_use.rows.len() as u32 + 2,
+    ))?;
+    evidence.extend(churn.evidence.iter().cloned());
     drop(children);
 
     let versions = (
@@ -807,8 +824,7 @@ pub fn load(root: &Path) -> Result<()> {
         &proxies,
         &fixed,
         &saturation,
-        &single_use,
-        &dpop,
+        (&single_use, &dpop, &churn),
         &evidence,
         &versions,
     )?;
@@ -926,6 +942,28 @@ fn start_peer(python: &Path, script: &str, children: &mut Children) -> Result<u1
 
 /// Adds to a rendered bootstrap the cluster `status` (127.0.0.1:`port`) and to its plugin
 /// configuration `revocation.status_list` trusting `jwks` for lists under `http://status.load/`.
+/// (e): the example's `agents-read-orders` also reads the request path, so that Cedar evaluates
+/// on every request (a token-only rule's decision is remembered with the token).
+fn reads_the_path(bootstrap: &Path) -> Result<()> {
+    let rule = r#"when { context.token.scopes.contains("orders:read") };"#;
+    let mut found = false;
+    with_plugin(bootstrap, |plugin| {
+        if let Some(Value::String(text)) = plugin["policies"].get_mut("orders.cedar") {
+            if let Some(at) = text.find(rule) {
+                text.replace_range(
+                    at..at + rule.len(),
+                    r#"when { context.token.scopes.contains("orders:read") && context.request.path like "/orders/*" };"#,
+                );
+                found = true;
+            }
+        }
+    })?;
+    if !found {
+        bail!("policies/orders.cedar no longer has the rule (e) changes: {rule}");
+    }
+    Ok(())
+}
+
 fn with_status_list(bootstrap: &Path, port: u16, jwks: &Value) -> Result<()> {
     with_cluster_and_plugin(bootstrap, "status", port, |plugin| {
         plugin["revocation"] = json!({"status_list": {
@@ -1024,8 +1062,11 @@ fn load_section(
     proxies: &[Proxy],
     fixed: &BTreeMap<(u32, &str), Run>,
     saturation: &BTreeMap<&str, Vec<Run>>,
-    single_use: &crate::single_use::Rows,
-    dpop: &crate::single_use::Row,
+    (single_use, dpop, churn): (
+        &crate::single_use::Rows,
+        &crate::single_use::Row,
+        &crate::token_churn::Rows,
+    ),
     evidence: &[(&str, Vec<String>)],
     versions: &(String, String),
 ) -> Result<String> {
@@ -1063,7 +1104,13 @@ fn load_section(
         s,
         "- (c2) the same with `revocation.status_list` (lists from `tests/peers/idp.py` through \
          a cluster), the token carrying `status.status_list` (idx 3 of a 1,024-entry list, \
-         fetched once, then cached).\n"
+         fetched once, then cached)."
+    )?;
+    writeln!(
+        s,
+        "- (e) the same as (c) with the rule that lets agents read orders also reading the \
+         request: `context.token.scopes.contains(\"orders:read\") && context.request.path like \
+         \"/orders/*\"` (Cedar evaluates on every request; (b)'s rbac also matches the path).\n"
     )?;
     writeln!(
         s,
@@ -1146,6 +1193,7 @@ fn load_section(
         "{}",
         crate::pop_load::section(dpop, Some(med("c")), s_rps)?
     )?;
+    writeln!(s, "{}", crate::token_churn::section(churn)?)?;
     writeln!(s, "![latency at fixed rates](performance-latency.svg)\n")?;
 
     writeln!(s, "#### Against the targets (issue 5)\n")?;
@@ -1170,6 +1218,59 @@ fn load_section(
         s,
         "| (c) max throughput ≥ 0.9 × (b)'s | {c_over_b:.2} × | {} |",
         yes(c_over_b >= 0.9)
+    )?;
+
+    writeln!(s, "\n#### Against the targets (issue 16)\n")?;
+    writeln!(s, "| target | measured | met |\n|---|---:|:---:|")?;
+    let churn_sat = |key: &str, reuse: usize| {
+        churn
+            .rows
+            .iter()
+            .find(|r| r.key == key && r.reuse == reuse)
+            .map(|r| r.saturation.rps)
+    };
+    for reuse in crate::token_churn::REUSE {
+        let b0 = churn_sat("d-b0", reuse);
+        for (key, what, bar) in [
+            ("d-c", "(d-c) Tessera verifying", 0.8),
+            ("d-j", "(d-j) Tessera in the jwt_authn-payload mode", 0.95),
+        ] {
+            if let (Some(v), Some(b0)) = (churn_sat(key, reuse), b0) {
+                writeln!(
+                    s,
+                    "| {what}, each token sent {reuse}×: throughput ≥ {bar} × (d-b0)'s | {:.2} × | {} |",
+                    v / b0,
+                    yes(v / b0 >= bar)
+                )?;
+            }
+        }
+    }
+    let e_over_b = med("e") / med("b");
+    writeln!(
+        s,
+        "| (e) max throughput ≥ 0.8 × (b)'s | {e_over_b:.2} × | {} |",
+        yes(e_over_b >= 0.8)
+    )?;
+    for p in proxies.iter().filter(|p| p.key != "a") {
+        if let Some(r) = fixed.get(&(1_000, p.key)) {
+            let added = r.p99 - a1.p99;
+            writeln!(
+                s,
+                "| {} added p99 over (a) at 1,000 req/s ≤ 0.5 ms | {added:+.3} ms | {} |",
+                p.label,
+                yes(added <= 0.5)
+            )?;
+        }
+    }
+    writeln!(
+        s,
+        "| (f) MCP `tools/call` against Envoy's MCP filter + rbac | not measured | **no** |"
+    )?;
+    writeln!(
+        s,
+        "\nThe token-churn rows at {} req/s are measured against (a) of the oha rows above, a \
+         different load generator: their added p99 is in the token-churn table (p99 there).",
+        crate::token_churn::RATE
     )?;
 
     writeln!(

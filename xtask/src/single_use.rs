@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::churn::{self, Pace};
+use crate::churn::{self, Pace, Pool};
 use crate::perf::{Run, RATE_CONNECTIONS, RUN_SECONDS, SATURATION_CONNECTIONS};
 use crate::{free_port, step, Children};
 
@@ -40,6 +40,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) python: &'a Path,
     /// Renders envoy-examples/envoy-http.yaml to (bootstrap, listener port, admin port).
     pub(crate) render: &'a dyn Fn(&Path, u16, u16) -> Result<()>,
+    /// Renders another example: (example, bootstrap, listener port, admin port).
+    pub(crate) render_example: &'a dyn Fn(&str, &Path, u16, u16) -> Result<()>,
     /// Starts an Envoy as the other rows' (bootstrap, name of its log, base-id offset).
     pub(crate) start_envoy: &'a dyn Fn(&Path, &str, u32) -> Result<Child>,
     /// The first base-id offset free for these Envoys.
@@ -126,11 +128,11 @@ pub(crate) fn measure(setup: &Setup) -> Result<Rows> {
         )?;
     }
 
-    let mut pool = Pool {
-        python: setup.python,
-        tokens: Vec::new(),
-        used: 0,
-    };
+    // tests/e2e/test_fleet.py single_use(): agent("orders:read", single_use=True, jti=…), an
+    // hour long as the other rows' tokens (the run takes minutes).
+    let mut mint: Vec<&str> = crate::orders_agent(ALG, "agent-7", "orders:read").to_vec();
+    mint.extend(["--claim", "single_use=true", "--ttl", "3600"]);
+    let mut pool = Pool::new(setup.python, &mint, "single-use tokens (EdDSA)");
     // One mint for the checks, warm-ups and fixed-rate runs; saturation tops it up.
     pool.ensure(configs.len() * (RATE * RUN_SECONDS + RATE) as usize)?;
 
@@ -258,11 +260,11 @@ pub(crate) fn only() -> Result<bool> {
     match std::env::var("TESSERA_LOAD_ONLY").as_deref() {
         Err(_) | Ok("") => Ok(false),
         Ok("s") => Ok(true),
-        Ok("p") => Ok(false),
+        Ok("p" | "d") => Ok(false),
         Ok(other) => {
             bail!(
-                "TESSERA_LOAD_ONLY={other:?}: the values are `s` (the single-use rows) and `p` \
-                 (the DPoP row)"
+                "TESSERA_LOAD_ONLY={other:?}: the values are `s` (the single-use rows), `p` \
+                 (the DPoP row) and `d` (the token-churn rows)"
             )
         }
     }
@@ -305,77 +307,11 @@ fn drive(pool: &mut Pool, c: &Config, pace: Pace, seconds: f64) -> Result<Run> {
             "{}: the single-use tokens ran out ({} minted, {:?}, {seconds} s): each token is sent \
              once, so the run stops here; the numbers would be a shorter run's",
             c.label,
-            pool.tokens.len(),
+            pool.minted(),
             pace
         );
     }
     Ok(outcome.run)
-}
-
-/// Single-use tokens minted ahead of the timing; each one handed out once.
-struct Pool<'a> {
-    python: &'a Path,
-    tokens: Vec<String>,
-    used: usize,
-}
-
-impl Pool<'_> {
-    fn unused(&self) -> &[String] {
-        &self.tokens[self.used.min(self.tokens.len())..]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.used = (self.used + n).min(self.tokens.len());
-    }
-
-    fn take(&mut self) -> Result<String> {
-        self.ensure(1)?;
-        let token = self.unused().first().cloned().context("no token minted")?;
-        self.consume(1);
-        Ok(token)
-    }
-
-    /// At least `n` unused tokens: mints the ones missing (never during a timed run).
-    fn ensure(&mut self, n: usize) -> Result<()> {
-        let missing = n.saturating_sub(self.unused().len());
-        if missing == 0 {
-            return Ok(());
-        }
-        let started = Instant::now();
-        // tests/e2e/test_fleet.py single_use(): agent("orders:read", single_use=True, jti=…), an
-        // hour long as the other rows' tokens (the run takes minutes).
-        let out = Command::new(self.python)
-            .arg("tests/peers/mint.py")
-            .args(crate::orders_agent(ALG, "agent-7", "orders:read"))
-            .args(["--claim", "single_use=true", "--ttl", "3600"])
-            .args(["--count", &missing.to_string()])
-            .output()
-            .context("running tests/peers/mint.py")?;
-        if !out.status.success() {
-            bail!(
-                "mint.py --count failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let before = self.tokens.len();
-        self.tokens.extend(
-            String::from_utf8(out.stdout)?
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(String::from),
-        );
-        if self.tokens.len() - before != missing {
-            bail!(
-                "mint.py --count {missing} printed {} tokens",
-                self.tokens.len() - before
-            );
-        }
-        println!(
-            "minted {missing} single-use tokens ({ALG}) in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        Ok(())
-    }
 }
 
 /// One etcd member on 127.0.0.1 (free client and peer ports, data in a temporary directory),
