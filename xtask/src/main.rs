@@ -137,6 +137,24 @@ fn ensure_wasm_target() -> Result<()> {
     Ok(())
 }
 
+/// The floor of the load run (benches/noop-filter), built for wasm32-wasip1.
+pub(crate) fn build_noop_wasm(root: &Path) -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "tessera-noop-filter",
+    ]))?;
+    Ok(root
+        .join("target")
+        .join(WASM_TARGET)
+        .join("release")
+        .join("tessera_noop_filter.wasm"))
+}
+
 pub(crate) fn build_wasm(root: &Path) -> Result<PathBuf> {
     ensure_wasm_target()?;
     run(cargo().args([

@@ -508,6 +508,8 @@ pub(crate) struct Run {
 }
 
 const RATES: [u32; 2] = [1_000, 3_000];
+/// (n), the floor for any Wasm filter.
+const NOOP_EXAMPLE: &str = "envoy-examples/load/noop-wasm.yaml";
 pub(crate) const RUN_SECONDS: u32 = 10;
 const SATURATION_ROUNDS: usize = 3;
 pub(crate) const RATE_CONNECTIONS: u32 = 16;
@@ -515,6 +517,7 @@ pub(crate) const SATURATION_CONNECTIONS: u32 = 32;
 
 pub fn load(root: &Path) -> Result<()> {
     let wasm = build_wasm(root)?;
+    let noop = crate::build_noop_wasm(root)?;
     let venv = venv(root)?;
     let python = venv.join("bin").join("python");
     let envoy = venv.join("bin").join("envoy");
@@ -528,6 +531,12 @@ pub fn load(root: &Path) -> Result<()> {
             "a",
             "(a) no filter",
             "envoy-examples/load/no-filter.yaml",
+            false,
+        )?,
+        proxy(
+            "n",
+            "(n) no-op Wasm filter reading one header (the floor)",
+            NOOP_EXAMPLE,
             false,
         )?,
         proxy(
@@ -563,7 +572,11 @@ pub fn load(root: &Path) -> Result<()> {
             admin: Some(admin),
             listener: Some(listener),
             upstream: (example != "envoy-examples/load/upstream.yaml").then_some(upstream_port),
-            wasm: (example == "envoy-examples/envoy-http.yaml").then(|| wasm.clone()),
+            wasm: match example {
+                "envoy-examples/envoy-http.yaml" => Some(wasm.clone()),
+                NOOP_EXAMPLE => Some(noop.clone()),
+                _ => None,
+            },
         };
         crate::render::render_to(root, example, out, &patch)
     };
@@ -1089,6 +1102,12 @@ fn load_section(
     )?;
     writeln!(
         s,
+        "- (n) `{NOOP_EXAMPLE}`: a proxy-wasm filter that reads one header and decides nothing \
+         (`benches/noop-filter`, the same SDK and V8 runtime as Tessera): the floor for any Wasm \
+         filter; \"÷ (n)\" gives each Wasm configuration as a fraction of it."
+    )?;
+    writeln!(
+        s,
         "- (b) `envoy-examples/load/jwt-rbac-cached.yaml`: `jwt_authn` (`jwt_cache_config` on) + \
          `rbac` (GET/HEAD on /orders when the payload's `scope` holds orders:read)."
     )?;
@@ -1116,7 +1135,7 @@ fn load_section(
         s,
         "Open loop: `oha -z {RUN_SECONDS}s -c {RATE_CONNECTIONS} -q <rate> --latency-correction`; \
          saturation: `oha -z {RUN_SECONDS}s -c {SATURATION_CONNECTIONS}`, {SATURATION_ROUNDS} \
-         rounds interleaved (a, b, b0, c, c2, a, …). Latencies in ms; \"+\" is added over (a) in the \
+         rounds interleaved (a, n, b, b0, c, c2, e, a, …). Latencies in ms; \"+\" is added over (a) in the \
          same run.\n"
     )?;
 
@@ -1156,11 +1175,11 @@ fn load_section(
         .collect();
     writeln!(
         s,
-        "| configuration |{rounds} median req/s | ÷ (a) | p50 at saturation | non-200 |"
+        "| configuration |{rounds} median req/s | ÷ (a) | ÷ (n) | p50 at saturation | non-200 |"
     )?;
     writeln!(
         s,
-        "|---|{}---:|---:|---:|---:|",
+        "|---|{}---:|---:|---:|---:|---:|",
         "---:|".repeat(SATURATION_ROUNDS)
     )?;
     let med = |k: &str| {
@@ -1172,12 +1191,18 @@ fn load_section(
         )
     };
     let a_max = med("a");
+    let n_max = med("n");
     for p in proxies {
         let runs = saturation.get(p.key).cloned().unwrap_or_default();
         let cells: String = runs.iter().map(|r| format!(" {:.0} |", r.rps)).collect();
+        let floor = if p.example == "envoy-examples/envoy-http.yaml" || p.key == "n" {
+            format!("{:.2}", med(p.key) / n_max)
+        } else {
+            "—".into()
+        };
         writeln!(
             s,
-            "| {} |{cells} {:.0} | {:.2} | {:.3} | {} |",
+            "| {} |{cells} {:.0} | {:.2} | {floor} | {:.3} | {} |",
             p.label,
             med(p.key),
             med(p.key) / a_max,
