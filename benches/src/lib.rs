@@ -209,10 +209,10 @@ pub fn jwt_authn_metadata(token: &str) -> Result<Vec<u8>> {
     let middle = token.split('.').nth(1).context("not a JWS")?;
     let payload: serde_json::Map<String, Value> =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(middle)?)?;
-    Ok(tessera_core::jwt_authn::encode_metadata(
+    Ok(tessera_core::jwt_authn::encode_metadata(&[(
         JWT_AUTHN_KEY,
         &payload,
-    ))
+    )]))
 }
 
 pub fn harness_with_config(config: Value) -> Result<Harness> {

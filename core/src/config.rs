@@ -287,6 +287,11 @@ pub struct IssuerConfig {
     /// request, and applies its own claim rules to it (`jwt_authn.rs`).
     #[serde(default)]
     pub jwt_authn_payload: Option<String>,
+    /// With `jwt_authn_payload`: the provider's `header_in_metadata` key; the token's JOSE header
+    /// must then be the one `jwt_authn` verified too (else the header, `typ` included, is only
+    /// the client's word).
+    #[serde(default)]
+    pub jwt_authn_header: Option<String>,
 }
 
 fn default_clock_skew() -> u64 {

@@ -54,10 +54,75 @@ fn decode_json_part(part: &str, what: &'static str) -> Result<Map<String, Value>
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| TokenError::Malformed(what))?;
+    // RFC 7515 §5.2: a member name twice is refused. serde_json keeps the last; a parser
+    // upstream (or Envoy's jwt_authn) may keep the first and read another claim.
+    if serde_json::from_slice::<UniqueKeys>(&bytes).is_err() {
+        return Err(TokenError::Malformed("a JSON member name appears twice"));
+    }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(TokenError::Malformed(what)),
     }
+}
+
+/// Any JSON value whose objects, at every depth, name each member once (else it fails to
+/// deserialize).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UniqueKeys, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("a member name twice"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+/// The JOSE header of a compact JWS, decoded (`None`: not base64url JSON, or a name twice).
+pub fn decode_header(token: &str) -> Option<Map<String, Value>> {
+    decode_json_part(token.split('.').next()?, "header").ok()
 }
 
 /// Takes a compact JWS apart and refuses what no key may verify: `alg: none`, header-borne keys,
@@ -325,5 +390,35 @@ mod tests {
             }
         }
         assert_eq!(cases, times.len() * auds.len());
+    }
+
+    #[test]
+    fn a_member_name_twice_is_refused_at_any_depth() {
+        let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
+        let header = b64(r#"{"alg":"HS256"}"#);
+        for payload in [
+            r#"{"sub":"admin","iss":"x","sub":"alice"}"#,
+            r#"{"sub":"alice","act":{"sub":"a","sub":"b"}}"#,
+            r#"{"list":[{"k":1,"k":2}]}"#,
+            r#"{"s\u0075b":"admin","sub":"alice"}"#,
+        ] {
+            let token = format!("{header}.{}.sig", b64(payload));
+            assert_eq!(
+                decode(&token, 8192).unwrap_err(),
+                TokenError::Malformed("a JSON member name appears twice"),
+                "{payload}"
+            );
+        }
+        let dup_header = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"HS256","alg":"none"}"#),
+            b64("{}")
+        );
+        assert!(decode(&dup_header, 8192).is_err());
+        let fine = format!(
+            "{header}.{}.sig",
+            b64(r#"{"sub":"alice","act":{"sub":"a"},"l":[{"k":1},{"k":2}]}"#)
+        );
+        assert!(decode(&fine, 8192).is_ok());
     }
 }

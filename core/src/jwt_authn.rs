@@ -23,8 +23,13 @@ pub const FILTER: &str = "envoy.filters.http.jwt_authn";
 /// The attribute path of the request's dynamic metadata (Envoy's `metadata`).
 pub const ATTRIBUTE: [&str; 1] = ["metadata"];
 
-/// Nesting deeper than this is refused (a token's payload is bounded by `max_token_bytes`).
-const MAX_DEPTH: usize = 32;
+/// Protobuf nesting deeper than this is refused (two steps per JSON level: `Value`, `Struct`;
+/// 32 levels of JSON). A token's payload is bounded by `max_token_bytes` anyway.
+const MAX_DEPTH: usize = 64;
+
+/// Integers beyond ±2^53 have no double of their own: `jwt_authn` keeps a neighbour, so a token
+/// could name a neighbouring value (another account id) and still "equal" the verified one.
+const EXACT_INTEGERS: u64 = 1 << 53;
 
 /// A token's payload as decoded (`Map`) or as kept with a cached token (`Claims`).
 pub trait Payload {
@@ -51,8 +56,9 @@ impl Payload for crate::claims::Claims {
 }
 
 /// Whether `payload` (the token's) is the payload `jwt_authn` verified under `key`, given the
-/// request's dynamic metadata as Envoy gives it for [`ATTRIBUTE`]. Bytes that do not decode
-/// verify nothing.
+/// request's dynamic metadata as Envoy gives it for [`ATTRIBUTE`]; the same for a JOSE header
+/// (`header_in_metadata`). Bytes that do not decode verify nothing; nor does a token with an
+/// integer beyond ±2^53.
 pub fn is_verified(metadata: &[u8], key: &str, payload: &dyn Payload) -> bool {
     verified_payload(metadata, key).is_some_and(|v| same_object(&v, payload))
 }
@@ -107,7 +113,12 @@ fn same(verified: &Value, token: &Value) -> bool {
         (Value::Bool(a), Value::Bool(b)) => a == b,
         (Value::String(a), Value::String(b)) => a == b,
         (Value::Number(a), Value::Number(b)) => {
-            a.as_f64().zip(b.as_f64()).is_some_and(|(a, b)| a == b)
+            let exact = match (b.as_u64(), b.as_i64()) {
+                (Some(u), _) => u <= EXACT_INTEGERS,
+                (None, Some(i)) => i.unsigned_abs() <= EXACT_INTEGERS,
+                _ => true,
+            };
+            exact && a.as_f64().zip(b.as_f64()).is_some_and(|(a, b)| a == b)
         }
         (Value::Array(a), Value::Array(b)) => {
             a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b))
@@ -243,11 +254,14 @@ fn decode_list(bytes: &[u8], depth: usize) -> Option<Vec<Value>> {
     Some(out)
 }
 
-/// Dynamic metadata as Envoy gives it for [`ATTRIBUTE`] after `jwt_authn` verified `payload`
-/// under `key` (numbers as doubles): what the tests give the module in the harness.
-pub fn encode_metadata(key: &str, payload: &Map<String, Value>) -> Vec<u8> {
+/// Dynamic metadata as Envoy gives it for [`ATTRIBUTE`] after `jwt_authn` verified a token and
+/// stored its parts (payload, header) under their keys (numbers as doubles): what the tests
+/// give the module in the harness.
+pub fn encode_metadata(entries: &[(&str, &Map<String, Value>)]) -> Vec<u8> {
     let mut fields = Map::new();
-    fields.insert(key.to_string(), Value::Object(payload.clone()));
+    for (key, object) in entries {
+        fields.insert(key.to_string(), Value::Object((*object).clone()));
+    }
     let mut entry = Vec::new();
     put_bytes(&mut entry, 1, FILTER.as_bytes());
     put_bytes(&mut entry, 2, &encode_struct(&fields));
@@ -358,12 +372,20 @@ mod tests {
     }
 
     #[test]
-    fn numbers_compare_as_the_doubles_jwt_authn_keeps() {
-        // 2^53 + 1 has no double of its own: jwt_authn's Struct holds 2^53, as does the token's
-        // number read as a double.
-        let p = object(json!({"n": 9_007_199_254_740_993u64, "m": 3}));
-        let verified = encode_struct(&object(json!({"n": 9_007_199_254_740_992u64, "m": 3.0})));
+    fn numbers_compare_exactly_and_integers_beyond_2_53_verify_nothing() {
+        let p = object(json!({"m": 3, "f": 0.25, "neg": -7}));
+        let verified = encode_struct(&object(json!({"m": 3.0, "f": 0.25, "neg": -7.0})));
         assert!(is_verified(&verified, &p));
+        // 2^53 + 1 has no double of its own: jwt_authn keeps 2^53, and a token naming any
+        // neighbour of a large id would match it. Such a token is not verified.
+        let big = object(json!({"n": 9_007_199_254_740_993u64}));
+        let kept = encode_struct(&object(json!({"n": 9_007_199_254_740_992u64})));
+        assert!(!is_verified(&kept, &big));
+        let id = object(json!({"acct": 1_234_567_890_123_456_700u64}));
+        let real = encode_struct(&object(json!({"acct": 1_234_567_890_123_456_789u64})));
+        assert!(!is_verified(&real, &id));
+        let at = object(json!({"n": 9_007_199_254_740_992u64, "m": -9_007_199_254_740_992i64}));
+        assert!(is_verified(&encode_struct(&at), &at));
     }
 
     #[test]
@@ -413,7 +435,7 @@ mod tests {
         other.insert("exp".into(), json!(1_796_490_974u64));
         assert!(!super::is_verified(&metadata, key, &other));
         // What the tests give the harness is what Envoy gives.
-        assert!(super::is_verified(&encode_metadata(key, &p), key, &p));
+        assert!(super::is_verified(&encode_metadata(&[(key, &p)]), key, &p));
         // The filter's entry twice: nothing verified.
         let mut twice = metadata.clone();
         twice.extend_from_slice(&metadata);
@@ -422,6 +444,12 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded() {
+        let mut v = json!(1);
+        for _ in 0..20 {
+            v = json!({ "a": v });
+        }
+        let p = object(v);
+        assert!(is_verified(&encode_struct(&p), &p), "20 levels verify");
         let mut v = json!(1);
         for _ in 0..40 {
             v = json!({ "a": v });

@@ -48,6 +48,8 @@ pub struct Issuer {
     /// `jwt_authn` verifies this issuer's tokens; its payloads are under this key
     /// (`jwt_authn.rs`).
     pub jwt_authn_payload: Option<String>,
+    /// And its JOSE headers under this key (`header_in_metadata`).
+    jwt_authn_header: Option<String>,
 }
 
 impl Issuer {
@@ -70,6 +72,14 @@ impl Issuer {
                 return Err(ConfigError::new(
                     format!("{path}.jwt_authn_payload"),
                     "names the `payload_in_metadata` of the jwt_authn provider that verifies this issuer's tokens (not empty); such an issuer takes no keys (jwks, remote_jwks, hmac_secret)",
+                ));
+            }
+        }
+        if let Some(h) = &c.jwt_authn_header {
+            if h.is_empty() || c.jwt_authn_payload.is_none() {
+                return Err(ConfigError::new(
+                    format!("{path}.jwt_authn_header"),
+                    "names the `header_in_metadata` of the jwt_authn provider (not empty), with `jwt_authn_payload`",
                 ));
             }
         }
@@ -143,6 +153,7 @@ impl Issuer {
             spiffe_trust_domain,
             workload_actor: c.workload_actor,
             jwt_authn_payload: c.jwt_authn_payload.clone(),
+            jwt_authn_header: c.jwt_authn_header.clone(),
         })
     }
 
@@ -169,13 +180,23 @@ impl Issuer {
     /// other issuer.
     pub fn verified_by_jwt_authn(
         &self,
+        token: &str,
         payload: &dyn crate::jwt_authn::Payload,
         metadata: Option<&[u8]>,
     ) -> Result<(), TokenError> {
         let Some(key) = &self.jwt_authn_payload else {
             return Ok(());
         };
-        let by_jwt_authn = metadata.is_some_and(|m| crate::jwt_authn::is_verified(m, key, payload));
+        let Some(metadata) = metadata else {
+            return Err(TokenError::NotVerifiedByJwtAuthn);
+        };
+        // With `jwt_authn_header`, the JOSE header (its `typ`, `alg`, `kid`) is the verified
+        // token's too, so that the token differs from the one verified by its signature only.
+        let header_verified = self.jwt_authn_header.as_deref().is_none_or(|hkey| {
+            jws::decode_header(token)
+                .is_some_and(|h| crate::jwt_authn::is_verified(metadata, hkey, &h))
+        });
+        let by_jwt_authn = header_verified && crate::jwt_authn::is_verified(metadata, key, payload);
         if by_jwt_authn {
             Ok(())
         } else {
@@ -258,7 +279,7 @@ pub fn verify(
         max_bytes: max_token_bytes,
     };
     if issuer.jwt_authn_payload.is_some() {
-        issuer.verified_by_jwt_authn(&parts.payload, verified)?;
+        issuer.verified_by_jwt_authn(token, &parts.payload, verified)?;
         jws::check_registered(&parts.payload, &checks)?;
     } else {
         jws::verify(&keys.keys, &parts, token, &checks)?;

@@ -42,6 +42,7 @@ def with_jwt_authn(bootstrap: dict, jwks: dict, requirement: dict) -> dict:
                 "audiences": [minting.AUDIENCE],
                 "forward": True,
                 "payload_in_metadata": minting.AGENTS,
+                "header_in_metadata": "agents-header",
                 "local_jwks": {"inline_string": json.dumps(jwks)},
             }},
             "rules": [{"match": {"prefix": "/"}, "requires": requirement}],
@@ -65,6 +66,7 @@ def gateway(envoy_bin, wasm_path, example_bootstrap, plugin_config, echo, requir
     agents = next(i for i in cfg["issuers"] if i["issuer"] == minting.AGENTS)
     jwks = agents.pop("jwks")
     agents["jwt_authn_payload"] = minting.AGENTS
+    agents["jwt_authn_header"] = "agents-header"
     bootstrap = with_jwt_authn(copy.deepcopy(example_bootstrap), jwks, requirement)
     e = ready_or_fail(envoy_with_plugin_config(envoy_bin, wasm_path, bootstrap, echo, cfg, name),
                       name)
@@ -120,6 +122,19 @@ def test_istio_refuses_a_bad_signature_itself(istio):
 def test_what_jwt_authn_let_through_unverified_tessera_refuses(lenient, forge):
     t = tampered(agent("orders:read")) if forge == "tampered" else agent("orders:read", key=another_key())
     assert_invalid_token(lenient.get("/orders/1", t), "not verified by jwt_authn")
+
+
+def test_a_token_beside_the_verified_one_must_have_its_header_and_payload(lenient):
+    real = agent("orders:read")
+    head, payload, sig = real.split(".")
+    other_head = base64.urlsafe_b64encode(json.dumps({"alg": "ES256", "typ": "at+jwt"}).encode()).rstrip(b"=").decode()
+    # jwt_authn reads the real token from ?access_token= (its default), Tessera the forged one.
+    forged = f"{other_head}.{payload}.{sig}"
+    resp = lenient.http.get(f"/orders/1?access_token={real}", headers={"authorization": f"Bearer {forged}"})
+    assert_invalid_token(resp, "not verified by jwt_authn")
+    # The same payload and header: what is left is the signature; Tessera admits it.
+    resp = lenient.http.get(f"/orders/1?access_token={real}", headers={"authorization": f"Bearer {head}.{payload}.{tampered(real).split('.')[2]}"})
+    assert resp.status_code == 200, resp.text
 
 
 def test_a_token_admitted_once_is_not_admitted_unverified_later(lenient):

@@ -26,9 +26,58 @@ fn gateway() -> Harness {
     .expect("the module takes the configuration")
 }
 
+fn part_of(token: &str, i: usize) -> Map<String, Value> {
+    let part = token.split('.').nth(i).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
 fn payload_of(token: &str) -> Map<String, Value> {
-    let middle = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(middle).unwrap()).unwrap()
+    part_of(token, 1)
+}
+
+/// `token` with its header and payload as given (JSON text), its signature kept: what a client
+/// holding a real token can make without a key.
+fn forged(token: &str, header: &str, payload: &str) -> String {
+    let sig = token.rsplit('.').next().unwrap();
+    format!(
+        "{}.{}.{sig}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    )
+}
+
+const HEADER_KEY: &str = "agents-header";
+
+/// As [`gateway`], jwt_authn also storing verified headers (`jwt_authn_header`).
+fn gateway_with_headers() -> Harness {
+    harness_with(|c| {
+        let agents = &mut c["issuers"][1];
+        agents.as_object_mut().unwrap().remove("jwks");
+        agents["jwt_authn_payload"] = json!(KEY);
+        agents["jwt_authn_header"] = json!(HEADER_KEY);
+    })
+    .expect("the module takes the configuration")
+}
+
+/// `GET /orders/1` with `token`, jwt_authn having verified `real` and stored its payload under
+/// KEY and its header under HEADER_KEY: the status of the local reply, if any.
+fn send_with_header(h: &mut Harness, token: &str, real: &str) -> Option<u32> {
+    let ctx = h.new_http().unwrap();
+    let (payload, header) = (payload_of(real), part_of(real, 0));
+    let metadata = jwt_authn::encode_metadata(&[(KEY, &payload), (HEADER_KEY, &header)]);
+    h.set_stream_property_path(ctx, &jwt_authn::ATTRIBUTE, metadata)
+        .unwrap();
+    let auth = format!("Bearer {token}");
+    let headers = [
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        (":authority", "api.example.com"),
+        ("authorization", auth.as_str()),
+    ];
+    h.request_headers(ctx, &headers, true).unwrap();
+    let status = h.local_reply(ctx).map(|r| r.status);
+    h.done(ctx).unwrap();
+    status
 }
 
 /// `GET /orders/1` with `Bearer token`, `jwt_authn` having verified `verified` (a token) under
@@ -40,7 +89,7 @@ fn send(
 ) -> (Option<(u32, String)>, Option<String>) {
     let ctx = h.new_http().unwrap();
     if let Some((key, by_jwt_authn)) = verified {
-        let metadata = jwt_authn::encode_metadata(key, &payload_of(by_jwt_authn));
+        let metadata = jwt_authn::encode_metadata(&[(key, &payload_of(by_jwt_authn))]);
         h.set_stream_property_path(ctx, &jwt_authn::ATTRIBUTE, metadata)
             .unwrap();
     }
@@ -165,26 +214,92 @@ fn issuers_tessera_verifies_ignore_jwt_authns_payloads() {
     );
 }
 
+/// A client holding a real token (verified by jwt_authn from `?access_token=` or another header)
+/// sends another in `Authorization` with the same payload (attacker review of 115bc6d).
+#[test]
+fn a_token_beside_the_verified_one_must_be_it_up_to_its_signature() {
+    let mut h = gateway();
+    let real = agent_token(json!({"acct": 1_234_567_890_123_456_789u64}));
+    let header = r#"{"alg":"ES256","typ":"JWT","kid":"demo-p256"}"#;
+    let text = serde_json::to_string(&payload_of(&real)).unwrap();
+    // An account id beside the real one: the same double, another integer.
+    let neighbour = text.replace("1234567890123456789", "1234567890123456700");
+    assert_ne!(neighbour, text);
+    refused(
+        send(
+            &mut h,
+            &forged(&real, header, &neighbour),
+            Some((KEY, &real)),
+        )
+        .0,
+        "not verified by jwt_authn",
+    );
+    // A claim twice: serde_json reads the last, a parser upstream may read the first.
+    let twice = text.replacen('{', r#"{"sub":"agent-admin","#, 1);
+    refused(
+        send(&mut h, &forged(&real, header, &twice), Some((KEY, &real))).0,
+        "member name appears twice",
+    );
+    // An id beyond 2^53 cannot be told from its neighbours: not even the real token passes.
+    refused(send(&mut h, &real, Some((KEY, &real))).0, "not verified");
+    // Without jwt_authn_header, the header is the client's word (README): another typ passes.
+    let real = agent_token(json!({}));
+    let text = serde_json::to_string(&payload_of(&real)).unwrap();
+    let other_typ = r#"{"alg":"none-of-yours","typ":"at+jwt"}"#;
+    assert_eq!(
+        send(&mut h, &forged(&real, other_typ, &text), Some((KEY, &real))).0,
+        None
+    );
+    // With it, the header must be the verified token's too.
+    let mut h = gateway_with_headers();
+    assert_eq!(send_with_header(&mut h, &real, &real), None);
+    assert_eq!(
+        send_with_header(&mut h, &forged(&real, other_typ, &text), &real),
+        Some(401)
+    );
+    // Cached or not: the real token admitted, then a header-forged copy still refused.
+    assert_eq!(send_with_header(&mut h, &real, &real), None);
+    assert_eq!(
+        send_with_header(&mut h, &forged(&real, other_typ, &text), &real),
+        Some(401)
+    );
+}
+
 #[test]
 fn an_issuer_relying_on_jwt_authn_takes_no_keys() {
     for edit in [
         json!({"jwt_authn_payload": KEY}),
         json!({"jwt_authn_payload": ""}),
+        json!({"jwt_authn_header": "h"}),
     ] {
         let mut c = test_config().unwrap();
         // The agents issuer has its jwks: with jwt_authn_payload, a configuration error.
         let mut agents = c["issuers"][1].clone();
         tessera_tests::merge_claims(&mut agents, &edit);
-        if edit["jwt_authn_payload"] == "" {
+        if edit["jwt_authn_payload"] != KEY {
             agents.as_object_mut().unwrap().remove("jwks");
         }
         c["issuers"][1] = agents;
         let Err(err) = tessera_core::Engine::from_json(c.to_string().as_bytes()) else {
             panic!("{edit}: configuration accepted");
         };
-        assert!(
-            err.to_string().contains("issuers[1].jwt_authn_payload"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("issuers[1].jwt_authn_"), "{err}");
     }
+}
+
+#[test]
+fn two_issuers_never_read_the_same_jwt_authn_key() {
+    let mut c = test_config().unwrap();
+    for i in [0, 1] {
+        let issuer = c["issuers"][i].as_object_mut().unwrap();
+        issuer.remove("jwks");
+        issuer.insert("jwt_authn_payload".into(), json!(KEY));
+    }
+    let Err(err) = tessera_core::Engine::from_json(c.to_string().as_bytes()) else {
+        panic!("two issuers on one key accepted");
+    };
+    assert!(
+        err.to_string().contains("issuers[1].jwt_authn_payload"),
+        "{err}"
+    );
 }

@@ -272,6 +272,7 @@ fn with_jwt_authn(bootstrap: &Path) -> Result<()> {
         {
             jwks = agents.as_object_mut().and_then(|a| a.remove("jwks"));
             agents["jwt_authn_payload"] = json!(AGENTS);
+            agents["jwt_authn_header"] = json!("agents-header");
         }
     })?;
     let jwks = jwks.context("the example's agents issuer has no inline jwks")?;
@@ -281,7 +282,7 @@ fn with_jwt_authn(bootstrap: &Path) -> Result<()> {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
             "providers": {"agents": {
                 "issuer": AGENTS, "audiences": ["orders-api"], "forward": true,
-                "payload_in_metadata": AGENTS,
+                "payload_in_metadata": AGENTS, "header_in_metadata": "agents-header",
                 "local_jwks": {"inline_string": jwks.to_string()},
             }},
             "rules": [{"match": {"prefix": "/"}, "requires": {"allow_missing_or_failed": {}}}],

@@ -35,6 +35,16 @@ impl Engine {
                     "duplicate issuer",
                 ));
             }
+            // One jwt_authn provider's payloads are one issuer's: two issuers reading the same
+            // key would take each other's tokens.
+            if let Some(key) = &ic.jwt_authn_payload {
+                if !seen.insert(format!("jwt_authn_payload {key}")) {
+                    return Err(ConfigError::new(
+                        format!("{path}.jwt_authn_payload"),
+                        "another issuer reads the same jwt_authn payload key",
+                    ));
+                }
+            }
             let mut issuer = Issuer::compile(ic, &path, &c.limits)?;
             issuer.agent.max_delegation_depth = c.limits.max_delegation_depth;
             crate::agent::check_schema(&issuer.agent, &path, |t| policies.has_entity_type(t))?;

@@ -297,7 +297,7 @@ impl Engine {
             // Verified with the keys the issuer has now: good. Keys changed since (rotated or
             // removed): verified again. No keys now (stale): refused like a new token.
             let issuer = self.issuer_of(&hit)?;
-            issuer.verified_by_jwt_authn(&hit.payload, verified)?;
+            issuer.verified_by_jwt_authn(token, &hit.payload, verified)?;
             if issuer.keys.current(now_s)?.generation == hit.key_generation {
                 return Ok(hit);
             }
