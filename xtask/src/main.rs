@@ -137,39 +137,24 @@ fn ensure_wasm_target() -> Result<()> {
     Ok(())
 }
 
-/// The floor of the load run (benches/noop-filter), built for wasm32-wasip1.
-pub(crate) fn build_noop_wasm(root: &Path) -> Result<PathBuf> {
+/// `package` built for wasm32-wasip1 (release): the path of its module.
+fn build_wasm_package(root: &Path, package: &str) -> Result<PathBuf> {
     ensure_wasm_target()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--target",
-        WASM_TARGET,
-        "-p",
-        "tessera-noop-filter",
-    ]))?;
+    run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", package]))?;
     Ok(root
         .join("target")
         .join(WASM_TARGET)
         .join("release")
-        .join("tessera_noop_filter.wasm"))
+        .join(format!("{}.wasm", package.replace('-', "_"))))
+}
+
+/// The floor of the load run (benches/noop-filter).
+pub(crate) fn build_noop_wasm(root: &Path) -> Result<PathBuf> {
+    build_wasm_package(root, "tessera-noop-filter")
 }
 
 pub(crate) fn build_wasm(root: &Path) -> Result<PathBuf> {
-    ensure_wasm_target()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--target",
-        WASM_TARGET,
-        "-p",
-        "tessera-plugin",
-    ]))?;
-    let wasm = root
-        .join("target")
-        .join(WASM_TARGET)
-        .join("release")
-        .join("tessera_plugin.wasm");
+    let wasm = build_wasm_package(root, "tessera-plugin")?;
     let size = std::fs::metadata(&wasm)
         .with_context(|| format!("{} missing", wasm.display()))?
         .len();

@@ -48,6 +48,33 @@ pub(crate) struct Setup<'a> {
     pub(crate) first_id: u32,
 }
 
+impl Setup<'_> {
+    /// Starts one Envoy per (bootstrap, name, admin port), base ids from `first_id` on, and
+    /// waits until every one is ready.
+    pub(crate) fn start_all(
+        &self,
+        envoys: &[(PathBuf, &str, u16)],
+        children: &mut Children,
+    ) -> Result<()> {
+        for (i, (bootstrap, name, _)) in envoys.iter().enumerate() {
+            children.0.push((self.start_envoy)(
+                bootstrap,
+                name,
+                self.first_id + i as u32,
+            )?);
+        }
+        for (_, _, admin) in envoys {
+            crate::http::wait_ready(
+                *admin,
+                children,
+                Duration::from_secs(60),
+                "target/load/*.log",
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// One configuration's numbers.
 pub(crate) struct Row {
     pub(crate) label: &'static str,
@@ -103,7 +130,8 @@ pub(crate) fn measure(setup: &Setup) -> Result<Rows> {
             admin: free_port()?,
         });
     }
-    for (i, c) in configs.iter().enumerate() {
+    let mut envoys = Vec::new();
+    for c in &configs {
         let bootstrap = setup.dir.join(format!("{}.json", c.key));
         (setup.render)(&bootstrap, c.port, c.admin)?;
         if let (Some(member), "s-etcd") = (&etcd, c.key) {
@@ -113,20 +141,9 @@ pub(crate) fn measure(setup: &Setup) -> Result<Rows> {
                     "prefix": prefix, "timeout_ms": 500, "lease_bucket_s": 60}});
             })?;
         }
-        children.0.push((setup.start_envoy)(
-            &bootstrap,
-            c.key,
-            setup.first_id + i as u32,
-        )?);
+        envoys.push((bootstrap, c.key, c.admin));
     }
-    for c in &configs {
-        crate::http::wait_ready(
-            c.admin,
-            &mut children,
-            Duration::from_secs(60),
-            "target/load/*.log",
-        )?;
-    }
+    setup.start_all(&envoys, &mut children)?;
 
     // tests/e2e/test_fleet.py single_use(): agent("orders:read", single_use=True, jti=…), an
     // hour long as the other rows' tokens (the run takes minutes).

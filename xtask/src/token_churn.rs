@@ -8,7 +8,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -69,7 +68,8 @@ pub(crate) fn measure(setup: &Setup) -> Result<Rows> {
     })
     .collect::<Result<Vec<_>>>()?;
     let mut children = Children(Vec::new());
-    for (i, c) in configs.iter().enumerate() {
+    let mut envoys = Vec::new();
+    for c in &configs {
         let bootstrap = setup.dir.join(format!("{}.json", c.key));
         match c.key {
             "d-a" | "d-b0" => (setup.render_example)(
@@ -87,20 +87,9 @@ pub(crate) fn measure(setup: &Setup) -> Result<Rows> {
         if c.key == "d-j" {
             with_jwt_authn(&bootstrap)?;
         }
-        children.0.push((setup.start_envoy)(
-            &bootstrap,
-            c.key,
-            setup.first_id + i as u32,
-        )?);
+        envoys.push((bootstrap, c.key, c.admin));
     }
-    for c in &configs {
-        crate::http::wait_ready(
-            c.admin,
-            &mut children,
-            Duration::from_secs(60),
-            "target/load/*.log",
-        )?;
-    }
+    setup.start_all(&envoys, &mut children)?;
 
     let mut mint: Vec<&str> = crate::orders_agent(ALG, "agent-7", "orders:read").to_vec();
     mint.extend(["--ttl", "3600"]);
