@@ -348,8 +348,8 @@ pub(crate) fn section(rows: &Rows) -> Result<String> {
          - (d-c) `envoy-examples/envoy-http.yaml`: Tessera verifying every new token (its token \
          cache answers the repeats).\n\
          - (d-j) the same with Envoy's `jwt_authn` in front (the agents issuer's keys, \
-         `payload_in_metadata`, `allow_missing_or_failed`) and the agents issuer in Tessera \
-         taking its payload (`issuers[].jwt_authn_payload`, no keys).\n"
+         `payload_in_metadata`, `header_in_metadata`, `allow_missing_or_failed`) and the agents issuer in Tessera \
+         taking its payload and header (`issuers[].jwt_authn_payload`, `jwt_authn_header`, no keys).\n"
     )?;
     writeln!(
         s,
