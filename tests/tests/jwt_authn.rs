@@ -16,14 +16,22 @@ use tessera_tests::{harness_with, mint, now_s, test_config, AGENTS, IDP};
 
 const KEY: &str = "agents-payload";
 
-/// The test configuration with the agents issuer's tokens verified by `jwt_authn` (no keys).
-fn gateway() -> Harness {
+/// The test configuration with the agents issuer's tokens verified by `jwt_authn` (no keys),
+/// its headers too under `header` if given (`jwt_authn_header`).
+fn gateway_with(header: Option<&str>) -> Harness {
     harness_with(|c| {
         let agents = &mut c["issuers"][1];
         agents.as_object_mut().unwrap().remove("jwks");
         agents["jwt_authn_payload"] = json!(KEY);
+        if let Some(h) = header {
+            agents["jwt_authn_header"] = json!(h);
+        }
     })
     .expect("the module takes the configuration")
+}
+
+fn gateway() -> Harness {
+    gateway_with(None)
 }
 
 fn part_of(token: &str, i: usize) -> Map<String, Value> {
@@ -47,17 +55,6 @@ fn forged(token: &str, header: &str, payload: &str) -> String {
 }
 
 const HEADER_KEY: &str = "agents-header";
-
-/// As [`gateway`], jwt_authn also storing verified headers (`jwt_authn_header`).
-fn gateway_with_headers() -> Harness {
-    harness_with(|c| {
-        let agents = &mut c["issuers"][1];
-        agents.as_object_mut().unwrap().remove("jwks");
-        agents["jwt_authn_payload"] = json!(KEY);
-        agents["jwt_authn_header"] = json!(HEADER_KEY);
-    })
-    .expect("the module takes the configuration")
-}
 
 /// `GET /orders/1` with `token`, jwt_authn having verified `real` and stored its payload under
 /// KEY and its header under HEADER_KEY: the status of the local reply, if any.
@@ -251,7 +248,7 @@ fn a_token_beside_the_verified_one_must_be_it_up_to_its_signature() {
         None
     );
     // With it, the header must be the verified token's too.
-    let mut h = gateway_with_headers();
+    let mut h = gateway_with(Some(HEADER_KEY));
     assert_eq!(send_with_header(&mut h, &real, &real), None);
     assert_eq!(
         send_with_header(&mut h, &forged(&real, other_typ, &text), &real),

@@ -1018,17 +1018,36 @@ fn edit_bootstrap(
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
         }));
     }
-    let mut patched = false;
-    let mut stack = vec![&mut doc];
-    while let Some(v) = stack.pop() {
-        if let Some(text) = v
+    let patched = visit_json(&mut doc, &mut |v| {
+        let Some(text) = v
             .pointer("/config/configuration/value")
             .and_then(Value::as_str)
-        {
-            let mut plugin: Value = serde_json::from_str(text)?;
-            edit(&mut plugin);
-            v["config"]["configuration"]["value"] = Value::String(plugin.to_string());
-            patched = true;
+        else {
+            return Ok(false);
+        };
+        let mut plugin: Value = serde_json::from_str(text)?;
+        edit(&mut plugin);
+        v["config"]["configuration"]["value"] = Value::String(plugin.to_string());
+        Ok(true)
+    })?;
+    if !patched {
+        bail!("no Tessera filter in {}", bootstrap.display());
+    }
+    std::fs::write(bootstrap, serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
+/// Visits every value of `doc`, depth first; below a value `visit` took (`Ok(true)`) it does
+/// not go. Whether `visit` took any.
+pub(crate) fn visit_json(
+    doc: &mut Value,
+    visit: &mut dyn FnMut(&mut Value) -> Result<bool>,
+) -> Result<bool> {
+    let mut took = false;
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        if visit(v)? {
+            took = true;
             continue;
         }
         match v {
@@ -1037,11 +1056,7 @@ fn edit_bootstrap(
             _ => {}
         }
     }
-    if !patched {
-        bail!("no Tessera filter in {}", bootstrap.display());
-    }
-    std::fs::write(bootstrap, serde_json::to_string_pretty(&doc)?)?;
-    Ok(())
+    Ok(took)
 }
 
 fn http_status(port: u16, token: &str) -> Result<u16> {

@@ -278,25 +278,18 @@ fn with_jwt_authn(bootstrap: &Path) -> Result<()> {
         },
     });
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(bootstrap)?)?;
-    let mut stack = vec![&mut doc];
-    let mut placed = false;
-    while let Some(v) = stack.pop() {
-        if let Some(filters) = v.get_mut("http_filters").and_then(Value::as_array_mut) {
-            if let Some(at) = filters
-                .iter()
-                .position(|f| f["name"] == "envoy.filters.http.wasm")
-            {
-                filters.insert(at, jwt_authn.clone());
-                placed = true;
-                continue;
-            }
+    let placed = crate::perf::visit_json(&mut doc, &mut |v| {
+        let Some(filters) = v.get_mut("http_filters").and_then(Value::as_array_mut) else {
+            return Ok(false);
+        };
+        let at = filters
+            .iter()
+            .position(|f| f["name"] == "envoy.filters.http.wasm");
+        if let Some(at) = at {
+            filters.insert(at, jwt_authn.clone());
         }
-        match v {
-            Value::Object(m) => stack.extend(m.values_mut()),
-            Value::Array(a) => stack.extend(a.iter_mut()),
-            _ => {}
-        }
-    }
+        Ok(at.is_some())
+    })?;
     if !placed {
         bail!("no Wasm filter in {}", bootstrap.display());
     }
