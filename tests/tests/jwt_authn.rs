@@ -59,22 +59,11 @@ const HEADER_KEY: &str = "agents-header";
 /// `GET /orders/1` with `token`, jwt_authn having verified `real` and stored its payload under
 /// KEY and its header under HEADER_KEY: the status of the local reply, if any.
 fn send_with_header(h: &mut Harness, token: &str, real: &str) -> Option<u32> {
-    let ctx = h.new_http().unwrap();
     let (payload, header) = (payload_of(real), part_of(real, 0));
     let metadata = jwt_authn::encode_metadata(&[(KEY, &payload), (HEADER_KEY, &header)]);
-    h.set_stream_property_path(ctx, &jwt_authn::ATTRIBUTE, metadata)
-        .unwrap();
-    let auth = format!("Bearer {token}");
-    let headers = [
-        (":method", "GET"),
-        (":path", "/orders/1"),
-        (":authority", "api.example.com"),
-        ("authorization", auth.as_str()),
-    ];
-    h.request_headers(ctx, &headers, true).unwrap();
-    let status = h.local_reply(ctx).map(|r| r.status);
-    h.done(ctx).unwrap();
-    status
+    send_with_metadata(h, token, Some(metadata))
+        .0
+        .map(|(status, _)| status)
 }
 
 /// `GET /orders/1` with `Bearer token`, `jwt_authn` having verified `verified` (a token) under
@@ -84,9 +73,20 @@ fn send(
     token: &str,
     verified: Option<(&str, &str)>,
 ) -> (Option<(u32, String)>, Option<String>) {
+    let metadata = verified
+        .map(|(key, by_jwt_authn)| jwt_authn::encode_metadata(&[(key, &payload_of(by_jwt_authn))]));
+    send_with_metadata(h, token, metadata)
+}
+
+/// `GET /orders/1` with `Bearer token` and `metadata` as the request's dynamic metadata: the
+/// local reply's status and `www-authenticate` (`None`: forwarded) and the forwarded principal.
+fn send_with_metadata(
+    h: &mut Harness,
+    token: &str,
+    metadata: Option<Vec<u8>>,
+) -> (Option<(u32, String)>, Option<String>) {
     let ctx = h.new_http().unwrap();
-    if let Some((key, by_jwt_authn)) = verified {
-        let metadata = jwt_authn::encode_metadata(&[(key, &payload_of(by_jwt_authn))]);
+    if let Some(metadata) = metadata {
         h.set_stream_property_path(ctx, &jwt_authn::ATTRIBUTE, metadata)
             .unwrap();
     }
