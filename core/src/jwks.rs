@@ -1,12 +1,19 @@
 //! Verification keys from RFC 7517 JWK sets (and an explicit HMAC secret), each with the one
 //! algorithm it may verify. The algorithm comes from the key, never from a token's header.
+//!
+//! jwt-simple verifies every signature except two kinds, whose arithmetic it does slowly in wasm32
+//! (issue 16): Ed25519, verified with ed25519-dalek (strict verification, the point decompressed
+//! once when the key loads), and RS256/384/512, verified by `rsa.rs` (32-bit-limb Montgomery
+//! arithmetic, its constants computed when the key loads). For those, the header and the claims
+//! are checked as jwt-simple checks them (`jws::verify_own`).
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use jwt_simple::prelude::*;
 use serde_json::Value;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, TokenError};
+use crate::jws::{self, Checks, Parts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -63,12 +70,11 @@ impl Algorithm {
 
 /// A public key (or HMAC secret) bound to one algorithm.
 pub enum Verifier {
-    Ed25519(Ed25519PublicKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
     Es256(ES256PublicKey),
     Es384(ES384PublicKey),
-    Rs256(RS256PublicKey),
-    Rs384(RS384PublicKey),
-    Rs512(RS512PublicKey),
+    /// RS256, RS384, RS512: the digest is the algorithm's.
+    Pkcs1(crate::rsa::PublicKey, crate::rsa::Hash),
     Ps256(PS256PublicKey),
     Ps384(PS384PublicKey),
     Ps512(PS512PublicKey),
@@ -91,25 +97,45 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    /// Verifies the signature and the registered claims that `options` asks for.
-    pub fn verify(
-        &self,
-        token: &str,
-        options: VerificationOptions,
-    ) -> Result<JWTClaims<serde_json::Map<String, Value>>, jwt_simple::Error> {
+    /// Verifies the signature of `token` (taken apart as `parts`) and the registered claims.
+    pub fn verify(&self, token: &str, parts: &Parts, checks: &Checks) -> Result<(), TokenError> {
         type C = serde_json::Map<String, Value>;
-        let o = Some(options);
+        let by_jwt_simple = |r: Result<JWTClaims<C>, jwt_simple::Error>| {
+            r.map(drop).map_err(|e| jws::map_jwt_error(&e))
+        };
+        let o = Some(jws::options(checks));
         match &self.verifier {
-            Verifier::Ed25519(k) => k.verify_token::<C>(token, o),
-            Verifier::Es256(k) => k.verify_token::<C>(token, o),
-            Verifier::Es384(k) => k.verify_token::<C>(token, o),
-            Verifier::Rs256(k) => k.verify_token::<C>(token, o),
-            Verifier::Rs384(k) => k.verify_token::<C>(token, o),
-            Verifier::Rs512(k) => k.verify_token::<C>(token, o),
-            Verifier::Ps256(k) => k.verify_token::<C>(token, o),
-            Verifier::Ps384(k) => k.verify_token::<C>(token, o),
-            Verifier::Ps512(k) => k.verify_token::<C>(token, o),
-            Verifier::Hs256(k) => k.verify_token::<C>(token, o),
+            Verifier::Ed25519(_) | Verifier::Pkcs1(..) => {
+                jws::verify_own(token, parts, checks, |signed, signature| {
+                    // jwt-simple: an Ed25519 signature of another length is not a signature.
+                    if matches!(self.verifier, Verifier::Ed25519(_)) && signature.len() != 64 {
+                        return Err(TokenError::Malformed("token could not be decoded"));
+                    }
+                    match self.verify_signature(signed, signature) {
+                        Some(true) => Ok(()),
+                        _ => Err(TokenError::BadSignature),
+                    }
+                })
+            }
+            Verifier::Es256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
+            Verifier::Es384(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
+            Verifier::Ps256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
+            Verifier::Ps384(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
+            Verifier::Ps512(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
+            Verifier::Hs256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
+        }
+    }
+
+    /// Whether `signature` signs `signed`, for the keys Tessera verifies itself; `None` for the
+    /// keys jwt-simple verifies (only whole tokens).
+    pub fn verify_signature(&self, signed: &[u8], signature: &[u8]) -> Option<bool> {
+        match &self.verifier {
+            Verifier::Ed25519(k) => Some(
+                ed25519_dalek::Signature::from_slice(signature)
+                    .is_ok_and(|s| k.verify_strict(signed, &s).is_ok()),
+            ),
+            Verifier::Pkcs1(k, hash) => Some(k.verify(*hash, signed, signature)),
+            _ => None,
         }
     }
 }
@@ -169,11 +195,15 @@ fn parse_jwk(jwk: &Value, path: &str) -> Result<Option<Key>, ConfigError> {
             if alg != Algorithm::EdDSA {
                 return Err(err("alg", "an Ed25519 key verifies only EdDSA"));
             }
-            let x = b64("x")?;
-            (
-                alg,
-                Verifier::Ed25519(Ed25519PublicKey::from_bytes(&x).map_err(bad_key)?),
-            )
+            let x: [u8; 32] = b64("x")?
+                .try_into()
+                .map_err(|_| err("x", "an Ed25519 key is 32 bytes"))?;
+            // A point off the curve, or one of small order (any signature could verify), is no key.
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
+                .ok()
+                .filter(|k| !k.is_weak())
+                .ok_or_else(|| err("x", "not an Ed25519 public key"))?;
+            (alg, Verifier::Ed25519(key))
         }
         "EC" => {
             let (alg, len) = match field("crv") {
@@ -205,16 +235,18 @@ fn parse_jwk(jwk: &Value, path: &str) -> Result<Option<Key>, ConfigError> {
         "RSA" => {
             let alg = declared.unwrap_or(Algorithm::RS256);
             let (n, e) = (b64("n")?, b64("e")?);
+            // jwt-simple's rules decide which RSA keys are acceptable (2,048 to 4,096 bits, the
+            // exponent); `rsa.rs` verifies RS* signatures with them.
+            let pkcs1 = |hash| {
+                RS256PublicKey::from_components(&n, &e).map_err(bad_key)?;
+                let key = crate::rsa::PublicKey::from_components(&n, &e)
+                    .map_err(|m| ConfigError::new(path, format!("invalid key: {m}")))?;
+                Ok::<_, ConfigError>(Verifier::Pkcs1(key, hash))
+            };
             let v = match alg {
-                Algorithm::RS256 => {
-                    Verifier::Rs256(RS256PublicKey::from_components(&n, &e).map_err(bad_key)?)
-                }
-                Algorithm::RS384 => {
-                    Verifier::Rs384(RS384PublicKey::from_components(&n, &e).map_err(bad_key)?)
-                }
-                Algorithm::RS512 => {
-                    Verifier::Rs512(RS512PublicKey::from_components(&n, &e).map_err(bad_key)?)
-                }
+                Algorithm::RS256 => pkcs1(crate::rsa::Hash::Sha256)?,
+                Algorithm::RS384 => pkcs1(crate::rsa::Hash::Sha384)?,
+                Algorithm::RS512 => pkcs1(crate::rsa::Hash::Sha512)?,
                 Algorithm::PS256 => {
                     Verifier::Ps256(PS256PublicKey::from_components(&n, &e).map_err(bad_key)?)
                 }

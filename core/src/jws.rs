@@ -4,7 +4,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_simple::prelude::{Duration, JWTClaims, UnixTimeStamp, VerificationOptions};
+use jwt_simple::prelude::{
+    Base64UrlSafeNoPadding, Duration, Token, UnixTimeStamp, VerificationOptions,
+};
+use jwt_simple::reexports::ct_codecs::Decoder as _;
 use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
@@ -171,12 +174,7 @@ pub struct Checks {
 /// without a `kid`, every key of its algorithm (as Envoy's `jwt_authn` does). A `kid` that names
 /// no key is tried only against keys without a kid (an HMAC secret), never against a key that has
 /// another kid.
-pub fn verify(
-    keys: &[Key],
-    parts: &Parts,
-    token: &str,
-    checks: &Checks,
-) -> Result<JWTClaims<Map<String, Value>>, TokenError> {
+pub fn verify(keys: &[Key], parts: &Parts, token: &str, checks: &Checks) -> Result<(), TokenError> {
     let alg = parts.alg();
     let kid = parts.kid();
     let by_kid = kid.and_then(|k| keys.iter().find(|key| key.kid.as_deref() == Some(k)));
@@ -204,20 +202,12 @@ pub fn verify(
             c
         }
     };
-    let options = VerificationOptions {
-        accept_future: false,
-        allowed_audiences: checks.audiences.clone(),
-        time_tolerance: Some(Duration::from_secs(checks.clock_skew_s)),
-        max_token_length: Some(checks.max_bytes),
-        artificial_time: Some(UnixTimeStamp::from_secs(checks.now_s)),
-        ..VerificationOptions::default()
-    };
     let mut last_err = TokenError::BadSignature;
     for key in candidates {
-        match key.verify(token, options.clone()) {
-            Ok(claims) => return Ok(claims),
+        match key.verify(token, parts, checks) {
+            Ok(()) => return Ok(()),
             Err(e) => {
-                last_err = map_jwt_error(&e);
+                last_err = e;
                 if last_err != TokenError::BadSignature {
                     break;
                 }
@@ -225,6 +215,54 @@ pub fn verify(
         }
     }
     Err(last_err)
+}
+
+/// jwt-simple's options for [`Checks`].
+pub fn options(checks: &Checks) -> VerificationOptions {
+    VerificationOptions {
+        accept_future: false,
+        allowed_audiences: checks.audiences.clone(),
+        time_tolerance: Some(Duration::from_secs(checks.clock_skew_s)),
+        max_token_length: Some(checks.max_bytes),
+        artificial_time: Some(UnixTimeStamp::from_secs(checks.now_s)),
+        ..VerificationOptions::default()
+    }
+}
+
+/// Verifies `token` as jwt-simple's `Token::verify` does, with the signature checked by
+/// `signature_ok(signed input, decoded signature)` (`jwks.rs`: the keys Tessera verifies
+/// itself): the header jwt-simple would accept (its length and member types, no `crit`, a `typ`
+/// of `JWT` or `…+JWT`, a decodable `salt`), the signature (base64url decoded as jwt-simple
+/// decodes it), then the registered claims ([`check_registered`]). The errors are jwt-simple's,
+/// mapped as theirs are.
+pub(crate) fn verify_own(
+    token: &str,
+    parts: &Parts,
+    checks: &Checks,
+    signature_ok: impl FnOnce(&[u8], &[u8]) -> Result<(), TokenError>,
+) -> Result<(), TokenError> {
+    if token.len() > checks.max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let meta = Token::decode_metadata(token).map_err(|e| map_jwt_error(&e))?;
+    if meta.critical().is_some_and(|c| !c.is_empty()) {
+        return Err(TokenError::CriticalHeader);
+    }
+    if let Some(typ) = meta.signature_type() {
+        let typ = typ.to_uppercase();
+        if typ != "JWT" && !typ.ends_with("+JWT") {
+            return Err(TokenError::Malformed("typ is not JWT"));
+        }
+    }
+    let undecodable = TokenError::Malformed("token could not be decoded");
+    if let Some(Value::String(salt)) = parts.header.get("salt") {
+        Base64UrlSafeNoPadding::decode_to_vec(salt, None).map_err(|_| undecodable.clone())?;
+    }
+    let (signed, signature) = token.rsplit_once('.').ok_or(undecodable.clone())?;
+    let signature =
+        Base64UrlSafeNoPadding::decode_to_vec(signature, None).map_err(|_| undecodable)?;
+    signature_ok(signed.as_bytes(), &signature)?;
+    check_registered(&parts.payload, checks)
 }
 
 /// The registered claims checked as [`verify`] has jwt-simple check them, for a payload whose
@@ -286,7 +324,7 @@ pub fn numeric(
     }
 }
 
-fn map_jwt_error(e: &jwt_simple::Error) -> TokenError {
+pub fn map_jwt_error(e: &jwt_simple::Error) -> TokenError {
     match e.downcast_ref::<JWTError>() {
         Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
             TokenError::BadSignature

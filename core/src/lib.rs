@@ -32,6 +32,7 @@ pub mod path;
 pub mod pop;
 pub mod reply;
 pub mod revocation;
+pub mod rsa;
 pub mod sealed;
 pub mod session;
 pub mod store;

@@ -1,0 +1,346 @@
+//! RSASSA-PKCS1-v1_5 signature verification (RFC 8017 §8.2.2) for RS256, RS384 and RS512, in
+//! arithmetic suited to wasm32: 32-bit limbs whose products are native 64-bit multiplications
+//! (jwt-simple's `rsa` backend multiplies 64-bit digits into emulated 128-bit products), and
+//! Montgomery multiplication with the per-key constants (`-n⁻¹ mod 2³²`, `R² mod n`) computed once,
+//! when the key loads.
+//!
+//! Verification handles only public values, so nothing here needs to run in constant time. The
+//! check is the RFC's: the signature is an integer below the modulus, `s^e mod n` is encoded to
+//! `k` bytes and compared whole with the expected `EMSA-PKCS1-v1_5` encoding of the message's
+//! digest; nothing of the decrypted block is parsed. Keys are validated by jwt-simple when they
+//! load (`jwks.rs`), as before; this module only refuses what Montgomery arithmetic cannot hold
+//! (an even modulus).
+
+use sha2::Digest;
+
+/// The digest of an RS* algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    /// The DER `DigestInfo` prefix (RFC 8017 §9.2, note 1) and the digest of `message`.
+    fn digest_info(self, message: &[u8]) -> (&'static [u8], Vec<u8>) {
+        match self {
+            Hash::Sha256 => (
+                &[
+                    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
+                    0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+                ],
+                sha2::Sha256::digest(message).to_vec(),
+            ),
+            Hash::Sha384 => (
+                &[
+                    0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
+                    0x02, 0x02, 0x05, 0x00, 0x04, 0x30,
+                ],
+                sha2::Sha384::digest(message).to_vec(),
+            ),
+            Hash::Sha512 => (
+                &[
+                    0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
+                    0x02, 0x03, 0x05, 0x00, 0x04, 0x40,
+                ],
+                sha2::Sha512::digest(message).to_vec(),
+            ),
+        }
+    }
+}
+
+/// An RSA public key, ready for Montgomery exponentiation.
+#[derive(Clone)]
+pub struct PublicKey {
+    /// The modulus, little-endian 32-bit limbs, no zero limb on top.
+    n: Vec<u32>,
+    /// Its length in bytes (`k` in RFC 8017).
+    k: usize,
+    /// The public exponent.
+    e: u64,
+    /// `-n⁻¹ mod 2³²`.
+    n0_inv: u32,
+    /// `R² mod n`, with `R = 2^(32·limbs)`: takes a value into Montgomery form.
+    r2: Vec<u32>,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("rsa::PublicKey")
+            .field("bits", &(self.k * 8))
+            .field("e", &self.e)
+            .finish()
+    }
+}
+
+impl PublicKey {
+    /// From the big-endian modulus and exponent of a JWK (`n`, `e`). Refuses an even or tiny
+    /// modulus and an exponent below 3 or over 64 bits; the key's other rules are jwt-simple's.
+    pub fn from_components(n: &[u8], e: &[u8]) -> Result<PublicKey, &'static str> {
+        let n = limbs(n);
+        let low = match n.first() {
+            Some(low) if n.len() >= 2 => *low,
+            _ => return Err("the modulus is too small"),
+        };
+        if low & 1 == 0 {
+            return Err("the modulus is even");
+        }
+        let e = e
+            .iter()
+            .skip_while(|b| **b == 0)
+            .try_fold(0u64, |acc, b| {
+                acc.checked_mul(256).map(|a| a | u64::from(*b))
+            })
+            .ok_or("the exponent is longer than 64 bits")?;
+        if e < 3 {
+            return Err("the exponent is below 3");
+        }
+        let top = n.last().copied().unwrap_or(0);
+        let bits = 32 * n.len() - top.leading_zeros() as usize;
+        let k = bits.div_ceil(8);
+        let n0_inv = inverse_mod_2_32(low).wrapping_neg();
+        let r2 = r_squared(&n);
+        Ok(PublicKey {
+            n,
+            k,
+            e,
+            n0_inv,
+            r2,
+        })
+    }
+
+    /// The modulus length in bits.
+    pub fn bits(&self) -> usize {
+        let top = self.n.last().copied().unwrap_or(0);
+        32 * self.n.len() - top.leading_zeros() as usize
+    }
+
+    /// RSASSA-PKCS1-v1_5-VERIFY: whether `signature` signs `message` with `hash`.
+    pub fn verify(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
+        // §8.2.2 step 1: the signature has exactly the modulus's length.
+        if signature.len() != self.k {
+            return false;
+        }
+        let s = limbs_sized(signature, self.n.len());
+        // RSAVP1 (§5.2.2): the representative must be below the modulus.
+        if !less_than(&s, &self.n) {
+            return false;
+        }
+        let m = self.pow_e(&s);
+        let Some(expected) = self.encoded(hash, message) else {
+            return false;
+        };
+        big_endian(&m, self.k) == expected
+    }
+
+    /// `EMSA-PKCS1-v1_5-ENCODE` (§9.2): `00 01 FF…FF 00 DigestInfo`, `k` bytes.
+    fn encoded(&self, hash: Hash, message: &[u8]) -> Option<Vec<u8>> {
+        let (prefix, digest) = hash.digest_info(message);
+        let t_len = prefix.len() + digest.len();
+        // "intended encoded message length too short": at least 8 bytes of padding.
+        let ps = self.k.checked_sub(t_len + 3).filter(|ps| *ps >= 8)?;
+        let mut em = Vec::with_capacity(self.k);
+        em.extend_from_slice(&[0x00, 0x01]);
+        em.resize(2 + ps, 0xff);
+        em.push(0x00);
+        em.extend_from_slice(prefix);
+        em.extend_from_slice(&digest);
+        Some(em)
+    }
+
+    /// `s^e mod n`, left to right, in Montgomery form.
+    fn pow_e(&self, s: &[u32]) -> Vec<u32> {
+        let len = self.n.len();
+        let mut t = vec![0u32; len + 2];
+        let base = self.mont_mul(s, &self.r2, &mut t);
+        let mut x = base.clone();
+        let top = 63 - self.e.leading_zeros();
+        for bit in (0..top).rev() {
+            x = self.mont_mul(&x, &x, &mut t);
+            if (self.e >> bit) & 1 == 1 {
+                x = self.mont_mul(&x, &base, &mut t);
+            }
+        }
+        self.mont_mul(&x, &one(len), &mut t)
+    }
+
+    /// `a·b·R⁻¹ mod n` for `a, b < n` (CIOS: coarsely integrated operand scanning). `t` is
+    /// scratch of `limbs + 2` words. Iterators rather than indices: nothing here can panic.
+    fn mont_mul(&self, a: &[u32], b: &[u32], t: &mut [u32]) -> Vec<u32> {
+        let n = &self.n;
+        t.fill(0);
+        let (lo, hi) = t.split_at_mut(n.len());
+        let [h0, h1] = hi else {
+            return vec![0; n.len()];
+        };
+        for &bi in b {
+            // t += a·b[i]
+            let bi = u64::from(bi);
+            let mut carry = 0u64;
+            for (tj, &aj) in lo.iter_mut().zip(a) {
+                let v = u64::from(*tj) + u64::from(aj) * bi + carry;
+                *tj = v as u32;
+                carry = v >> 32;
+            }
+            let v = u64::from(*h0) + carry;
+            *h0 = v as u32;
+            *h1 = (v >> 32) as u32;
+            // t = (t + m·n) / 2³², with m making the low word zero.
+            let mut words = lo.iter_mut().zip(n);
+            let Some((t0, &n0)) = words.next() else {
+                break;
+            };
+            let m = u64::from(t0.wrapping_mul(self.n0_inv));
+            let mut carry = (u64::from(*t0) + m * u64::from(n0)) >> 32;
+            let mut below = t0;
+            for (tj, &nj) in words {
+                let v = u64::from(*tj) + m * u64::from(nj) + carry;
+                *below = v as u32;
+                carry = v >> 32;
+                below = tj;
+            }
+            let v = u64::from(*h0) + carry;
+            *below = v as u32;
+            *h0 = *h1 + (v >> 32) as u32;
+        }
+        // t < 2n: one subtraction at most.
+        let mut out = lo.to_vec();
+        if *h0 != 0 || !less_than(&out, n) {
+            sub_in_place(&mut out, n);
+        }
+        out
+    }
+}
+
+/// 1 in `len` limbs.
+fn one(len: usize) -> Vec<u32> {
+    let mut x = vec![0u32; len];
+    if let Some(low) = x.first_mut() {
+        *low = 1;
+    }
+    x
+}
+
+/// Little-endian limbs of a big-endian byte string, without zero limbs on top.
+fn limbs(be: &[u8]) -> Vec<u32> {
+    let skip = be.iter().take_while(|b| **b == 0).count();
+    let be = be.get(skip..).unwrap_or_default();
+    let mut out = limbs_sized(be, be.len().div_ceil(4));
+    while out.last() == Some(&0) {
+        out.pop();
+    }
+    out
+}
+
+/// Little-endian limbs of a big-endian byte string, `len` limbs (the caller checked it fits, or
+/// the excess high bytes are dropped and the comparison with the modulus refuses it).
+fn limbs_sized(be: &[u8], len: usize) -> Vec<u32> {
+    let mut out = vec![0u32; len.max(1)];
+    for (i, b) in be.iter().rev().enumerate() {
+        match out.get_mut(i / 4) {
+            Some(limb) => *limb |= u32::from(*b) << (8 * (i % 4)),
+            // More bytes than limbs: only zeros may be dropped; otherwise saturate, so that the
+            // comparison with the modulus refuses it.
+            None if *b != 0 => {
+                out.fill(u32::MAX);
+                return out;
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// Big-endian bytes of `x`, `k` bytes (high limbs beyond `k` are zero for `x < n`).
+fn big_endian(x: &[u32], k: usize) -> Vec<u8> {
+    let mut out = vec![0u8; k];
+    for (i, byte) in out.iter_mut().rev().enumerate() {
+        let limb = x.get(i / 4).copied().unwrap_or(0);
+        *byte = (limb >> (8 * (i % 4))) as u8;
+    }
+    out
+}
+
+/// `a < b`, both of `b`'s length.
+fn less_than(a: &[u32], b: &[u32]) -> bool {
+    for (x, y) in a.iter().zip(b).rev() {
+        if x != y {
+            return x < y;
+        }
+    }
+    false
+}
+
+/// `a -= b` (mod 2^(32·len)).
+fn sub_in_place(a: &mut [u32], b: &[u32]) {
+    let mut borrow = 0i64;
+    for (x, y) in a.iter_mut().zip(b) {
+        let v = i64::from(*x) - i64::from(*y) + borrow;
+        *x = v as u32;
+        borrow = v >> 32;
+    }
+}
+
+/// `x⁻¹ mod 2³²` for odd `x` (Newton's iteration doubles the correct low bits each step).
+fn inverse_mod_2_32(x: u32) -> u32 {
+    let mut y = x; // correct to 3 bits for odd x
+    for _ in 0..4 {
+        y = y.wrapping_mul(2u32.wrapping_sub(x.wrapping_mul(y)));
+    }
+    y
+}
+
+/// `R² mod n`, `R = 2^(32·len)`, by doubling 1 modulo `n`, `2·32·len` times (once per key).
+fn r_squared(n: &[u32]) -> Vec<u32> {
+    let len = n.len();
+    let mut x = one(len);
+    for _ in 0..(64 * len) {
+        // x = 2x mod n, x < n.
+        let mut carry = 0u32;
+        for w in x.iter_mut() {
+            let next = *w >> 31;
+            *w = (*w << 1) | carry;
+            carry = next;
+        }
+        if carry != 0 || !less_than(&x, n) {
+            sub_in_place(&mut x, n);
+        }
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverse_mod_2_32_inverts() {
+        for x in [1u32, 3, 0xffff_ffff, 0x1234_5679, 65537] {
+            assert_eq!(x.wrapping_mul(inverse_mod_2_32(x)), 1, "{x}");
+        }
+    }
+
+    #[test]
+    fn small_modulus_arithmetic_matches_u128() {
+        // n = a 61-bit odd modulus in two limbs: s^e mod n checked against u128 arithmetic.
+        let n: u64 = 0x1fff_ffff_ffff_ffe7;
+        let key = PublicKey::from_components(&n.to_be_bytes(), &[1, 0, 1]).unwrap();
+        for s in [2u64, 3, 12345, n - 1, 0x1234_5678_9abc_def0 % n] {
+            let mut expected: u128 = 1;
+            for _ in 0..65537 {
+                expected = expected * u128::from(s) % u128::from(n);
+            }
+            let got = key.pow_e(&limbs_sized(&s.to_be_bytes(), 2));
+            let got = u64::from(got[0]) | u64::from(got[1]) << 32;
+            assert_eq!(u128::from(got), expected, "s = {s}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_montgomery_cannot_hold() {
+        assert!(PublicKey::from_components(&[0x80, 0, 0, 0, 0, 0, 0, 2], &[1, 0, 1]).is_err());
+        assert!(PublicKey::from_components(&[0x80, 0, 0, 0, 0, 0, 0, 3], &[1]).is_err());
+        assert!(PublicKey::from_components(&[3], &[3]).is_err());
+    }
+}
