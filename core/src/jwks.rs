@@ -3,7 +3,7 @@
 //!
 //! jwt-simple verifies every signature except two kinds, whose arithmetic it does slowly in wasm32
 //! (issue 16): Ed25519, verified with ed25519-dalek (strict verification, the point decompressed
-//! once when the key loads), and RS256/384/512, verified by `rsa.rs` (32-bit-limb Montgomery
+//! once when the key loads), and RSA (RS* and PS*), verified by `rsa.rs` (32-bit-limb Montgomery
 //! arithmetic, its constants computed when the key loads). For those, the header and the claims
 //! are checked as jwt-simple checks them (`jws::verify_own`).
 
@@ -73,11 +73,8 @@ pub enum Verifier {
     Ed25519(ed25519_dalek::VerifyingKey),
     Es256(ES256PublicKey),
     Es384(ES384PublicKey),
-    /// RS256, RS384, RS512: the digest is the algorithm's.
-    Pkcs1(crate::rsa::PublicKey, crate::rsa::Hash),
-    Ps256(PS256PublicKey),
-    Ps384(PS384PublicKey),
-    Ps512(PS512PublicKey),
+    /// RS256, RS384, RS512, PS256, PS384, PS512: the scheme is the algorithm's.
+    Rsa(crate::rsa::PublicKey, crate::rsa::Scheme),
     Hs256(HS256Key),
 }
 
@@ -105,7 +102,7 @@ impl Key {
         };
         let o = Some(jws::options(checks));
         match &self.verifier {
-            Verifier::Ed25519(_) | Verifier::Pkcs1(..) => {
+            Verifier::Ed25519(_) | Verifier::Rsa(..) => {
                 jws::verify_own(token, parts, checks, |signed, signature| {
                     // jwt-simple: an Ed25519 signature of another length is not a signature.
                     if matches!(self.verifier, Verifier::Ed25519(_)) && signature.len() != 64 {
@@ -119,9 +116,6 @@ impl Key {
             }
             Verifier::Es256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
             Verifier::Es384(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
-            Verifier::Ps256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
-            Verifier::Ps384(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
-            Verifier::Ps512(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
             Verifier::Hs256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
         }
     }
@@ -134,7 +128,7 @@ impl Key {
                 ed25519_dalek::Signature::from_slice(signature)
                     .is_ok_and(|s| k.verify_strict(signed, &s).is_ok()),
             ),
-            Verifier::Pkcs1(k, hash) => Some(k.verify(*hash, signed, signature)),
+            Verifier::Rsa(k, scheme) => Some(k.verify(*scheme, signed, signature)),
             _ => None,
         }
     }
@@ -236,26 +230,21 @@ fn parse_jwk(jwk: &Value, path: &str) -> Result<Option<Key>, ConfigError> {
             let alg = declared.unwrap_or(Algorithm::RS256);
             let (n, e) = (b64("n")?, b64("e")?);
             // jwt-simple's rules decide which RSA keys are acceptable (2,048 to 4,096 bits, the
-            // exponent); `rsa.rs` verifies RS* signatures with them.
-            let pkcs1 = |hash| {
+            // exponent, for RS* and PS* alike); `rsa.rs` verifies the signatures.
+            let rsa = |scheme| {
                 RS256PublicKey::from_components(&n, &e).map_err(bad_key)?;
                 let key = crate::rsa::PublicKey::from_components(&n, &e)
                     .map_err(|m| ConfigError::new(path, format!("invalid key: {m}")))?;
-                Ok::<_, ConfigError>(Verifier::Pkcs1(key, hash))
+                Ok::<_, ConfigError>(Verifier::Rsa(key, scheme))
             };
+            use crate::rsa::{Hash, Scheme};
             let v = match alg {
-                Algorithm::RS256 => pkcs1(crate::rsa::Hash::Sha256)?,
-                Algorithm::RS384 => pkcs1(crate::rsa::Hash::Sha384)?,
-                Algorithm::RS512 => pkcs1(crate::rsa::Hash::Sha512)?,
-                Algorithm::PS256 => {
-                    Verifier::Ps256(PS256PublicKey::from_components(&n, &e).map_err(bad_key)?)
-                }
-                Algorithm::PS384 => {
-                    Verifier::Ps384(PS384PublicKey::from_components(&n, &e).map_err(bad_key)?)
-                }
-                Algorithm::PS512 => {
-                    Verifier::Ps512(PS512PublicKey::from_components(&n, &e).map_err(bad_key)?)
-                }
+                Algorithm::RS256 => rsa(Scheme::Pkcs1(Hash::Sha256))?,
+                Algorithm::RS384 => rsa(Scheme::Pkcs1(Hash::Sha384))?,
+                Algorithm::RS512 => rsa(Scheme::Pkcs1(Hash::Sha512))?,
+                Algorithm::PS256 => rsa(Scheme::Pss(Hash::Sha256))?,
+                Algorithm::PS384 => rsa(Scheme::Pss(Hash::Sha384))?,
+                Algorithm::PS512 => rsa(Scheme::Pss(Hash::Sha512))?,
                 _ => {
                     return Err(err(
                         "alg",

@@ -1,13 +1,15 @@
-//! RSASSA-PKCS1-v1_5 signature verification (RFC 8017 §8.2.2) for RS256, RS384 and RS512, in
+//! RSA signature verification, RSASSA-PKCS1-v1_5 (RFC 8017 §8.2.2: RS256, RS384, RS512) and
+//! RSASSA-PSS (§8.1.2: PS256, PS384, PS512), in
 //! arithmetic suited to wasm32: 32-bit limbs whose products are native 64-bit multiplications
 //! (jwt-simple's `rsa` backend multiplies 64-bit digits into emulated 128-bit products), and
 //! Montgomery multiplication with the per-key constants (`-n⁻¹ mod 2³²`, `R² mod n`) computed once,
 //! when the key loads.
 //!
 //! Verification handles only public values, so nothing here needs to run in constant time. The
-//! check is the RFC's: the signature is an integer below the modulus, `s^e mod n` is encoded to
-//! `k` bytes and compared whole with the expected `EMSA-PKCS1-v1_5` encoding of the message's
-//! digest; nothing of the decrypted block is parsed. Keys are validated by jwt-simple when they
+//! checks are the RFC's: the signature is an integer below the modulus; for PKCS #1 v1.5,
+//! `s^e mod n` is encoded to `k` bytes and compared whole with the expected `EMSA-PKCS1-v1_5`
+//! encoding of the message's digest (nothing of the decrypted block is parsed); for PSS, every
+//! step of `EMSA-PSS-VERIFY`, with the salt as long as the hash (RFC 7518 §3.5). Keys are validated by jwt-simple when they
 //! load (`jwks.rs`), as before; this module only refuses what Montgomery arithmetic cannot hold
 //! (an even modulus).
 
@@ -22,32 +24,47 @@ pub enum Hash {
 }
 
 impl Hash {
-    /// The DER `DigestInfo` prefix (RFC 8017 §9.2, note 1) and the digest of `message`.
-    fn digest_info(self, message: &[u8]) -> (&'static [u8], Vec<u8>) {
+    /// The digest of the concatenation of `parts`.
+    fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
+        fn of<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+            let mut d = D::new();
+            for p in parts {
+                d.update(p);
+            }
+            d.finalize().to_vec()
+        }
         match self {
-            Hash::Sha256 => (
-                &[
-                    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
-                    0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
-                ],
-                sha2::Sha256::digest(message).to_vec(),
-            ),
-            Hash::Sha384 => (
-                &[
-                    0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
-                    0x02, 0x02, 0x05, 0x00, 0x04, 0x30,
-                ],
-                sha2::Sha384::digest(message).to_vec(),
-            ),
-            Hash::Sha512 => (
-                &[
-                    0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
-                    0x02, 0x03, 0x05, 0x00, 0x04, 0x40,
-                ],
-                sha2::Sha512::digest(message).to_vec(),
-            ),
+            Hash::Sha256 => of::<sha2::Sha256>(parts),
+            Hash::Sha384 => of::<sha2::Sha384>(parts),
+            Hash::Sha512 => of::<sha2::Sha512>(parts),
         }
     }
+
+    /// The DER `DigestInfo` prefix of the digest (RFC 8017 §9.2, note 1).
+    fn digest_info_prefix(self) -> &'static [u8] {
+        match self {
+            Hash::Sha256 => &[
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x01, 0x05, 0x00, 0x04, 0x20,
+            ],
+            Hash::Sha384 => &[
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x02, 0x05, 0x00, 0x04, 0x30,
+            ],
+            Hash::Sha512 => &[
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x03, 0x05, 0x00, 0x04, 0x40,
+            ],
+        }
+    }
+}
+
+/// A signature scheme: RS256/384/512 (`Pkcs1`) or PS256/384/512 (`Pss`, MGF1 with the same hash
+/// and a salt as long as the hash, RFC 7518 §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Pkcs1(Hash),
+    Pss(Hash),
 }
 
 /// An RSA public key, ready for Montgomery exponentiation.
@@ -116,27 +133,35 @@ impl PublicKey {
         32 * self.n.len() - top.leading_zeros() as usize
     }
 
-    /// RSASSA-PKCS1-v1_5-VERIFY: whether `signature` signs `message` with `hash`.
-    pub fn verify(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
-        // §8.2.2 step 1: the signature has exactly the modulus's length.
-        if signature.len() != self.k {
-            return false;
-        }
-        let s = limbs_sized(signature, self.n.len());
-        // RSAVP1 (§5.2.2): the representative must be below the modulus.
-        if !less_than(&s, &self.n) {
-            return false;
-        }
-        let m = self.pow_e(&s);
-        let Some(expected) = self.encoded(hash, message) else {
+    /// Whether `signature` signs `message` in `scheme`.
+    pub fn verify(&self, scheme: Scheme, message: &[u8], signature: &[u8]) -> bool {
+        let Some(em) = self.representative(signature) else {
             return false;
         };
-        big_endian(&m, self.k) == expected
+        match scheme {
+            Scheme::Pkcs1(hash) => self.pkcs1_encoded(hash, message) == Some(em),
+            Scheme::Pss(hash) => self.pss_verify(hash, message, &em),
+        }
     }
 
-    /// `EMSA-PKCS1-v1_5-ENCODE` (§9.2): `00 01 FF…FF 00 DigestInfo`, `k` bytes.
-    fn encoded(&self, hash: Hash, message: &[u8]) -> Option<Vec<u8>> {
-        let (prefix, digest) = hash.digest_info(message);
+    /// RSAVP1 (§5.2.2) of a signature of exactly the modulus's length (§8.2.2 and §8.1.2 step 1)
+    /// below the modulus: `s^e mod n`, `k` bytes.
+    fn representative(&self, signature: &[u8]) -> Option<Vec<u8>> {
+        if signature.len() != self.k {
+            return None;
+        }
+        let s = limbs_sized(signature, self.n.len());
+        if !less_than(&s, &self.n) {
+            return None;
+        }
+        Some(big_endian(&self.pow_e(&s), self.k))
+    }
+
+    /// `EMSA-PKCS1-v1_5-ENCODE` (§9.2): `00 01 FF…FF 00 DigestInfo`, `k` bytes. The whole block
+    /// is compared; nothing of the signature's is parsed.
+    fn pkcs1_encoded(&self, hash: Hash, message: &[u8]) -> Option<Vec<u8>> {
+        let prefix = hash.digest_info_prefix();
+        let digest = hash.digest(&[message]);
         let t_len = prefix.len() + digest.len();
         // "intended encoded message length too short": at least 8 bytes of padding.
         let ps = self.k.checked_sub(t_len + 3).filter(|ps| *ps >= 8)?;
@@ -147,6 +172,58 @@ impl PublicKey {
         em.extend_from_slice(prefix);
         em.extend_from_slice(&digest);
         Some(em)
+    }
+
+    /// `EMSA-PSS-VERIFY` (§9.1.2) with MGF1 of `hash` and a salt of the hash's length. `k_em` is
+    /// the representative in `k` bytes; the encoded message is its last `emLen` bytes.
+    fn pss_verify(&self, hash: Hash, message: &[u8], k_em: &[u8]) -> bool {
+        let em_bits = self.bits() - 1;
+        let em_len = em_bits.div_ceil(8);
+        // §8.1.2 step 2c: a k-byte representative whose extra top byte is not zero is no EM.
+        let Some((extra, em)) = k_em.split_at_checked(k_em.len() - em_len) else {
+            return false;
+        };
+        if extra.iter().any(|b| *b != 0) {
+            return false;
+        }
+        let m_hash = hash.digest(&[message]);
+        let h_len = m_hash.len();
+        let s_len = h_len;
+        // Steps 3 and 4.
+        if em_len < h_len + s_len + 2 || em.last() != Some(&0xbc) {
+            return false;
+        }
+        // Step 5.
+        let db_len = em_len - h_len - 1;
+        let (masked_db, rest) = em.split_at(db_len);
+        let Some(h) = rest.get(..h_len) else {
+            return false;
+        };
+        // Step 6: the bits above emBits are zero.
+        let top_mask = 0xffu8 >> (8 * em_len - em_bits);
+        if masked_db.first().is_some_and(|b| b & !top_mask != 0) {
+            return false;
+        }
+        // Steps 7 to 9.
+        let mut db: Vec<u8> = masked_db
+            .iter()
+            .zip(mgf1(hash, h, db_len))
+            .map(|(m, d)| m ^ d)
+            .collect();
+        if let Some(first) = db.first_mut() {
+            *first &= top_mask;
+        }
+        // Step 10: zeros, 0x01, the salt.
+        let ps_len = db_len - s_len - 1;
+        let (ps, one_and_salt) = db.split_at(ps_len);
+        let Some((&one, salt)) = one_and_salt.split_first() else {
+            return false;
+        };
+        if ps.iter().any(|b| *b != 0) || one != 0x01 {
+            return false;
+        }
+        // Steps 12 to 14.
+        hash.digest(&[&[0u8; 8], &m_hash, salt]) == h
     }
 
     /// `s^e mod n`, left to right, in Montgomery form.
@@ -211,6 +288,18 @@ impl PublicKey {
         }
         out
     }
+}
+
+/// MGF1 (RFC 8017 B.2.1): `len` bytes of `Hash(seed ‖ counter)`.
+fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut counter = 0u32;
+    while out.len() < len {
+        out.extend(hash.digest(&[seed, &counter.to_be_bytes()]));
+        counter += 1;
+    }
+    out.truncate(len);
+    out
 }
 
 /// 1 in `len` limbs.

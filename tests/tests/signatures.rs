@@ -1,4 +1,4 @@
-//! Tessera verifies Ed25519 and RS256/384/512 signatures with arithmetic of its own choosing
+//! Tessera verifies Ed25519 and RSA (RS* and PS*) signatures with arithmetic of its own choosing
 //! (ed25519-dalek; `core/src/rsa.rs`), and the header and claims of those tokens as jwt-simple
 //! checks them (`jws::verify_own`). Here the verdict on every token of a grid (well signed and
 //! tampered signatures, odd headers, odd claims, RSA representatives out of range) must be the
@@ -14,8 +14,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{crypto, Algorithm, EncodingKey};
 use jwt_simple::prelude::{
-    Ed25519PublicKey, EdDSAPublicKeyLike, JWTClaims, RS256KeyPair, RS256PublicKey, RS384PublicKey,
-    RS512PublicKey, RSAPublicKeyLike, VerificationOptions,
+    Ed25519PublicKey, EdDSAPublicKeyLike, JWTClaims, PS256PublicKey, PS384PublicKey,
+    PS512PublicKey, RS256KeyPair, RS256PublicKey, RS384PublicKey, RS512PublicKey, RSAPublicKeyLike,
+    VerificationOptions,
 };
 use serde_json::{json, Map, Value};
 use tessera_core::error::TokenError;
@@ -81,20 +82,23 @@ fn signers() -> Vec<Signer> {
             ("RS256", Algorithm::RS256),
             ("RS384", Algorithm::RS384),
             ("RS512", Algorithm::RS512),
+            ("PS256", Algorithm::PS256),
+            ("PS384", Algorithm::PS384),
+            ("PS512", Algorithm::PS512),
         ] {
+            macro_rules! reference {
+                ($key:ty) => {{
+                    let k = <$key>::from_components(&n, &e).expect("key");
+                    Box::new(move |t, o| k.verify_token(t, Some(o)))
+                }};
+            }
             let reference: Reference = match alg {
-                "RS256" => {
-                    let k = RS256PublicKey::from_components(&n, &e).expect("key");
-                    Box::new(move |t, o| k.verify_token(t, Some(o)))
-                }
-                "RS384" => {
-                    let k = RS384PublicKey::from_components(&n, &e).expect("key");
-                    Box::new(move |t, o| k.verify_token(t, Some(o)))
-                }
-                _ => {
-                    let k = RS512PublicKey::from_components(&n, &e).expect("key");
-                    Box::new(move |t, o| k.verify_token(t, Some(o)))
-                }
+                "RS256" => reference!(RS256PublicKey),
+                "RS384" => reference!(RS384PublicKey),
+                "RS512" => reference!(RS512PublicKey),
+                "PS256" => reference!(PS256PublicKey),
+                "PS384" => reference!(PS384PublicKey),
+                _ => reference!(PS512PublicKey),
             };
             out.push(Signer {
                 name: format!("{alg} {file}"),
