@@ -5,7 +5,7 @@
 //! (issue 16): Ed25519, verified with ed25519-dalek (strict verification, the point decompressed
 //! once when the key loads), and RSA (RS* and PS*), verified by `rsa.rs` (32-bit-limb Montgomery
 //! arithmetic, its constants computed when the key loads). For those, the header and the claims
-//! are checked as jwt-simple checks them (`jws::verify_own`).
+//! are checked as jwt-simple checks them (`jws::verify`).
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -13,7 +13,6 @@ use jwt_simple::prelude::*;
 use serde_json::Value;
 
 use crate::error::{ConfigError, TokenError};
-use crate::jws::{self, Checks, Parts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -94,43 +93,47 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    /// Verifies the signature of `token` (taken apart as `parts`) and the registered claims.
-    pub fn verify(&self, token: &str, parts: &Parts, checks: &Checks) -> Result<(), TokenError> {
+    /// For the keys jwt-simple verifies: `token` verified by jwt-simple with `options` (signature
+    /// and registered claims). `None` for the keys whose signatures Tessera verifies itself
+    /// ([`Key::verify_signature`]; `jws::verify` checks the rest of such tokens).
+    pub fn verify_with_jwt_simple(
+        &self,
+        token: &str,
+        options: VerificationOptions,
+    ) -> Option<Result<JWTClaims<serde_json::Map<String, Value>>, jwt_simple::Error>> {
         type C = serde_json::Map<String, Value>;
-        let by_jwt_simple = |r: Result<JWTClaims<C>, jwt_simple::Error>| {
-            r.map(drop).map_err(|e| jws::map_jwt_error(&e))
-        };
-        let o = Some(jws::options(checks));
+        let o = Some(options);
         match &self.verifier {
-            Verifier::Ed25519(_) | Verifier::Rsa(..) => {
-                jws::verify_own(token, parts, checks, |signed, signature| {
-                    // jwt-simple: an Ed25519 signature of another length is not a signature.
-                    if matches!(self.verifier, Verifier::Ed25519(_)) && signature.len() != 64 {
-                        return Err(TokenError::Malformed("token could not be decoded"));
-                    }
-                    match self.verify_signature(signed, signature) {
-                        Some(true) => Ok(()),
-                        _ => Err(TokenError::BadSignature),
-                    }
-                })
-            }
-            Verifier::Es256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
-            Verifier::Es384(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
-            Verifier::Hs256(k) => by_jwt_simple(k.verify_token::<C>(token, o)),
+            Verifier::Es256(k) => Some(k.verify_token::<C>(token, o)),
+            Verifier::Es384(k) => Some(k.verify_token::<C>(token, o)),
+            Verifier::Hs256(k) => Some(k.verify_token::<C>(token, o)),
+            Verifier::Ed25519(_) | Verifier::Rsa(..) => None,
         }
     }
 
-    /// Whether `signature` signs `signed`, for the keys Tessera verifies itself; `None` for the
-    /// keys jwt-simple verifies (only whole tokens).
-    pub fn verify_signature(&self, signed: &[u8], signature: &[u8]) -> Option<bool> {
-        match &self.verifier {
-            Verifier::Ed25519(k) => Some(
-                ed25519_dalek::Signature::from_slice(signature)
-                    .is_ok_and(|s| k.verify_strict(signed, &s).is_ok()),
-            ),
-            Verifier::Rsa(k, scheme) => Some(k.verify(*scheme, signed, signature)),
-            _ => None,
-        }
+    /// For the keys Tessera verifies itself: whether `signature` signs `signed` (`BadSignature`,
+    /// or, as jwt-simple has it, an Ed25519 signature of another length than 64 bytes is
+    /// undecodable). `None` for the keys jwt-simple verifies (whole tokens only).
+    pub fn verify_signature(
+        &self,
+        signed: &[u8],
+        signature: &[u8],
+    ) -> Option<Result<(), TokenError>> {
+        let verified = match &self.verifier {
+            Verifier::Ed25519(k) => {
+                let Ok(s) = ed25519_dalek::Signature::from_slice(signature) else {
+                    return Some(Err(TokenError::Malformed("token could not be decoded")));
+                };
+                k.verify_strict(signed, &s).is_ok()
+            }
+            Verifier::Rsa(k, scheme) => k.verify(*scheme, signed, signature),
+            Verifier::Es256(_) | Verifier::Es384(_) | Verifier::Hs256(_) => return None,
+        };
+        Some(if verified {
+            Ok(())
+        } else {
+            Err(TokenError::BadSignature)
+        })
     }
 }
 

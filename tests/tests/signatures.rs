@@ -42,7 +42,9 @@ fn read(path: &str) -> Vec<u8> {
     std::fs::read(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).expect(path)
 }
 
-fn our_key(jwk: Value) -> jwks::Key {
+/// Tessera's key from a JWK, without its `kid`: every key here is a candidate for every token.
+fn our_key(mut jwk: Value) -> jwks::Key {
+    jwk.as_object_mut().expect("a JWK").remove("kid");
     jwks::parse_jwks(&json!({ "keys": [jwk] }), "test")
         .expect("the key loads")
         .pop()
@@ -142,7 +144,7 @@ fn checks() -> jws::Checks {
 fn verdicts(s: &Signer, token: &str) -> Option<(Result<(), TokenError>, Result<(), TokenError>)> {
     let checks = checks();
     let parts = jws::decode(token, checks.max_bytes).ok()?;
-    let ours = s.ours.verify(token, &parts, &checks);
+    let ours = jws::verify(std::slice::from_ref(&s.ours), &parts, token, &checks);
     let theirs = (s.reference)(token, jws::options(&checks))
         .map(drop)
         .map_err(|e| jws::map_jwt_error(&e));
@@ -329,7 +331,7 @@ fn rfc_example_signatures() {
         let sig = URL_SAFE_NO_PAD.decode(sig).expect("base64url");
         assert_eq!(
             key.verify_signature(input.as_bytes(), &sig),
-            Some(true),
+            Some(Ok(())),
             "{input}"
         );
         let mut changed = input.as_bytes().to_vec();
@@ -337,7 +339,7 @@ fn rfc_example_signatures() {
         changed[last] ^= 1;
         assert_eq!(
             key.verify_signature(&changed, &sig),
-            Some(false),
+            Some(Err(TokenError::BadSignature)),
             "{input} changed"
         );
     }
