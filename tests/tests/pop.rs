@@ -115,6 +115,23 @@ fn a_bound_token_with_a_valid_proof_is_forwarded() {
     assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
 }
 
+/// Ed25519 proofs are verified as Ed25519 tokens are (ed25519-dalek, strict): a good one is
+/// forwarded, the same proof with one bit of its signature changed is refused.
+#[test]
+fn an_ed25519_proof_verifies_and_a_changed_one_does_not() {
+    let holder = Holder::attacker().unwrap();
+    let mut h = gateway(|_| {});
+    let token = bound(json!({"jkt": holder.jkt}));
+    let proof = holder.proof("GET", HTU, &token, &json!({})).unwrap();
+    let (signed, signature) = proof.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    sig[10] ^= 1;
+    let changed = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&sig));
+    assert_challenge(dpop(&mut h, &token, &changed), "DPoP", "invalid_dpop_proof");
+    let reply = dpop(&mut h, &token, &proof);
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+}
+
 #[test]
 fn a_replayed_proof_is_refused() {
     let mut h = gateway(|_| {});

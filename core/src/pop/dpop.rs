@@ -455,7 +455,7 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
 enum ProofKey {
     Es256(p256::ecdsa::VerifyingKey),
     Es384(p384::ecdsa::VerifyingKey),
-    EdDsa(ed25519_compact::PublicKey),
+    EdDsa(ed25519_dalek::VerifyingKey),
 }
 
 impl ProofKey {
@@ -476,9 +476,14 @@ impl ProofKey {
             (Alg::Es384, "EC", "P-384") => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point(48)?)
                 .ok()
                 .map(ProofKey::Es384),
-            (Alg::EdDsa, "OKP", "Ed25519") => ed25519_compact::PublicKey::from_slice(&b("x")?)
-                .ok()
-                .map(ProofKey::EdDsa),
+            // As for tokens (`jwks.rs`): a point off the curve or of small order is no key.
+            (Alg::EdDsa, "OKP", "Ed25519") => {
+                let x: [u8; 32] = b("x")?.try_into().ok()?;
+                ed25519_dalek::VerifyingKey::from_bytes(&x)
+                    .ok()
+                    .filter(|k| !k.is_weak())
+                    .map(ProofKey::EdDsa)
+            }
             _ => None,
         }
     }
@@ -490,8 +495,8 @@ impl ProofKey {
                 .is_ok_and(|sig| k.verify(signed, &sig).is_ok()),
             ProofKey::Es384(k) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| k.verify(signed, &sig).is_ok()),
-            ProofKey::EdDsa(k) => ed25519_compact::Signature::from_slice(signature)
-                .is_ok_and(|sig| k.verify(signed, &sig).is_ok()),
+            ProofKey::EdDsa(k) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| k.verify_strict(signed, &sig).is_ok()),
         }
     }
 }
