@@ -460,6 +460,12 @@ fn bench_section(
             v.map_or("—".into(), fmt_ns),
         )?;
     }
+    writeln!(
+        s,
+        "\nWho verifies what: Ed25519 by ed25519-dalek, RSA (RS*, PS*) by `core/src/rsa.rs` (32-bit \
+         Montgomery arithmetic, per-key constants computed when the key loads), ES256, ES384 and \
+         HS256 by jwt-simple (RustCrypto's p256 and p384)."
+    )?;
     if let Some(v) = get("wasm/jwt_authn/cold") {
         writeln!(
             s,
