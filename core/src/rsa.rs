@@ -1,19 +1,21 @@
 //! RSA signature verification, RSASSA-PKCS1-v1_5 (RFC 8017 §8.2.2: RS256, RS384, RS512) and
-//! RSASSA-PSS (§8.1.2: PS256, PS384, PS512), in
-//! arithmetic suited to wasm32: 32-bit limbs whose products are native 64-bit multiplications
-//! (jwt-simple's `rsa` backend multiplies 64-bit digits into emulated 128-bit products), and
-//! Montgomery multiplication with the per-key constants (`-n⁻¹ mod 2³²`, `R² mod n`) computed once,
-//! when the key loads.
+//! RSASSA-PSS (§8.1.2: PS256, PS384, PS512), in arithmetic suited to wasm32: 32-bit limbs whose
+//! products are native 64-bit multiplications (jwt-simple's `rsa` backend multiplies 64-bit
+//! digits into emulated 128-bit products), and Montgomery multiplication with the per-key
+//! constants (`-n⁻¹ mod 2³²`, `R² mod n`) computed once, when the key loads.
 //!
 //! Verification handles only public values, so nothing here needs to run in constant time. The
 //! checks are the RFC's: the signature is an integer below the modulus; for PKCS #1 v1.5,
 //! `s^e mod n` is encoded to `k` bytes and compared whole with the expected `EMSA-PKCS1-v1_5`
 //! encoding of the message's digest (nothing of the decrypted block is parsed); for PSS, every
-//! step of `EMSA-PSS-VERIFY`, with the salt as long as the hash (RFC 7518 §3.5). Keys are validated by jwt-simple when they
-//! load (`jwks.rs`), as before; this module only refuses what Montgomery arithmetic cannot hold
-//! (an even modulus).
+//! step of `EMSA-PSS-VERIFY`, with the salt as long as the hash (RFC 7518 §3.5). Keys are
+//! validated by jwt-simple when they load (`jwks.rs`), and again here (2,048 to 4,096 bits, an
+//! odd exponent up to 2³²), so that no caller can make one verification arbitrarily slow.
 
 use sha2::Digest;
+
+const MIN_BITS: usize = 2048;
+const MAX_BITS: usize = 4096;
 
 /// The digest of an RS* algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +94,23 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
-    /// From the big-endian modulus and exponent of a JWK (`n`, `e`). Refuses an even or tiny
-    /// modulus and an exponent below 3 or over 64 bits; the key's other rules are jwt-simple's.
+    /// From the big-endian modulus and exponent of a JWK (`n`, `e`): a modulus of 2,048 to
+    /// 4,096 bits (the cost of a verification grows with its square) and odd, an odd exponent
+    /// from 3 to 2³² (jwt-simple, which `jwks.rs` asks first, takes only 65537).
     pub fn from_components(n: &[u8], e: &[u8]) -> Result<PublicKey, &'static str> {
+        let key = PublicKey::any_size(n, e)?;
+        if !(MIN_BITS..=MAX_BITS).contains(&key.bits()) {
+            return Err("the modulus is not of 2048 to 4096 bits");
+        }
+        if key.e > 1 << 32 || key.e & 1 == 0 {
+            return Err("the exponent is even or over 2^32");
+        }
+        Ok(key)
+    }
+
+    /// [`PublicKey::from_components`] without the size and exponent rules (what Montgomery
+    /// arithmetic needs: an odd modulus of two words or more, an exponent of 3 or more).
+    fn any_size(n: &[u8], e: &[u8]) -> Result<PublicKey, &'static str> {
         let n = limbs(n);
         let low = match n.first() {
             Some(low) if n.len() >= 2 => *low,
@@ -414,7 +430,7 @@ mod tests {
     fn small_modulus_arithmetic_matches_u128() {
         // n = a 61-bit odd modulus in two limbs: s^e mod n checked against u128 arithmetic.
         let n: u64 = 0x1fff_ffff_ffff_ffe7;
-        let key = PublicKey::from_components(&n.to_be_bytes(), &[1, 0, 1]).unwrap();
+        let key = PublicKey::any_size(&n.to_be_bytes(), &[1, 0, 1]).unwrap();
         for s in [2u64, 3, 12345, n - 1, 0x1234_5678_9abc_def0 % n] {
             let mut expected: u128 = 1;
             for _ in 0..65537 {
@@ -428,8 +444,29 @@ mod tests {
 
     #[test]
     fn refuses_what_montgomery_cannot_hold() {
-        assert!(PublicKey::from_components(&[0x80, 0, 0, 0, 0, 0, 0, 2], &[1, 0, 1]).is_err());
-        assert!(PublicKey::from_components(&[0x80, 0, 0, 0, 0, 0, 0, 3], &[1]).is_err());
-        assert!(PublicKey::from_components(&[3], &[3]).is_err());
+        assert!(PublicKey::any_size(&[0x80, 0, 0, 0, 0, 0, 0, 2], &[1, 0, 1]).is_err());
+        assert!(PublicKey::any_size(&[0x80, 0, 0, 0, 0, 0, 0, 3], &[1]).is_err());
+        assert!(PublicKey::any_size(&[3], &[3]).is_err());
+    }
+
+    #[test]
+    fn refuses_keys_outside_the_rules_whoever_calls() {
+        let modulus = |bits: usize| {
+            let mut n = vec![0xffu8; bits.div_ceil(8)];
+            n[0] = 0xff >> (8 * n.len() - bits);
+            n
+        };
+        let f4 = [1, 0, 1];
+        assert!(PublicKey::from_components(&modulus(2048), &f4).is_ok());
+        assert!(PublicKey::from_components(&modulus(4096), &f4).is_ok());
+        assert!(PublicKey::from_components(&modulus(2047), &f4).is_err());
+        assert!(PublicKey::from_components(&modulus(4097), &f4).is_err());
+        // Leading zero bytes do not make a modulus longer.
+        let mut padded = vec![0, 0];
+        padded.extend(modulus(2047));
+        assert!(PublicKey::from_components(&padded, &f4).is_err());
+        assert!(PublicKey::from_components(&modulus(2048), &[1, 0, 0]).is_err());
+        assert!(PublicKey::from_components(&modulus(2048), &[1, 0, 0, 0, 1]).is_err());
+        assert!(PublicKey::from_components(&modulus(2048), &[3]).is_ok());
     }
 }

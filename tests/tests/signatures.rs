@@ -241,6 +241,22 @@ fn tampered(s: &Signer, input: &str, good: &[u8]) -> Vec<(String, String)> {
     );
     let other = sign(s, &input.replacen('.', ".e30", 1));
     push("another input's", URL_SAFE_NO_PAD.encode(other));
+    if s.alg == "EdDSA" {
+        // Malleability: S + L is S modulo the group order, but not canonical (RFC 8032 §5.1.7).
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut sig = good.to_vec();
+        let mut carry = 0u16;
+        for (b, l) in sig[32..].iter_mut().zip(L) {
+            let v = u16::from(*b) + u16::from(l) + carry;
+            *b = v as u8;
+            carry = v >> 8;
+        }
+        assert_eq!(carry, 0, "S + L fits 256 bits");
+        push("S + L", URL_SAFE_NO_PAD.encode(&sig));
+    }
     if let Some(n) = &s.modulus {
         // RSAVP1's range: the modulus itself, zero, one, the modulus minus one.
         push("s = n", URL_SAFE_NO_PAD.encode(n));
