@@ -206,10 +206,7 @@ pub fn verify(keys: &[Key], parts: &Parts, token: &str, checks: &Checks) -> Resu
     for key in candidates {
         let verdict = match key.verify_with_jwt_simple(token, options(checks)) {
             Some(r) => r.map(drop).map_err(|e| map_jwt_error(&e)),
-            None => verify_own(token, parts, checks, |signed, signature| {
-                key.verify_signature(signed, signature)
-                    .unwrap_or(Err(TokenError::BadSignature))
-            }),
+            None => verify_own(key, token, parts, checks),
         };
         match verdict {
             Ok(()) => return Ok(()),
@@ -236,18 +233,12 @@ pub fn options(checks: &Checks) -> VerificationOptions {
     }
 }
 
-/// Verifies `token` as jwt-simple's `Token::verify` does, with the signature checked by
-/// `signature_ok(signed input, decoded signature)` (`jwks.rs`: the keys Tessera verifies
-/// itself): the header jwt-simple would accept (its length and member types, no `crit`, a `typ`
+/// Verifies `token` as jwt-simple's `Token::verify` does, with the signature checked by `key`
+/// (`Key::verify_signature`: the keys Tessera verifies itself): the header jwt-simple would accept (its length and member types, no `crit`, a `typ`
 /// of `JWT` or `…+JWT`, a decodable `salt`), the signature (base64url decoded as jwt-simple
 /// decodes it), then the registered claims ([`check_registered`]). The errors are jwt-simple's,
 /// mapped as theirs are.
-fn verify_own(
-    token: &str,
-    parts: &Parts,
-    checks: &Checks,
-    signature_ok: impl FnOnce(&[u8], &[u8]) -> Result<(), TokenError>,
-) -> Result<(), TokenError> {
+fn verify_own(key: &Key, token: &str, parts: &Parts, checks: &Checks) -> Result<(), TokenError> {
     if token.len() > checks.max_bytes {
         return Err(TokenError::TooLarge);
     }
@@ -268,7 +259,8 @@ fn verify_own(
     let (signed, signature) = token.rsplit_once('.').ok_or(undecodable.clone())?;
     let signature =
         Base64UrlSafeNoPadding::decode_to_vec(signature, None).map_err(|_| undecodable)?;
-    signature_ok(signed.as_bytes(), &signature)?;
+    key.verify_signature(signed.as_bytes(), &signature)
+        .unwrap_or(Err(TokenError::BadSignature))?;
     check_registered(&parts.payload, checks)
 }
 
