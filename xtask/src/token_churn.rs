@@ -151,7 +151,16 @@ pub(crate) fn measure(setup: &Setup) -> Result<Rows> {
                 "{}: saturation, {SATURATION_CONNECTIONS} connections, {RUN_SECONDS} s, each token sent {reuse} time(s)",
                 c.label
             ));
-            let probe = drive(&mut pool, c, reuse, Pace::saturation(), PROBE_SECONDS)?;
+            // The probe sizes the pool for the run; a probe that used every token before its
+            // time was up says too little, so it runs again with twice as many.
+            let mut tokens = PROBE_REQUESTS.div_ceil(reuse);
+            let probe = loop {
+                pool.ensure(tokens)?;
+                match drive_until(&mut pool, c, reuse, Pace::saturation(), PROBE_SECONDS, true)? {
+                    Some(probe) => break probe,
+                    None => tokens *= 2,
+                }
+            };
             let needed = (probe.rps * f64::from(RUN_SECONDS) * 1.5) as usize + 1_000;
             pool.ensure(needed.div_ceil(reuse))?;
             let r = drive(
@@ -217,6 +226,18 @@ fn get_orders(port: u16, token: &str) -> Vec<u8> {
 
 /// One run against `c`, request `i` carrying unused token `i / reuse`; every answer must be 200.
 fn drive(pool: &mut Pool, c: &Config, reuse: usize, pace: Pace, seconds: f64) -> Result<Run> {
+    drive_until(pool, c, reuse, pace, seconds, false)?.context("the tokens ran out")
+}
+
+/// [`drive`]; with `may_run_out`, a run that used every token is `None` instead of an error.
+fn drive_until(
+    pool: &mut Pool,
+    c: &Config,
+    reuse: usize,
+    pace: Pace,
+    seconds: f64,
+    may_run_out: bool,
+) -> Result<Option<Run>> {
     let most = match pace {
         Pace::Open { rate, .. } => (f64::from(rate) * seconds) as usize + rate as usize,
         Pace::Closed { .. } => PROBE_REQUESTS,
@@ -228,6 +249,9 @@ fn drive(pool: &mut Pool, c: &Config, reuse: usize, pace: Pace, seconds: f64) ->
         churn::run(c.port, pace, seconds, &requests, &|status, _| status == 200)?
     };
     pool.consume(outcome.used.div_ceil(reuse));
+    if outcome.ran_out && may_run_out {
+        return Ok(None);
+    }
     if outcome.ran_out {
         bail!(
             "{}: the tokens ran out ({} minted, {pace:?}, {seconds} s, reuse {reuse})",
@@ -235,7 +259,7 @@ fn drive(pool: &mut Pool, c: &Config, reuse: usize, pace: Pace, seconds: f64) ->
             pool.minted()
         );
     }
-    Ok(outcome.run)
+    Ok(Some(outcome.run))
 }
 
 /// `token` with the first byte of its signature changed.
