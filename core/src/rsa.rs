@@ -129,9 +129,7 @@ impl PublicKey {
         if e < 3 {
             return Err("the exponent is below 3");
         }
-        let top = n.last().copied().unwrap_or(0);
-        let bits = 32 * n.len() - top.leading_zeros() as usize;
-        let k = bits.div_ceil(8);
+        let k = bit_length(&n).div_ceil(8);
         let n0_inv = inverse_mod_2_32(low).wrapping_neg();
         let r2 = r_squared(&n);
         Ok(PublicKey {
@@ -145,8 +143,7 @@ impl PublicKey {
 
     /// The modulus length in bits.
     pub fn bits(&self) -> usize {
-        let top = self.n.last().copied().unwrap_or(0);
-        32 * self.n.len() - top.leading_zeros() as usize
+        bit_length(&self.n)
     }
 
     /// Whether `signature` signs `message` in `scheme`.
@@ -316,6 +313,12 @@ fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The length in bits of little-endian limbs without zero limbs on top.
+fn bit_length(x: &[u32]) -> usize {
+    let top = x.last().copied().unwrap_or(0);
+    32 * x.len() - top.leading_zeros() as usize
 }
 
 /// 1 in `len` limbs.
