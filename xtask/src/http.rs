@@ -34,6 +34,27 @@ pub(crate) fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Resul
     Ok((status, resp.body_mut().read_to_string()?))
 }
 
+/// `POST http://127.0.0.1:<port><path>` with `body` and the request headers given: the status,
+/// whatever it is, and the body.
+pub(crate) fn post_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
+    let mut req = ureq::post(format!("http://127.0.0.1:{port}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build();
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let mut resp = req.send(body)?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.body_mut().read_to_string()?))
+}
+
 /// `PUT http://127.0.0.1:<port><path>` with a JSON body (a test peer's admin API); fails unless
 /// it answers 2xx.
 pub(crate) fn put_json(port: u16, path: &str, body: &serde_json::Value) -> Result<()> {

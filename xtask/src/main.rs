@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 mod churn;
 mod demo;
 mod http;
+mod mcp_load;
 mod perf;
 mod pop_load;
 mod render;
@@ -47,11 +48,9 @@ fn run_command() -> Result<()> {
             eprintln!("  demo   build the module, start Envoy + demo upstream on localhost, print curl lines");
             eprintln!("  test   fmt, clippy, unit + harness tests, the .wasm, end-to-end tests through Envoy");
             eprintln!("  bench  criterion benchmarks: native core vs the .wasm in the harness");
-            eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera, Tessera with single-use tokens");
-            eprintln!("         (shared data, etcd); writes docs/PERFORMANCE.md. TESSERA_LOAD_ONLY=s: only the single-use rows,");
-            eprintln!(
-                "         written to target/load/single-use.md (docs/PERFORMANCE.md untouched)"
-            );
+            eprintln!("  load   load run against real Envoy: no filter, jwt_authn+rbac, Tessera, token churn, MCP, single-use");
+            eprintln!("         tokens (shared data, etcd), DPoP; writes docs/PERFORMANCE.md. TESSERA_LOAD_ONLY=s|p|d|f: only the");
+            eprintln!("         single-use, DPoP, token-churn or MCP rows, into target/load/ (docs/PERFORMANCE.md untouched)");
             eprintln!("  render an example of envoy-examples/ with its policies bundled: render <example> [--output F] [--wasm PATH] [--admin-port N] [--listener-port N] [--upstream-port N]");
             eprintln!("  etcd   find etcd (ETCD, PATH, /usr/bin/etcd) or install Debian's etcd-server (root); print its path");
             eprintln!("  fuzz   the property tests (tests/tests/props.rs) with many cases: fuzz [--minutes N] [--cases N]");

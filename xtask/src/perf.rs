@@ -498,8 +498,21 @@ struct Proxy {
     example: &'static str,
     /// What a request with a token lacking `orders:read` and one without a token must get.
     filters: bool,
+    /// An MCP row (xtask/src/mcp_load.rs): `POST /mcp` with a `tools/call`, not `GET /orders/42`.
+    mcp: bool,
     port: u16,
     admin: u16,
+}
+
+impl Proxy {
+    /// The row without a filter that this one's added latency is measured over.
+    fn floor(&self) -> &'static str {
+        if self.mcp {
+            "fa"
+        } else {
+            "a"
+        }
+    }
 }
 
 /// One bounded run's outcome (oha, or xtask/src/churn.rs for the single-use rows): latencies in ms.
@@ -516,6 +529,8 @@ pub(crate) struct Run {
 const RATES: [u32; 2] = [1_000, 3_000];
 /// (n), the floor for any Wasm filter.
 const NOOP_EXAMPLE: &str = "envoy-examples/load/noop-wasm.yaml";
+/// Tessera on an MCP route, (f-c).
+const MCP_EXAMPLE: &str = "envoy-examples/envoy-mcp.yaml";
 pub(crate) const RUN_SECONDS: u32 = 10;
 const SATURATION_ROUNDS: usize = 3;
 pub(crate) const RATE_CONNECTIONS: u32 = 16;
@@ -570,6 +585,19 @@ pub fn load(root: &Path) -> Result<()> {
             "envoy-examples/envoy-http.yaml",
             true,
         )?,
+        mcp_proxy(
+            "fa",
+            "(f-a) no filter, MCP tools/call",
+            "envoy-examples/load/no-filter.yaml",
+            false,
+        )?,
+        mcp_proxy(
+            "fb",
+            "(f-b) jwt_authn + MCP filter + rbac",
+            "envoy-examples/load/mcp-rbac.yaml",
+            true,
+        )?,
+        mcp_proxy("f", "(f-c) Tessera, MCP tools/call", MCP_EXAMPLE, true)?,
     ];
 
     step("rendering the Envoy configurations");
@@ -579,7 +607,7 @@ pub fn load(root: &Path) -> Result<()> {
             listener: Some(listener),
             upstream: (example != "envoy-examples/load/upstream.yaml").then_some(upstream_port),
             wasm: match example {
-                "envoy-examples/envoy-http.yaml" => Some(wasm.clone()),
+                "envoy-examples/envoy-http.yaml" | MCP_EXAMPLE => Some(wasm.clone()),
                 NOOP_EXAMPLE => Some(noop.clone()),
                 _ => None,
             },
@@ -625,7 +653,9 @@ pub fn load(root: &Path) -> Result<()> {
     )?;
     with_status_list(&dir.join("c2.json"), status_port, &list["jwks"])?;
     reads_the_path(&dir.join("e.json"))?;
-    if crate::single_use::only()? || crate::pop_load::only() || crate::token_churn::only() {
+    if crate::mcp_load::only() {
+        proxies.retain(|p| p.mcp);
+    } else if crate::single_use::only()? || crate::pop_load::only() || crate::token_churn::only() {
         proxies.clear();
     }
 
@@ -682,10 +712,31 @@ pub fn load(root: &Path) -> Result<()> {
         json!({"status_list": {"idx": 3, "uri": STATUS_LIST_URI}})
     );
     let listed = mint("orders:read", &["--claim", &status])?;
-    let token_of = |p: &Proxy| if p.key == "c2" { &listed } else { &token };
+    let mint_mcp = |scope: &str| -> Result<String> {
+        let mut args = crate::mcp_load::TOKEN.to_vec();
+        if let Some(s) = args.last_mut() {
+            *s = scope;
+        }
+        crate::peer_output(
+            &python,
+            "tests/peers/mint.py",
+            &[&args[..], &["--ttl", "3600"]].concat(),
+        )
+    };
+    let mcp_token = mint_mcp("files:read")?;
+    let mcp_other = mint_mcp(crate::mcp_load::OTHER_SCOPE)?;
+    let token_of = |p: &Proxy| match p.key {
+        "c2" => &listed,
+        _ if p.mcp => &mcp_token,
+        _ => &token,
+    };
 
     step("checking that every configuration does what it is measured for");
     for p in &proxies {
+        if p.mcp {
+            crate::mcp_load::check(p.port, p.label, p.filters, &mcp_token, &mcp_other)?;
+            continue;
+        }
         let ok = http_status(p.port, token_of(p))?;
         let no_token = http_status(p.port, "")?;
         let wrong_scope = http_status(p.port, &writer)?;
@@ -706,13 +757,26 @@ pub fn load(root: &Path) -> Result<()> {
         }
     }
 
-    let url = |p: &Proxy| format!("http://127.0.0.1:{}/orders/42", p.port);
+    let url = |p: &Proxy| {
+        let path = if p.mcp {
+            crate::mcp_load::PATH
+        } else {
+            "/orders/42"
+        };
+        format!("http://127.0.0.1:{}{path}", p.port)
+    };
     let oha_run = |p: &Proxy, rate: Option<u32>, seconds: u32| -> Result<Run> {
         let auth = format!("authorization: Bearer {}", token_of(p));
         let mut cmd = Command::new(&oha);
         cmd.args(["--no-tui", "--output-format", "json"])
             .args(["-z", &format!("{seconds}s")])
             .args(["-H", &auth]);
+        if p.mcp {
+            cmd.args(["-m", "POST", "-d", crate::mcp_load::CALL]);
+            for (name, value) in crate::mcp_load::HEADERS {
+                cmd.args(["-H", &format!("{name}: {value}")]);
+            }
+        }
         match rate {
             Some(q) => {
                 cmd.args(["-c", &RATE_CONNECTIONS.to_string()]).args([
@@ -794,6 +858,10 @@ pub fn load(root: &Path) -> Result<()> {
             .collect();
         evidence.push((p.label, lines));
     }
+    if crate::mcp_load::only() {
+        drop(children);
+        return write_mcp_alone(&dir, &proxies, &fixed, &saturation, &evidence);
+    }
     let render_http = |out: &Path, listener: u16, admin: u16| {
         render("envoy-examples/envoy-http.yaml", out, listener, admin)
     };
@@ -855,6 +923,73 @@ pub fn load(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `TESSERA_LOAD_ONLY=f`: the MCP rows, printed and written to `dir`/mcp.md (docs/PERFORMANCE.md
+/// untouched: it would lose the other rows).
+fn write_mcp_alone(
+    dir: &Path,
+    proxies: &[Proxy],
+    fixed: &BTreeMap<(u32, &str), Run>,
+    saturation: &BTreeMap<&str, Vec<Run>>,
+    evidence: &[(&str, Vec<String>)],
+) -> Result<()> {
+    let med = |k: &str| {
+        median(
+            saturation
+                .get(k)
+                .map(|v| v.iter().map(|r| r.rps).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let mut s = String::new();
+    writeln!(
+        s,
+        "From `TESSERA_LOAD_ONLY=f cargo xtask load` on {}.\n",
+        machine_line()
+    )?;
+    writeln!(s, "{}\n", crate::mcp_load::describe())?;
+    let rates: String = RATES
+        .iter()
+        .map(|r| format!(" p50 at {r} | p99 | + p99 |"))
+        .collect();
+    writeln!(
+        s,
+        "| configuration |{rates} saturation req/s (median) | ÷ (f-b) |"
+    )?;
+    writeln!(s, "|---|{}---:|---:|", "---:|".repeat(3 * RATES.len()))?;
+    for p in proxies {
+        let mut cells = String::new();
+        for rate in RATES {
+            let r = fixed.get(&(rate, p.key)).cloned().unwrap_or_default();
+            let floor = fixed.get(&(rate, p.floor())).cloned().unwrap_or_default();
+            write!(
+                cells,
+                " {:.3} | {:.3} | {:+.3} |",
+                r.p50,
+                r.p99,
+                r.p99 - floor.p99
+            )?;
+        }
+        writeln!(
+            s,
+            "| {} |{cells} {:.0} | {:.2} |",
+            p.label,
+            med(p.key),
+            med(p.key) / med("fb")
+        )?;
+    }
+    let out = dir.join("mcp.md");
+    std::fs::write(&out, &s)?;
+    println!("\n{s}");
+    for (label, lines) in evidence {
+        println!("{label}\n  {}", lines.join("\n  "));
+    }
+    println!(
+        "TESSERA_LOAD_ONLY=f: wrote {}; docs/PERFORMANCE.md untouched",
+        out.display()
+    );
+    Ok(())
+}
+
 fn proxy(
     key: &'static str,
     label: &'static str,
@@ -866,8 +1001,22 @@ fn proxy(
         label,
         example,
         filters,
+        mcp: false,
         port: free_port()?,
         admin: free_port()?,
+    })
+}
+
+/// [`proxy`] for an MCP row.
+fn mcp_proxy(
+    key: &'static str,
+    label: &'static str,
+    example: &'static str,
+    filters: bool,
+) -> Result<Proxy> {
+    Ok(Proxy {
+        mcp: true,
+        ..proxy(key, label, example, filters)?
     })
 }
 
@@ -1150,17 +1299,22 @@ fn load_section(
         s,
         "- (e) the same as (c) with the rule that lets agents read orders also reading the \
          request: `context.token.scopes.contains(\"orders:read\") && context.request.path like \
-         \"/orders/*\"` (Cedar evaluates on every request; (b)'s rbac also matches the path).\n"
+         \"/orders/*\"` (Cedar evaluates on every request; (b)'s rbac also matches the path)."
     )?;
+    writeln!(s, "{}\n", crate::mcp_load::describe())?;
     writeln!(
         s,
         "Open loop: `oha -z {RUN_SECONDS}s -c {RATE_CONNECTIONS} -q <rate> --latency-correction`; \
          saturation: `oha -z {RUN_SECONDS}s -c {SATURATION_CONNECTIONS}`, {SATURATION_ROUNDS} \
-         rounds interleaved (a, n, b, b0, c, c2, e, a, …). Latencies in ms; \"+\" is added over (a) in the \
-         same run.\n"
+         rounds interleaved ({}, {}, …). Latencies in ms; \"+\" is added over (a) in the \
+         same run (over (f-a) for the MCP rows).\n",
+        proxies.iter().map(|p| p.key).collect::<Vec<_>>().join(", "),
+        proxies.first().map_or("", |p| p.key)
     )?;
 
     let a = |rate: u32| fixed.get(&(rate, "a")).cloned().unwrap_or_default();
+    let floor_of =
+        |rate: u32, p: &Proxy| fixed.get(&(rate, p.floor())).cloned().unwrap_or_default();
     for rate in RATES {
         writeln!(s, "#### {rate} req/s\n")?;
         writeln!(
@@ -1168,11 +1322,11 @@ fn load_section(
             "| configuration | p50 | p90 | p99 | + p50 | + p99 | achieved req/s | 200 / other |"
         )?;
         writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
-        let base = a(rate);
         for p in proxies {
             let Some(r) = fixed.get(&(rate, p.key)) else {
                 continue;
             };
+            let base = floor_of(rate, p);
             writeln!(
                 s,
                 "| {} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {:.0} | {} / {} |",
@@ -1216,11 +1370,12 @@ fn load_section(
     for p in proxies {
         let runs = saturation.get(p.key).cloned().unwrap_or_default();
         let cells: String = runs.iter().map(|r| format!(" {:.0} |", r.rps)).collect();
-        let floor = if p.example == "envoy-examples/envoy-http.yaml" || p.key == "n" {
-            format!("{:.2}", med(p.key) / n_max)
-        } else {
-            "—".into()
-        };
+        let floor =
+            if [MCP_EXAMPLE, "envoy-examples/envoy-http.yaml", NOOP_EXAMPLE].contains(&p.example) {
+                format!("{:.2}", med(p.key) / n_max)
+            } else {
+                "—".into()
+            };
         writeln!(
             s,
             "| {} |{cells} {:.0} | {:.2} | {floor} | {:.3} | {} |",
@@ -1297,21 +1452,24 @@ fn load_section(
         "| (e) max throughput ≥ 0.8 × (b)'s | {e_over_b:.2} × | {} |",
         yes(e_over_b >= 0.8)
     )?;
-    for p in proxies.iter().filter(|p| p.key != "a") {
+    let f_over_fb = med("f") / med("fb");
+    writeln!(
+        s,
+        "| (f-c) MCP `tools/call` max throughput ≥ 0.8 × (f-b)'s (Envoy's MCP filter + rbac) | {f_over_fb:.2} × | {} |",
+        yes(f_over_fb >= 0.8)
+    )?;
+    for p in proxies.iter().filter(|p| p.key != p.floor()) {
         if let Some(r) = fixed.get(&(1_000, p.key)) {
-            let added = r.p99 - a1.p99;
+            let added = r.p99 - floor_of(1_000, p).p99;
             writeln!(
                 s,
-                "| {} added p99 over (a) at 1,000 req/s ≤ 0.5 ms | {added:+.3} ms | {} |",
+                "| {} added p99 over {} at 1,000 req/s ≤ 0.5 ms | {added:+.3} ms | {} |",
                 p.label,
+                if p.mcp { "(f-a)" } else { "(a)" },
                 yes(added <= 0.5)
             )?;
         }
     }
-    writeln!(
-        s,
-        "| (f) MCP `tools/call` against Envoy's MCP filter + rbac | not measured | **no** |"
-    )?;
     writeln!(
         s,
         "\nThe token-churn rows at {} req/s are measured against (a) of the oha rows above, a \
@@ -1341,7 +1499,7 @@ fn load_section(
 /// rate has its own panel and axis: above a configuration's knee its latencies are queueing time,
 /// orders of magnitude above the others'.
 fn latency_svg(proxies: &[Proxy], fixed: &BTreeMap<(u32, &str), Run>) -> String {
-    let (w, h) = (820.0, 400.0);
+    let (w, h) = (1200.0, 400.0);
     let (top, bottom, gap) = (56.0, 64.0, 70.0);
     let plot_h = h - top - bottom;
     let panel_w = (w - gap * RATES.len() as f64) / RATES.len() as f64;

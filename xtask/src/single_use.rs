@@ -277,11 +277,11 @@ pub(crate) fn only() -> Result<bool> {
     match std::env::var("TESSERA_LOAD_ONLY").as_deref() {
         Err(_) | Ok("") => Ok(false),
         Ok("s") => Ok(true),
-        Ok("p" | "d") => Ok(false),
+        Ok("p" | "d" | "f") => Ok(false),
         Ok(other) => {
             bail!(
                 "TESSERA_LOAD_ONLY={other:?}: the values are `s` (the single-use rows), `p` \
-                 (the DPoP row) and `d` (the token-churn rows)"
+                 (the DPoP row), `d` (the token-churn rows) and `f` (the MCP rows)"
             )
         }
     }
