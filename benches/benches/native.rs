@@ -19,7 +19,7 @@ use tessera_benches::{
     agent_token, config, delegated_token, engine, mcp_body, padded_token, with_unknown_kid, Setup,
     ALGORITHMS, DELEGATION_DEPTHS, MCP_BATCHES, MCP_PATH, PATH, POLICY_COUNTS, TOKEN_SIZES,
 };
-use tessera_core::authz::{uid, Policies};
+use tessera_core::authz::{uid, PerRequest, Policies};
 use tessera_core::cache::{self, TokenCache};
 use tessera_core::config::{Config, PolicySource};
 use tessera_core::store::MemoryStore;
@@ -275,7 +275,7 @@ fn cedar(c: &mut Criterion) {
             resource.clone(),
             context.clone(),
             None,
-            true
+            PerRequest::Fixed
         ),
         tessera_core::authz::Evaluation::Allow { .. }
     ));
@@ -283,7 +283,7 @@ fn cedar(c: &mut Criterion) {
     g.bench_function("evaluate", |b| {
         b.iter_batched(
             || (principal.clone(), resource.clone(), context.clone()),
-            |(pr, r, ctx)| p.evaluate(vec![pr], "GET", r, ctx, None, true),
+            |(pr, r, ctx)| p.evaluate(vec![pr], "GET", r, ctx, None, PerRequest::Fixed),
             BatchSize::SmallInput,
         )
     });
@@ -292,7 +292,7 @@ fn cedar(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("evaluate_policies", n), &p, |b, p| {
             b.iter_batched(
                 || (principal.clone(), resource.clone(), context.clone()),
-                |(pr, r, ctx)| p.evaluate(vec![pr], "GET", r, ctx, None, true),
+                |(pr, r, ctx)| p.evaluate(vec![pr], "GET", r, ctx, None, PerRequest::Fixed),
                 BatchSize::SmallInput,
             )
         });

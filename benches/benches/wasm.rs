@@ -157,6 +157,31 @@ fn mcp(c: &mut Criterion) {
             );
         }
         h.done(ctx).unwrap();
+        // The whole exchange as a proxy runs it: the decision, then the server's answer (JSON,
+        // headers and body) through the response hooks, then the end of the stream.
+        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
+        let answer_len = answer.len().to_string();
+        let response = [
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-length", answer_len.as_str()),
+        ];
+        g.bench_function(BenchmarkId::new("exchange", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let ctx = h.new_http().expect("new_http");
+                    let start = Instant::now();
+                    h.request_headers(ctx, &headers, false).expect("headers");
+                    h.request_body(ctx, body.as_bytes(), true).expect("body");
+                    h.response_headers(ctx, &response, false).expect("response headers");
+                    h.response_body(ctx, answer.as_bytes(), true).expect("response body");
+                    h.done(ctx).expect("done");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
         g.bench_function(BenchmarkId::new("decide", n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

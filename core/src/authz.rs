@@ -56,6 +56,34 @@ struct ActionIndex {
     general: PolicySet,
     by_principal: HashMap<EntityUid, PolicySet>,
     by_resource: HashMap<EntityUid, PolicySet>,
+    /// Shapes ([`json_shape`]) of per-request context parts of varying type (an MCP call's
+    /// `mcp` record) that fitted this action's schema once: the same shape always fits, whatever
+    /// the token or the values.
+    fitting_shapes: Mutex<HashSet<String>>,
+}
+
+/// Shapes remembered per action, and the longest remembered: a few tools with a few argument
+/// combinations each; an odd call is checked every time, never remembered without bound.
+const SHAPES_PER_ACTION: usize = 64;
+const MAX_SHAPE_LEN: usize = 512;
+
+impl ActionIndex {
+    fn fits(&self, shape: &str) -> bool {
+        self.fitting_shapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(shape)
+    }
+
+    fn learn(&self, shape: &str) {
+        let mut known = self
+            .fitting_shapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if known.len() < SHAPES_PER_ACTION && shape.len() <= MAX_SHAPE_LEN {
+            known.insert(shape.to_string());
+        }
+    }
 }
 
 impl ActionIndex {
@@ -81,6 +109,7 @@ impl ActionIndex {
             general: PolicySet::new(),
             by_principal: HashMap::new(),
             by_resource: HashMap::new(),
+            fitting_shapes: Mutex::default(),
         };
         for policy in set.policies() {
             let applies = match policy.action_constraint() {
@@ -161,6 +190,20 @@ impl Clone for Checked {
             decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
         }
     }
+}
+
+/// What of a request's context does not come from the token (for [`Policies::evaluate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerRequest<'a> {
+    /// Parts whose types never vary (strings from the request line, the clock, how the token is
+    /// bound).
+    Fixed,
+    /// Those, and parts of varying type whose Cedar type `shape` says in full ([`json_shape`]
+    /// of the values they were built from, with their place): the same shape fits the schema
+    /// every time or never.
+    Shaped(&'a str),
+    /// Those, and parts of varying type without a shape: checked every time.
+    Varying,
 }
 
 /// Context attributes built from the token alone; every other attribute (`request`, `now`,
@@ -402,11 +445,11 @@ impl Policies {
     /// for.
     ///
     /// `checked` is the memo of the token the entities come from (pass it only when they come
-    /// from the token alone): entities that fitted the schema once fit it every time. With
-    /// `fixed_context`, every context part that does not come from the token has a type that never
-    /// varies (strings from the request line, the clock), so a request with this action that
-    /// fitted once fits every time too; MCP arguments are not like that, and are checked on every
-    /// request.
+    /// from the token alone): entities that fitted the schema once fit it every time.
+    /// `per_request` says what of the context does not come from the token (see [`PerRequest`]):
+    /// with [`PerRequest::Fixed`], a request with this action that fitted once fits every time;
+    /// with [`PerRequest::Shaped`], it fits when the token's parts fitted once and the shape has
+    /// fitted once (with any token); otherwise it is checked every time.
     pub fn evaluate(
         &self,
         entities: Vec<Entity>,
@@ -414,7 +457,7 @@ impl Policies {
         resource: EntityUid,
         context: Vec<(String, RestrictedExpression)>,
         checked: Option<&Checked>,
-        fixed_context: bool,
+        per_request: PerRequest<'_>,
     ) -> Evaluation {
         let error = |reason: String| Evaluation::Error { reason };
         let Some(index) = self.by_action.get(action) else {
@@ -427,11 +470,17 @@ impl Policies {
             Ok(c) => c,
             Err(e) => return error(format!("context: {e}")),
         };
-        let memo = checked.filter(|_| fixed_context && index.token_determined && index.bit != 0);
+        let fixed = per_request == PerRequest::Fixed;
+        let memo = checked.filter(|_| fixed && index.token_determined && index.bit != 0);
         if let Some(e) = memo.and_then(|c| c.decision(index.bit, &resource)) {
             return e;
         }
-        let request_known = fixed_context && checked.is_some_and(|c| c.has(index.bit));
+        let request_known = checked.is_some_and(|c| c.has(index.bit))
+            && match per_request {
+                PerRequest::Fixed => true,
+                PerRequest::Shaped(shape) => index.fits(shape),
+                PerRequest::Varying => false,
+            };
         let request = match Request::new(
             principal_uid.clone(),
             index.uid.clone(),
@@ -451,8 +500,16 @@ impl Policies {
             Ok(e) => e,
             Err(e) => return error(format!("entities: {e}")),
         };
+        // Here the request fitted (checked now, or known to): the token's parts and the fixed
+        // ones fit this action, and so does the shape.
         if let Some(c) = checked {
-            c.set(if fixed_context { index.bit } else { 0 } | ENTITIES_CHECKED);
+            c.set(match per_request {
+                PerRequest::Varying => ENTITIES_CHECKED,
+                PerRequest::Fixed | PerRequest::Shaped(_) => index.bit | ENTITIES_CHECKED,
+            });
+        }
+        if let (false, PerRequest::Shaped(shape)) = (request_known, per_request) {
+            index.learn(shape);
         }
         let sets = [
             Some(&index.general),
@@ -544,6 +601,37 @@ pub fn json_to_cedar(v: &Value) -> Result<RestrictedExpression, &'static str> {
         .map_err(|_| "duplicate record key")?,
         Value::Null => return Err("null has no Cedar value"),
     })
+}
+
+/// Appends to `out` the shape of the Cedar value [`json_to_cedar`] makes of `v`: its type and
+/// nothing of its values. Equal shapes are equal Cedar types (record keys are length-prefixed,
+/// every shape ends where its grammar says, so no two types write the same text).
+pub fn json_shape(v: &Value, out: &mut String) {
+    use std::fmt::Write as _;
+    match v {
+        Value::String(_) => out.push('s'),
+        Value::Bool(_) => out.push('b'),
+        Value::Number(n) if n.is_i64() => out.push('l'),
+        // json_to_cedar refuses these; a shape of their own all the same.
+        Value::Number(_) => out.push('n'),
+        Value::Null => out.push('z'),
+        Value::Array(a) => {
+            out.push('[');
+            for e in a {
+                json_shape(e, out);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            out.push('{');
+            // As json_to_cedar: a null member is an absent one.
+            for (k, v) in m.iter().filter(|(_, v)| !v.is_null()) {
+                let _ = write!(out, "{}:{k}", k.len());
+                json_shape(v, out);
+            }
+            out.push('}');
+        }
+    }
 }
 
 /// MCP list filtering and scope step-up (core/src/listing.rs, `Engine::decide`): kept apart from
@@ -684,6 +772,7 @@ fn declared_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_declared_fields_of_context_mcp_are_read_per_action_through_common_types() {
@@ -775,7 +864,7 @@ mod tests {
                             resource.clone(),
                             ctx.clone(),
                             None,
-                            true,
+                            PerRequest::Fixed,
                         );
                         let request = Request::new(
                             principal.uid(),
@@ -820,16 +909,101 @@ mod tests {
         let alice = || vec![user("alice", 1, true)];
         // Varying context: a wrong type is refused before and after a good request.
         for (ctx, fits) in [(bad(), false), (good(), true), (bad(), false)] {
-            let e = p.evaluate(alice(), "read", doc(), ctx, Some(&checked), false);
+            let e = p.evaluate(
+                alice(),
+                "read",
+                doc(),
+                ctx,
+                Some(&checked),
+                PerRequest::Varying,
+            );
             assert_eq!(matches!(e, Evaluation::Error { .. }), !fits, "{e:?}");
         }
         assert!(checked.has(ENTITIES_CHECKED));
         let read = p.by_action["read"].bit;
         assert!(!checked.has(read), "a varying context must not be memoised");
-        let e = p.evaluate(alice(), "read", doc(), good(), Some(&checked), true);
+        let e = p.evaluate(
+            alice(),
+            "read",
+            doc(),
+            good(),
+            Some(&checked),
+            PerRequest::Fixed,
+        );
         assert!(matches!(e, Evaluation::Allow { .. }), "{e:?}");
         assert!(checked.has(read));
         assert!(!checked.has(p.by_action["write"].bit));
+    }
+
+    /// Different Cedar types never share a shape; the same type with other values does.
+    #[test]
+    fn shapes_say_the_type_and_only_the_type() {
+        let shape = |v: Value| {
+            let mut s = String::new();
+            json_shape(&v, &mut s);
+            s
+        };
+        let distinct = [
+            json!("x"),
+            json!(1),
+            json!(true),
+            json!([]),
+            json!(["x"]),
+            json!(["x", 1]),
+            json!([["x"]]),
+            json!({}),
+            json!({"a": "x"}),
+            json!({"a": 1}),
+            json!({"b": "x"}),
+            json!({"a": "x", "b": "x"}),
+            json!({"a": {"b": "x"}}),
+            json!({"ab": "x"}),
+            json!({"1:a": "x"}),
+            json!({"a": "x", "1:b": "x"}),
+            json!({"a": [{"b": 1}]}),
+        ];
+        let shapes: HashSet<String> = distinct.iter().cloned().map(shape).collect();
+        assert_eq!(shapes.len(), distinct.len(), "{shapes:?}");
+        assert_eq!(
+            shape(json!({"a": "x", "n": 1, "s": ["p"]})),
+            shape(json!({"a": "another", "n": -7, "s": ["q"], "gone": null}))
+        );
+    }
+
+    /// A shape that fitted is remembered for its action only, and used only with a token whose
+    /// own parts fitted that action.
+    #[test]
+    fn fitting_shapes_are_remembered_per_action() {
+        let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
+        let doc = || uid("Doc", "d2").unwrap();
+        let n = |v: RestrictedExpression| vec![("n".to_string(), v)];
+        let alice = || vec![user("alice", 1, true)];
+        let first = Checked::default();
+        let e = p.evaluate(
+            alice(),
+            "read",
+            doc(),
+            n(RestrictedExpression::new_long(1)),
+            Some(&first),
+            PerRequest::Shaped("l"),
+        );
+        assert!(matches!(e, Evaluation::Allow { .. }), "{e:?}");
+        assert!(p.by_action["read"].fits("l"));
+        assert!(first.has(p.by_action["read"].bit));
+        assert!(!p.by_action["write"].fits("l"));
+        // Another shape is checked (and refused), for the same token or another.
+        for checked in [&first, &Checked::default()] {
+            let e = p.evaluate(
+                alice(),
+                "read",
+                doc(),
+                n(RestrictedExpression::new_string("ten".into())),
+                Some(checked),
+                PerRequest::Shaped("s"),
+            );
+            assert!(matches!(e, Evaluation::Error { .. }), "{e:?}");
+        }
+        assert!(!p.by_action["read"].fits("s"));
     }
 
     /// Decisions are remembered only for actions whose policies read nothing per request.
@@ -873,7 +1047,14 @@ mod tests {
             ("a", 1, true),
             ("a", 500, true),
         ] {
-            let e = p.evaluate(bob(), action, doc(), ctx(now), Some(&checked), true);
+            let e = p.evaluate(
+                bob(),
+                action,
+                doc(),
+                ctx(now),
+                Some(&checked),
+                PerRequest::Fixed,
+            );
             assert_eq!(
                 matches!(e, Evaluation::Allow { .. }),
                 allowed,
@@ -885,7 +1066,7 @@ mod tests {
         assert_eq!(remembered[0].0, p.by_action["a"].bit);
         // A varying context never uses or fills the memo.
         let other = Checked::default();
-        p.evaluate(bob(), "a", doc(), ctx(1), Some(&other), false);
+        p.evaluate(bob(), "a", doc(), ctx(1), Some(&other), PerRequest::Varying);
         assert!(other.decisions.lock().unwrap().is_empty());
     }
 }

@@ -635,3 +635,50 @@ fn list_answers_replayed_on_the_servers_stream_are_filtered() -> Result<()> {
 fn a_list_answer_with_another_success_status_is_replaced() -> Result<()> {
     assert_list_answer_replaced(&[(":status", "206"), ("content-type", "application/json")])
 }
+
+/// Argument types are remembered by shape (`authz::PerRequest::Shaped`): a call whose arguments
+/// fitted the tool's schema once lets later calls of the same shape skip the check, and nothing
+/// else. Arguments of another type, an undeclared member, a member missing, or a nested value of
+/// another type are refused before and after calls that fitted, with the same token and another.
+#[test]
+fn argument_types_are_checked_whatever_fitted_before() -> Result<()> {
+    let mut h = harness()?;
+    let payer = agent("payments:write")?;
+    let other = bearer(json!({"iss": AGENTS, "sub": "agent-8", "scope": "payments:write"}))?;
+    let call = |id: i64, arguments: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "transfer_funds", "arguments": arguments}})
+    };
+    let fits = || json!({"amount": 50, "to_account": "ACC-1"});
+    let misfits = [
+        json!({"amount": "50", "to_account": "ACC-1"}),
+        json!({"amount": 50, "to_account": 7}),
+        json!({"amount": 50, "to_account": "ACC-1", "extra": "x"}),
+        json!({"amount": 50}),
+        json!({"amount": 50, "to_account": "ACC-1", "memo": ["a"]}),
+        json!({"amount": 50, "to_account": "ACC-1", "memo": {"text": "a"}}),
+        json!({"amount": [50], "to_account": "ACC-1"}),
+    ];
+    let mut id = 0;
+    for round in 0..2 {
+        for auth in [&payer, &other] {
+            for args in &misfits {
+                id += 1;
+                let (ctx, _) = tessera_tests::post_mcp(&mut h, auth, &[], &call(id, args.clone()))?;
+                let r = reply_json(&h, ctx);
+                assert_eq!(r["error"]["code"], -32602, "round {round}, {args}: {r}");
+                h.done(ctx)?;
+            }
+            for args in [
+                fits(),
+                json!({"amount": 7, "to_account": "ACC-2", "memo": "rent"}),
+            ] {
+                id += 1;
+                let (ctx, status) = tessera_tests::post_mcp(&mut h, auth, &[], &call(id, args))?;
+                assert_eq!(status, None, "round {round}: {:?}", h.local_reply(ctx));
+                h.done(ctx)?;
+            }
+        }
+    }
+    Ok(())
+}

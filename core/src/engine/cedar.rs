@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::Value;
 
-use crate::authz::{json_to_cedar, uid, Evaluation, Policies};
+use crate::authz::{json_to_cedar, uid, Evaluation, PerRequest, Policies};
 use crate::error::RequestError;
 use crate::mcp;
 use crate::reply::LocalReply;
@@ -33,8 +33,8 @@ impl Engine {
     ///
     /// The request has per-token parts (entities and context attributes that come from the token
     /// alone: [`Engine::token_entities`], [`Engine::token_context`]) and per-request parts (the
-    /// request line, the clock, the MCP call). Per-request parts of varying type (MCP arguments)
-    /// turn off the token's "already fits the schema" memo for this evaluation.
+    /// request line, the clock, the MCP call). The MCP call's record comes with its shape (see
+    /// [`PerRequest::Shaped`]; `None`: none, the request is checked against the schema).
     // The arguments are the parts of one Cedar request; a struct would only name them again.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn evaluate(
@@ -44,7 +44,7 @@ impl Engine {
         resource: cedar_policy::EntityUid,
         req: &HttpRequest<'_>,
         now_s: u64,
-        mcp: Option<(RestrictedExpression, &mcp::Target)>,
+        mcp: Option<(RestrictedExpression, &mcp::Target, Option<&str>)>,
         approval: Option<&crate::approval::Granted>,
     ) -> Result<Evaluation, RequestError> {
         if mcp.is_none() && approval.is_none() {
@@ -64,10 +64,10 @@ impl Engine {
         self.request_context(Some(&t.binding), action, &line, now_s, &mut context)?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         // Only fixed-type per-request parts so far.
-        let mut fixed_context = true;
-        if let Some((m, target)) = mcp {
+        let mut per_request = PerRequest::Fixed;
+        if let Some((m, target, shape)) = mcp {
             context.push(("mcp".to_string(), m));
-            fixed_context = false;
+            per_request = shape.map_or(PerRequest::Varying, PerRequest::Shaped);
             // A tool call whose task names the tool: `context.task` gains that detail.
             if let Some(tool) = &target.tool {
                 if let Some(task) =
@@ -75,6 +75,8 @@ impl Engine {
                 {
                     context.retain(|(k, _)| k != "task");
                     context.push(("task".to_string(), task?));
+                    // Its details come from the arguments: no shape says their types.
+                    per_request = PerRequest::Varying;
                 }
             }
         }
@@ -88,7 +90,7 @@ impl Engine {
             ])
             .map_err(RequestError::build)?;
             context.push(("approval".to_string(), approval));
-            fixed_context = false;
+            per_request = PerRequest::Varying;
         }
         Ok(self.policies.evaluate(
             entities,
@@ -96,7 +98,7 @@ impl Engine {
             resource,
             context,
             Some(&t.checked),
-            fixed_context,
+            per_request,
         ))
     }
 

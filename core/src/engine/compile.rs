@@ -494,7 +494,7 @@ impl Engine {
                 resource,
                 &req,
                 0,
-                Some((record, &target)),
+                Some((record, &target, None)),
                 None,
             )
             .map_err(|e| e.to_string())

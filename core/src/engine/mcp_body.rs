@@ -378,15 +378,21 @@ impl Engine {
         }
         let resource = uid(t.resource_type, &t.resource_id).map_err(Refusal::cannot_judge)?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        // The record's shape (`PerRequest::Shaped`): one letter per member present, in this
+        // order, then the arguments' shape. Every other member is a string.
+        let mut shape = String::from("m");
         let mut fields = vec![("method".to_string(), s(&t.action))];
         if let Some(v) = &t.tool {
             fields.push(("tool".to_string(), s(v)));
+            shape.push('t');
         }
         if let Some(v) = &t.uri {
             fields.push(("uri".to_string(), s(v)));
+            shape.push('u');
         }
         if let Some(v) = &t.prompt {
             fields.push(("prompt".to_string(), s(v)));
+            shape.push('p');
         }
         // What the schema does not declare is left out: a schema written before these existed
         // still accepts the request.
@@ -395,10 +401,14 @@ impl Engine {
             self.policies.mcp_declares(&action, "protocol_version"),
         ) {
             fields.push(("protocol_version".to_string(), s(v)));
+            shape.push('v');
         }
         if let (Some((name, version)), true) =
             (&t.client, self.policies.mcp_declares(&action, "client"))
         {
+            shape.push('c');
+            shape.push(if name.is_some() { 'n' } else { '-' });
+            shape.push(if version.is_some() { 'r' } else { '-' });
             let parts = [("name", name), ("version", version)]
                 .into_iter()
                 .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), s(v))));
@@ -411,6 +421,8 @@ impl Engine {
             let a = json_to_cedar(args)
                 .map_err(|e| Refusal::invalid(mcp::INVALID_PARAMS, format!("arguments: {e}")))?;
             fields.push(("arguments".to_string(), a));
+            shape.push('a');
+            crate::authz::json_shape(args, &mut shape);
         }
         let mcp_record = RestrictedExpression::new_record(fields)
             .map_err(|e| Refusal::cannot_judge(e.to_string()))?;
@@ -420,7 +432,7 @@ impl Engine {
             resource,
             req,
             now_s,
-            Some((mcp_record, t)),
+            Some((mcp_record, t, Some(&shape))),
             approval,
         ) {
             // A claim or a request the policies cannot be asked about: cannot judge the call.

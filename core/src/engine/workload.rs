@@ -18,7 +18,7 @@ use super::decision::{cannot_judge, deny_reply};
 use super::identity::HeaderSource;
 use super::route::Route;
 use super::{Decision, Engine, HttpRequest};
-use crate::authz::{uid, Evaluation};
+use crate::authz::{uid, Evaluation, PerRequest};
 use crate::error::{ConfigError, TokenError};
 use crate::names;
 use crate::token::VerifiedToken;
@@ -131,9 +131,14 @@ impl Engine {
         let mut context = Vec::new();
         self.request_context(None, req.method, &line, now_s, &mut context)
             .map_err(|e| e.to_string())?;
-        Ok(self
-            .policies
-            .evaluate(vec![principal], req.method, resource, context, None, true))
+        Ok(self.policies.evaluate(
+            vec![principal],
+            req.method,
+            resource,
+            context,
+            None,
+            PerRequest::Fixed,
+        ))
     }
 
     /// `forward.headers` for a workload: what names the principal; nothing of a token.
