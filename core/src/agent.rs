@@ -491,6 +491,9 @@ fn record(
     RestrictedExpression::new_record(fields).map_err(RequestError::build)
 }
 
+/// Every member has one type whatever the token says (the token shape,
+/// `Engine::token_context`, relies on it: a member whose type can vary must be described there).
+///
 /// `context.delegation`: `on_behalf_of` (the subject's entity), `subject` (its id), `actor` (the
 /// principal's id: the current actor, or the subject without `act`), `actors` (every actor's id;
 /// empty without `act`), `chain` (`subject>…>current`) and `depth`.
@@ -511,6 +514,16 @@ pub fn delegation_record(
         ("chain".into(), string(&d.chain(subject))),
         ("depth".into(), RestrictedExpression::new_long(depth)),
     ])
+}
+
+/// Appends the shape ([`crate::authz::PerRequest`]'s sense) of [`task_record`]`(t, None, None)`
+/// to `out`: which members it has (every member's type is fixed). It must change with
+/// `task_record`: a member added there is added here.
+pub fn task_shape(t: &Task, out: &mut String) {
+    out.push('T');
+    out.push(if t.id.is_some() { 'i' } else { '-' });
+    out.push(if t.intent.is_some() { 'n' } else { '-' });
+    out.push(if t.types.is_some() { 'y' } else { '-' });
 }
 
 /// `context.task`. For an MCP `tools/call` (`tool` and its `arguments`), `detail` is the detail

@@ -60,6 +60,9 @@ struct ActionIndex {
     /// `mcp` record) that fitted this action's schema once: the same shape always fits, whatever
     /// the token or the values.
     fitting_shapes: Mutex<HashSet<String>>,
+    /// Token shapes ([`TokenMemo`]) whose per-token parts fitted this action once: another token
+    /// of the same shape fits too, so a token seen for the first time is not checked again.
+    fitting_tokens: Mutex<HashSet<String>>,
 }
 
 /// Shapes remembered per action, and the longest remembered: a few tools with a few argument
@@ -69,21 +72,41 @@ const MAX_SHAPE_LEN: usize = 512;
 
 impl ActionIndex {
     fn fits(&self, shape: &str) -> bool {
-        self.fitting_shapes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(shape)
+        known(&self.fitting_shapes, shape)
     }
 
     fn learn(&self, shape: &str) {
-        let mut known = self
-            .fitting_shapes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if known.len() < SHAPES_PER_ACTION && shape.len() <= MAX_SHAPE_LEN {
-            known.insert(shape.to_string());
-        }
+        learn(&self.fitting_shapes, shape);
     }
+
+    /// Whether the per-token parts of `token` are known to fit this action: checked with this
+    /// very token, or with another of the same shape.
+    fn token_fits(&self, token: &TokenMemo<'_>) -> bool {
+        token.checked.has(self.bit) || known(&self.fitting_tokens, token.shape)
+    }
+}
+
+fn known(set: &Mutex<HashSet<String>>, shape: &str) -> bool {
+    set.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(shape)
+}
+
+fn learn(set: &Mutex<HashSet<String>>, shape: &str) {
+    let mut known = set.lock().unwrap_or_else(|p| p.into_inner());
+    if known.len() < SHAPES_PER_ACTION && shape.len() <= MAX_SHAPE_LEN && !shape.is_empty() {
+        known.insert(shape.to_string());
+    }
+}
+
+/// What is known of the token a request was built from: its memo, and the shape of its per-token
+/// context parts (`Engine::token_context`: the issuer, which configured claims it has and the
+/// shape of each ([`json_shape`]), which optional members, and the principal's type), so that
+/// tokens of one shape share what was learned of the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenMemo<'a> {
+    pub checked: &'a Checked,
+    pub shape: &'a str,
 }
 
 impl ActionIndex {
@@ -110,6 +133,7 @@ impl ActionIndex {
             by_principal: HashMap::new(),
             by_resource: HashMap::new(),
             fitting_shapes: Mutex::default(),
+            fitting_tokens: Mutex::default(),
         };
         for policy in set.policies() {
             let applies = match policy.action_constraint() {
@@ -137,8 +161,9 @@ impl ActionIndex {
 /// What is already known about the Cedar requests built from one verified token (kept with the
 /// token in the cache, so it lives as long as the token does):
 /// - which parts fit the schema, so that the check (about half the cost of a decision) runs once
-///   per token, not per request. Bit 63: the token's entities; bit `i` < 63: a request with the
-///   `i`-th action whose per-request parts have fixed types (see [`Policies::evaluate`]);
+///   per token, not per request. Bit 63: the token's entities; bit `i` < 63: the token's context
+///   parts fit the `i`-th action (see [`Policies::evaluate`]; tokens of one shape also share
+///   this through [`TokenMemo`]);
 /// - decisions for actions whose policies read nothing that varies per request (only the
 ///   principal, the resource, and the token's own context parts): the same token, action and
 ///   resource always get the same answer, so it is remembered (a few per token).
@@ -444,21 +469,23 @@ impl Policies {
     /// schema, so that a policy never sees a value of another type than the one it was validated
     /// for.
     ///
-    /// `checked` is the memo of the token the entities come from (pass it only when they come
-    /// from the token alone): entities that fitted the schema once fit it every time.
-    /// `per_request` says what of the context does not come from the token (see [`PerRequest`]):
-    /// with [`PerRequest::Fixed`], a request with this action that fitted once fits every time;
-    /// with [`PerRequest::Shaped`], it fits when the token's parts fitted once and the shape has
-    /// fitted once (with any token); otherwise it is checked every time.
+    /// `token` is what is known of the token the entities come from (pass it only when they come
+    /// from the token alone): entities that fitted the schema once fit it every time, and the
+    /// token's context parts fit an action when they fitted it once, for this token or another of
+    /// the same shape ([`TokenMemo`]). `per_request` says what of the context does not come from
+    /// the token (see [`PerRequest`]): with [`PerRequest::Fixed`], a request whose token parts
+    /// fit fits; with [`PerRequest::Shaped`], it fits when the shape has fitted this action once
+    /// too (with any token); otherwise it is checked every time.
     pub fn evaluate(
         &self,
         entities: Vec<Entity>,
         action: &str,
         resource: EntityUid,
         context: Vec<(String, RestrictedExpression)>,
-        checked: Option<&Checked>,
+        token: Option<TokenMemo<'_>>,
         per_request: PerRequest<'_>,
     ) -> Evaluation {
+        let checked = token.map(|t| t.checked);
         let error = |reason: String| Evaluation::Error { reason };
         let Some(index) = self.by_action.get(action) else {
             return error(format!("action `{action}` is not declared in the schema"));
@@ -475,7 +502,7 @@ impl Policies {
         if let Some(e) = memo.and_then(|c| c.decision(index.bit, &resource)) {
             return e;
         }
-        let request_known = checked.is_some_and(|c| c.has(index.bit))
+        let request_known = token.is_some_and(|t| index.token_fits(&t))
             && match per_request {
                 PerRequest::Fixed => true,
                 PerRequest::Shaped(shape) => index.fits(shape),
@@ -508,8 +535,13 @@ impl Policies {
                 PerRequest::Fixed | PerRequest::Shaped(_) => index.bit | ENTITIES_CHECKED,
             });
         }
-        if let (false, PerRequest::Shaped(shape)) = (request_known, per_request) {
-            index.learn(shape);
+        if !request_known {
+            if let PerRequest::Shaped(shape) = per_request {
+                index.learn(shape);
+            }
+            if let (Some(t), PerRequest::Fixed | PerRequest::Shaped(_)) = (token, per_request) {
+                learn(&index.fitting_tokens, t.shape);
+            }
         }
         let sets = [
             Some(&index.general),
@@ -774,6 +806,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A token memo without a shape: nothing is shared with other tokens.
+    fn memo(checked: &Checked) -> TokenMemo<'_> {
+        TokenMemo { checked, shape: "" }
+    }
+
     #[test]
     fn the_declared_fields_of_context_mcp_are_read_per_action_through_common_types() {
         let schema = std::fs::read_to_string(concat!(
@@ -914,7 +951,7 @@ mod tests {
                 "read",
                 doc(),
                 ctx,
-                Some(&checked),
+                Some(memo(&checked)),
                 PerRequest::Varying,
             );
             assert_eq!(matches!(e, Evaluation::Error { .. }), !fits, "{e:?}");
@@ -927,7 +964,7 @@ mod tests {
             "read",
             doc(),
             good(),
-            Some(&checked),
+            Some(memo(&checked)),
             PerRequest::Fixed,
         );
         assert!(matches!(e, Evaluation::Allow { .. }), "{e:?}");
@@ -984,7 +1021,7 @@ mod tests {
             "read",
             doc(),
             n(RestrictedExpression::new_long(1)),
-            Some(&first),
+            Some(memo(&first)),
             PerRequest::Shaped("l"),
         );
         assert!(matches!(e, Evaluation::Allow { .. }), "{e:?}");
@@ -998,12 +1035,82 @@ mod tests {
                 "read",
                 doc(),
                 n(RestrictedExpression::new_string("ten".into())),
-                Some(checked),
+                Some(memo(checked)),
                 PerRequest::Shaped("s"),
             );
             assert!(matches!(e, Evaluation::Error { .. }), "{e:?}");
         }
         assert!(!p.by_action["read"].fits("s"));
+    }
+
+    /// A token's parts that fitted an action are known to fit for every token of the same shape,
+    /// and only for those.
+    #[test]
+    fn fitting_token_shapes_are_shared() {
+        let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
+        let doc = || uid("Doc", "d2").unwrap();
+        let n = |v: RestrictedExpression| vec![("n".to_string(), v)];
+        let alice = || vec![user("alice", 1, true)];
+        let (first, second, third) = (Checked::default(), Checked::default(), Checked::default());
+        let with = |checked, shape| Some(TokenMemo { checked, shape });
+        let good = n(RestrictedExpression::new_long(1));
+        let e = p.evaluate(
+            alice(),
+            "read",
+            doc(),
+            good,
+            with(&first, "A"),
+            PerRequest::Fixed,
+        );
+        assert!(matches!(e, Evaluation::Allow { .. }), "{e:?}");
+        // Whether the request was checked shows with a context that does not fit (a real token
+        // of shape A has parts that fit): checked, it does not fit the schema; not checked, the
+        // policies meet a string where they compare a number.
+        let bad = || n(RestrictedExpression::new_string("ten".into()));
+        let checked = |e: Evaluation| match e {
+            Evaluation::Error { reason } if reason.starts_with("request does not fit") => true,
+            Evaluation::Error { reason } if reason.starts_with("policy evaluation error") => false,
+            e => panic!("{e:?}"),
+        };
+        // Another token of shape A is not checked.
+        let e = p.evaluate(
+            alice(),
+            "read",
+            doc(),
+            bad(),
+            with(&second, "A"),
+            PerRequest::Fixed,
+        );
+        assert!(!checked(e));
+        // A token of another shape, or the same shape with another action, is checked.
+        let e = p.evaluate(
+            alice(),
+            "read",
+            doc(),
+            bad(),
+            with(&third, "B"),
+            PerRequest::Fixed,
+        );
+        assert!(checked(e));
+        let e = p.evaluate(
+            alice(),
+            "act",
+            doc(),
+            bad(),
+            with(&third, "A"),
+            PerRequest::Fixed,
+        );
+        assert!(checked(e));
+        // A varying context is checked whatever the token.
+        let e = p.evaluate(
+            alice(),
+            "read",
+            doc(),
+            bad(),
+            with(&first, "A"),
+            PerRequest::Varying,
+        );
+        assert!(checked(e));
     }
 
     /// Decisions are remembered only for actions whose policies read nothing per request.
@@ -1052,7 +1159,7 @@ mod tests {
                 action,
                 doc(),
                 ctx(now),
-                Some(&checked),
+                Some(memo(&checked)),
                 PerRequest::Fixed,
             );
             assert_eq!(
@@ -1066,7 +1173,14 @@ mod tests {
         assert_eq!(remembered[0].0, p.by_action["a"].bit);
         // A varying context never uses or fills the memo.
         let other = Checked::default();
-        p.evaluate(bob(), "a", doc(), ctx(1), Some(&other), PerRequest::Varying);
+        p.evaluate(
+            bob(),
+            "a",
+            doc(),
+            ctx(1),
+            Some(memo(&other)),
+            PerRequest::Varying,
+        );
         assert!(other.decisions.lock().unwrap().is_empty());
     }
 }

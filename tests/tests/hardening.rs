@@ -682,3 +682,33 @@ fn argument_types_are_checked_whatever_fitted_before() -> Result<()> {
     }
     Ok(())
 }
+
+/// What is learned of one token's fit to the schema is shared only with tokens of the same shape
+/// (`authz::TokenMemo`): a token whose claim has another type than the schema declares is refused
+/// even after tokens of the same issuer whose claims fitted, and before and after it such tokens
+/// still pass.
+#[test]
+fn claim_types_are_checked_for_every_token_shape() -> Result<()> {
+    let mut h = harness()?;
+    let user = |sub: &str, email: Value| bearer(json!({"iss": IDP, "sub": sub, "email": email}));
+    for (sub, email, allowed) in [
+        ("alice", json!("alice@example.com"), true),
+        ("mallory", json!(123), false),
+        ("bob", json!("bob@example.com"), true),
+        ("trent", json!(["trent@example.com"]), false),
+        ("oscar", json!({"address": "oscar@example.com"}), false),
+        ("mallory-2", json!(7), false),
+        ("carol", json!("carol@example.com"), true),
+    ] {
+        let auth = user(sub, email.clone())?;
+        let (ctx, status) = tessera_tests::request(&mut h, "GET", "/orders/42", Some(&auth), &[])?;
+        assert_eq!(
+            status.is_none(),
+            allowed,
+            "{sub} with email {email}: {:?}",
+            h.local_reply(ctx).map(|r| r.body_text())
+        );
+        h.done(ctx)?;
+    }
+    Ok(())
+}

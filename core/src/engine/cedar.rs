@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::Value;
 
-use crate::authz::{json_to_cedar, uid, Evaluation, PerRequest, Policies};
+use crate::authz::{json_shape, json_to_cedar, uid, Evaluation, PerRequest, Policies, TokenMemo};
 use crate::error::RequestError;
 use crate::mcp;
 use crate::reply::LocalReply;
@@ -52,7 +52,15 @@ impl Engine {
                 return Ok(e);
             }
         }
-        let (entities, mut context) = self.token_parts(t)?;
+        let mut shape = String::new();
+        let entities = self.token_entities(t)?;
+        let mut context = self.token_context(t, &mut shape)?;
+        // How the token is bound (`context.pop`, built with the request's parts below), and the
+        // principal's type: the request is checked against the action's `appliesTo` too.
+        t.binding.shape(&mut shape);
+        if let Some(p) = entities.first() {
+            shape.push_str(&p.uid().type_name().to_string());
+        }
         // Per-request parts. Strings, the clock, the connection have one type whatever the
         // request says.
         let line = RequestLine {
@@ -97,7 +105,10 @@ impl Engine {
             action,
             resource,
             context,
-            Some(&t.checked),
+            Some(TokenMemo {
+                checked: &t.checked,
+                shape: &shape,
+            }),
             per_request,
         ))
     }
@@ -150,7 +161,8 @@ impl Engine {
     }
 
     /// The context attributes that come from `t` alone (`token`). `Err` names the claim that has
-    /// no Cedar value.
+    /// no Cedar value. Their shape goes to `shape` (see [`TokenMemo`]): what of their Cedar types
+    /// can differ from one token of the issuer to another.
     ///
     /// ONLY values from the token belong here (and in [`Engine::token_entities`]): what is built
     /// here is checked against the schema once per token, and decisions of actions whose policies
@@ -160,8 +172,12 @@ impl Engine {
     pub(super) fn token_context(
         &self,
         t: &VerifiedToken,
+        shape: &mut String,
     ) -> Result<Vec<(String, RestrictedExpression)>, RequestError> {
+        use std::fmt::Write as _;
         let issuer = self.issuer_of(t).map_err(RequestError::build)?;
+        // The issuer fixes the rest: which claims may appear, the delegation record's types.
+        let _ = write!(shape, "{}|", t.issuer_index);
         let set = |v: &[String]| {
             RestrictedExpression::new_set(
                 v.iter()
@@ -175,8 +191,11 @@ impl Engine {
                     c.clone(),
                     json_to_cedar(v).map_err(|_| RequestError::Claim(c.clone()))?,
                 ));
+                let _ = write!(shape, "{}:{c}", c.len());
+                json_shape(v, shape);
             }
         }
+        shape.push('|');
         let record = |fields: Vec<(String, RestrictedExpression)>| {
             RestrictedExpression::new_record(fields).map_err(RequestError::build)
         };
@@ -195,13 +214,19 @@ impl Engine {
             ("claims".to_string(), record(claims)?),
         ];
         if let Some(c) = &t.client_id {
+            shape.push('c');
             token.push((
                 "client_id".to_string(),
                 RestrictedExpression::new_string(c.clone()),
             ));
         }
         if let Some(iat) = t.issued_at {
+            shape.push('i');
             token.push(("issued_at".to_string(), long(iat)));
+        }
+        // `delegation`'s members have fixed types (agent.rs); `task` has members or not.
+        if let Some(task) = &t.agent.task {
+            crate::agent::task_shape(task, shape);
         }
         let mut context = vec![("token".to_string(), record(token)?)];
         // `delegation` and `task` (agent.rs); parsed and checked when the token was verified.
@@ -304,7 +329,10 @@ impl Engine {
     /// The per-token parts of a Cedar request, as `Engine::evaluate` builds them: the entities
     /// (principal first) and the `token`, `delegation` and `task` context attributes.
     pub(crate) fn token_parts(&self, t: &VerifiedToken) -> Result<RequestParts, RequestError> {
-        Ok((self.token_entities(t)?, self.token_context(t)?))
+        Ok((
+            self.token_entities(t)?,
+            self.token_context(t, &mut String::new())?,
+        ))
     }
 
     pub(super) fn step_up_for(&self, policies: &[String], request_id: &str) -> Option<LocalReply> {

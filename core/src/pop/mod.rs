@@ -68,6 +68,14 @@ impl Binding {
         }
     }
 
+    /// Appends the shape of [`Binding::context`] (which optional members it has) to `out`, for
+    /// the token shape (`authz::TokenMemo`). It must change with `context`.
+    pub fn shape(&self, out: &mut String) {
+        out.push('P');
+        out.push(if self.jkt.is_some() { 'j' } else { '-' });
+        out.push(if self.x5t.is_some() { 'x' } else { '-' });
+    }
+
     /// `context.pop`: how the token is bound and whether that was proven. Every bound token
     /// that reaches Cedar was proven (an unproven one is refused before), so the record depends
     /// on the token alone, and decisions that read it can be remembered with the token.
