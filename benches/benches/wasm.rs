@@ -159,7 +159,8 @@ fn mcp(c: &mut Criterion) {
         h.done(ctx).unwrap();
         // The whole exchange as a proxy runs it: the decision, then the server's answer (JSON,
         // headers and body) through the response hooks, then the end of the stream.
-        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
+        let answer =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
         let answer_len = answer.len().to_string();
         let response = [
             (":status", "200"),
@@ -174,8 +175,10 @@ fn mcp(c: &mut Criterion) {
                     let start = Instant::now();
                     h.request_headers(ctx, &headers, false).expect("headers");
                     h.request_body(ctx, body.as_bytes(), true).expect("body");
-                    h.response_headers(ctx, &response, false).expect("response headers");
-                    h.response_body(ctx, answer.as_bytes(), true).expect("response body");
+                    h.response_headers(ctx, &response, false)
+                        .expect("response headers");
+                    h.response_body(ctx, answer.as_bytes(), true)
+                        .expect("response body");
                     h.done(ctx).expect("done");
                     total += start.elapsed();
                 }
