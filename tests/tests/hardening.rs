@@ -712,3 +712,33 @@ fn claim_types_are_checked_for_every_token_shape() -> Result<()> {
     }
     Ok(())
 }
+
+/// What was learned from an MCP call says nothing of an HTTP request whose method names the same
+/// action: `ping` allowed in an MCP body must not let `PING /orders/42` through (a request of
+/// another kind, without the `mcp` record, on a resource the action does not apply to), with the
+/// same token or another of the same shape.
+#[test]
+fn an_mcp_method_allowed_in_a_body_does_not_open_an_http_method() -> Result<()> {
+    let mut h = harness()?;
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let first = agent("orders:read")?;
+    let other = bearer(json!({"iss": AGENTS, "sub": "agent-9", "scope": "orders:read"}))?;
+    for _ in 0..2 {
+        let (ctx, status) = tessera_tests::post_mcp(&mut h, &first, &[], &ping)?;
+        assert_eq!(status, None, "ping is allowed: {:?}", h.local_reply(ctx));
+        h.done(ctx)?;
+    }
+    for auth in [&first, &other] {
+        for method in ["ping", "initialize", "tools/list"] {
+            for path in ["/orders/42", "/mcp"] {
+                let (ctx, status) = tessera_tests::request(&mut h, method, path, Some(auth), &[])?;
+                assert!(
+                    status.is_some_and(|s| s >= 400),
+                    "{method} {path} was let through: {status:?}"
+                );
+                h.done(ctx)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -59,7 +59,9 @@ impl Engine {
         // principal's type: the request is checked against the action's `appliesTo` too.
         t.binding.shape(&mut shape);
         if let Some(p) = entities.first() {
-            shape.push_str(&p.uid().type_name().to_string());
+            use std::fmt::Write as _;
+            let ty = p.uid().type_name().to_string();
+            let _ = write!(shape, "{}:{ty}", ty.len());
         }
         // Per-request parts. Strings, the clock, the connection have one type whatever the
         // request says.
@@ -69,7 +71,14 @@ impl Engine {
             host: &crate::path::host_for_policy(req.host),
             facts: req.facts,
         };
-        self.request_context(Some(&t.binding), action, &line, now_s, &mut context)?;
+        self.request_context(
+            Some(&t.binding),
+            action,
+            &line,
+            now_s,
+            &mut context,
+            &mut shape,
+        )?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         // Only fixed-type per-request parts so far.
         let mut per_request = PerRequest::Fixed;
@@ -254,9 +263,17 @@ impl Engine {
         line: &RequestLine<'_>,
         now_s: u64,
         context: &mut Vec<(String, RestrictedExpression)>,
+        shape: &mut String,
     ) -> Result<(), RequestError> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let declares = |path: &str| self.policies.declares(action, path);
+        // The shape (see `authz::TokenMemo`): which of the optional members are here. Every
+        // member's type is fixed.
+        shape.push('R');
+        let named = |shape: &mut String, name: &str| {
+            use std::fmt::Write as _;
+            let _ = write!(shape, "{}:{name}", name.len());
+        };
         let mut request = vec![
             ("method".to_string(), s(line.method)),
             ("path".to_string(), s(line.path)),
@@ -273,9 +290,11 @@ impl Engine {
                     "source_ip".to_string(),
                     RestrictedExpression::new_ip(ip.clone()),
                 ));
+                shape.push('a');
             }
             if let Some(port) = c.source_port.filter(|_| declares("request/source_port")) {
                 request.push(("source_port".to_string(), long(u64::from(port))));
+                shape.push('o');
             }
             if let Some(peer) = c.tls.as_ref().filter(|_| declares("request/tls")) {
                 let spiffe = self.connection.spiffe_id(peer);
@@ -289,10 +308,16 @@ impl Engine {
                     ("spiffe_id", spiffe.map(|(id, _)| s(id))),
                     ("trust_domain", spiffe.map(|(_, td)| s(td))),
                 ];
-                let tls = fields
+                shape.push('t');
+                let tls: Vec<(String, RestrictedExpression)> = fields
                     .into_iter()
                     .filter(|(name, _)| declares(&format!("request/tls/{name}")))
-                    .filter_map(|(name, v)| Some((name.to_string(), v?)));
+                    .filter_map(|(name, v)| Some((name.to_string(), v?)))
+                    .collect();
+                for (name, _) in &tls {
+                    named(shape, name);
+                }
+                shape.push('.');
                 request.push((
                     "tls".to_string(),
                     RestrictedExpression::new_record(tls).map_err(RequestError::build)?,
@@ -301,10 +326,16 @@ impl Engine {
         }
         if declares("request/headers") {
             let listed = line.facts.map_or(&[][..], |f| f.headers.as_slice());
-            let headers = listed
+            shape.push('h');
+            let headers: Vec<(String, RestrictedExpression)> = listed
                 .iter()
                 .filter(|(name, _)| declares(&format!("request/headers/{name}")))
-                .map(|(name, value)| (name.clone(), s(value)));
+                .map(|(name, value)| (name.clone(), s(value)))
+                .collect();
+            for (name, _) in &headers {
+                named(shape, name);
+            }
+            shape.push('.');
             request.push((
                 "headers".to_string(),
                 RestrictedExpression::new_record(headers).map_err(RequestError::build)?,
@@ -318,6 +349,7 @@ impl Engine {
         if let Some(b) = binding.filter(|_| declares("pop")) {
             let pop = b.context().map_err(RequestError::build)?;
             context.push(("pop".to_string(), pop));
+            shape.push('P');
         }
         Ok(())
     }

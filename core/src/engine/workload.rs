@@ -129,8 +129,15 @@ impl Engine {
             facts: req.facts,
         };
         let mut context = Vec::new();
-        self.request_context(None, req.method, &line, now_s, &mut context)
-            .map_err(|e| e.to_string())?;
+        self.request_context(
+            None,
+            req.method,
+            &line,
+            now_s,
+            &mut context,
+            &mut String::new(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(self.policies.evaluate(
             vec![principal],
             req.method,

@@ -348,6 +348,7 @@ impl Judge {
                 &line,
                 self.now_s,
                 &mut pairs,
+                &mut String::new(),
             )
             .map_err(|e| e.to_string())?;
         pairs.push(("mcp".to_string(), mcp_record));
