@@ -57,8 +57,8 @@ struct ActionIndex {
     by_principal: HashMap<EntityUid, PolicySet>,
     by_resource: HashMap<EntityUid, PolicySet>,
     /// Shapes of whole requests with this action that fitted the schema once ([`request_shape`]:
-    /// the resource's type, the token's parts and the request's, the varying part): a request of
-    /// the same shape fits too, whatever the token or the values, so it is not checked again.
+    /// the resource, the token's parts and the request's, the varying part): a request of the
+    /// same shape fits too, whatever the token or the values, so it is not checked again.
     fitting: Mutex<HashSet<String>>,
 }
 
@@ -85,7 +85,7 @@ impl ActionIndex {
 }
 
 /// The shape of a whole request with one action ([`Policies::evaluate`]): what its schema check
-/// depends on. `None` when it has none (no token shape, or a varying part without a shape): then
+/// depends on (the resource itself, not only its type). `None` when it has none (no token shape, or a varying part without a shape): then
 /// it is checked every time. The parts are length-prefixed, so no two requests of different
 /// types share a shape, and the kind of per-request parts is part of it: what fitted with an MCP
 /// record says nothing of a request without one.
@@ -100,10 +100,14 @@ fn request_shape(
         PerRequest::Shaped(s) => ('S', s),
         PerRequest::Varying => return None,
     };
+    // The resource's id too: Cedar checks it against an enumerated entity type (`entity Tool
+    // enum [...]`), so two resources of one type need not both fit.
     let ty = resource.type_name().to_string();
+    let id = resource.id().unescaped();
     Some(format!(
-        "{kind}{}:{ty}{}:{}{varying}",
+        "{kind}{}:{ty}{}:{id}{}:{}{varying}",
         ty.len(),
+        id.len(),
         token.shape.len(),
         token.shape
     ))
@@ -985,7 +989,10 @@ mod tests {
             with(&second, "A"),
             PerRequest::Fixed
         )));
-        // Another token shape, action, resource type or kind of per-request parts is checked.
+        // Another token shape, action, resource or kind of per-request parts is checked.
+        let d3 = || uid("Doc", "d3").unwrap();
+        let e = eval("read", d3(), bad(), with(&second, "A"), PerRequest::Fixed);
+        assert!(was_checked(e));
         assert!(was_checked(eval(
             "read",
             doc(),
@@ -1052,8 +1059,8 @@ mod tests {
             with(&first, ""),
             PerRequest::Fixed
         )));
-        assert!(!p.by_action["write"].fits("F3:Doc1:A"));
-        assert!(p.by_action["read"].fits("F3:Doc1:A"));
+        assert!(!p.by_action["write"].fits("F3:Doc2:d21:A"));
+        assert!(p.by_action["read"].fits("F3:Doc2:d21:A"));
     }
 
     /// Different Cedar types never share a shape; the same type with other values does.
@@ -1092,6 +1099,38 @@ mod tests {
             shape(json!({"a": "another", "n": -7, "s": ["q", "r", "p"], "gone": null}))
         );
         assert_eq!(shape(json!(["x", 1, "y"])), shape(json!([2, "z"])));
+    }
+
+    /// A resource of an enumerated entity type is checked against the enumeration: one that
+    /// fitted says nothing of another of the same type.
+    #[test]
+    fn enumerated_resources_are_remembered_one_by_one() {
+        let schema = r#"
+            entity User;
+            entity Tool enum ["search", "fetch"];
+            action "call" appliesTo { principal: [User], resource: [Tool], context: {} };
+        "#;
+        let policies = r#"@id("any-tool") permit (principal, action, resource is Tool);"#;
+        let p = Policies::compile(schema, &PolicySource::Text(policies.into())).unwrap();
+        let bob = || {
+            vec![Entity::new(uid("User", "bob").unwrap(), HashMap::new(), HashSet::new()).unwrap()]
+        };
+        let checked = Checked::default();
+        let token = Some(TokenMemo {
+            checked: &checked,
+            shape: "A",
+        });
+        for (tool, allowed) in [("search", true), ("delete_all", false), ("fetch", true)] {
+            for _ in 0..2 {
+                let resource = uid("Tool", tool).unwrap();
+                let e = p.evaluate(bob(), "call", resource, vec![], token, PerRequest::Fixed);
+                assert_eq!(
+                    matches!(e, Evaluation::Allow { .. }),
+                    allowed,
+                    "{tool}: {e:?}"
+                );
+            }
+        }
     }
 
     /// Decisions are remembered only for actions whose policies read nothing per request.
