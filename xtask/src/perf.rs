@@ -220,13 +220,17 @@ fn bench_section(
 
     writeln!(
         s,
-        "\nWhat a verified token remembers (kept with it in the cache): that the Cedar entities and \
-         requests built from it fit the schema (checked once, not per request), and, for actions \
-         whose policies read only the token's own context (`context.token`, `delegation`, \
-         `task`, the principal and the resource), the decision itself. The example policies for \
-         `GET` are like that, so the benchmarked request is answered from the token's memo after \
-         the first time. Policies that read the request (path, clock, MCP arguments) run Cedar \
-         on every request: the generated policies below do, and so does every MCP call."
+        "\nWhat a verified token remembers (kept with it in the cache): that the Cedar entities \
+         built from it fit the schema (checked once, not per request), and, for actions whose \
+         policies read only the token's own context (`context.token`, `delegation`, `task`, the \
+         principal and the resource), the decision itself. The example policies for `GET` are \
+         like that, so the benchmarked request is answered from the token's memo after the first \
+         time. Whole Cedar requests are checked against the schema once per shape (the resource, \
+         which claims and members the token and the request have and of which types, the MCP \
+         arguments' types; never their values), for every token of that shape: a fresh token \
+         whose shape was seen is not checked again. Policies that read the request (path, clock, \
+         MCP arguments) run Cedar on every request: the generated policies below do, and so does \
+         every MCP call."
     )?;
     if let (Some(req), Some(hit), Some(build), Some(eval)) = (
         get("native/request/cached_policies/10"),
