@@ -936,14 +936,7 @@ fn write_mcp_alone(
     saturation: &BTreeMap<&str, Vec<Run>>,
     evidence: &[(&str, Vec<String>)],
 ) -> Result<()> {
-    let med = |k: &str| {
-        median(
-            saturation
-                .get(k)
-                .map(|v| v.iter().map(|r| r.rps).collect())
-                .unwrap_or_default(),
-        )
-    };
+    let med = |k: &str| median_rps(saturation, k);
     let mut s = String::new();
     writeln!(
         s,
@@ -1236,6 +1229,16 @@ fn ready(admin: u16, children: &mut Children) -> Result<()> {
     )
 }
 
+/// The median throughput of `key`'s saturation rounds.
+fn median_rps(saturation: &BTreeMap<&str, Vec<Run>>, key: &str) -> f64 {
+    median(
+        saturation
+            .get(key)
+            .map(|v| v.iter().map(|r| r.rps).collect())
+            .unwrap_or_default(),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -1361,14 +1364,7 @@ fn load_section(
         "|---|{}---:|---:|---:|---:|---:|",
         "---:|".repeat(SATURATION_ROUNDS)
     )?;
-    let med = |k: &str| {
-        median(
-            saturation
-                .get(k)
-                .map(|v| v.iter().map(|r| r.rps).collect())
-                .unwrap_or_default(),
-        )
-    };
+    let med = |k: &str| median_rps(saturation, k);
     let a_max = med("a");
     let n_max = med("n");
     for p in proxies {
