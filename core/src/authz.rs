@@ -85,10 +85,11 @@ impl ActionIndex {
 }
 
 /// The shape of a whole request with one action ([`Policies::evaluate`]): what its schema check
-/// depends on (the resource itself, not only its type). `None` when it has none (no token shape, or a varying part without a shape): then
-/// it is checked every time. The parts are length-prefixed, so no two requests of different
-/// types share a shape, and the kind of per-request parts is part of it: what fitted with an MCP
-/// record says nothing of a request without one.
+/// depends on (the resource itself, not only its type). `None` when it has none (no token shape,
+/// or a varying part without a shape): then it is checked every time. The parts are
+/// length-prefixed, so no two requests of different types share a shape, and the kind of
+/// per-request parts is part of it: what fitted with an MCP record says nothing of a request
+/// without one.
 fn request_shape(
     resource: &EntityUid,
     token: Option<TokenMemo<'_>>,
@@ -485,7 +486,7 @@ impl Policies {
     ///
     /// `token` is what is known of the token the entities come from (pass it only when they come
     /// from the token alone): entities that fitted the schema once fit it every time. A request
-    /// fits when one of the same shape ([`request_shape`]: the resource's type, the `token`'s
+    /// fits when one of the same shape ([`request_shape`]: the resource, the `token`'s
     /// shape ([`TokenMemo`]) and `per_request`, see [`PerRequest`]) fitted this action once, with
     /// this token or another; a request without a shape is checked every time.
     pub fn evaluate(

@@ -174,10 +174,11 @@ impl Engine {
     /// can differ from one token of the issuer to another.
     ///
     /// ONLY values from the token belong here (and in [`Engine::token_entities`]): what is built
-    /// here is checked against the schema once per token, and decisions of actions whose policies
-    /// read only these attributes (named in `authz::PER_TOKEN_CONTEXT`) are remembered per token.
-    /// Anything that depends on the request goes with the per-request parts in
-    /// [`Engine::evaluate`], with `fixed_context` false unless its type never varies.
+    /// here is checked against the schema once per shape (a value whose type can vary from token
+    /// to token must be described in `shape`), and decisions of actions whose policies read only
+    /// these attributes (named in `authz::PER_TOKEN_CONTEXT`) are remembered per token. Anything
+    /// that depends on the request goes with the per-request parts in [`Engine::evaluate`], as
+    /// `PerRequest::Varying` unless its type never varies or a shape says it.
     pub(super) fn token_context(
         &self,
         t: &VerifiedToken,
