@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use cedar_policy::{
@@ -47,7 +47,7 @@ pub struct Policies {
 /// any satisfied forbid denies; otherwise any satisfied permit allows.
 struct ActionIndex {
     uid: EntityUid,
-    /// This action's bit in [`Checked`] (0: none, more than 63 actions).
+    /// This action's key in [`Checked`]'s remembered decisions (0: none, more than 63 actions).
     bit: u64,
     entities: Entities,
     /// No policy for this action reads a per-request context attribute: decisions depend on the
@@ -103,15 +103,12 @@ fn request_shape(
     };
     // The resource's id too: Cedar checks it against an enumerated entity type (`entity Tool
     // enum [...]`), so two resources of one type need not both fit.
-    let ty = resource.type_name().to_string();
-    let id = resource.id().unescaped();
-    Some(format!(
-        "{kind}{}:{ty}{}:{id}{}:{}{varying}",
-        ty.len(),
-        id.len(),
-        token.shape.len(),
-        token.shape
-    ))
+    let mut shape = String::from(kind);
+    shape_name(&mut shape, &resource.type_name().to_string());
+    shape_name(&mut shape, resource.id().unescaped());
+    shape_name(&mut shape, token.shape);
+    shape.push_str(varying);
+    Some(shape)
 }
 
 /// What is known of the token a request was built from: its memo, and the shape of the context
@@ -176,9 +173,8 @@ impl ActionIndex {
 
 /// What is already known about the Cedar requests built from one verified token (kept with the
 /// token in the cache, so it lives as long as the token does):
-/// - which parts fit the schema, so that the check (about half the cost of a decision) runs once
-///   per token, not per request: bit 63, the token's entities (requests are remembered by shape,
-///   across tokens: [`TokenMemo`]);
+/// - that its entities fit the schema, so that their check runs once per token, not per request
+///   (whole requests are remembered by shape, across tokens: [`TokenMemo`]);
 /// - decisions for actions whose policies read nothing that varies per request (only the
 ///   principal, the resource, and the token's own context parts): the same token, action and
 ///   resource always get the same answer, so it is remembered (a few per token).
@@ -188,21 +184,16 @@ impl ActionIndex {
 /// for 2–5 µs per request (issue 16's note).
 #[derive(Debug, Default)]
 pub struct Checked {
-    bits: AtomicU64,
+    entities: AtomicBool,
     decisions: Mutex<Vec<(u64, EntityUid, Evaluation)>>,
 }
 
-const ENTITIES_CHECKED: u64 = 1 << 63;
 /// Decisions remembered per token: a token is normally used on a handful of routes.
 const DECISIONS_PER_TOKEN: usize = 8;
 
 impl Checked {
-    fn has(&self, bit: u64) -> bool {
-        bit != 0 && self.bits.load(Ordering::Relaxed) & bit == bit
-    }
-
-    fn set(&self, bit: u64) {
-        self.bits.fetch_or(bit, Ordering::Relaxed);
+    fn entities_fit(&self) -> bool {
+        self.entities.load(Ordering::Relaxed)
     }
 
     fn decision(&self, bit: u64, resource: &EntityUid) -> Option<Evaluation> {
@@ -226,7 +217,7 @@ impl Checked {
 impl Clone for Checked {
     fn clone(&self) -> Checked {
         Checked {
-            bits: AtomicU64::new(self.bits.load(Ordering::Relaxed)),
+            entities: AtomicBool::new(self.entities_fit()),
             decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
         }
     }
@@ -527,7 +518,7 @@ impl Policies {
             Ok(r) => r,
             Err(e) => return error(format!("request does not fit the schema: {e}")),
         };
-        let entities_known = checked.is_some_and(|c| c.has(ENTITIES_CHECKED));
+        let entities_known = checked.is_some_and(Checked::entities_fit);
         let entities = match index
             .entities
             .clone()
@@ -538,7 +529,7 @@ impl Policies {
         };
         // Here the request fitted (checked now, or known to).
         if let Some(c) = checked {
-            c.set(ENTITIES_CHECKED);
+            c.entities.store(true, Ordering::Relaxed);
         }
         if let (false, Some(shape)) = (request_known, shape) {
             index.learn(shape);
@@ -635,11 +626,16 @@ pub fn json_to_cedar(v: &Value) -> Result<RestrictedExpression, &'static str> {
     })
 }
 
+/// Appends `name` to a shape, length-prefixed (`5:token`), so that where it ends is never in doubt.
+pub fn shape_name(out: &mut String, name: &str) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{}:{name}", name.len());
+}
+
 /// Appends to `out` the shape of the Cedar value [`json_to_cedar`] makes of `v`: its type and
 /// nothing of its values. Equal shapes are equal Cedar types (record keys are length-prefixed,
 /// every shape ends where its grammar says, so no two types write the same text).
 pub fn json_shape(v: &Value, out: &mut String) {
-    use std::fmt::Write as _;
     match v {
         Value::String(_) => out.push('s'),
         Value::Bool(_) => out.push('b'),
@@ -667,7 +663,7 @@ pub fn json_shape(v: &Value, out: &mut String) {
             out.push('{');
             // As json_to_cedar: a null member is an absent one.
             for (k, v) in m.iter().filter(|(_, v)| !v.is_null()) {
-                let _ = write!(out, "{}:{k}", k.len());
+                shape_name(out, k);
                 json_shape(v, out);
             }
             out.push('}');
@@ -972,7 +968,7 @@ mod tests {
             let e = eval("read", doc(), ctx, with(&first, "A"), PerRequest::Varying);
             assert_eq!(matches!(e, Evaluation::Error { .. }), !fits, "{e:?}");
         }
-        assert!(first.has(ENTITIES_CHECKED));
+        assert!(first.entities_fit());
         assert!(was_checked(eval(
             "read",
             doc(),

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::Value;
 
-use crate::authz::{json_shape, json_to_cedar, uid, Evaluation, PerRequest, Policies, TokenMemo};
+use crate::authz::{
+    json_shape, json_to_cedar, shape_name, uid, Evaluation, PerRequest, Policies, TokenMemo,
+};
 use crate::error::RequestError;
 use crate::mcp;
 use crate::reply::LocalReply;
@@ -59,9 +61,7 @@ impl Engine {
         // principal's type: the request is checked against the action's `appliesTo` too.
         t.binding.shape(&mut shape);
         if let Some(p) = entities.first() {
-            use std::fmt::Write as _;
-            let ty = p.uid().type_name().to_string();
-            let _ = write!(shape, "{}:{ty}", ty.len());
+            shape_name(&mut shape, &p.uid().type_name().to_string());
         }
         // Per-request parts. Strings, the clock, the connection have one type whatever the
         // request says.
@@ -201,7 +201,7 @@ impl Engine {
                     c.clone(),
                     json_to_cedar(v).map_err(|_| RequestError::Claim(c.clone()))?,
                 ));
-                let _ = write!(shape, "{}:{c}", c.len());
+                shape_name(shape, c);
                 json_shape(v, shape);
             }
         }
@@ -271,10 +271,6 @@ impl Engine {
         // The shape (see `authz::TokenMemo`): which of the optional members are here. Every
         // member's type is fixed.
         shape.push('R');
-        let named = |shape: &mut String, name: &str| {
-            use std::fmt::Write as _;
-            let _ = write!(shape, "{}:{name}", name.len());
-        };
         let mut request = vec![
             ("method".to_string(), s(line.method)),
             ("path".to_string(), s(line.path)),
@@ -316,7 +312,7 @@ impl Engine {
                     .filter_map(|(name, v)| Some((name.to_string(), v?)))
                     .collect();
                 for (name, _) in &tls {
-                    named(shape, name);
+                    shape_name(shape, name);
                 }
                 shape.push('.');
                 request.push((
@@ -334,7 +330,7 @@ impl Engine {
                 .map(|(name, value)| (name.clone(), s(value)))
                 .collect();
             for (name, _) in &headers {
-                named(shape, name);
+                shape_name(shape, name);
             }
             shape.push('.');
             request.push((
