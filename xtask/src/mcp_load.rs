@@ -20,18 +20,10 @@ pub(crate) const HEADERS: [(&str, &str); 2] = [
     ("content-type", "application/json"),
     ("accept", "application/json, text/event-stream"),
 ];
-/// `tests/peers/mint.py` arguments of the agent token the rows send (ES256, like the GET rows),
-/// and of one holding another scope only.
-pub(crate) const TOKEN: [&str; 8] = [
-    "--alg",
-    "ES256",
-    "--sub",
-    "agent-7",
-    "--aud",
-    "mcp-tools",
-    "--scope",
-    "files:read",
-];
+/// `tests/peers/mint.py` arguments of the agent tokens the rows send (ES256, like the GET rows),
+/// besides `--scope`: `SCOPE` for the timed calls, `OTHER_SCOPE` for the refused one.
+pub(crate) const TOKEN: [&str; 6] = ["--alg", "ES256", "--sub", "agent-7", "--aud", "mcp-tools"];
+pub(crate) const SCOPE: &str = "files:read";
 pub(crate) const OTHER_SCOPE: &str = "email:send";
 
 /// `TESSERA_LOAD_ONLY=f`: `cargo xtask load` measures the MCP rows only.

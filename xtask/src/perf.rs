@@ -717,17 +717,14 @@ pub fn load(root: &Path) -> Result<()> {
     );
     let listed = mint("orders:read", &["--claim", &status])?;
     let mint_mcp = |scope: &str| -> Result<String> {
-        let mut args = crate::mcp_load::TOKEN.to_vec();
-        if let Some(s) = args.last_mut() {
-            *s = scope;
-        }
-        crate::peer_output(
-            &python,
-            "tests/peers/mint.py",
-            &[&args[..], &["--ttl", "3600"]].concat(),
-        )
+        let args = [
+            &crate::mcp_load::TOKEN[..],
+            &["--scope", scope, "--ttl", "3600"],
+        ]
+        .concat();
+        crate::peer_output(&python, "tests/peers/mint.py", &args)
     };
-    let mcp_token = mint_mcp("files:read")?;
+    let mcp_token = mint_mcp(crate::mcp_load::SCOPE)?;
     let mcp_other = mint_mcp(crate::mcp_load::OTHER_SCOPE)?;
     let token_of = |p: &Proxy| match p.key {
         "c2" => &listed,
