@@ -1,11 +1,12 @@
 //! Verification keys from RFC 7517 JWK sets (and an explicit HMAC secret), each with the one
 //! algorithm it may verify. The algorithm comes from the key, never from a token's header.
 //!
-//! jwt-simple verifies every signature except two kinds, whose arithmetic it does slowly in wasm32
-//! (issue 16): Ed25519, verified with ed25519-dalek (strict verification, the point decompressed
-//! once when the key loads), and RSA (RS* and PS*), verified by `rsa.rs` (32-bit-limb Montgomery
-//! arithmetic, its constants computed when the key loads). For those, the header and the claims
-//! are checked as jwt-simple checks them (`jws::verify`).
+//! jwt-simple verifies every signature except three kinds, whose arithmetic it does slowly in
+//! wasm32 (issue 16): Ed25519, verified with ed25519-dalek (strict verification, the point
+//! decompressed once when the key loads); RSA (RS* and PS*), verified by `rsa.rs` (32-bit-limb
+//! Montgomery arithmetic, its constants computed when the key loads); and ES256, verified by
+//! `es256/` (32-bit limbs, the key's multiples tabulated when the key loads). For those, the
+//! header and the claims are checked as jwt-simple checks them (`jws::verify`).
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -70,7 +71,7 @@ impl Algorithm {
 /// A public key (or HMAC secret) bound to one algorithm.
 pub enum Verifier {
     Ed25519(ed25519_dalek::VerifyingKey),
-    Es256(ES256PublicKey),
+    Es256(crate::es256::PublicKey),
     Es384(ES384PublicKey),
     /// RS256, RS384, RS512, PS256, PS384, PS512: the scheme is the algorithm's.
     Rsa(crate::rsa::PublicKey, crate::rsa::Scheme),
@@ -104,10 +105,9 @@ impl Key {
         type C = serde_json::Map<String, Value>;
         let o = Some(options);
         match &self.verifier {
-            Verifier::Es256(k) => Some(k.verify_token::<C>(token, o)),
             Verifier::Es384(k) => Some(k.verify_token::<C>(token, o)),
             Verifier::Hs256(k) => Some(k.verify_token::<C>(token, o)),
-            Verifier::Ed25519(_) | Verifier::Rsa(..) => None,
+            Verifier::Ed25519(_) | Verifier::Es256(_) | Verifier::Rsa(..) => None,
         }
     }
 
@@ -126,8 +126,10 @@ impl Key {
                 };
                 k.verify_strict(signed, &s).is_ok()
             }
+            // A signature of another length than 64 bytes is a bad signature, as in jwt-simple.
+            Verifier::Es256(k) => k.verify(signed, signature),
             Verifier::Rsa(k, scheme) => k.verify(*scheme, signed, signature),
-            Verifier::Es256(_) | Verifier::Es384(_) | Verifier::Hs256(_) => return None,
+            Verifier::Es384(_) | Verifier::Hs256(_) => return None,
         };
         Some(if verified {
             Ok(())
@@ -223,7 +225,14 @@ fn parse_jwk(jwk: &Value, path: &str) -> Result<Option<Key>, ConfigError> {
             sec1.extend_from_slice(&x);
             sec1.extend_from_slice(&y);
             let v = if alg == Algorithm::ES256 {
-                Verifier::Es256(ES256PublicKey::from_bytes(&sec1).map_err(bad_key)?)
+                // jwt-simple's rules decide which keys are acceptable; `es256/` verifies.
+                ES256PublicKey::from_bytes(&sec1).map_err(bad_key)?;
+                let coordinate = |c: &[u8]| <[u8; 32]>::try_from(c).ok();
+                let key = coordinate(&x)
+                    .zip(coordinate(&y))
+                    .and_then(|(x, y)| crate::es256::PublicKey::from_coordinates(&x, &y))
+                    .ok_or_else(|| err("x", "not a P-256 public key"))?;
+                Verifier::Es256(key)
             } else {
                 Verifier::Es384(ES384PublicKey::from_bytes(&sec1).map_err(bad_key)?)
             };

@@ -13,6 +13,7 @@ pub mod claims;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod es256;
 pub mod exchange;
 pub mod formats;
 pub mod identity;

@@ -453,7 +453,8 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
 
 /// A proof's verification key, built from its `jwk` for the header's algorithm.
 enum ProofKey {
-    Es256(p256::ecdsa::VerifyingKey),
+    /// `es256/`, without a table: a proof's key verifies one signature.
+    Es256(crate::es256::OneTimeKey),
     Es384(p384::ecdsa::VerifyingKey),
     EdDsa(ed25519_dalek::VerifyingKey),
 }
@@ -462,20 +463,26 @@ impl ProofKey {
     fn from_jwk(alg: Alg, jwk: &Map<String, Value>) -> Option<ProofKey> {
         let s = |k: &str| jwk.get(k).and_then(Value::as_str);
         let b = |k: &str| URL_SAFE_NO_PAD.decode(s(k)?).ok();
-        let point = |len: usize| -> Option<Vec<u8>> {
+        let coordinates = |len: usize| -> Option<(Vec<u8>, Vec<u8>)> {
             let (x, y) = (b("x")?, b("y")?);
-            if x.len() != len || y.len() != len {
-                return None;
-            }
-            Some([&[0x04][..], &x, &y].concat())
+            (x.len() == len && y.len() == len).then_some((x, y))
         };
         match (alg, s("kty")?, s("crv")?) {
-            (Alg::Es256, "EC", "P-256") => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point(32)?)
-                .ok()
-                .map(ProofKey::Es256),
-            (Alg::Es384, "EC", "P-384") => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point(48)?)
-                .ok()
-                .map(ProofKey::Es384),
+            (Alg::Es256, "EC", "P-256") => {
+                let (x, y) = coordinates(32)?;
+                crate::es256::OneTimeKey::from_coordinates(
+                    x.as_slice().try_into().ok()?,
+                    y.as_slice().try_into().ok()?,
+                )
+                .map(ProofKey::Es256)
+            }
+            (Alg::Es384, "EC", "P-384") => {
+                let (x, y) = coordinates(48)?;
+                let sec1 = [&[0x04][..], &x, &y].concat();
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                    .ok()
+                    .map(ProofKey::Es384)
+            }
             // As for tokens (`jwks.rs`): a point off the curve or of small order is no key.
             (Alg::EdDsa, "OKP", "Ed25519") => {
                 let x: [u8; 32] = b("x")?.try_into().ok()?;
@@ -491,8 +498,7 @@ impl ProofKey {
     fn verifies(&self, signed: &[u8], signature: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier as _;
         match self {
-            ProofKey::Es256(k) => p256::ecdsa::Signature::from_slice(signature)
-                .is_ok_and(|sig| k.verify(signed, &sig).is_ok()),
+            ProofKey::Es256(k) => k.verify(signed, signature),
             ProofKey::Es384(k) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| k.verify(signed, &sig).is_ok()),
             ProofKey::EdDsa(k) => ed25519_dalek::Signature::from_slice(signature)
