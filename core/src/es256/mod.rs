@@ -42,6 +42,12 @@ const KEY_WINDOW: u32 = 6;
 
 static GENERATOR: OnceLock<Option<Table>> = OnceLock::new();
 
+/// Builds the generator's table now, when configuration loads, rather than in the first request
+/// that verifies a signature (DPoP proofs: `OneTimeKey`). Token keys build it as they load.
+pub fn prepare() {
+    generator_table();
+}
+
 fn generator_table() -> Option<&'static Table> {
     GENERATOR
         .get_or_init(|| Table::new(&Affine::generator()?, GENERATOR_WINDOW))

@@ -76,6 +76,16 @@ fn wycheproof_vectors() {
             continue;
         };
         assert_eq!(key.verify(msg, &sig.to_bytes()), pass, "vector {i}");
+        // r + n in place of r (when it fits in 32 bytes): the same residue, but no scalar. One
+        // valid vector (x(R) ≥ n) would verify if r were reduced rather than refused.
+        let bytes = sig.to_bytes();
+        let (r, s) = bytes.split_at(32);
+        if let Some(r_plus_n) = add_be(r, &N) {
+            assert!(
+                !key.verify(msg, &[&r_plus_n[..], s].concat()),
+                "vector {i}, r + n"
+            );
+        }
         let once = OneTimeKey::from_coordinates(&padded(wx).unwrap(), &padded(wy).unwrap());
         assert_eq!(
             once.unwrap().verify(msg, &sig.to_bytes()),
@@ -144,6 +154,18 @@ fn stream(seed: &str, i: u32) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// a + b for 32-byte big-endian numbers, `None` past 2²⁵⁶.
+fn add_be(a: &[u8], b: &[u8; 32]) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    let mut carry = 0u16;
+    for i in (0..32).rev() {
+        let t = u16::from(a[i]) + u16::from(b[i]) + carry;
+        out[i] = t as u8;
+        carry = t >> 8;
+    }
+    (carry == 0).then_some(out)
+}
+
 fn add_to_scalar_bytes(bytes: &[u8], k: u8) -> Vec<u8> {
     let mut out = bytes.to_vec();
     let mut carry = u16::from(k);
@@ -179,7 +201,7 @@ fn agrees_with_rustcrypto_on_genuine_and_altered_signatures() {
             let n_minus_s = (-*sig.s()).to_bytes().to_vec();
             let mut other_message = message;
             other_message[31] ^= 0x80;
-            let mut cases: Vec<(Vec<u8>, [u8; 32])> = vec![
+            let cases: Vec<(Vec<u8>, [u8; 32])> = vec![
                 (bytes.clone(), message),
                 (bytes.clone(), other_message),
                 ([r, &n_minus_s].concat(), message),
@@ -194,8 +216,6 @@ fn agrees_with_rustcrypto_on_genuine_and_altered_signatures() {
                 (bytes[..63].to_vec(), message),
                 ([&bytes[..], &[0]].concat(), message),
             ];
-            // r + n as r: the same residue, but not a scalar.
-            cases.push(([&add_to_scalar_bytes(&N, 0)[..], s].concat(), message));
             for (case, (sig_bytes, msg)) in cases.iter().enumerate() {
                 let expected = p256::ecdsa::Signature::from_slice(sig_bytes)
                     .is_ok_and(|s| verifying.verify(msg, &s).is_ok());
@@ -212,6 +232,58 @@ fn agrees_with_rustcrypto_on_genuine_and_altered_signatures() {
             }
         }
     }
+}
+
+/// A point's coordinate written as itself plus p (the same residue, not an element) is no key.
+#[test]
+fn coordinates_at_or_above_p_are_refused() {
+    // P-256's prime, big-endian; 2²⁵⁶ − p ≈ 2²²⁴, so a point with a small x has an x + p that
+    // fits in 32 bytes. y = (x³ − 3x + b)^((p + 1) / 4) when that is a square (p ≡ 3 mod 4).
+    let p = hex32("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff");
+    let mut exponent = add_be(&p, &{
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        one
+    })
+    .unwrap_or([0; 32]);
+    // (p + 1) / 4: p + 1 does not overflow (p < 2²⁵⁶ − 1); shift right by two.
+    let mut carry = 0u8;
+    for b in exponent.iter_mut() {
+        let next = *b & 3;
+        *b = (*b >> 2) | (carry << 6);
+        carry = next;
+    }
+    let pow = |base: &Fe| {
+        let mut acc = Fe::ONE;
+        for byte in exponent {
+            for bit in (0..8).rev() {
+                acc = acc.square();
+                if (byte >> bit) & 1 == 1 {
+                    acc = acc.mul(base);
+                }
+            }
+        }
+        acc
+    };
+    let b = Fe::from_be_bytes(&hex32(
+        "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b",
+    ))
+    .unwrap();
+    let (x, y) = (1u8..)
+        .find_map(|small| {
+            let mut xb = [0u8; 32];
+            xb[31] = small;
+            let x = Fe::from_be_bytes(&xb)?;
+            let rhs = x.square().mul(&x).sub(&x.double().add(&x)).add(&b);
+            let y = pow(&rhs);
+            (y.square() == rhs).then_some((xb, y.to_be_bytes()))
+        })
+        .unwrap();
+    assert!(PublicKey::from_coordinates(&x, &y).is_some());
+    assert!(OneTimeKey::from_coordinates(&x, &y).is_some());
+    let x_plus_p = add_be(&x, &p).unwrap();
+    assert!(PublicKey::from_coordinates(&x_plus_p, &y).is_none());
+    assert!(OneTimeKey::from_coordinates(&x_plus_p, &y).is_none());
 }
 
 #[test]

@@ -125,6 +125,9 @@ impl Dpop {
         if algs.is_empty() {
             return Err(ConfigError::new("dpop.algs", "names no algorithm"));
         }
+        if algs.contains(&Alg::Es256) {
+            crate::es256::prepare();
+        }
         if c.max_age_s == 0 {
             return Err(ConfigError::new("dpop.max_age_s", "must be at least 1"));
         }
