@@ -742,3 +742,74 @@ fn an_mcp_method_allowed_in_a_body_does_not_open_an_http_method() -> Result<()> 
     }
     Ok(())
 }
+
+/// What is kept of a token between its requests (`authz::TokenParts`: its Cedar entities and
+/// context attributes, evaluated once, from its second request that runs Cedar on) carries
+/// nothing of a request: the same token, sent again and again, is judged on each request's own
+/// path, arguments and per-call task (`context.task.detail`, built from the arguments).
+#[test]
+fn a_token_used_many_times_is_judged_on_each_request() -> Result<()> {
+    let mut h = harness_with(|c| {
+        c["issuers"][1]["task"] = json!({"detail_fields":
+            {"max_amount": "Long", "allowed_recipient_domain": "String"}});
+    })?;
+    let auth = bearer(json!({
+        "iss": AGENTS, "sub": "agent-7", "scope": "files:read email:send payments:write",
+        "authorization_details": [
+            {"type": "mcp_tool", "identifier": "read_file"},
+            {"type": "mcp_tool", "identifier": "send_email",
+             "allowed_recipient_domain": "example.com"},
+            {"type": "mcp_tool", "identifier": "transfer_funds", "max_amount": 50}
+        ]
+    }))?;
+    let email = |to: &str| json!({"to": to, "subject": "s", "body": "b"});
+    let mut id = 0;
+    for round in 0..4 {
+        for (tool, arguments, allowed) in [
+            ("read_file", json!({"path": "/srv/notes.txt"}), true),
+            ("read_file", json!({"path": "/etc/passwd"}), false),
+            ("send_email", email("bob@example.com"), true),
+            ("send_email", email("eve@evil.example"), false),
+            ("send_email", email("carol@example.com"), true),
+            // Only the task's detail (`task-max-amount`) refuses 70.
+            (
+                "transfer_funds",
+                json!({"amount": 40, "to_account": "ACC-1"}),
+                true,
+            ),
+            (
+                "transfer_funds",
+                json!({"amount": 70, "to_account": "ACC-1"}),
+                false,
+            ),
+            (
+                "transfer_funds",
+                json!({"amount": 50, "to_account": "ACC-1"}),
+                true,
+            ),
+        ] {
+            id += 1;
+            let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                              "params": {"name": tool, "arguments": arguments}});
+            let (ctx, status) = tessera_tests::post_mcp(&mut h, &auth, &[], &call)?;
+            if allowed {
+                assert_eq!(status, None, "round {round}, {tool} {arguments}");
+            } else {
+                let r = reply_json(&h, ctx);
+                assert_eq!(
+                    r["error"]["code"], -32003,
+                    "round {round}, {tool} {arguments}: {r}"
+                );
+            }
+            h.done(ctx)?;
+        }
+        // The token has no `orders:read`: refused on an orders route and on a path of no route,
+        // however often it was allowed before.
+        for (path, allowed) in [("/orders/42", false), ("/nowhere", false)] {
+            let (ctx, status) = tessera_tests::request(&mut h, "GET", path, Some(&auth), &[])?;
+            assert_eq!(status.is_none(), allowed, "round {round}, {path}");
+            h.done(ctx)?;
+        }
+    }
+    Ok(())
+}

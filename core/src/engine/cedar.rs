@@ -9,7 +9,8 @@ use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::Value;
 
 use crate::authz::{
-    json_shape, json_to_cedar, shape_name, uid, Evaluation, PerRequest, Policies, TokenMemo,
+    json_shape, json_to_cedar, shape_name, uid, ContextParts, Evaluation, PerRequest, Policies,
+    TokenMemo, TokenParts,
 };
 use crate::error::RequestError;
 use crate::mcp;
@@ -54,15 +55,9 @@ impl Engine {
                 return Ok(e);
             }
         }
-        let mut shape = String::new();
-        let entities = self.token_entities(t)?;
-        let mut context = self.token_context(t, &mut shape)?;
-        // How the token is bound (`context.pop`, built with the request's parts below), and the
-        // principal's type: the request is checked against the action's `appliesTo` too.
-        t.binding.shape(&mut shape);
-        if let Some(p) = entities.first() {
-            shape_name(&mut shape, &p.uid().type_name().to_string());
-        }
+        let parts = self.token_parts_evaluated(t)?;
+        let mut shape = parts.shape.clone();
+        let mut context = Vec::new();
         // Per-request parts. Strings, the clock, the connection have one type whatever the
         // request says.
         let line = RequestLine {
@@ -90,7 +85,7 @@ impl Engine {
                 if let Some(task) =
                     crate::agent::task_for_call(&t.agent, tool, target.arguments.as_ref())
                 {
-                    context.retain(|(k, _)| k != "task");
+                    // Replaces the token's `task` (`ContextParts`).
                     context.push(("task".to_string(), task?));
                     // Its details come from the arguments: no shape says their types.
                     per_request = PerRequest::Varying;
@@ -110,16 +105,40 @@ impl Engine {
             per_request = PerRequest::Varying;
         }
         Ok(self.policies.evaluate(
-            entities,
+            parts.entities.clone(),
             action,
             resource,
-            context,
+            ContextParts {
+                kept: Some(Arc::clone(&parts)),
+                fresh: context,
+            },
             Some(TokenMemo {
                 checked: &t.checked,
                 shape: &shape,
             }),
             per_request,
         ))
+    }
+
+    /// The parts of a Cedar request that come from `t` alone (`authz::TokenParts`): kept with
+    /// the token (`Checked::offer_parts`), or built now, the context attributes evaluated.
+    fn token_parts_evaluated(&self, t: &VerifiedToken) -> Result<Arc<TokenParts>, RequestError> {
+        if let Some(parts) = t.checked.kept_parts() {
+            return Ok(parts);
+        }
+        let mut shape = String::new();
+        let entities = self.token_entities(t)?;
+        let context = self.token_context(t, &mut shape)?;
+        // How the token is bound (`context.pop`, built with the request's parts), and the
+        // principal's type: the request is checked against the action's `appliesTo` too.
+        t.binding.shape(&mut shape);
+        if let Some(p) = entities.first() {
+            shape_name(&mut shape, &p.uid().type_name().to_string());
+        }
+        let context = cedar_policy::Context::from_pairs(context).map_err(RequestError::build)?;
+        let parts = Arc::new(TokenParts::new(entities, context, shape));
+        t.checked.offer_parts(&parts);
+        Ok(parts)
     }
 
     /// The entities a request built from `t` needs: the principal first, with its groups as
@@ -174,7 +193,8 @@ impl Engine {
     /// can differ from one token of the issuer to another.
     ///
     /// ONLY values from the token belong here (and in [`Engine::token_entities`]): what is built
-    /// here is checked against the schema once per shape (a value whose type can vary from token
+    /// here is evaluated once and kept with a token used more than once (`authz::TokenParts`),
+    /// it is checked against the schema once per shape (a value whose type can vary from token
     /// to token must be described in `shape`), and decisions of actions whose policies read only
     /// these attributes (named in `authz::PER_TOKEN_CONTEXT`) are remembered per token. Anything
     /// that depends on the request goes with the per-request parts in [`Engine::evaluate`], as

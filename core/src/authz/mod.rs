@@ -3,21 +3,29 @@
 //! Policies are named by their `@id("…")` annotation so that denials and logs name what a policy
 //! author wrote. Parse and validation errors carry the document name and line/column.
 //!
-//! (Over 600 lines only with its tests, which stay beside the code they pin: the module is
-//! 562 lines.)
+//! What evaluation remembers between requests is `memo.rs`'s; partial evaluation (list filtering)
+//! and step-up scopes are `partial.rs`'s. (Over 600 lines only with its tests, which stay beside
+//! the code they pin: the module is 597 lines.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde_json::Value;
+
+mod memo;
+mod partial;
+use memo::request_shape;
+pub use memo::{
+    json_shape, shape_name, Checked, ContextParts, PerRequest, TokenMemo, TokenParts, KEPT_TOKENS,
+};
 
 use crate::config::PolicySource;
 use crate::error::ConfigError;
@@ -84,45 +92,6 @@ impl ActionIndex {
     }
 }
 
-/// The shape of a whole request with one action ([`Policies::evaluate`]): what its schema check
-/// depends on (the resource itself, not only its type). `None` when it has none (no token shape,
-/// or a varying part without a shape): then it is checked every time. The parts are
-/// length-prefixed, so no two requests of different types share a shape, and the kind of
-/// per-request parts is part of it: what fitted with an MCP record says nothing of a request
-/// without one.
-fn request_shape(
-    resource: &EntityUid,
-    token: Option<TokenMemo<'_>>,
-    per_request: PerRequest<'_>,
-) -> Option<String> {
-    let token = token.filter(|t| !t.shape.is_empty())?;
-    let (kind, varying) = match per_request {
-        PerRequest::Fixed => ('F', ""),
-        PerRequest::Shaped(s) => ('S', s),
-        PerRequest::Varying => return None,
-    };
-    // The resource's id too: Cedar checks it against an enumerated entity type (`entity Tool
-    // enum [...]`), so two resources of one type need not both fit.
-    let mut shape = String::from(kind);
-    shape_name(&mut shape, &resource.type_name().to_string());
-    shape_name(&mut shape, resource.id().unescaped());
-    shape_name(&mut shape, token.shape);
-    shape.push_str(varying);
-    Some(shape)
-}
-
-/// What is known of the token a request was built from: its memo, and the shape of the context
-/// parts besides the varying one (`Engine::evaluate`): of the token's (`Engine::token_context`:
-/// the issuer, which configured claims it has and the shape of each ([`json_shape`]), which
-/// optional members, how it is bound, the principal's type) and of the request's
-/// (`Engine::request_context`: which optional members). Requests of one shape share what was
-/// learned of the schema; an empty shape shares nothing.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenMemo<'a> {
-    pub checked: &'a Checked,
-    pub shape: &'a str,
-}
-
 impl ActionIndex {
     fn build(
         uid: EntityUid,
@@ -169,72 +138,6 @@ impl ActionIndex {
         }
         Ok(index)
     }
-}
-
-/// What is already known about the Cedar requests built from one verified token (kept with the
-/// token in the cache, so it lives as long as the token does):
-/// - that its entities fit the schema, so that their check runs once per token, not per request
-///   (whole requests are remembered by shape, across tokens: [`TokenMemo`]);
-/// - decisions for actions whose policies read nothing that varies per request (only the
-///   principal, the resource, and the token's own context parts): the same token, action and
-///   resource always get the same answer, so it is remembered (a few per token).
-///
-/// The Cedar request parts themselves (entities, context attributes, the entity store) are not
-/// kept: with 10,000 cached tokens they cost 36 MiB (parts) and 8 MiB (stores) of linear memory
-/// for 2–5 µs per request (issue 16's note).
-#[derive(Debug, Default)]
-pub struct Checked {
-    entities: AtomicBool,
-    decisions: Mutex<Vec<(u64, EntityUid, Evaluation)>>,
-}
-
-/// Decisions remembered per token: a token is normally used on a handful of routes.
-const DECISIONS_PER_TOKEN: usize = 8;
-
-impl Checked {
-    fn entities_fit(&self) -> bool {
-        self.entities.load(Ordering::Relaxed)
-    }
-
-    fn decision(&self, bit: u64, resource: &EntityUid) -> Option<Evaluation> {
-        let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        d.iter()
-            .find(|(b, r, _)| *b == bit && r == resource)
-            .map(|(_, _, e)| e.clone())
-    }
-
-    fn remember(&self, bit: u64, resource: EntityUid, e: &Evaluation) {
-        let mut d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        if d.len() < DECISIONS_PER_TOKEN {
-            // Exact growth: most tokens are used for one or two decisions, and 10,000 cached
-            // tokens each holding room for four would cost megabytes.
-            d.reserve_exact(1);
-            d.push((bit, resource, e.clone()));
-        }
-    }
-}
-
-impl Clone for Checked {
-    fn clone(&self) -> Checked {
-        Checked {
-            entities: AtomicBool::new(self.entities_fit()),
-            decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
-        }
-    }
-}
-
-/// What of a request's context does not come from the token (for [`Policies::evaluate`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PerRequest<'a> {
-    /// Parts whose types never vary (strings from the request line, the clock, how the token is
-    /// bound).
-    Fixed,
-    /// Those, and parts of varying type whose Cedar type `shape` says in full ([`json_shape`]
-    /// of the values they were built from, with their place): the same shape fits the schema
-    /// every time or never.
-    Shaped(&'a str),
-    /// Those, and parts of varying type without a shape: checked every time.
-    Varying,
 }
 
 /// Context attributes built from the token alone; every other attribute (`request`, `now`,
@@ -485,7 +388,7 @@ impl Policies {
         entities: Vec<Entity>,
         action: &str,
         resource: EntityUid,
-        context: Vec<(String, RestrictedExpression)>,
+        context: impl Into<ContextParts>,
         token: Option<TokenMemo<'_>>,
         per_request: PerRequest<'_>,
     ) -> Evaluation {
@@ -497,7 +400,7 @@ impl Policies {
         let Some(principal_uid) = entities.first().map(Entity::uid) else {
             return error("no principal entity".into());
         };
-        let context = match Context::from_pairs(context) {
+        let context = match context.into().into_context() {
             Ok(c) => c,
             Err(e) => return error(format!("context: {e}")),
         };
@@ -626,120 +529,6 @@ pub fn json_to_cedar(v: &Value) -> Result<RestrictedExpression, &'static str> {
     })
 }
 
-/// Appends `name` to a shape, length-prefixed (`5:token`), so that where it ends is never in doubt.
-pub fn shape_name(out: &mut String, name: &str) {
-    use std::fmt::Write as _;
-    let _ = write!(out, "{}:{name}", name.len());
-}
-
-/// Appends to `out` the shape of the Cedar value [`json_to_cedar`] makes of `v`: its type and
-/// nothing of its values. Equal shapes are equal Cedar types (record keys are length-prefixed,
-/// every shape ends where its grammar says, so no two types write the same text).
-pub fn json_shape(v: &Value, out: &mut String) {
-    match v {
-        Value::String(_) => out.push('s'),
-        Value::Bool(_) => out.push('b'),
-        Value::Number(n) if n.is_i64() => out.push('l'),
-        // json_to_cedar refuses these; a shape of their own all the same.
-        Value::Number(_) => out.push('n'),
-        Value::Null => out.push('z'),
-        // A set's type is its elements': which shapes they have, not how many or in what order.
-        Value::Array(a) => {
-            let shapes: std::collections::BTreeSet<String> = a
-                .iter()
-                .map(|e| {
-                    let mut s = String::new();
-                    json_shape(e, &mut s);
-                    s
-                })
-                .collect();
-            out.push('[');
-            for s in shapes {
-                out.push_str(&s);
-            }
-            out.push(']');
-        }
-        Value::Object(m) => {
-            out.push('{');
-            // As json_to_cedar: a null member is an absent one.
-            for (k, v) in m.iter().filter(|(_, v)| !v.is_null()) {
-                shape_name(out, k);
-                json_shape(v, out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-/// MCP list filtering and scope step-up (core/src/listing.rs, `Engine::decide`): kept apart from
-/// the request path above.
-impl Policies {
-    /// Cedar partial evaluation of one request whose context may hold unknowns: the decision when
-    /// it is certain whatever the unknowns are, `None` when it depends on them. `Err` when the
-    /// request cannot be built or a policy errors for certain (the caller fails closed).
-    pub(crate) fn evaluate_partial(
-        &self,
-        entities: Vec<Entity>,
-        action: &str,
-        resource: EntityUid,
-        context: Vec<(String, RestrictedExpression)>,
-        after_step_up: bool,
-    ) -> Result<Option<Decision>, String> {
-        let index = self
-            .by_action
-            .get(action)
-            .ok_or_else(|| format!("action `{action}` is not declared in the schema"))?;
-        let principal = entities
-            .first()
-            .map(Entity::uid)
-            .ok_or("no principal entity")?;
-        let context = Context::from_pairs(context).map_err(|e| format!("context: {e}"))?;
-        // Not checked against the schema: Cedar's request validation rejects an (untyped) unknown
-        // where the schema declares a type. The known part is built as for a call, which is
-        // checked; policies were validated against the declared types.
-        let request = Request::new(principal, index.uid.clone(), resource, context, None)
-            .map_err(|e| format!("request: {e}"))?;
-        let entities = index
-            .entities
-            .clone()
-            .add_entities(entities, Some(&self.schema))
-            .map_err(|e| format!("entities: {e}"))?;
-        // The whole set, not the per-action index: partial responses do not combine. After a
-        // step-up the `@scope` forbids are lifted (the client will hold the scopes they name).
-        let set = if after_step_up {
-            &self.without_scope_forbids
-        } else {
-            &self.set
-        };
-        let response = self
-            .authorizer
-            .is_authorized_partial(&request, set, &entities);
-        if let Some(p) = response.definitely_errored().next() {
-            return Err(format!("policy `{p}` errored"));
-        }
-        Ok(response.decision())
-    }
-
-    /// The scopes a denial asks for: the union of the `@scope("…")` annotations (space-separated
-    /// scopes) of `policies`, the determining forbids, when every one carries it. `None` when
-    /// there is none (no permit is not a missing scope) or one does not say.
-    pub fn required_scopes(&self, policies: &[String]) -> Option<Vec<String>> {
-        let mut scopes = std::collections::BTreeSet::new();
-        for id in policies {
-            let policy = self.set.policy(&PolicyId::new(id.as_str()))?;
-            if policy.effect() != cedar_policy::Effect::Forbid {
-                return None;
-            }
-            let named: Vec<&str> = policy.annotation("scope")?.split_whitespace().collect();
-            if named.is_empty() {
-                return None;
-            }
-            scopes.extend(named.into_iter().map(str::to_string));
-        }
-        (!scopes.is_empty()).then(|| scopes.into_iter().collect())
-    }
-}
-
 /// Per action of the schema, the attribute paths its context type declares, written
 /// `mcp/client`, `request/headers/x-tenant` (`/` never appears in a header name): read from the
 /// schema's JSON form, following common type names (`McpContext`, `ReadFileCall`), three levels
@@ -809,6 +598,7 @@ fn declared_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cedar_policy::Context;
     use serde_json::json;
 
     /// A token memo without a shape: nothing is shared with other tokens.

@@ -1,0 +1,329 @@
+//! What Cedar evaluation remembers between requests (`Policies::evaluate`): per token
+//! ([`Checked`]: that its entities fit the schema, decisions that depend on the token alone, its
+//! evaluated parts, [`TokenParts`]) and per request shape (the shape of a whole request, across
+//! tokens: [`request_shape`], [`TokenMemo`], [`PerRequest`], written with [`shape_name`] and
+//! [`json_shape`]). Nothing here changes a decision: each memo stands for work whose result
+//! cannot differ (see each item).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cedar_policy::{Context, Entity, EntityUid, RestrictedExpression};
+use serde_json::Value;
+
+use super::Evaluation;
+
+/// The shape of a whole request with one action ([`Policies::evaluate`]): what its schema check
+/// depends on (the resource itself, not only its type). `None` when it has none (no token shape,
+/// or a varying part without a shape): then it is checked every time. The parts are
+/// length-prefixed, so no two requests of different types share a shape, and the kind of
+/// per-request parts is part of it: what fitted with an MCP record says nothing of a request
+/// without one.
+pub(super) fn request_shape(
+    resource: &EntityUid,
+    token: Option<TokenMemo<'_>>,
+    per_request: PerRequest<'_>,
+) -> Option<String> {
+    let token = token.filter(|t| !t.shape.is_empty())?;
+    let (kind, varying) = match per_request {
+        PerRequest::Fixed => ('F', ""),
+        PerRequest::Shaped(s) => ('S', s),
+        PerRequest::Varying => return None,
+    };
+    // The resource's id too: Cedar checks it against an enumerated entity type (`entity Tool
+    // enum [...]`), so two resources of one type need not both fit.
+    let mut shape = String::from(kind);
+    shape_name(&mut shape, &resource.type_name().to_string());
+    shape_name(&mut shape, resource.id().unescaped());
+    shape_name(&mut shape, token.shape);
+    shape.push_str(varying);
+    Some(shape)
+}
+
+/// What is known of the token a request was built from: its memo, and the shape of the context
+/// parts besides the varying one (`Engine::evaluate`): of the token's (`Engine::token_context`:
+/// the issuer, which configured claims it has and the shape of each ([`json_shape`]), which
+/// optional members, how it is bound, the principal's type) and of the request's
+/// (`Engine::request_context`: which optional members). Requests of one shape share what was
+/// learned of the schema; an empty shape shares nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenMemo<'a> {
+    pub checked: &'a Checked,
+    pub shape: &'a str,
+}
+
+/// What is already known about the Cedar requests built from one verified token (kept with the
+/// token in the cache, so it lives as long as the token does):
+/// - that its entities fit the schema, so that their check runs once per token, not per request
+///   (whole requests are remembered by shape, across tokens: [`TokenMemo`]);
+/// - decisions for actions whose policies read nothing that varies per request (only the
+///   principal, the resource, and the token's own context parts): the same token, action and
+///   resource always get the same answer, so it is remembered (a few per token).
+///
+/// - the Cedar parts built from the token alone ([`TokenParts`]), once the token's requests have
+///   run Cedar twice, for at most [`KEPT_TOKENS`] tokens at a time: kept for every cached token
+///   they would cost 3–4 KiB each (36 MiB with 10,000 tokens), so a token used once, or whose
+///   decisions are remembered, keeps none.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub(super) entities: AtomicBool,
+    pub(super) decisions: Mutex<Vec<(u64, EntityUid, Evaluation)>>,
+    /// How many times this token's parts were built (up to 2).
+    builds: AtomicU8,
+    parts: OnceLock<Arc<TokenParts>>,
+}
+
+/// Tokens keeping their [`TokenParts`] at once (per VM): about 1 MiB of parts.
+pub const KEPT_TOKENS: usize = 256;
+
+/// How many [`TokenParts`] are kept now (each counts itself until dropped).
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// The Cedar parts of a request that come from its token alone (`Engine::token_entities`,
+/// `Engine::token_context`), the context attributes already evaluated, and their shape (the
+/// token's part of [`TokenMemo`]'s).
+#[derive(Debug)]
+pub struct TokenParts {
+    pub entities: Vec<Entity>,
+    pub context: Context,
+    pub shape: String,
+    /// The count these parts hold a place in while kept ([`KEPT`]; none while built for one
+    /// request).
+    counted: OnceLock<&'static AtomicUsize>,
+}
+
+impl TokenParts {
+    pub fn new(entities: Vec<Entity>, context: Context, shape: String) -> TokenParts {
+        TokenParts {
+            entities,
+            context,
+            shape,
+            counted: OnceLock::new(),
+        }
+    }
+}
+
+impl Drop for TokenParts {
+    fn drop(&mut self) {
+        if let Some(count) = self.counted.get() {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Decisions remembered per token: a token is normally used on a handful of routes.
+const DECISIONS_PER_TOKEN: usize = 8;
+
+impl Checked {
+    pub(super) fn entities_fit(&self) -> bool {
+        self.entities.load(Ordering::Relaxed)
+    }
+
+    /// The token's parts, if kept.
+    pub fn kept_parts(&self) -> Option<Arc<TokenParts>> {
+        self.parts.get().cloned()
+    }
+
+    /// `parts` were just built from the token: kept if they were built before and fewer than
+    /// [`KEPT_TOKENS`] tokens keep theirs.
+    pub fn offer_parts(&self, parts: &Arc<TokenParts>) {
+        self.offer_parts_within(parts, &KEPT, KEPT_TOKENS);
+    }
+
+    fn offer_parts_within(
+        &self,
+        parts: &Arc<TokenParts>,
+        count: &'static AtomicUsize,
+        limit: usize,
+    ) {
+        let builds = self.builds.load(Ordering::Relaxed);
+        if builds < 2 {
+            self.builds.store(builds + 1, Ordering::Relaxed);
+        }
+        if builds == 0 || self.parts.get().is_some() {
+            return;
+        }
+        if parts.counted.get().is_some() {
+            return; // already kept by another token (cannot happen: parts are built per token)
+        }
+        let reserved = count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            return;
+        }
+        let _ = parts.counted.set(count);
+        // Kept meanwhile by another caller: these parts give their place back when dropped.
+        let _ = self.parts.set(Arc::clone(parts));
+    }
+
+    pub(super) fn decision(&self, bit: u64, resource: &EntityUid) -> Option<Evaluation> {
+        let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter()
+            .find(|(b, r, _)| *b == bit && r == resource)
+            .map(|(_, _, e)| e.clone())
+    }
+
+    pub(super) fn remember(&self, bit: u64, resource: EntityUid, e: &Evaluation) {
+        let mut d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        if d.len() < DECISIONS_PER_TOKEN {
+            // Exact growth: most tokens are used for one or two decisions, and 10,000 cached
+            // tokens each holding room for four would cost megabytes.
+            d.reserve_exact(1);
+            d.push((bit, resource, e.clone()));
+        }
+    }
+}
+
+impl Clone for Checked {
+    fn clone(&self) -> Checked {
+        let parts = OnceLock::new();
+        if let Some(p) = self.parts.get() {
+            let _ = parts.set(Arc::clone(p));
+        }
+        Checked {
+            entities: AtomicBool::new(self.entities_fit()),
+            decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
+            builds: AtomicU8::new(self.builds.load(Ordering::Relaxed)),
+            parts,
+        }
+    }
+}
+
+/// The context attributes of one request ([`Policies::evaluate`]): those evaluated once and kept
+/// with the token ([`TokenParts::context`]), and those built for this request, evaluated now. One
+/// of these replaces a kept attribute of the same name (`task`, which a tool call can make more
+/// precise).
+pub struct ContextParts {
+    pub kept: Option<Arc<TokenParts>>,
+    pub fresh: Vec<(String, RestrictedExpression)>,
+}
+
+impl From<Vec<(String, RestrictedExpression)>> for ContextParts {
+    fn from(fresh: Vec<(String, RestrictedExpression)>) -> ContextParts {
+        ContextParts { kept: None, fresh }
+    }
+}
+
+impl ContextParts {
+    pub(super) fn into_context(self) -> Result<Context, String> {
+        use cedar_policy_core::ast;
+        let fresh = Context::from_pairs(self.fresh).map_err(|e| e.to_string())?;
+        let Some(kept) = self.kept else {
+            return Ok(fresh);
+        };
+        // Both evaluated: their values joined (cheap clones: Cedar's values share their
+        // records and sets).
+        match (kept.context.as_ref(), fresh.as_ref()) {
+            (ast::Context::Value(k), ast::Context::Value(f)) => {
+                let mut all = BTreeMap::clone(k);
+                all.extend(f.iter().map(|(name, v)| (name.clone(), v.clone())));
+                Ok(Context::from(ast::Context::Value(Arc::new(all))))
+            }
+            _ => Err("an attribute has no value".into()),
+        }
+    }
+}
+
+/// What of a request's context does not come from the token (for [`Policies::evaluate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerRequest<'a> {
+    /// Parts whose types never vary (strings from the request line, the clock, how the token is
+    /// bound).
+    Fixed,
+    /// Those, and parts of varying type whose Cedar type `shape` says in full ([`json_shape`]
+    /// of the values they were built from, with their place): the same shape fits the schema
+    /// every time or never.
+    Shaped(&'a str),
+    /// Those, and parts of varying type without a shape: checked every time.
+    Varying,
+}
+
+/// Appends `name` to a shape, length-prefixed (`5:token`), so that where it ends is never in doubt.
+pub fn shape_name(out: &mut String, name: &str) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{}:{name}", name.len());
+}
+
+/// Appends to `out` the shape of the Cedar value [`json_to_cedar`] makes of `v`: its type and
+/// nothing of its values. Equal shapes are equal Cedar types (record keys are length-prefixed,
+/// every shape ends where its grammar says, so no two types write the same text).
+pub fn json_shape(v: &Value, out: &mut String) {
+    match v {
+        Value::String(_) => out.push('s'),
+        Value::Bool(_) => out.push('b'),
+        Value::Number(n) if n.is_i64() => out.push('l'),
+        // json_to_cedar refuses these; a shape of their own all the same.
+        Value::Number(_) => out.push('n'),
+        Value::Null => out.push('z'),
+        // A set's type is its elements': which shapes they have, not how many or in what order.
+        Value::Array(a) => {
+            let shapes: std::collections::BTreeSet<String> = a
+                .iter()
+                .map(|e| {
+                    let mut s = String::new();
+                    json_shape(e, &mut s);
+                    s
+                })
+                .collect();
+            out.push('[');
+            for s in shapes {
+                out.push_str(&s);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            out.push('{');
+            // As json_to_cedar: a null member is an absent one.
+            for (k, v) in m.iter().filter(|(_, v)| !v.is_null()) {
+                shape_name(out, k);
+                json_shape(v, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token keeps its parts from their second build on, within the limit, and each kept set
+    /// holds its place until the last holder drops it.
+    #[test]
+    fn parts_are_kept_from_the_second_build_within_the_limit() {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let parts = || Arc::new(TokenParts::new(vec![], Context::empty(), "s".into()));
+        let checked = Checked::default();
+        checked.offer_parts_within(&parts(), &COUNT, 1);
+        assert!(
+            checked.kept_parts().is_none(),
+            "a token used once keeps nothing"
+        );
+        let second = parts();
+        checked.offer_parts_within(&second, &COUNT, 1);
+        let kept = checked.kept_parts().expect("kept from the second build");
+        assert!(Arc::ptr_eq(&kept, &second));
+        assert_eq!(COUNT.load(Ordering::Relaxed), 1);
+        // A clone of the memo shares the same parts; a third build keeps the first kept.
+        let copy = checked.clone();
+        checked.offer_parts_within(&parts(), &COUNT, 1);
+        assert!(Arc::ptr_eq(&checked.kept_parts().unwrap(), &second));
+        assert!(Arc::ptr_eq(&copy.kept_parts().unwrap(), &second));
+        assert_eq!(COUNT.load(Ordering::Relaxed), 1);
+        // The limit reached: another token keeps nothing.
+        let other = Checked::default();
+        other.offer_parts_within(&parts(), &COUNT, 1);
+        other.offer_parts_within(&parts(), &COUNT, 1);
+        assert!(other.kept_parts().is_none());
+        // Dropped by every holder: the place is given back, and the other token can keep.
+        drop((checked, copy, kept, second));
+        assert_eq!(COUNT.load(Ordering::Relaxed), 0);
+        other.offer_parts_within(&parts(), &COUNT, 1);
+        assert!(other.kept_parts().is_some());
+        assert_eq!(COUNT.load(Ordering::Relaxed), 1);
+    }
+}
