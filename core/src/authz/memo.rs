@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cedar_policy::{Context, Entity, EntityUid, RestrictedExpression};
+use cedar_policy::{Context, Entities, Entity, EntityUid, RestrictedExpression};
 use serde_json::Value;
 
 use super::Evaluation;
@@ -62,7 +62,7 @@ pub struct TokenMemo<'a> {
 ///   resource always get the same answer, so it is remembered (a few per token).
 ///
 /// - the Cedar parts built from the token alone ([`TokenParts`]), once the token's requests have
-///   run Cedar twice, for at most [`KEPT_TOKENS`] tokens at a time: kept for every cached token
+///   run Cedar twice, within [`KEPT_BYTES`] for all tokens at a time: kept for every cached token
 ///   they would cost 3–4 KiB each (36 MiB with 10,000 tokens), so a token used once, or whose
 ///   decisions are remembered, keeps none.
 #[derive(Debug, Default)]
@@ -74,11 +74,32 @@ pub struct Checked {
     parts: OnceLock<Arc<TokenParts>>,
 }
 
-/// Tokens keeping their [`TokenParts`] at once (per VM): about 1 MiB of parts.
-pub const KEPT_TOKENS: usize = 256;
+/// What all kept [`TokenParts`] may weigh at once (per VM), in [`parts_weight`]'s estimate:
+/// about 500 agent tokens of a few claims, a handful with claims of thousands of values.
+pub const KEPT_BYTES: usize = 2 << 20;
 
-/// How many [`TokenParts`] are kept now (each counts itself until dropped).
+/// The weight of the [`TokenParts`] kept now (each counts itself until dropped).
 static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// A generous estimate of the memory the Cedar parts built from a token with this payload take:
+/// 1 KiB, and for every JSON value in it 256 bytes and its text. Whatever claims the issuer maps,
+/// the parts hold each of the payload's values a few times at most (a set's elements in a sorted
+/// set and a hash set; the subject's groups as parents of the principal and of the
+/// `delegation.on_behalf_of` entity), each in well under 128 bytes besides its text.
+pub fn parts_weight<'a>(payload: impl IntoIterator<Item = (&'a str, &'a Value)>) -> usize {
+    fn weight(v: &Value) -> usize {
+        256 + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(weight).sum(),
+            Value::Object(m) => m.iter().map(|(k, v)| k.len() + weight(v)).sum(),
+            _ => 0,
+        }
+    }
+    1024 + payload
+        .into_iter()
+        .map(|(k, v)| k.len() + weight(v))
+        .sum::<usize>()
+}
 
 /// The Cedar parts of a request that come from its token alone (`Engine::token_entities`,
 /// `Engine::token_context`), the context attributes already evaluated, and their shape (the
@@ -88,26 +109,57 @@ pub struct TokenParts {
     pub entities: Vec<Entity>,
     pub context: Context,
     pub shape: String,
-    /// The count these parts hold a place in while kept ([`KEPT`]; none while built for one
-    /// request).
+    /// Entity stores built from `entities` alone, by action (`ActionIndex::bit`): a few.
+    stores: Mutex<Vec<(u64, Arc<Entities>)>>,
+    /// What these parts weigh ([`parts_weight`]).
+    weight: usize,
+    /// The count these parts hold their weight in while kept ([`KEPT`]; none while built for
+    /// one request).
     counted: OnceLock<&'static AtomicUsize>,
 }
 
 impl TokenParts {
-    pub fn new(entities: Vec<Entity>, context: Context, shape: String) -> TokenParts {
+    pub fn new(
+        entities: Vec<Entity>,
+        context: Context,
+        shape: String,
+        weight: usize,
+    ) -> TokenParts {
         TokenParts {
             entities,
             context,
             shape,
+            stores: Mutex::default(),
+            weight,
             counted: OnceLock::new(),
+        }
+    }
+
+    /// The entity store built from these entities for the action `bit`, if kept.
+    pub(super) fn store(&self, bit: u64) -> Option<Arc<Entities>> {
+        let stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        stores
+            .iter()
+            .find(|(b, _)| *b == bit)
+            .map(|(_, s)| Arc::clone(s))
+    }
+
+    /// Keeps `store` (built from these entities alone, known to fit the schema) for `bit`.
+    pub(super) fn keep_store(&self, bit: u64, store: &Arc<Entities>) {
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if stores.len() < STORES_PER_TOKEN && stores.iter().all(|(b, _)| *b != bit) {
+            stores.push((bit, Arc::clone(store)));
         }
     }
 }
 
+/// Entity stores kept per token: a token is normally used with a handful of actions.
+const STORES_PER_TOKEN: usize = 4;
+
 impl Drop for TokenParts {
     fn drop(&mut self) {
         if let Some(count) = self.counted.get() {
-            count.fetch_sub(1, Ordering::Relaxed);
+            count.fetch_sub(self.weight, Ordering::Relaxed);
         }
     }
 }
@@ -125,10 +177,10 @@ impl Checked {
         self.parts.get().cloned()
     }
 
-    /// `parts` were just built from the token: kept if they were built before and fewer than
-    /// [`KEPT_TOKENS`] tokens keep theirs.
+    /// `parts` were just built from the token: kept if they were built before and their weight
+    /// fits in what is left of [`KEPT_BYTES`].
     pub fn offer_parts(&self, parts: &Arc<TokenParts>) {
-        self.offer_parts_within(parts, &KEPT, KEPT_TOKENS);
+        self.offer_parts_within(parts, &KEPT, KEPT_BYTES);
     }
 
     fn offer_parts_within(
@@ -149,14 +201,14 @@ impl Checked {
         }
         let reserved = count
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < limit).then_some(n + 1)
+                n.checked_add(parts.weight).filter(|total| *total <= limit)
             })
             .is_ok();
         if !reserved {
             return;
         }
         let _ = parts.counted.set(count);
-        // Kept meanwhile by another caller: these parts give their place back when dropped.
+        // Kept meanwhile by another caller: these parts give their weight back when dropped.
         let _ = self.parts.set(Arc::clone(parts));
     }
 
@@ -194,9 +246,9 @@ impl Clone for Checked {
 }
 
 /// The context attributes of one request ([`Policies::evaluate`]): those evaluated once and kept
-/// with the token ([`TokenParts::context`]), and those built for this request, evaluated now. One
-/// of these replaces a kept attribute of the same name (`task`, which a tool call can make more
-/// precise).
+/// with the token ([`TokenParts::context`]), and those built for this request, evaluated now. Of
+/// these, `task` replaces the kept one (a tool call can make it more precise); any other name in
+/// both is an error, as `Context::from_pairs` has it.
 pub struct ContextParts {
     pub kept: Option<Arc<TokenParts>>,
     pub fresh: Vec<(String, RestrictedExpression)>,
@@ -207,6 +259,9 @@ impl From<Vec<(String, RestrictedExpression)>> for ContextParts {
         ContextParts { kept: None, fresh }
     }
 }
+
+/// The one token attribute a request's may replace ([`ContextParts`]).
+const REPLACEABLE: &str = "task";
 
 impl ContextParts {
     pub(super) fn into_context(self) -> Result<Context, String> {
@@ -219,6 +274,9 @@ impl ContextParts {
         // records and sets).
         match (kept.context.as_ref(), fresh.as_ref()) {
             (ast::Context::Value(k), ast::Context::Value(f)) => {
+                if let Some(name) = f.keys().find(|n| *n != REPLACEABLE && k.contains_key(*n)) {
+                    return Err(format!("the attribute `{name}` is given twice"));
+                }
                 let mut all = BTreeMap::clone(k);
                 all.extend(f.iter().map(|(name, v)| (name.clone(), v.clone())));
                 Ok(Context::from(ast::Context::Value(Arc::new(all))))
@@ -292,38 +350,101 @@ mod tests {
     use super::*;
 
     /// A token keeps its parts from their second build on, within the limit, and each kept set
-    /// holds its place until the last holder drops it.
+    /// holds its weight until the last holder drops it.
     #[test]
     fn parts_are_kept_from_the_second_build_within_the_limit() {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let parts = || Arc::new(TokenParts::new(vec![], Context::empty(), "s".into()));
+        let parts = || Arc::new(TokenParts::new(vec![], Context::empty(), "s".into(), 10));
         let checked = Checked::default();
-        checked.offer_parts_within(&parts(), &COUNT, 1);
+        checked.offer_parts_within(&parts(), &COUNT, 15);
         assert!(
             checked.kept_parts().is_none(),
             "a token used once keeps nothing"
         );
         let second = parts();
-        checked.offer_parts_within(&second, &COUNT, 1);
+        checked.offer_parts_within(&second, &COUNT, 15);
         let kept = checked.kept_parts().expect("kept from the second build");
         assert!(Arc::ptr_eq(&kept, &second));
-        assert_eq!(COUNT.load(Ordering::Relaxed), 1);
+        assert_eq!(COUNT.load(Ordering::Relaxed), 10);
         // A clone of the memo shares the same parts; a third build keeps the first kept.
         let copy = checked.clone();
-        checked.offer_parts_within(&parts(), &COUNT, 1);
+        checked.offer_parts_within(&parts(), &COUNT, 15);
         assert!(Arc::ptr_eq(&checked.kept_parts().unwrap(), &second));
         assert!(Arc::ptr_eq(&copy.kept_parts().unwrap(), &second));
-        assert_eq!(COUNT.load(Ordering::Relaxed), 1);
-        // The limit reached: another token keeps nothing.
+        assert_eq!(COUNT.load(Ordering::Relaxed), 10);
+        // The limit (15) would be passed (20): another token keeps nothing.
         let other = Checked::default();
-        other.offer_parts_within(&parts(), &COUNT, 1);
-        other.offer_parts_within(&parts(), &COUNT, 1);
+        other.offer_parts_within(&parts(), &COUNT, 15);
+        other.offer_parts_within(&parts(), &COUNT, 15);
         assert!(other.kept_parts().is_none());
-        // Dropped by every holder: the place is given back, and the other token can keep.
+        // Dropped by every holder: the weight is given back, and the other token can keep.
         drop((checked, copy, kept, second));
         assert_eq!(COUNT.load(Ordering::Relaxed), 0);
-        other.offer_parts_within(&parts(), &COUNT, 1);
+        other.offer_parts_within(&parts(), &COUNT, 15);
         assert!(other.kept_parts().is_some());
-        assert_eq!(COUNT.load(Ordering::Relaxed), 1);
+        assert_eq!(COUNT.load(Ordering::Relaxed), 10);
+    }
+
+    /// Kept and fresh attributes are joined; a fresh `task` replaces the kept one, and any other
+    /// name in both is refused, as one `Context::from_pairs` refuses it.
+    #[test]
+    fn a_request_attribute_replaces_only_the_task() {
+        let kept = |names: &[&str]| {
+            let pairs = names.iter().map(|n| {
+                (
+                    n.to_string(),
+                    RestrictedExpression::new_string("kept".into()),
+                )
+            });
+            let context = Context::from_pairs(pairs).unwrap();
+            Some(Arc::new(TokenParts::new(vec![], context, String::new(), 1)))
+        };
+        let fresh = |name: &str| {
+            vec![(
+                name.to_string(),
+                RestrictedExpression::new_string("fresh".into()),
+            )]
+        };
+        let joined = ContextParts {
+            kept: kept(&["token", "task"]),
+            fresh: fresh("task"),
+        }
+        .into_context()
+        .unwrap();
+        let value = |c: &Context, n: &str| c.get(n).map(|v| v.to_string());
+        assert_eq!(value(&joined, "task").as_deref(), Some("\"fresh\""));
+        assert_eq!(value(&joined, "token").as_deref(), Some("\"kept\""));
+        for name in ["token", "delegation"] {
+            let e = ContextParts {
+                kept: kept(&["token", "delegation", "task"]),
+                fresh: fresh(name),
+            }
+            .into_context()
+            .unwrap_err();
+            assert!(e.contains(name), "{e}");
+        }
+        let added = ContextParts {
+            kept: kept(&["token"]),
+            fresh: fresh("now"),
+        }
+        .into_context()
+        .unwrap();
+        assert_eq!(value(&added, "now").as_deref(), Some("\"fresh\""));
+    }
+
+    /// The weight follows the payload's values, not the token count: a few tokens with claims
+    /// of thousands of values fill [`KEPT_BYTES`], hundreds of ordinary ones do not.
+    #[test]
+    fn parts_weigh_what_their_payload_holds() {
+        let small = serde_json::json!({"iss": "https://agents.example.com", "sub": "agent-7",
+            "scope": "orders:read", "exp": 1, "iat": 0, "aud": "api"});
+        let groups: Vec<String> = (0..3000).map(|i| format!("group-{i}")).collect();
+        let large = serde_json::json!({"sub": "agent-7", "groups": groups});
+        let w =
+            |v: &Value| parts_weight(v.as_object().unwrap().iter().map(|(k, v)| (k.as_str(), v)));
+        assert!(w(&small) < 4096, "{}", w(&small));
+        assert!(KEPT_BYTES / w(&small) >= 500);
+        assert!(w(&large) > 3000 * 256);
+        assert!(KEPT_BYTES / w(&large) <= 3);
     }
 }

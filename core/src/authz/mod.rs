@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
@@ -24,7 +24,8 @@ mod memo;
 mod partial;
 use memo::request_shape;
 pub use memo::{
-    json_shape, shape_name, Checked, ContextParts, PerRequest, TokenMemo, TokenParts, KEPT_TOKENS,
+    json_shape, parts_weight, shape_name, Checked, ContextParts, PerRequest, TokenMemo, TokenParts,
+    KEPT_BYTES,
 };
 
 use crate::config::PolicySource;
@@ -376,7 +377,8 @@ impl Policies {
     /// Evaluates one request. `entities` are the principal (first) and any entities the context
     /// refers to, with their parents and attributes; they and the context are checked against the
     /// schema, so that a policy never sees a value of another type than the one it was validated
-    /// for.
+    /// for. With parts kept with the token (`context.kept`), their entities come first, and the
+    /// entity store built from them alone for this action is kept with them too.
     ///
     /// `token` is what is known of the token the entities come from (pass it only when they come
     /// from the token alone): entities that fitted the schema once fit it every time. A request
@@ -397,10 +399,15 @@ impl Policies {
         let Some(index) = self.by_action.get(action) else {
             return error(format!("action `{action}` is not declared in the schema"));
         };
-        let Some(principal_uid) = entities.first().map(Entity::uid) else {
+        let context: ContextParts = context.into();
+        let kept = context.kept.clone();
+        let first = kept
+            .as_ref()
+            .map_or(entities.first(), |k| k.entities.first());
+        let Some(principal_uid) = first.map(Entity::uid) else {
             return error("no principal entity".into());
         };
-        let context = match context.into().into_context() {
+        let context = match context.into_context() {
             Ok(c) => c,
             Err(e) => return error(format!("context: {e}")),
         };
@@ -422,13 +429,36 @@ impl Policies {
             Err(e) => return error(format!("request does not fit the schema: {e}")),
         };
         let entities_known = checked.is_some_and(Checked::entities_fit);
-        let entities = match index
-            .entities
-            .clone()
-            .add_entities(entities, (!entities_known).then_some(&self.schema))
-        {
-            Ok(e) => e,
-            Err(e) => return error(format!("entities: {e}")),
+        // The store of the token's entities alone, known to fit, is the same for every request
+        // with this action.
+        let keeps_store = kept
+            .as_ref()
+            .filter(|_| entities.is_empty() && index.bit != 0);
+        let stored = keeps_store
+            .filter(|_| entities_known)
+            .and_then(|k| k.store(index.bit));
+        let entities = match stored {
+            Some(store) => store,
+            None => {
+                let all = match &kept {
+                    Some(k) => k.entities.iter().cloned().chain(entities).collect(),
+                    None => entities,
+                };
+                match index
+                    .entities
+                    .clone()
+                    .add_entities(all, (!entities_known).then_some(&self.schema))
+                {
+                    Ok(e) => {
+                        let e = Arc::new(e);
+                        if let Some(k) = keeps_store {
+                            k.keep_store(index.bit, &e);
+                        }
+                        e
+                    }
+                    Err(e) => return error(format!("entities: {e}")),
+                }
+            }
         };
         // Here the request fitted (checked now, or known to).
         if let Some(c) = checked {

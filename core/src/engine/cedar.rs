@@ -105,7 +105,7 @@ impl Engine {
             per_request = PerRequest::Varying;
         }
         Ok(self.policies.evaluate(
-            parts.entities.clone(),
+            Vec::new(),
             action,
             resource,
             ContextParts {
@@ -136,7 +136,8 @@ impl Engine {
             shape_name(&mut shape, &p.uid().type_name().to_string());
         }
         let context = cedar_policy::Context::from_pairs(context).map_err(RequestError::build)?;
-        let parts = Arc::new(TokenParts::new(entities, context, shape));
+        let weight = crate::authz::parts_weight(t.payload.iter());
+        let parts = Arc::new(TokenParts::new(entities, context, shape, weight));
         t.checked.offer_parts(&parts);
         Ok(parts)
     }
