@@ -135,6 +135,7 @@ fn verified(i: usize, now: u64) -> Arc<VerifiedToken> {
         jti: None,
         key_generation: 0,
         checked: Default::default(),
+        session_owner: Default::default(),
         payload: payload.into(),
         agent: Default::default(),
         binding: Default::default(),

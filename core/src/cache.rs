@@ -153,6 +153,7 @@ mod tests {
             agent: Default::default(),
             binding: Default::default(),
             checked: Default::default(),
+            session_owner: Default::default(),
         })
     }
 

@@ -234,6 +234,9 @@ pub struct VerifiedToken {
     pub binding: crate::pop::Binding,
     /// What of the Cedar request built from this token is already known to fit the schema.
     pub checked: crate::authz::Checked,
+    /// Who an MCP session of this token's requests is bound to (`Engine::session_owner`),
+    /// once computed.
+    pub session_owner: std::sync::OnceLock<String>,
 }
 
 impl VerifiedToken {
@@ -347,6 +350,7 @@ pub fn verify(
         agent,
         binding,
         checked: crate::authz::Checked::default(),
+        session_owner: Default::default(),
     })
 }
 

@@ -398,6 +398,7 @@ impl Engine {
                 payload: payload.into(),
                 binding: crate::pop::Binding::default(),
                 checked: crate::authz::Checked::default(),
+                session_owner: Default::default(),
             };
             let req = HttpRequest {
                 method,
@@ -424,6 +425,7 @@ impl Engine {
                 // The same token presented by a workload: a `Workload` principal.
                 let mut presented = VerifiedToken {
                     checked: crate::authz::Checked::default(),
+                    session_owner: Default::default(),
                     ..token.clone()
                 };
                 presented.agent.delegation.presenter =
