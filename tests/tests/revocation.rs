@@ -588,3 +588,27 @@ fn revocation_events_need_issuers_whose_tokens_do_not_outlive_a_revocation() -> 
     );
     Ok(())
 }
+
+/// A token whose requests run Cedar every time keeps its Cedar parts from its second request
+/// (`authz::TokenParts`); what is kept never stands in for the credential's checks: revoked, the
+/// same token is refused on its next call.
+#[test]
+fn a_token_that_keeps_its_cedar_parts_is_refused_once_revoked() -> Result<()> {
+    let mut h = harness(|_| {})?;
+    let token = bearer(
+        json!({"iss": AGENTS, "sub": "agent-7", "scope": "files:read",
+                              "jti": "kept-1"}),
+    )?;
+    for id in 1..=4 {
+        let call = tessera_tests::read_file(id, "/srv/notes.txt");
+        let (ctx, status) = tessera_tests::post_mcp(&mut h, &token, &[], &call)?;
+        assert_eq!(status, None, "call {id} allowed: {:?}", h.local_reply(ctx));
+        h.done(ctx)?;
+    }
+    let set = revoke(json!({"format": "jwt_id", "iss": AGENTS, "jti": "kept-1"}))?;
+    assert_eq!(push(&mut h, &set)?, (202, String::new()));
+    let call = tessera_tests::read_file(5, "/srv/notes.txt");
+    let (ctx, status) = tessera_tests::post_mcp(&mut h, &token, &[], &call)?;
+    assert_eq!(status, Some(401), "{:?}", h.local_reply(ctx));
+    Ok(())
+}

@@ -467,8 +467,9 @@ fn bench_section(
     writeln!(
         s,
         "\nWho verifies what: Ed25519 by ed25519-dalek, RSA (RS*, PS*) by `core/src/rsa.rs` (32-bit \
-         Montgomery arithmetic, per-key constants computed when the key loads), ES256, ES384 and \
-         HS256 by jwt-simple (RustCrypto's p256 and p384)."
+         Montgomery arithmetic, per-key constants computed when the key loads), ES256 by \
+         `core/src/es256/` (32-bit limbs, fixed-base combs: the generator's table once per VM, \
+         each key's when it loads), ES384 and HS256 by jwt-simple (RustCrypto's p384)."
     )?;
     if let Some(v) = get("wasm/jwt_authn/cold") {
         writeln!(
