@@ -215,7 +215,10 @@ impl Table {
         }
         let half = 1usize << (window - 1);
         let rows = windows(window);
-        let mut jacobian = Vec::with_capacity(rows * half);
+        let mut points = Vec::with_capacity(rows * half);
+        // Normalized a batch of rows at a time (one inversion each): the Jacobian points of the
+        // whole generator's table would take 400 KiB more of linear memory while it is built.
+        let mut jacobian = Vec::with_capacity(NORMALIZED_AT_ONCE.max(half));
         let mut base = Jacobian::from_affine(p);
         for _ in 0..rows {
             let mut multiple = base;
@@ -226,11 +229,13 @@ impl Table {
             }
             // half·base doubled: 2^w·base, the next row's base.
             base = multiple.double();
+            if jacobian.len() + half > NORMALIZED_AT_ONCE {
+                points.extend(normalize(&jacobian)?);
+                jacobian.clear();
+            }
         }
-        Some(Table {
-            window,
-            points: normalize(&jacobian)?,
-        })
+        points.extend(normalize(&jacobian)?);
+        Some(Table { window, points })
     }
 
     /// `acc + k·P`, with `k` a 256-bit big-endian integer.
@@ -284,6 +289,9 @@ pub fn mul_variable(p: &Affine, k: &[u8; 32]) -> Option<Jacobian> {
     }
     Some(acc)
 }
+
+/// Jacobian points normalized together while a table is built (96 KiB).
+const NORMALIZED_AT_ONCE: usize = 1024;
 
 /// How many signed digits of `window` bits a 256-bit scalar takes: w·rows > 256, so the carry
 /// out of the top digit is always absorbed.
