@@ -238,7 +238,9 @@ fn cedar_inputs(
         // A bearer token: not bound, nothing proven (pop/mod.rs).
         (
             "pop".to_string(),
-            tessera_core::pop::Binding::default().context().unwrap(),
+            tessera_core::authz::expression_of(
+                tessera_core::pop::Binding::default().context().unwrap(),
+            ),
         ),
     ];
     (principal, resource, context)

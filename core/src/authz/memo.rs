@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cedar_policy::{Context, Entities, Entity, EntityUid, RestrictedExpression};
 use serde_json::Value;
 
-use super::Evaluation;
+use super::{CedarValue, Evaluation};
 
 /// The shape of a whole request with one action ([`Policies::evaluate`]): what its schema check
 /// depends on (the resource itself, not only its type). `None` when it has none (no token shape,
@@ -246,17 +246,24 @@ impl Clone for Checked {
 }
 
 /// The context attributes of one request ([`Policies::evaluate`]): those evaluated once and kept
-/// with the token ([`TokenParts::context`]), and those built for this request, evaluated now. Of
-/// these, `task` replaces the kept one (a tool call can make it more precise); any other name in
-/// both is an error, as `Context::from_pairs` has it.
+/// with the token ([`TokenParts::context`]), those built for this request as values (`values`:
+/// the request line, the clock, how the token is bound) and as expressions, evaluated now
+/// (`fresh`: the MCP call, a call's task, an approval). Of these, `task` replaces the kept one
+/// (a tool call can make it more precise); any other name given twice is an error, as
+/// `Context::from_pairs` has it.
+#[derive(Default)]
 pub struct ContextParts {
     pub kept: Option<Arc<TokenParts>>,
+    pub values: Vec<(String, CedarValue)>,
     pub fresh: Vec<(String, RestrictedExpression)>,
 }
 
 impl From<Vec<(String, RestrictedExpression)>> for ContextParts {
     fn from(fresh: Vec<(String, RestrictedExpression)>) -> ContextParts {
-        ContextParts { kept: None, fresh }
+        ContextParts {
+            fresh,
+            ..ContextParts::default()
+        }
     }
 }
 
@@ -266,23 +273,34 @@ const REPLACEABLE: &str = "task";
 impl ContextParts {
     pub(super) fn into_context(self) -> Result<Context, String> {
         use cedar_policy_core::ast;
-        let fresh = Context::from_pairs(self.fresh).map_err(|e| e.to_string())?;
-        let Some(kept) = self.kept else {
-            return Ok(fresh);
+        let fields = |c: &Context| match c.as_ref() {
+            ast::Context::Value(m) => Ok(Arc::clone(m)),
+            ast::Context::RestrictedResidual(_) => Err("an attribute has no value".to_string()),
         };
-        // Both evaluated: their values joined (cheap clones: Cedar's values share their
+        let kept = self.kept.as_ref().map(|k| fields(&k.context)).transpose()?;
+        let values = match CedarValue::record(self.values, None).value {
+            ast::ValueKind::Record(m) => m,
+            _ => return Err("not a record".into()),
+        };
+        let fresh = if self.fresh.is_empty() {
+            None
+        } else {
+            Some(fields(
+                &Context::from_pairs(self.fresh).map_err(|e| e.to_string())?,
+            )?)
+        };
+        // Every part evaluated: their values joined (cheap clones: Cedar's values share their
         // records and sets).
-        match (kept.context.as_ref(), fresh.as_ref()) {
-            (ast::Context::Value(k), ast::Context::Value(f)) => {
-                if let Some(name) = f.keys().find(|n| *n != REPLACEABLE && k.contains_key(*n)) {
+        let mut all = BTreeMap::new();
+        for (part, replaces) in [(kept, false), (Some(values), true), (fresh, true)] {
+            for (name, v) in part.iter().flat_map(|m| m.iter()) {
+                if all.contains_key(name) && !(replaces && name == REPLACEABLE) {
                     return Err(format!("the attribute `{name}` is given twice"));
                 }
-                let mut all = BTreeMap::clone(k);
-                all.extend(f.iter().map(|(name, v)| (name.clone(), v.clone())));
-                Ok(Context::from(ast::Context::Value(Arc::new(all))))
+                all.insert(name.clone(), v.clone());
             }
-            _ => Err("an attribute has no value".into()),
         }
+        Ok(Context::from(ast::Context::Value(Arc::new(all))))
     }
 }
 
@@ -407,6 +425,7 @@ mod tests {
         };
         let joined = ContextParts {
             kept: kept(&["token", "task"]),
+            values: vec![],
             fresh: fresh("task"),
         }
         .into_context()
@@ -417,6 +436,7 @@ mod tests {
         for name in ["token", "delegation"] {
             let e = ContextParts {
                 kept: kept(&["token", "delegation", "task"]),
+                values: vec![],
                 fresh: fresh(name),
             }
             .into_context()
@@ -425,11 +445,33 @@ mod tests {
         }
         let added = ContextParts {
             kept: kept(&["token"]),
+            values: vec![],
             fresh: fresh("now"),
         }
         .into_context()
         .unwrap();
         assert_eq!(value(&added, "now").as_deref(), Some("\"fresh\""));
+        // Values built directly join the same way.
+        let v = |name: &str| vec![(name.to_string(), CedarValue::from("value".to_string()))];
+        let with_values = ContextParts {
+            kept: kept(&["token", "task"]),
+            values: v("request"),
+            fresh: fresh("task"),
+        }
+        .into_context()
+        .unwrap();
+        assert_eq!(value(&with_values, "request").as_deref(), Some("\"value\""));
+        assert_eq!(value(&with_values, "task").as_deref(), Some("\"fresh\""));
+        for (values, fresh_name) in [(v("token"), "mcp"), (v("mcp"), "mcp")] {
+            let e = ContextParts {
+                kept: kept(&["token"]),
+                values,
+                fresh: fresh(fresh_name),
+            }
+            .into_context()
+            .unwrap_err();
+            assert!(e.contains("twice"), "{e}");
+        }
     }
 
     /// The weight follows the payload's values, not the token count: a few tokens with claims

@@ -3,9 +3,10 @@
 //! Policies are named by their `@id("…")` annotation so that denials and logs name what a policy
 //! author wrote. Parse and validation errors carry the document name and line/column.
 //!
-//! What evaluation remembers between requests is `memo.rs`'s; partial evaluation (list filtering)
-//! and step-up scopes are `partial.rs`'s. (Over 600 lines only with its tests, which stay beside
-//! the code they pin: the module is 597 lines.)
+//! What evaluation remembers between requests is `memo.rs`'s; the Cedar values of context
+//! attributes are `values.rs`'s; partial evaluation (list filtering) and step-up scopes are
+//! `partial.rs`'s. (Over 600 lines only with its tests, which stay beside the code they pin: the
+//! module is 605 lines.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -14,19 +15,21 @@ use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
-    Schema, ValidationMode, Validator,
+    PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, Schema, ValidationMode,
+    Validator,
 };
 use miette::Diagnostic;
 use serde_json::Value;
 
 mod memo;
 mod partial;
+mod values;
 use memo::request_shape;
 pub use memo::{
     json_shape, parts_weight, shape_name, Checked, ContextParts, PerRequest, TokenMemo, TokenParts,
     KEPT_BYTES,
 };
+pub use values::{expression_of, json_to_cedar, value_of, value_record, CedarValue};
 
 use crate::config::PolicySource;
 use crate::error::ConfigError;
@@ -535,30 +538,6 @@ fn type_name(entity_type: &str) -> Result<EntityTypeName, String> {
 
 const TYPE_NAMES_KEPT: usize = 64;
 
-/// A JSON value (from a token) as a Cedar value: strings, integers, booleans, arrays as sets,
-/// objects as records. Numbers that are not 64-bit integers have no Cedar equivalent.
-pub fn json_to_cedar(v: &Value) -> Result<RestrictedExpression, &'static str> {
-    Ok(match v {
-        Value::String(s) => RestrictedExpression::new_string(s.clone()),
-        Value::Bool(b) => RestrictedExpression::new_bool(*b),
-        Value::Number(n) => {
-            RestrictedExpression::new_long(n.as_i64().ok_or("not a 64-bit integer")?)
-        }
-        Value::Array(a) => RestrictedExpression::new_set(
-            a.iter().map(json_to_cedar).collect::<Result<Vec<_>, _>>()?,
-        ),
-        // A null member is an absent one: clients write optional arguments as `null`.
-        Value::Object(m) => RestrictedExpression::new_record(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| Ok((k.clone(), json_to_cedar(v)?)))
-                .collect::<Result<Vec<_>, &'static str>>()?,
-        )
-        .map_err(|_| "duplicate record key")?,
-        Value::Null => return Err("null has no Cedar value"),
-    })
-}
-
 /// Per action of the schema, the attribute paths its context type declares, written
 /// `mcp/client`, `request/headers/x-tenant` (`/` never appears in a header name): read from the
 /// schema's JSON form, following common type names (`McpContext`, `ReadFileCall`), three levels
@@ -628,7 +607,7 @@ fn declared_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cedar_policy::Context;
+    use cedar_policy::{Context, RestrictedExpression};
     use serde_json::json;
 
     /// A token memo without a shape: nothing is shared with other tokens.
@@ -1019,5 +998,39 @@ mod tests {
             PerRequest::Varying,
         );
         assert!(other.decisions.lock().unwrap().is_empty());
+    }
+
+    /// A record built as values is the value its expression evaluates to; a name twice is
+    /// refused by both.
+    #[test]
+    fn records_built_as_values_are_what_their_expressions_evaluate_to() {
+        let e = |n: &str, v: RestrictedExpression| (n.to_string(), v);
+        let expression = RestrictedExpression::new_record([
+            e("method", RestrictedExpression::new_string("POST".into())),
+            e("port", RestrictedExpression::new_long(443)),
+            e("verified", RestrictedExpression::new_bool(true)),
+            e("ip", RestrictedExpression::new_ip("10.0.0.1")),
+        ])
+        .unwrap();
+        let v = |n: &str, v: CedarValue| (n.to_string(), v);
+        let ip = value_of(&RestrictedExpression::new_ip("10.0.0.1")).unwrap();
+        let built = value_record(vec![
+            v("method", CedarValue::from("POST".to_string())),
+            v("port", CedarValue::from(443i64)),
+            v("verified", CedarValue::from(true)),
+            v("ip", ip),
+        ])
+        .unwrap();
+        assert_eq!(value_of(&expression).unwrap(), built);
+        let twice = vec![
+            v("a", CedarValue::from(1i64)),
+            v("a", CedarValue::from(2i64)),
+        ];
+        assert!(value_record(twice).unwrap_err().contains("`a`"));
+        let pairs = [
+            e("a", RestrictedExpression::new_long(1)),
+            e("a", RestrictedExpression::new_long(2)),
+        ];
+        assert!(RestrictedExpression::new_record(pairs).is_err());
     }
 }

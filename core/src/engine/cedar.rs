@@ -9,8 +9,8 @@ use cedar_policy::{Entity, RestrictedExpression};
 use serde_json::Value;
 
 use crate::authz::{
-    json_shape, json_to_cedar, shape_name, uid, ContextParts, Evaluation, PerRequest, Policies,
-    TokenMemo, TokenParts,
+    json_shape, json_to_cedar, shape_name, uid, value_of, value_record, CedarValue, ContextParts,
+    Evaluation, PerRequest, Policies, TokenMemo, TokenParts,
 };
 use crate::error::RequestError;
 use crate::mcp;
@@ -57,6 +57,7 @@ impl Engine {
         }
         let parts = self.token_parts_evaluated(t)?;
         let mut shape = parts.shape.clone();
+        let mut values = Vec::new();
         let mut context = Vec::new();
         // Per-request parts. Strings, the clock, the connection have one type whatever the
         // request says.
@@ -71,7 +72,7 @@ impl Engine {
             action,
             &line,
             now_s,
-            &mut context,
+            &mut values,
             &mut shape,
         )?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
@@ -110,6 +111,7 @@ impl Engine {
             resource,
             ContextParts {
                 kept: Some(Arc::clone(&parts)),
+                values,
                 fresh: context,
             },
             Some(TokenMemo {
@@ -284,10 +286,10 @@ impl Engine {
         action: &str,
         line: &RequestLine<'_>,
         now_s: u64,
-        context: &mut Vec<(String, RestrictedExpression)>,
+        context: &mut Vec<(String, CedarValue)>,
         shape: &mut String,
     ) -> Result<(), RequestError> {
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let s = |v: &str| CedarValue::from(v.to_string());
         let declares = |path: &str| self.policies.declares(action, path);
         // The shape (see `authz::TokenMemo`): which of the optional members are here. Every
         // member's type is fixed.
@@ -304,30 +306,26 @@ impl Engine {
                 .as_ref()
                 .filter(|_| declares("request/source_ip"))
             {
-                request.push((
-                    "source_ip".to_string(),
-                    RestrictedExpression::new_ip(ip.clone()),
-                ));
+                let ip = value_of(&RestrictedExpression::new_ip(ip.clone()))
+                    .map_err(RequestError::build)?;
+                request.push(("source_ip".to_string(), ip));
                 shape.push('a');
             }
             if let Some(port) = c.source_port.filter(|_| declares("request/source_port")) {
-                request.push(("source_port".to_string(), long(u64::from(port))));
+                request.push(("source_port".to_string(), long_value(u64::from(port))));
                 shape.push('o');
             }
             if let Some(peer) = c.tls.as_ref().filter(|_| declares("request/tls")) {
                 let spiffe = self.connection.spiffe_id(peer);
                 let fields = [
-                    (
-                        "verified",
-                        Some(RestrictedExpression::new_bool(self.connection.verified)),
-                    ),
+                    ("verified", Some(CedarValue::from(self.connection.verified))),
                     ("certificate_sha256", Some(s(&peer.certificate_sha256))),
                     ("subject", peer.subject.as_deref().map(s)),
                     ("spiffe_id", spiffe.map(|(id, _)| s(id))),
                     ("trust_domain", spiffe.map(|(_, td)| s(td))),
                 ];
                 shape.push('t');
-                let tls: Vec<(String, RestrictedExpression)> = fields
+                let tls: Vec<(String, CedarValue)> = fields
                     .into_iter()
                     .filter(|(name, _)| declares(&format!("request/tls/{name}")))
                     .filter_map(|(name, v)| Some((name.to_string(), v?)))
@@ -336,16 +334,14 @@ impl Engine {
                     shape_name(shape, name);
                 }
                 shape.push('.');
-                request.push((
-                    "tls".to_string(),
-                    RestrictedExpression::new_record(tls).map_err(RequestError::build)?,
-                ));
+                let tls = value_record(tls).map_err(RequestError::build)?;
+                request.push(("tls".to_string(), tls));
             }
         }
         if declares("request/headers") {
             let listed = line.facts.map_or(&[][..], |f| f.headers.as_slice());
             shape.push('h');
-            let headers: Vec<(String, RestrictedExpression)> = listed
+            let headers: Vec<(String, CedarValue)> = listed
                 .iter()
                 .filter(|(name, _)| declares(&format!("request/headers/{name}")))
                 .map(|(name, value)| (name.clone(), s(value)))
@@ -354,19 +350,14 @@ impl Engine {
                 shape_name(shape, name);
             }
             shape.push('.');
-            request.push((
-                "headers".to_string(),
-                RestrictedExpression::new_record(headers).map_err(RequestError::build)?,
-            ));
+            let headers = value_record(headers).map_err(RequestError::build)?;
+            request.push(("headers".to_string(), headers));
         }
-        context.push((
-            "request".to_string(),
-            RestrictedExpression::new_record(request).map_err(RequestError::build)?,
-        ));
-        context.push(("now".to_string(), long(now_s)));
+        let request = value_record(request).map_err(RequestError::build)?;
+        context.push(("request".to_string(), request));
+        context.push(("now".to_string(), long_value(now_s)));
         if let Some(b) = binding.filter(|_| declares("pop")) {
-            let pop = b.context().map_err(RequestError::build)?;
-            context.push(("pop".to_string(), pop));
+            context.push(("pop".to_string(), b.context().map_err(RequestError::build)?));
             shape.push('P');
         }
         Ok(())
@@ -398,6 +389,11 @@ impl Engine {
 /// A Cedar `Long` from a clock or token time (saturating: Cedar longs are signed 64-bit).
 fn long(n: u64) -> RestrictedExpression {
     RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// [`long`] as a value.
+fn long_value(n: u64) -> CedarValue {
+    CedarValue::from(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// Groups may come as an array of strings or one space-separated string.

@@ -143,7 +143,10 @@ impl Engine {
             vec![principal],
             req.method,
             resource,
-            context,
+            crate::authz::ContextParts {
+                values: context,
+                ..Default::default()
+            },
             None,
             PerRequest::Fixed,
         ))

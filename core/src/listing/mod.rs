@@ -341,16 +341,23 @@ impl Judge {
             host: &self.host,
             facts,
         };
+        let mut values = Vec::new();
         engine
             .request_context(
                 Some(&self.token.binding),
                 action,
                 &line,
                 self.now_s,
-                &mut pairs,
+                &mut values,
                 &mut String::new(),
             )
             .map_err(|e| e.to_string())?;
+        // As expressions: partial evaluation takes the context's unknowns among them.
+        pairs.extend(
+            values
+                .into_iter()
+                .map(|(name, v)| (name, crate::authz::expression_of(v))),
+        );
         pairs.push(("mcp".to_string(), mcp_record));
         let resource = uid(resource_type, name)?;
         // Listed when some arguments could be allowed, counting a step-up: a tool held back

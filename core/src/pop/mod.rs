@@ -8,7 +8,6 @@
 //! route requires proof (`proof_of_possession`). Cedar sees how the token is bound in
 //! `context.pop`.
 
-use cedar_policy::RestrictedExpression;
 use serde_json::Value;
 
 use crate::error::TokenError;
@@ -79,14 +78,12 @@ impl Binding {
     /// `context.pop`: how the token is bound and whether that was proven. Every bound token
     /// that reaches Cedar was proven (an unproven one is refused before), so the record depends
     /// on the token alone, and decisions that read it can be remembered with the token.
-    pub fn context(&self) -> Result<RestrictedExpression, String> {
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+    pub fn context(&self) -> Result<crate::authz::CedarValue, String> {
+        use crate::authz::CedarValue;
+        let s = |v: &str| CedarValue::from(v.to_string());
         let mut fields = vec![
             ("method".to_string(), s(self.method())),
-            (
-                "proven".to_string(),
-                RestrictedExpression::new_bool(self.is_bound()),
-            ),
+            ("proven".to_string(), CedarValue::from(self.is_bound())),
         ];
         if let Some(j) = &self.jkt {
             fields.push(("jkt".to_string(), s(j)));
@@ -94,7 +91,7 @@ impl Binding {
         if let Some(x) = &self.x5t {
             fields.push(("x5t_s256".to_string(), s(x)));
         }
-        RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
+        crate::authz::value_record(fields)
     }
 }
 
