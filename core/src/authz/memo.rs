@@ -113,9 +113,10 @@ pub struct TokenParts {
     stores: Mutex<Vec<(u64, Arc<Entities>)>>,
     /// What these parts weigh ([`parts_weight`]).
     weight: usize,
-    /// The count these parts hold their weight in while kept ([`KEPT`]; none while built for
-    /// one request).
-    counted: OnceLock<&'static AtomicUsize>,
+    /// The count these parts hold their weight in while kept, and its limit ([`KEPT`],
+    /// [`KEPT_BYTES`]; none while built for one request). Each kept store holds the parts'
+    /// weight once more (it copies the entities' parents).
+    counted: OnceLock<(&'static AtomicUsize, usize)>,
 }
 
 impl TokenParts {
@@ -144,10 +145,17 @@ impl TokenParts {
             .map(|(_, s)| Arc::clone(s))
     }
 
-    /// Keeps `store` (built from these entities alone, known to fit the schema) for `bit`.
+    /// Keeps `store` (built from these entities alone, known to fit the schema) for `bit`, if
+    /// these parts are kept and its weight fits in what is left of their limit.
     pub(super) fn keep_store(&self, bit: u64, store: &Arc<Entities>) {
+        let Some((count, limit)) = self.counted.get() else {
+            return;
+        };
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        if stores.len() < STORES_PER_TOKEN && stores.iter().all(|(b, _)| *b != bit) {
+        if stores.len() >= STORES_PER_TOKEN || stores.iter().any(|(b, _)| *b == bit) {
+            return;
+        }
+        if reserve(count, self.weight, *limit) {
             stores.push((bit, Arc::clone(store)));
         }
     }
@@ -156,10 +164,20 @@ impl TokenParts {
 /// Entity stores kept per token: a token is normally used with a handful of actions.
 const STORES_PER_TOKEN: usize = 4;
 
+/// Adds `weight` to `count` if the total stays within `limit`.
+fn reserve(count: &AtomicUsize, weight: usize, limit: usize) -> bool {
+    count
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            n.checked_add(weight).filter(|total| *total <= limit)
+        })
+        .is_ok()
+}
+
 impl Drop for TokenParts {
     fn drop(&mut self) {
-        if let Some(count) = self.counted.get() {
-            count.fetch_sub(self.weight, Ordering::Relaxed);
+        if let Some((count, _)) = self.counted.get() {
+            let stores = self.stores.get_mut().map_or(0, |s| s.len());
+            count.fetch_sub(self.weight * (1 + stores), Ordering::Relaxed);
         }
     }
 }
@@ -199,15 +217,10 @@ impl Checked {
         if parts.counted.get().is_some() {
             return; // already kept by another token (cannot happen: parts are built per token)
         }
-        let reserved = count
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                n.checked_add(parts.weight).filter(|total| *total <= limit)
-            })
-            .is_ok();
-        if !reserved {
+        if !reserve(count, parts.weight, limit) {
             return;
         }
-        let _ = parts.counted.set(count);
+        let _ = parts.counted.set((count, limit));
         // Kept meanwhile by another caller: these parts give their weight back when dropped.
         let _ = self.parts.set(Arc::clone(parts));
     }
@@ -278,7 +291,7 @@ impl ContextParts {
             ast::Context::RestrictedResidual(_) => Err("an attribute has no value".to_string()),
         };
         let kept = self.kept.as_ref().map(|k| fields(&k.context)).transpose()?;
-        let values = match CedarValue::record(self.values, None).value {
+        let values = match super::value_record(self.values)?.value {
             ast::ValueKind::Record(m) => m,
             _ => return Err("not a record".into()),
         };
@@ -488,5 +501,47 @@ mod tests {
         assert!(KEPT_BYTES / w(&small) >= 500);
         assert!(w(&large) > 3000 * 256);
         assert!(KEPT_BYTES / w(&large) <= 3);
+    }
+
+    /// A kept entity store holds the parts' weight once more, within the same limit, and gives
+    /// it back with them; parts not kept keep no store.
+    #[test]
+    fn kept_stores_count_against_the_limit() {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let parts = || Arc::new(TokenParts::new(vec![], Context::empty(), "s".into(), 10));
+        let store = Arc::new(Entities::empty());
+        let unkept = parts();
+        unkept.keep_store(1, &store);
+        assert!(
+            unkept.store(1).is_none(),
+            "parts built for one request keep no store"
+        );
+        let checked = Checked::default();
+        checked.offer_parts_within(&parts(), &COUNT, 30);
+        checked.offer_parts_within(&parts(), &COUNT, 30);
+        let kept = checked.kept_parts().expect("kept");
+        assert_eq!(COUNT.load(Ordering::Relaxed), 10);
+        kept.keep_store(1, &store);
+        kept.keep_store(2, &store);
+        assert_eq!(COUNT.load(Ordering::Relaxed), 30);
+        kept.keep_store(4, &store);
+        assert!(kept.store(1).is_some() && kept.store(2).is_some());
+        assert!(kept.store(4).is_none(), "past the limit");
+        assert_eq!(COUNT.load(Ordering::Relaxed), 30);
+        drop((checked, kept));
+        assert_eq!(COUNT.load(Ordering::Relaxed), 0);
+    }
+
+    /// A value given twice is refused like any other attribute given twice.
+    #[test]
+    fn a_value_given_twice_is_refused() {
+        let now = |n: i64| ("now".to_string(), CedarValue::from(n));
+        let e = ContextParts {
+            values: vec![now(1), now(2)],
+            ..ContextParts::default()
+        }
+        .into_context()
+        .unwrap_err();
+        assert!(e.contains("`now`"), "{e}");
     }
 }

@@ -404,6 +404,10 @@ impl Policies {
         };
         let context: ContextParts = context.into();
         let kept = context.kept.clone();
+        if kept.is_some() && !entities.is_empty() {
+            // Kept parts come with their own entities and store, never with more.
+            return error("entities given besides the token's kept parts".into());
+        }
         let first = kept
             .as_ref()
             .map_or(entities.first(), |k| k.entities.first());
@@ -444,7 +448,7 @@ impl Policies {
             Some(store) => store,
             None => {
                 let all = match &kept {
-                    Some(k) => k.entities.iter().cloned().chain(entities).collect(),
+                    Some(k) => k.entities.clone(),
                     None => entities,
                 };
                 match index
@@ -1032,5 +1036,35 @@ mod tests {
             e("a", RestrictedExpression::new_long(2)),
         ];
         assert!(RestrictedExpression::new_record(pairs).is_err());
+    }
+
+    /// A token's kept parts bring their own entities (and store): entities given besides them
+    /// are refused, never added unchecked.
+    #[test]
+    fn entities_besides_kept_parts_are_refused() {
+        let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
+        let alice = || vec![user("alice", 1, true)];
+        let context =
+            Context::from_pairs([("n".to_string(), RestrictedExpression::new_long(1))]).unwrap();
+        let kept = Arc::new(TokenParts::new(alice(), context, String::new(), 1));
+        let parts = |kept: &Arc<TokenParts>| ContextParts {
+            kept: Some(Arc::clone(kept)),
+            ..ContextParts::default()
+        };
+        let doc = || uid("Doc", "d2").unwrap();
+        let e = p.evaluate(
+            alice(),
+            "read",
+            doc(),
+            parts(&kept),
+            None,
+            PerRequest::Fixed,
+        );
+        assert!(
+            matches!(&e, Evaluation::Error { reason } if reason.contains("besides")),
+            "{e:?}"
+        );
+        let e = p.evaluate(vec![], "read", doc(), parts(&kept), None, PerRequest::Fixed);
+        assert!(!matches!(e, Evaluation::Error { .. }), "{e:?}");
     }
 }

@@ -86,11 +86,15 @@ impl Engine {
     /// Who an MCP session of this request is bound to (`Decision::session_owner`): the digest
     /// (SHA-256, base64url) of the identity an approval binds — principal, on whose behalf, actors, task — with the
     /// issuer's identity namespace in place of the issuer, so that issuers configured to share
-    /// identities share sessions too. All of it comes from the token (`principal` is its
-    /// principal): computed once per token, kept with it.
-    pub(super) fn session_owner(&self, t: &VerifiedToken, principal: &str) -> String {
+    /// identities share sessions too. All of it comes from the token and the configuration:
+    /// computed once per token, kept with it.
+    pub(super) fn session_owner(&self, t: &VerifiedToken) -> String {
         t.session_owner
-            .get_or_init(|| self.session_owner_of(t, principal))
+            .get_or_init(|| {
+                // Callers have the principal already: it was found.
+                let principal = self.principal_uid(t).unwrap_or_default();
+                self.session_owner_of(t, &principal)
+            })
             .clone()
     }
 

@@ -82,7 +82,7 @@ impl Engine {
             Some(route.name.clone()),
             Some(pending.principal.clone()),
         );
-        d.session_owner = Some(self.session_owner(&pending.token, &pending.principal));
+        d.session_owner = Some(self.session_owner(&pending.token));
         let rpc_reply = |status: u32, body: Value| LocalReply::json_rpc(status, body.to_string());
         // The token was checked at the headers; a body that trickles in must not outlive it.
         let skew = self

@@ -383,8 +383,7 @@ impl Engine {
         now_s: u64,
     ) -> Decision {
         // A GET (the server's stream) or DELETE (the end) of an MCP session: whose it is.
-        let session_owner =
-            (route.kind == RouteKind::Mcp).then(|| self.session_owner(&verified, &principal));
+        let session_owner = (route.kind == RouteKind::Mcp).then(|| self.session_owner(&verified));
         let resource = match uid(names::ROUTE, &route.name) {
             Ok(r) => r,
             Err(reason) => return cannot_judge(route, reason, req.request_id),
