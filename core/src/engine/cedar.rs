@@ -58,7 +58,8 @@ impl Engine {
         let parts = self.token_parts_evaluated(t)?;
         let mut shape = parts.shape.clone();
         let mut values = Vec::new();
-        let mut context = Vec::new();
+        // Evaluated now: the MCP call, a call's task, an approval.
+        let mut fresh = Vec::new();
         // Per-request parts. Strings, the clock, the connection have one type whatever the
         // request says.
         let line = RequestLine {
@@ -79,7 +80,7 @@ impl Engine {
         // Only fixed-type per-request parts so far.
         let mut per_request = PerRequest::Fixed;
         if let Some((m, target, shape)) = mcp {
-            context.push(("mcp".to_string(), m));
+            fresh.push(("mcp".to_string(), m));
             per_request = shape.map_or(PerRequest::Varying, PerRequest::Shaped);
             // A tool call whose task names the tool: `context.task` gains that detail.
             if let Some(tool) = &target.tool {
@@ -87,7 +88,7 @@ impl Engine {
                     crate::agent::task_for_call(&t.agent, tool, target.arguments.as_ref())
                 {
                     // Replaces the token's `task` (`ContextParts`).
-                    context.push(("task".to_string(), task?));
+                    fresh.push(("task".to_string(), task?));
                     // Its details come from the arguments: no shape says their types.
                     per_request = PerRequest::Varying;
                 }
@@ -102,7 +103,7 @@ impl Engine {
                 ("approved_at".to_string(), long(a.approved_at)),
             ])
             .map_err(RequestError::build)?;
-            context.push(("approval".to_string(), approval));
+            fresh.push(("approval".to_string(), approval));
             per_request = PerRequest::Varying;
         }
         Ok(self.policies.evaluate(
@@ -112,7 +113,7 @@ impl Engine {
             ContextParts {
                 kept: Some(Arc::clone(&parts)),
                 values,
-                fresh: context,
+                fresh,
             },
             Some(TokenMemo {
                 checked: &t.checked,
@@ -330,12 +331,7 @@ impl Engine {
                     .filter(|(name, _)| declares(&format!("request/tls/{name}")))
                     .filter_map(|(name, v)| Some((name.to_string(), v?)))
                     .collect();
-                for (name, _) in &tls {
-                    shape_name(shape, name);
-                }
-                shape.push('.');
-                let tls = value_record(tls).map_err(RequestError::build)?;
-                request.push(("tls".to_string(), tls));
+                request.push(("tls".to_string(), shaped_record(tls, shape)?));
             }
         }
         if declares("request/headers") {
@@ -346,12 +342,7 @@ impl Engine {
                 .filter(|(name, _)| declares(&format!("request/headers/{name}")))
                 .map(|(name, value)| (name.clone(), s(value)))
                 .collect();
-            for (name, _) in &headers {
-                shape_name(shape, name);
-            }
-            shape.push('.');
-            let headers = value_record(headers).map_err(RequestError::build)?;
-            request.push(("headers".to_string(), headers));
+            request.push(("headers".to_string(), shaped_record(headers, shape)?));
         }
         let request = value_record(request).map_err(RequestError::build)?;
         context.push(("request".to_string(), request));
@@ -389,6 +380,19 @@ impl Engine {
 /// A Cedar `Long` from a clock or token time (saturating: Cedar longs are signed 64-bit).
 fn long(n: u64) -> RestrictedExpression {
     RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// A record of optional members (`request.tls`, `request.headers`), their names written to
+/// `shape` (which are there is what varies; their types do not).
+fn shaped_record(
+    fields: Vec<(String, CedarValue)>,
+    shape: &mut String,
+) -> Result<CedarValue, RequestError> {
+    for (name, _) in &fields {
+        shape_name(shape, name);
+    }
+    shape.push('.');
+    value_record(fields).map_err(RequestError::build)
 }
 
 /// [`long`] as a value.
