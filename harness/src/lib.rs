@@ -217,6 +217,12 @@ fn engine() -> Result<Engine> {
         return Ok(engine.clone());
     }
     let mut config = wasmtime::Config::new();
+    // `TESSERA_HARNESS_PERFMAP=1`: wasmtime writes /tmp/perf-<pid>.map, so that `perf report`
+    // names the module's functions (build the .wasm with `CARGO_PROFILE_RELEASE_STRIP=false` to
+    // keep their names). For profiling only; docs/PERFORMANCE.md says how.
+    if std::env::var_os("TESSERA_HARNESS_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let mut cache = wasmtime::CacheConfig::new();
     cache.with_directory(target_dir().join("tessera-harness-cache"));
     if let Ok(cache) = wasmtime::Cache::new(cache) {
