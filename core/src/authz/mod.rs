@@ -3,10 +3,11 @@
 //! Policies are named by their `@id("…")` annotation so that denials and logs name what a policy
 //! author wrote. Parse and validation errors carry the document name and line/column.
 //!
-//! What evaluation remembers between requests is `memo.rs`'s; the Cedar values of context
-//! attributes are `values.rs`'s; partial evaluation (list filtering) and step-up scopes are
-//! `partial.rs`'s. (Over 600 lines only with its tests, which stay beside the code they pin: the
-//! module is 605 lines.)
+//! What evaluation remembers between requests is `memo.rs`'s; the policies' conditions and the
+//! decision over them are `conditions.rs`'s; the Cedar values of context attributes are
+//! `values.rs`'s; partial evaluation (list filtering) and step-up scopes are `partial.rs`'s.
+//! (Over 600 lines only with its tests, which stay beside the code they pin: the module is 600
+//! lines.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -14,16 +15,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, Schema, ValidationMode,
-    Validator,
+    ActionConstraint, Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, PrincipalConstraint, Request, ResourceConstraint, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde_json::Value;
 
+mod conditions;
 mod memo;
 mod partial;
 mod values;
+use conditions::Condition;
 use memo::request_shape;
 pub use memo::{
     json_shape, parts_weight, shape_name, Checked, ContextParts, PerRequest, TokenMemo, TokenParts,
@@ -55,8 +57,9 @@ pub struct Policies {
 /// A policy whose action scope cannot match is "not applicable" whatever else holds, so leaving it
 /// out changes no decision. Policies naming one principal (`principal == …`) or one resource
 /// (`resource == …`) are kept in maps by that entity, so 1,000 per-agent or per-route policies cost
-/// a lookup, not 1,000 evaluations. The sets are evaluated separately and combined as Cedar does:
-/// any satisfied forbid denies; otherwise any satisfied permit allows.
+/// a lookup, not 1,000 evaluations. A request's lists are evaluated by one evaluator and combined
+/// as Cedar does (`conditions.rs`): any satisfied forbid denies; otherwise any satisfied permit
+/// allows.
 struct ActionIndex {
     uid: EntityUid,
     /// This action's key in [`Checked`]'s remembered decisions (0: none, more than 63 actions).
@@ -65,9 +68,9 @@ struct ActionIndex {
     /// No policy for this action reads a per-request context attribute: decisions depend on the
     /// token, the action and the resource only.
     token_determined: bool,
-    general: PolicySet,
-    by_principal: HashMap<EntityUid, PolicySet>,
-    by_resource: HashMap<EntityUid, PolicySet>,
+    general: Vec<Arc<Condition>>,
+    by_principal: HashMap<EntityUid, Vec<Arc<Condition>>>,
+    by_resource: HashMap<EntityUid, Vec<Arc<Condition>>>,
     /// Shapes of whole requests with this action that fitted the schema once ([`request_shape`]:
     /// the resource, the token's parts and the request's, the varying part): a request of the
     /// same shape fits too, whatever the token or the values, so it is not checked again.
@@ -102,6 +105,7 @@ impl ActionIndex {
         bit: u64,
         all: &Entities,
         set: &PolicySet,
+        conditions: &HashMap<PolicyId, Arc<Condition>>,
     ) -> Result<ActionIndex, String> {
         let mut lineage: Vec<EntityUid> = all
             .ancestors(&uid)
@@ -116,7 +120,7 @@ impl ActionIndex {
             bit,
             entities,
             token_determined: true,
-            general: PolicySet::new(),
+            general: Vec::new(),
             by_principal: HashMap::new(),
             by_resource: HashMap::new(),
             fitting: Mutex::default(),
@@ -138,7 +142,10 @@ impl ActionIndex {
                 (_, ResourceConstraint::Eq(r)) => index.by_resource.entry(r).or_default(),
                 _ => &mut index.general,
             };
-            target.add(policy.clone()).map_err(|e| e.to_string())?;
+            let condition = conditions
+                .get(policy.id())
+                .ok_or_else(|| format!("policy `{}` has no condition", policy.id()))?;
+            target.push(Arc::clone(condition));
         }
         Ok(index)
     }
@@ -298,10 +305,15 @@ impl Policies {
             .action_entities()
             .map_err(|e| ConfigError::new("schema", e.to_string()))?;
         let entity_types = schema.entity_types().map(|t| t.to_string()).collect();
+        // Each policy's condition built once, shared by every action it applies to.
+        let conditions: HashMap<PolicyId, Arc<Condition>> = set
+            .policies()
+            .map(|p| (p.id().clone(), Condition::of(p)))
+            .collect();
         let mut by_action = HashMap::new();
         for (i, a) in schema.actions().enumerate() {
             let bit = if i < 63 { 1 << i } else { 0 };
-            let index = ActionIndex::build(a.clone(), bit, &action_entities, &set)
+            let index = ActionIndex::build(a.clone(), bit, &action_entities, &set, &conditions)
                 .map_err(|e| ConfigError::new("schema", format!("action {a}: {e}")))?;
             by_action.insert(a.id().unescaped().to_string(), index);
         }
@@ -474,35 +486,16 @@ impl Policies {
         if let (false, Some(shape)) = (request_known, shape) {
             index.learn(shape);
         }
-        let sets = [
+        let lists = [
             Some(&index.general),
             index.by_principal.get(&principal_uid),
             index.by_resource.get(&resource),
         ];
-        let mut permits = Vec::new();
-        let mut forbids = Vec::new();
-        let mut errors = Vec::new();
-        for set in sets.into_iter().flatten() {
-            let response = self.authorizer.is_authorized(&request, set, &entities);
-            errors.extend(response.diagnostics().errors().map(|e| e.to_string()));
-            let reasons = response.diagnostics().reason().map(|p| p.to_string());
-            match response.decision() {
-                Decision::Allow => permits.extend(reasons),
-                // Deny with reasons: forbids were satisfied; without: no permit in this set.
-                Decision::Deny => forbids.extend(reasons),
-            }
-        }
-        if !errors.is_empty() {
-            // Cedar skips a policy that errors, which for a forbid would let the request through.
-            return error(format!("policy evaluation error: {}", errors.join("; ")));
-        }
-        let e = if forbids.is_empty() && !permits.is_empty() {
-            permits.sort();
-            Evaluation::Allow { policies: permits }
-        } else {
-            forbids.sort();
-            Evaluation::Deny { policies: forbids }
-        };
+        let e = conditions::decide(
+            &request,
+            &entities,
+            lists.into_iter().flatten().map(Vec::as_slice),
+        );
         if let Some(c) = memo {
             c.remember(index.bit, resource, &e);
         }
@@ -611,7 +604,7 @@ fn declared_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cedar_policy::{Context, RestrictedExpression};
+    use cedar_policy::{Context, Decision, RestrictedExpression};
     use serde_json::json;
 
     /// A token memo without a shape: nothing is shared with other tokens.
@@ -671,6 +664,7 @@ mod tests {
         @id("f-secret") forbid (principal, action, resource == Doc::"secret") unless { principal.level > 3 };
         @id("f-eve") forbid (principal == User::"eve", action == Action::"read", resource);
         @id("f-big") forbid (principal, action in Action::"act", resource) when { context.n > 100 };
+        @id("f-overflow") forbid (principal, action == Action::"delete", resource) when { context.n * 10000000000000000 > 0 };
     "#;
 
     fn user(id: &str, level: i64, staff: bool) -> Entity {
@@ -689,7 +683,8 @@ mod tests {
     }
 
     /// The indexed evaluation decides every request exactly as Cedar does with the whole policy
-    /// set and every action entity, including the determining policies.
+    /// set and every action entity, including the determining policies and the errors (where
+    /// Cedar skips the policy, we judge nothing: `f-overflow` overflows for `n = 1000`).
     #[test]
     fn index_decides_as_cedar_does() {
         let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
@@ -727,7 +722,13 @@ mod tests {
                         let mut policies: Vec<String> =
                             r.diagnostics().reason().map(|p| p.to_string()).collect();
                         policies.sort();
+                        let errors: Vec<String> =
+                            r.diagnostics().errors().map(|e| e.to_string()).collect();
                         let cedar = match r.decision() {
+                            // A policy that errors is skipped by Cedar; we judge nothing.
+                            _ if !errors.is_empty() => Evaluation::Error {
+                                reason: format!("policy evaluation error: {}", errors.join("; ")),
+                            },
                             Decision::Allow => Evaluation::Allow { policies },
                             Decision::Deny => Evaluation::Deny { policies },
                         };
@@ -737,8 +738,9 @@ mod tests {
                 }
             }
         }
-        // The grid reaches allows and denies by several policies, not one outcome.
+        // The grid reaches allows and denies by several policies and errors, not one outcome.
         assert!(seen.len() >= 8, "{seen:?}");
+        assert!(seen.iter().any(|s| s.contains("f-overflow")), "{seen:?}");
     }
 
     /// Requests are checked against the schema once per shape: the resource's type, the token's
