@@ -31,7 +31,7 @@ pub use memo::{
     json_shape, parts_weight, shape_name, Checked, ContextParts, PerRequest, TokenMemo, TokenParts,
     KEPT_BYTES,
 };
-pub use values::{expression_of, json_to_cedar, value_of, value_record, CedarValue};
+pub use values::{expression_of, json_to_cedar, json_to_value, value_of, value_record, CedarValue};
 
 use crate::config::PolicySource;
 use crate::error::ConfigError;

@@ -61,3 +61,76 @@ pub fn json_to_cedar(v: &Value) -> Result<RestrictedExpression, &'static str> {
         Value::Null => return Err("null has no Cedar value"),
     })
 }
+
+/// The value [`json_to_cedar`]'s expression evaluates to, built directly: for what a request
+/// carries (MCP arguments), so that nothing is built as an expression and evaluated again.
+/// `json_values_are_what_json_expressions_evaluate_to` holds the two to one meaning.
+pub fn json_to_value(v: &Value) -> Result<CedarValue, &'static str> {
+    Ok(match v {
+        Value::String(s) => CedarValue::from(s.clone()),
+        Value::Bool(b) => CedarValue::from(*b),
+        Value::Number(n) => CedarValue::from(n.as_i64().ok_or("not a 64-bit integer")?),
+        Value::Array(a) => CedarValue::set(
+            a.iter().map(json_to_value).collect::<Result<Vec<_>, _>>()?,
+            None,
+        ),
+        // A null member is an absent one, as for `json_to_cedar`.
+        Value::Object(m) => CedarValue::record(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| Ok((k.as_str(), json_to_value(v)?)))
+                .collect::<Result<Vec<_>, &'static str>>()?,
+            None,
+        ),
+        Value::Null => return Err("null has no Cedar value"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Built directly or as an expression then evaluated, a JSON value is the same Cedar value,
+    /// and what one refuses the other refuses with the same reason.
+    #[test]
+    fn json_values_are_what_json_expressions_evaluate_to() {
+        let cases = [
+            json!("x"),
+            json!(""),
+            json!(0),
+            json!(-9_223_372_036_854_775_808i64),
+            json!(9_223_372_036_854_775_807i64),
+            json!(true),
+            json!([]),
+            json!(["a", "b", "a"]),
+            json!([1, "1", true, [1], {"k": 1}]),
+            json!([[1, 2], [2, 1]]),
+            json!({}),
+            json!({"path": "/data/x", "n": 3, "flags": [true, false], "gone": null}),
+            json!({"a": {"b": {"c": ["d", {"e": -1}]}}}),
+            json!({"": "empty name", "é": "ü", "a b": 1}),
+            json!(1.5),
+            json!(18_446_744_073_709_551_615u64),
+            json!(null),
+            json!([1, null]),
+            json!({"a": [1, 2.5]}),
+            json!({"a": {"b": [null]}}),
+        ];
+        let mut refused = 0;
+        for v in &cases {
+            let direct = json_to_value(v);
+            let evaluated = json_to_cedar(v).map(|e| value_of(&e));
+            match (direct, evaluated) {
+                (Ok(d), Ok(Ok(e))) => assert_eq!(d, e, "{v}"),
+                (Err(d), Err(e)) => {
+                    assert_eq!(d, e, "{v}");
+                    refused += 1;
+                }
+                (d, e) => panic!("{v}: directly {d:?}, evaluated {e:?}"),
+            }
+        }
+        // Both ways meet refusals, not only values.
+        assert_eq!(refused, 6);
+    }
+}

@@ -47,7 +47,7 @@ impl Engine {
         resource: cedar_policy::EntityUid,
         req: &HttpRequest<'_>,
         now_s: u64,
-        mcp: Option<(RestrictedExpression, &mcp::Target, Option<&str>)>,
+        mcp: Option<(CedarValue, &mcp::Target, Option<&str>)>,
         approval: Option<&crate::approval::Granted>,
     ) -> Result<Evaluation, RequestError> {
         if mcp.is_none() && approval.is_none() {
@@ -80,7 +80,7 @@ impl Engine {
         // Only fixed-type per-request parts so far.
         let mut per_request = PerRequest::Fixed;
         if let Some((m, target, shape)) = mcp {
-            fresh.push(("mcp".to_string(), m));
+            values.push(("mcp".to_string(), m));
             per_request = shape.map_or(PerRequest::Varying, PerRequest::Shaped);
             // A tool call whose task names the tool: `context.task` gains that detail.
             if let Some(tool) = &target.tool {

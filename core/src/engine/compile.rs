@@ -478,12 +478,11 @@ impl Engine {
             version: None,
             client: None,
         };
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let record = RestrictedExpression::new_record([
+        let s = |v: &str| crate::authz::CedarValue::from(v.to_string());
+        let record = crate::authz::value_record(vec![
             ("method".to_string(), s("tools/call")),
             ("tool".to_string(), s(tool)),
-        ])
-        .map_err(|e| e.to_string())?;
+        ])?;
         let req = HttpRequest {
             method: "POST",
             ..HttpRequest::default()

@@ -1,10 +1,9 @@
 //! An MCP POST body through the engine: every JSON-RPC message decided on its own, a batch
 //! forwarded whole or not at all, arguments in their declared formats, refusals as JSON-RPC errors.
 
-use cedar_policy::RestrictedExpression;
 use serde_json::{json, Value};
 
-use crate::authz::{json_to_cedar, uid, Evaluation};
+use crate::authz::{json_to_value, uid, value_record, CedarValue, Evaluation};
 use crate::config::Mode;
 use crate::mcp;
 use crate::reply::LocalReply;
@@ -377,7 +376,8 @@ impl Engine {
             )));
         }
         let resource = uid(t.resource_type, &t.resource_id).map_err(Refusal::cannot_judge)?;
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        // Built as Cedar values, not expressions to evaluate (`authz::json_to_value`).
+        let s = |v: &str| CedarValue::from(v.to_string());
         // The record's shape (`PerRequest::Shaped`): one letter per member present, in this
         // order, then the arguments' shape. Every other member is a string.
         let mut shape = String::from("m");
@@ -412,20 +412,18 @@ impl Engine {
             let parts = [("name", name), ("version", version)]
                 .into_iter()
                 .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), s(v))));
-            let client = RestrictedExpression::new_record(parts)
-                .map_err(|e| Refusal::cannot_judge(e.to_string()))?;
+            let client = value_record(parts.collect()).map_err(Refusal::cannot_judge)?;
             fields.push(("client".to_string(), client));
         }
         // Arguments are typed only by a per-tool action's schema; the generic action has none.
         if let (true, Some(args)) = (per_tool, &t.arguments) {
-            let a = json_to_cedar(args)
+            let a = json_to_value(args)
                 .map_err(|e| Refusal::invalid(mcp::INVALID_PARAMS, format!("arguments: {e}")))?;
             fields.push(("arguments".to_string(), a));
             shape.push('a');
             crate::authz::json_shape(args, &mut shape);
         }
-        let mcp_record = RestrictedExpression::new_record(fields)
-            .map_err(|e| Refusal::cannot_judge(e.to_string()))?;
+        let mcp_record = value_record(fields).map_err(Refusal::cannot_judge)?;
         match self.evaluate(
             token,
             &action,

@@ -22,8 +22,6 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use cedar_policy::RestrictedExpression;
-
 use crate::authz::{uid, Evaluation, Policies};
 use crate::cache::TokenCache;
 use crate::config::{Auth, Mode, RouteKind};
