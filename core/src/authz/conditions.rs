@@ -20,12 +20,15 @@ use cedar_policy_core::extensions::Extensions;
 
 use super::Evaluation;
 
-/// One policy as the evaluator runs it.
+/// One policy as the evaluator runs it, for the actions its action scope matches.
 pub(super) struct Condition {
     /// The policy's id (its `@id`), as denials and logs name it.
     id: String,
     effect: Effect,
-    /// Scope ∧ `when` ∧ ¬`unless`, built once.
+    /// Principal scope ∧ resource scope ∧ `when` ∧ ¬`unless`, built once. The action scope is
+    /// left out: a condition is evaluated only for the actions the scope matches, decided once
+    /// when the action index is built ([`action_scope_matches`]), so that `action in [A, B]`
+    /// does not build the set `[A, B]` on every request.
     expr: Expr,
     /// Slot values (empty: templates are refused at compile time).
     env: SlotEnv,
@@ -34,12 +37,39 @@ pub(super) struct Condition {
 impl Condition {
     pub(super) fn of(policy: &cedar_policy::Policy) -> Arc<Condition> {
         let ast: &cedar_policy_core::ast::Policy = policy.as_ref();
+        // As Cedar's `TemplateBody::condition`, without the action scope; `&&` evaluates left
+        // to right as there, so the same parts are evaluated (and err) in the same order.
+        let body = ast
+            .non_scope_constraints()
+            .cloned()
+            .unwrap_or_else(|| Expr::val(true));
+        let expr = Expr::and(
+            ast.principal_constraint().as_expr(),
+            Expr::and(ast.resource_constraint().as_expr(), body),
+        );
         Arc::new(Condition {
             id: policy.id().to_string(),
             effect: ast.effect(),
-            expr: ast.condition(),
+            expr,
             env: ast.env().clone(),
         })
+    }
+}
+
+/// Whether a policy's action scope holds for `action`, whose ancestors (transitively, in the
+/// schema's action hierarchy) are `ancestors`: as Cedar evaluates `action == A` (the same
+/// action) and `action in [A, …]` (one of them, or an ancestor: `in` is reflexive).
+pub(super) fn action_scope_matches(
+    scope: &cedar_policy::ActionConstraint,
+    action: &cedar_policy::EntityUid,
+    ancestors: &[cedar_policy::EntityUid],
+) -> bool {
+    use cedar_policy::ActionConstraint;
+    let is_in = |a: &cedar_policy::EntityUid| a == action || ancestors.contains(a);
+    match scope {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => a == action,
+        ActionConstraint::In(list) => list.iter().any(is_in),
     }
 }
 

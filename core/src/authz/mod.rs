@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, PrincipalConstraint, Request, ResourceConstraint, Schema, ValidationMode, Validator,
+    Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
+    PrincipalConstraint, Request, ResourceConstraint, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde_json::Value;
@@ -54,8 +54,9 @@ pub struct Policies {
 /// The policies that can apply to one action, split so that a request evaluates only those whose
 /// scope can match it, and the action's own entities (it and its ancestors, for `action in …`).
 ///
-/// A policy whose action scope cannot match is "not applicable" whatever else holds, so leaving it
-/// out changes no decision. Policies naming one principal (`principal == …`) or one resource
+/// A policy whose action scope does not match is "not applicable" whatever else holds, so leaving
+/// it out changes no decision; one whose scope matches holds it for every request with this
+/// action, so its condition leaves the action scope out (`conditions.rs`). Policies naming one principal (`principal == …`) or one resource
 /// (`resource == …`) are kept in maps by that entity, so 1,000 per-agent or per-route policies cost
 /// a lookup, not 1,000 evaluations. A request's lists are evaluated by one evaluator and combined
 /// as Cedar does (`conditions.rs`): any satisfied forbid denies; otherwise any satisfied permit
@@ -107,10 +108,11 @@ impl ActionIndex {
         set: &PolicySet,
         conditions: &HashMap<PolicyId, Arc<Condition>>,
     ) -> Result<ActionIndex, String> {
-        let mut lineage: Vec<EntityUid> = all
+        let ancestors: Vec<EntityUid> = all
             .ancestors(&uid)
             .map(|a| a.cloned().collect())
             .unwrap_or_default();
+        let mut lineage = ancestors.clone();
         lineage.push(uid.clone());
         let entities =
             Entities::from_entities(lineage.iter().filter_map(|u| all.get(u).cloned()), None)
@@ -126,12 +128,12 @@ impl ActionIndex {
             fitting: Mutex::default(),
         };
         for policy in set.policies() {
-            let applies = match policy.action_constraint() {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(a) => lineage.contains(&a),
-                ActionConstraint::In(list) => list.iter().any(|a| lineage.contains(a)),
-            };
-            if !applies {
+            // The conditions leave the action scope out: it is decided here, exactly.
+            if !conditions::action_scope_matches(
+                &policy.action_constraint(),
+                &index.uid,
+                &ancestors,
+            ) {
                 continue;
             }
             if reads_per_request_context(policy) {
@@ -664,6 +666,7 @@ mod tests {
         @id("f-secret") forbid (principal, action, resource == Doc::"secret") unless { principal.level > 3 };
         @id("f-eve") forbid (principal == User::"eve", action == Action::"read", resource);
         @id("f-big") forbid (principal, action in Action::"act", resource) when { context.n > 100 };
+        @id("p-eq-parent") permit (principal, action == Action::"act", resource == Doc::"d2");
         @id("f-overflow") forbid (principal, action == Action::"delete", resource) when { context.n * 10000000000000000 > 0 };
     "#;
 
