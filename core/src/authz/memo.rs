@@ -69,6 +69,8 @@ pub struct TokenMemo<'a> {
 pub struct Checked {
     pub(super) entities: AtomicBool,
     pub(super) decisions: Mutex<Vec<(u64, EntityUid, Evaluation)>>,
+    /// The outcomes of the policy conditions that read only the token (`conditions.rs`).
+    pub(super) outcomes: super::conditions::Outcomes,
     /// How many times this token's parts were built (up to 2).
     builds: AtomicU8,
     parts: OnceLock<Arc<TokenParts>>,
@@ -252,6 +254,7 @@ impl Clone for Checked {
         Checked {
             entities: AtomicBool::new(self.entities_fit()),
             decisions: Mutex::new(self.decisions.lock().map(|d| d.clone()).unwrap_or_default()),
+            outcomes: self.outcomes.clone(),
             builds: AtomicU8::new(self.builds.load(Ordering::Relaxed)),
             parts,
         }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
-    PrincipalConstraint, Request, ResourceConstraint, Schema, ValidationMode, Validator,
+    Request, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde_json::Value;
@@ -25,7 +25,7 @@ mod conditions;
 mod memo;
 mod partial;
 mod values;
-use conditions::Condition;
+use conditions::{Condition, Placement};
 use memo::request_shape;
 pub use memo::{
     json_shape, parts_weight, shape_name, Checked, ContextParts, PerRequest, TokenMemo, TokenParts,
@@ -139,10 +139,10 @@ impl ActionIndex {
             if reads_per_request_context(policy) {
                 index.token_determined = false;
             }
-            let target = match (policy.principal_constraint(), policy.resource_constraint()) {
-                (PrincipalConstraint::Eq(p), _) => index.by_principal.entry(p).or_default(),
-                (_, ResourceConstraint::Eq(r)) => index.by_resource.entry(r).or_default(),
-                _ => &mut index.general,
+            let target = match Placement::of(policy) {
+                Placement::Principal(p) => index.by_principal.entry(p).or_default(),
+                Placement::Resource(r) => index.by_resource.entry(r).or_default(),
+                Placement::General => &mut index.general,
             };
             let condition = conditions
                 .get(policy.id())
@@ -308,9 +308,10 @@ impl Policies {
             .map_err(|e| ConfigError::new("schema", e.to_string()))?;
         let entity_types = schema.entity_types().map(|t| t.to_string()).collect();
         // Each policy's condition built once, shared by every action it applies to.
+        let mut slots = 0;
         let conditions: HashMap<PolicyId, Arc<Condition>> = set
             .policies()
-            .map(|p| (p.id().clone(), Condition::of(p)))
+            .map(|p| (p.id().clone(), Condition::of(p, &mut slots)))
             .collect();
         let mut by_action = HashMap::new();
         for (i, a) in schema.actions().enumerate() {
@@ -493,10 +494,14 @@ impl Policies {
             index.by_principal.get(&principal_uid),
             index.by_resource.get(&resource),
         ];
+        // The principal, its entities and the token's attributes come from the token alone when
+        // its kept parts are all the request has of it (entities besides them are refused).
+        let outcomes = checked.filter(|_| kept.is_some()).map(|c| &c.outcomes);
         let e = conditions::decide(
             &request,
             &entities,
             lists.into_iter().flatten().map(Vec::as_slice),
+            outcomes,
         );
         if let Some(c) = memo {
             c.remember(index.bit, resource, &e);
