@@ -181,7 +181,7 @@ fn bench_section(
     )?;
     row(
         &mut s,
-        "Cedar evaluate, no per-token memo (request and entities schema-checked + `is_authorized`)",
+        "Cedar evaluate, no per-token memo (request and entities schema-checked, every condition evaluated)",
         "native/cedar/evaluate",
         "",
     )?;
@@ -233,7 +233,10 @@ fn bench_section(
          every MCP call. A token whose requests run Cedar more than once keeps its Cedar \
          entities, its context attributes (evaluated) and its entity store per action (within \
          2 MiB per VM): per request only the request's own attributes are built, as Cedar \
-         values."
+         values. Of the policies that run, a condition that reads only the principal, \
+         `context.token` and `context.delegation` (once the scopes the policy index decided are \
+         left out) is evaluated once per cached token and its outcome kept with it: per request \
+         Cedar's evaluator runs only the conditions that read the request."
     )?;
     if let (Some(req), Some(hit), Some(build), Some(eval)) = (
         get("native/request/cached_policies/10"),

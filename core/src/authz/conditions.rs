@@ -69,13 +69,16 @@ impl Placement {
 const TOKEN_CONTEXT: [&str; 2] = ["token", "delegation"];
 
 /// Whether `expr` reads nothing that a request brings: no resource, no action (a condition
-/// serves several actions), no context but `context.token` / `context.delegation` (`.` or
-/// `has`), no slot or unknown. The principal and its entities come from the token.
+/// serves several actions; nor an action entity, whose ancestors are in the store per action),
+/// no context but `context.token` / `context.delegation` (`.` or `has`), no slot or unknown.
+/// The principal and its entities come from the token.
 fn reads_only_the_token(expr: &Expr) -> bool {
     let (mut contexts, mut of_the_token) = (0, 0);
     for e in expr.subexpressions() {
         match e.expr_kind() {
             ExprKind::Var(Var::Context) => contexts += 1,
+            // Action entities and their hierarchy are in the store per action (`ActionIndex`).
+            ExprKind::Lit(Literal::EntityUID(e)) if e.is_action() => return false,
             ExprKind::Var(Var::Resource | Var::Action)
             | ExprKind::Slot(_)
             | ExprKind::Unknown(_) => return false,
@@ -294,6 +297,7 @@ mod tests {
         @id("f-res") forbid (principal, action, resource) when { resource == Doc::"secret" };
         @id("p-act") permit (principal, action, resource) when { action == Action::"write" && context.n < 3 };
         @id("p-act-scope") permit (principal, action, resource) when { action == Action::"read" && context.token.scopes.contains("x") };
+        @id("p-action-entity") permit (principal, action, resource) when { Action::"read" in Action::"read" && principal.level > 4 };
         @id("f-whole") forbid (principal, action, resource) when { context == { token: { scopes: ["x"] }, n: 9 } };
     "#;
 
@@ -344,6 +348,7 @@ mod tests {
             ("p-act", false),
             ("p-act-scope", false),
             ("f-whole", false),
+            ("p-action-entity", false),
         ]
         .into_iter()
         .map(|(id, r)| (id.to_string(), r))
