@@ -128,6 +128,23 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// The action entities the condition names (`Action::"write" in Action::"writes"`): the
+    /// action index's entity store holds them and their ancestors, as Cedar's store of every
+    /// action entity would.
+    pub(super) fn action_literals(&self) -> Vec<EntityUid> {
+        self.expr
+            .subexpressions()
+            .filter_map(|e| match e.expr_kind() {
+                ExprKind::Lit(Literal::EntityUID(uid)) if uid.is_action() => {
+                    Some(EntityUid::from(uid.as_ref().clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// The outcomes of the conditions that read only the token ([`Condition::slot`]), remembered
 /// with one token (`Checked`): whether each was evaluated, and whether it held. An outcome that
 /// was an error is not remembered (the request is not judged, every time).
@@ -286,13 +303,15 @@ mod tests {
     "#;
 
     /// Which read only the token: `p-scope` (token claims), `p-doc` (kept under its resource,
-    /// then the principal's attributes), `f-level` (the principal's groups and attributes).
+    /// then the principal's attributes), `p-bo` (kept under its principal), `f-level` (the
+    /// principal's groups and attributes).
     /// The others read the request: its context, its resource, its action (a condition serves
     /// every action its scope matches).
     const POLICIES: &str = r#"
         @id("p-scope") permit (principal, action, resource) when { context.token.scopes.contains("r") };
         @id("p-doc") permit (principal, action == Action::"read", resource == Doc::"d1") when { principal.level > 3 };
         @id("f-level") forbid (principal in Group::"g", action, resource) unless { principal.level > 1 };
+        @id("p-bo") permit (principal == User::"bo", action == Action::"write", resource) when { principal.level > 0 };
         @id("f-n") forbid (principal, action == Action::"write", resource) when { context.n > 5 };
         @id("f-res") forbid (principal, action, resource) when { resource == Doc::"secret" };
         @id("p-act") permit (principal, action, resource) when { action == Action::"write" && context.n < 3 };
@@ -343,6 +362,7 @@ mod tests {
             ("p-scope", true),
             ("p-doc", true),
             ("f-level", true),
+            ("p-bo", true),
             ("f-n", false),
             ("f-res", false),
             ("p-act", false),
@@ -430,14 +450,20 @@ mod tests {
                     }
                 }
             }
-            // The three conditions that read only the token were remembered.
+            // The conditions that read only the token were remembered: three, and `p-bo` for
+            // bo's token.
+            let expected = if principal.uid() == uid("User", "bo").unwrap() {
+                4
+            } else {
+                3
+            };
             let known: u32 = checked
                 .outcomes
                 .known
                 .iter()
                 .map(|w| w.load(Ordering::Relaxed).count_ones())
                 .sum();
-            assert_eq!(known, 3, "{:?}", principal.uid());
+            assert_eq!(known, expected, "{:?}", principal.uid());
         }
         assert!(seen.len() >= 6, "{seen:?}");
     }

@@ -52,7 +52,8 @@ pub struct Policies {
 }
 
 /// The policies that can apply to one action, split so that a request evaluates only those whose
-/// scope can match it, and the action's own entities (it and its ancestors, for `action in …`).
+/// scope can match it, and the action's own entities (it and its ancestors, for `action in …`,
+/// and the action entities its conditions name, with theirs).
 ///
 /// A policy whose action scope does not match is "not applicable" whatever else holds, so leaving
 /// it out changes no decision; one whose scope matches holds it for every request with this
@@ -114,13 +115,10 @@ impl ActionIndex {
             .unwrap_or_default();
         let mut lineage = ancestors.clone();
         lineage.push(uid.clone());
-        let entities =
-            Entities::from_entities(lineage.iter().filter_map(|u| all.get(u).cloned()), None)
-                .map_err(|e| e.to_string())?;
         let mut index = ActionIndex {
             uid,
             bit,
-            entities,
+            entities: Entities::empty(),
             token_determined: true,
             general: Vec::new(),
             by_principal: HashMap::new(),
@@ -147,8 +145,21 @@ impl ActionIndex {
             let condition = conditions
                 .get(policy.id())
                 .ok_or_else(|| format!("policy `{}` has no condition", policy.id()))?;
+            // The action entities a condition names, with their ancestors, are in the store.
+            for named in condition.action_literals() {
+                let above = all
+                    .ancestors(&named)
+                    .map(|a| a.cloned().collect::<Vec<_>>());
+                lineage.extend(above.unwrap_or_default());
+                lineage.push(named);
+            }
             target.push(Arc::clone(condition));
         }
+        lineage.sort_by_key(|u| u.to_string());
+        lineage.dedup();
+        index.entities =
+            Entities::from_entities(lineage.iter().filter_map(|u| all.get(u).cloned()), None)
+                .map_err(|e| e.to_string())?;
         Ok(index)
     }
 }
@@ -672,6 +683,7 @@ mod tests {
         @id("f-eve") forbid (principal == User::"eve", action == Action::"read", resource);
         @id("f-big") forbid (principal, action in Action::"act", resource) when { context.n > 100 };
         @id("p-eq-parent") permit (principal, action == Action::"act", resource == Doc::"d2");
+        @id("f-named-actions") forbid (principal, action == Action::"read", resource == Doc::"d2") when { Action::"write" in Action::"act" && principal.level > 4 };
         @id("f-overflow") forbid (principal, action == Action::"delete", resource) when { context.n * 10000000000000000 > 0 };
     "#;
 
