@@ -288,7 +288,7 @@ pub(super) fn decide<'a>(
 mod tests {
     use std::collections::{HashMap, HashSet};
 
-    use cedar_policy::{Authorizer, Context, Decision, Entity, RestrictedExpression};
+    use cedar_policy::{Context, Entity, RestrictedExpression};
 
     use super::super::*;
     use crate::config::PolicySource;
@@ -321,17 +321,7 @@ mod tests {
     "#;
 
     fn user(id: &str, level: i64, in_g: bool) -> Entity {
-        let parents: HashSet<_> = in_g
-            .then(|| uid("Group", "g").unwrap())
-            .into_iter()
-            .collect();
-        let attrs = [("level".to_string(), RestrictedExpression::new_long(level))];
-        Entity::new(
-            uid("User", id).unwrap(),
-            attrs.into_iter().collect(),
-            parents,
-        )
-        .unwrap()
+        super::super::tests::user_in(id, level, in_g.then_some("g"))
     }
 
     fn scopes(s: &[&str]) -> (String, RestrictedExpression) {
@@ -381,7 +371,6 @@ mod tests {
     #[test]
     fn remembered_outcomes_decide_as_cedar_does() {
         let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
-        let all_actions = p.schema.action_entities().unwrap();
         let mut seen = HashSet::new();
         let tokens = [
             (user("ann", 5, true), scopes(&["r"])),
@@ -423,26 +412,7 @@ mod tests {
                                 token.clone(),
                                 ("n".to_string(), RestrictedExpression::new_long(n)),
                             ];
-                            let request = Request::new(
-                                principal.uid(),
-                                uid("Action", action).unwrap(),
-                                resource,
-                                Context::from_pairs(ctx).unwrap(),
-                                Some(&p.schema),
-                            )
-                            .unwrap();
-                            let entities = all_actions
-                                .clone()
-                                .add_entities([principal.clone()], Some(&p.schema))
-                                .unwrap();
-                            let r = Authorizer::new().is_authorized(&request, &p.set, &entities);
-                            let mut policies: Vec<String> =
-                                r.diagnostics().reason().map(|p| p.to_string()).collect();
-                            policies.sort();
-                            let cedar = match r.decision() {
-                                Decision::Allow => Evaluation::Allow { policies },
-                                Decision::Deny => Evaluation::Deny { policies },
-                            };
+                            let cedar = cedar_decides(&p, principal.clone(), action, resource, ctx);
                             let who = principal.uid();
                             assert_eq!(ours, cedar, "round {round}: {who} {action} {doc} n={n}");
                             seen.insert(format!("{cedar:?}"));

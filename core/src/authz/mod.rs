@@ -619,10 +619,49 @@ fn declared_fields(schema_text: &str) -> HashMap<String, HashSet<String>> {
     out
 }
 
+/// What Cedar's own authorizer decides for this request over the whole policy set, with every
+/// action entity: the reference the index and the per-token outcomes are held to. Where Cedar
+/// skips a policy that errors, we judge nothing.
+#[cfg(test)]
+fn cedar_decides(
+    p: &Policies,
+    principal: Entity,
+    action: &str,
+    resource: EntityUid,
+    context: Vec<(String, cedar_policy::RestrictedExpression)>,
+) -> Evaluation {
+    use cedar_policy::{Context, Decision};
+    let request = Request::new(
+        principal.uid(),
+        uid("Action", action).unwrap_or_else(|e| panic!("{e}")),
+        resource,
+        Context::from_pairs(context).unwrap_or_else(|e| panic!("{e}")),
+        Some(&p.schema),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let entities = p
+        .schema
+        .action_entities()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .add_entities([principal], Some(&p.schema))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = Authorizer::new().is_authorized(&request, &p.set, &entities);
+    let mut policies: Vec<String> = r.diagnostics().reason().map(|p| p.to_string()).collect();
+    policies.sort();
+    let errors: Vec<String> = r.diagnostics().errors().map(|e| e.to_string()).collect();
+    match r.decision() {
+        _ if !errors.is_empty() => Evaluation::Error {
+            reason: format!("policy evaluation error: {}", errors.join("; ")),
+        },
+        Decision::Allow => Evaluation::Allow { policies },
+        Decision::Deny => Evaluation::Deny { policies },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cedar_policy::{Context, Decision, RestrictedExpression};
+    use cedar_policy::{Context, RestrictedExpression};
     use serde_json::json;
 
     /// A token memo without a shape: nothing is shared with other tokens.
@@ -688,11 +727,15 @@ mod tests {
     "#;
 
     fn user(id: &str, level: i64, staff: bool) -> Entity {
-        let parents = if staff {
-            HashSet::from([uid("Group", "staff").unwrap()])
-        } else {
-            HashSet::new()
-        };
+        user_in(id, level, staff.then_some("staff"))
+    }
+
+    /// `User::"<id>"` with `level`, a member of `Group::"<group>"` if given.
+    pub(super) fn user_in(id: &str, level: i64, group: Option<&str>) -> Entity {
+        let parents: HashSet<_> = group
+            .map(|g| uid("Group", g).unwrap())
+            .into_iter()
+            .collect();
         let attrs = [("level".to_string(), RestrictedExpression::new_long(level))];
         Entity::new(
             uid("User", id).unwrap(),
@@ -708,8 +751,6 @@ mod tests {
     #[test]
     fn index_decides_as_cedar_does() {
         let p = Policies::compile(SCHEMA, &PolicySource::Text(POLICIES.into())).unwrap();
-        let all_actions = p.schema.action_entities().unwrap();
-        let authorizer = Authorizer::new();
         let mut seen = HashSet::new();
         for (id, level, staff) in [("alice", 1, true), ("bob", 5, false), ("eve", 9, true)] {
             for action in ["read", "write", "delete"] {
@@ -726,32 +767,7 @@ mod tests {
                             None,
                             PerRequest::Fixed,
                         );
-                        let request = Request::new(
-                            principal.uid(),
-                            uid("Action", action).unwrap(),
-                            resource,
-                            Context::from_pairs(ctx).unwrap(),
-                            Some(&p.schema),
-                        )
-                        .unwrap();
-                        let entities = all_actions
-                            .clone()
-                            .add_entities([principal], Some(&p.schema))
-                            .unwrap();
-                        let r = authorizer.is_authorized(&request, &p.set, &entities);
-                        let mut policies: Vec<String> =
-                            r.diagnostics().reason().map(|p| p.to_string()).collect();
-                        policies.sort();
-                        let errors: Vec<String> =
-                            r.diagnostics().errors().map(|e| e.to_string()).collect();
-                        let cedar = match r.decision() {
-                            // A policy that errors is skipped by Cedar; we judge nothing.
-                            _ if !errors.is_empty() => Evaluation::Error {
-                                reason: format!("policy evaluation error: {}", errors.join("; ")),
-                            },
-                            Decision::Allow => Evaluation::Allow { policies },
-                            Decision::Deny => Evaluation::Deny { policies },
-                        };
+                        let cedar = cedar_decides(&p, principal, action, resource, ctx);
                         assert_eq!(ours, cedar, "{id} {action} {doc} n={n}");
                         seen.insert(format!("{cedar:?}"));
                     }
