@@ -154,6 +154,7 @@ mod tests {
             binding: Default::default(),
             checked: Default::default(),
             session_owner: Default::default(),
+            principal: Default::default(),
         })
     }
 

@@ -312,9 +312,14 @@ fn a_workload_presenting_a_users_token_is_its_actor() {
     );
     assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
     assert_eq!(principal.as_deref(), Some(r#"User::"corp|alice""#));
-    // Again with the checkout workload: allowed (no decision remembered from the others).
-    let (reply, _) = send(&mut h, "GET", "/relay/1", Some(CHECKOUT), Some(&bearer));
+    // Again with the checkout workload: allowed (no decision remembered from the others), and
+    // checkout the principal (nothing of alice's, remembered by the cached token, carried over).
+    let (reply, principal) = send(&mut h, "GET", "/relay/1", Some(CHECKOUT), Some(&bearer));
     assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
+    assert_eq!(
+        principal.as_deref(),
+        Some(r#"Workload::"spiffe|spiffe://example.org/ns/shop/sa/checkout""#)
+    );
 }
 
 #[test]
