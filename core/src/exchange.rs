@@ -19,6 +19,8 @@
 //!
 //! Everything that outlives the exchange goes through the [`Store`].
 
+use std::borrow::Cow;
+
 use crate::config::Mode;
 use crate::engine::{Decision, Engine, HttpRequest, Pending, SINGLE_HEADERS, UTF8_HEADERS};
 use crate::listing::{ListRequests, ResponseFilter, Step};
@@ -326,15 +328,16 @@ impl Exchange {
             ));
             return out;
         }
+        // Borrowed, not copied, when UTF-8 (those the decision reads were checked above).
         let first = |name: &str| {
             headers
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .map(|(_, v)| String::from_utf8_lossy(v))
         };
         self.facts.headers = listed
             .iter()
-            .filter_map(|name| Some((name.clone(), first(name)?)))
+            .filter_map(|name| Some((name.clone(), first(name)?.into_owned())))
             .collect();
         let method = first(":method").unwrap_or_default();
         let path = first(":path").unwrap_or_default();
@@ -403,13 +406,13 @@ impl Exchange {
                 .find(|(k, _)| k == "mcp-session-id")
                 .map(|(_, v)| v.clone()),
             mirrored: Mirrored {
-                version: first("mcp-protocol-version"),
-                method: first("mcp-method"),
-                name: first("mcp-name"),
+                version: first("mcp-protocol-version").map(Cow::into_owned),
+                method: first("mcp-method").map(Cow::into_owned),
+                name: first("mcp-name").map(Cow::into_owned),
             },
-            method,
-            path,
-            host,
+            method: method.into_owned(),
+            path: path.into_owned(),
+            host: host.into_owned(),
             request_id,
         };
         if receive_push {
