@@ -136,7 +136,6 @@ fn verified(i: usize, now: u64) -> Arc<VerifiedToken> {
         key_generation: 0,
         checked: Default::default(),
         session_owner: Default::default(),
-        principal: Default::default(),
         payload: payload.into(),
         agent: Default::default(),
         binding: Default::default(),

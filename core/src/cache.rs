@@ -154,7 +154,6 @@ mod tests {
             binding: Default::default(),
             checked: Default::default(),
             session_owner: Default::default(),
-            principal: Default::default(),
         })
     }
 

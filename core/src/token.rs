@@ -237,9 +237,6 @@ pub struct VerifiedToken {
     /// Who an MCP session of this token's requests is bound to (`Engine::session_owner`),
     /// once computed.
     pub session_owner: std::sync::OnceLock<String>,
-    /// The principal's entity uid (`Engine::principal_uid`), once computed: it comes from the
-    /// token and the configuration alone.
-    pub principal: std::sync::OnceLock<String>,
 }
 
 impl VerifiedToken {
@@ -354,7 +351,6 @@ pub fn verify(
         binding,
         checked: crate::authz::Checked::default(),
         session_owner: Default::default(),
-        principal: Default::default(),
     })
 }
 

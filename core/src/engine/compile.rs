@@ -399,7 +399,6 @@ impl Engine {
                 binding: crate::pop::Binding::default(),
                 checked: crate::authz::Checked::default(),
                 session_owner: Default::default(),
-                principal: Default::default(),
             };
             let req = HttpRequest {
                 method,
@@ -427,7 +426,6 @@ impl Engine {
                 let mut presented = VerifiedToken {
                     checked: crate::authz::Checked::default(),
                     session_owner: Default::default(),
-                    principal: Default::default(),
                     ..token.clone()
                 };
                 presented.agent.delegation.presenter =

@@ -38,12 +38,8 @@ impl Engine {
     }
 
     pub(super) fn principal_uid(&self, t: &VerifiedToken) -> Result<String, TokenError> {
-        if let Some(p) = t.principal.get() {
-            return Ok(p.clone());
-        }
         let (entity_type, id) = self.principal_type_and_id(t)?;
-        let principal = format!("{entity_type}::{}", Value::String(id));
-        Ok(t.principal.get_or_init(|| principal).clone())
+        Ok(format!("{entity_type}::{}", Value::String(id)))
     }
 
     /// The principal: the current actor of a delegated token (`agent.rs`), else the subject;

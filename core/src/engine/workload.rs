@@ -99,7 +99,6 @@ impl Engine {
         let mut presented = VerifiedToken {
             checked: crate::authz::Checked::default(),
             session_owner: Default::default(),
-            principal: Default::default(),
             ..(*t).clone()
         };
         presented.agent.delegation.presenter = Some(spiffe_id.to_string());
