@@ -6,7 +6,7 @@
 //! What evaluation remembers between requests is `memo.rs`'s; the policies' conditions and the
 //! decision over them are `conditions.rs`'s; the Cedar values of context attributes are
 //! `values.rs`'s; partial evaluation (list filtering) and step-up scopes are `partial.rs`'s.
-//! (Over 600 lines only with its tests, which stay beside the code they pin: the module is 600
+//! (Over 600 lines only with its tests, which stay beside the code they pin: the module is 624
 //! lines.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -57,9 +57,9 @@ pub struct Policies {
 ///
 /// A policy whose action scope does not match is "not applicable" whatever else holds, so leaving
 /// it out changes no decision; one whose scope matches holds it for every request with this
-/// action, so its condition leaves the action scope out (`conditions.rs`). Policies naming one principal (`principal == …`) or one resource
-/// (`resource == …`) are kept in maps by that entity, so 1,000 per-agent or per-route policies cost
-/// a lookup, not 1,000 evaluations. A request's lists are evaluated by one evaluator and combined
+/// action, so its condition leaves the action scope out (`conditions.rs`). Policies naming one
+/// principal (`principal == …`) or one resource (`resource == …`) are kept in maps by that
+/// entity, so 1,000 per-agent or per-route policies cost a lookup, not 1,000 evaluations. A request's lists are evaluated by one evaluator and combined
 /// as Cedar does (`conditions.rs`): any satisfied forbid denies; otherwise any satisfied permit
 /// allows.
 struct ActionIndex {
