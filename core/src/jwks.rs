@@ -2,8 +2,8 @@
 //! algorithm it may verify. The algorithm comes from the key, never from a token's header.
 //!
 //! jwt-simple verifies every signature except three kinds, whose arithmetic it does slowly in
-//! wasm32 (issue 16): Ed25519, verified with ed25519-dalek (strict verification, the point
-//! decompressed once when the key loads); RSA (RS* and PS*), verified by `rsa.rs` (32-bit-limb
+//! wasm32 (issue 16): Ed25519, verified by `ed25519/` (ed25519-dalek's strict checks, 32-bit
+//! limbs, the key's multiples tabulated when the key loads); RSA (RS* and PS*), verified by `rsa.rs` (32-bit-limb
 //! Montgomery arithmetic, its constants computed when the key loads); and ES256, verified by
 //! `es256/` (32-bit limbs, the key's multiples tabulated when the key loads). For those, the
 //! header and the claims are checked as jwt-simple checks them (`jws::verify`).
@@ -70,7 +70,7 @@ impl Algorithm {
 
 /// A public key (or HMAC secret) bound to one algorithm.
 pub enum Verifier {
-    Ed25519(ed25519_dalek::VerifyingKey),
+    Ed25519(crate::ed25519::PublicKey),
     Es256(crate::es256::PublicKey),
     Es384(ES384PublicKey),
     /// RS256, RS384, RS512, PS256, PS384, PS512: the scheme is the algorithm's.
@@ -121,10 +121,10 @@ impl Key {
     ) -> Option<Result<(), TokenError>> {
         let verified = match &self.verifier {
             Verifier::Ed25519(k) => {
-                let Ok(s) = ed25519_dalek::Signature::from_slice(signature) else {
+                let Ok(s) = <&[u8; 64]>::try_from(signature) else {
                     return Some(Err(TokenError::Malformed("token could not be decoded")));
                 };
-                k.verify_strict(signed, &s).is_ok()
+                k.verify(signed, s)
             }
             // A signature of another length than 64 bytes is a bad signature, as in jwt-simple.
             Verifier::Es256(k) => k.verify(signed, signature),
@@ -198,9 +198,7 @@ fn parse_jwk(jwk: &Value, path: &str) -> Result<Option<Key>, ConfigError> {
                 .try_into()
                 .map_err(|_| err("x", "an Ed25519 key is 32 bytes"))?;
             // A point off the curve, or one of small order (any signature could verify), is no key.
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
-                .ok()
-                .filter(|k| !k.is_weak())
+            let key = crate::ed25519::PublicKey::from_bytes(&x)
                 .ok_or_else(|| err("x", "not an Ed25519 public key"))?;
             (alg, Verifier::Ed25519(key))
         }

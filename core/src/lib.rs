@@ -11,6 +11,7 @@ pub mod authz;
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod ed25519;
 pub mod engine;
 pub mod error;
 pub mod es256;

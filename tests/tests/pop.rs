@@ -115,7 +115,7 @@ fn a_bound_token_with_a_valid_proof_is_forwarded() {
     assert!(reply.is_none(), "{:?}", reply.map(|r| r.body_text()));
 }
 
-/// Ed25519 proofs are verified as Ed25519 tokens are (ed25519-dalek, strict): a good one is
+/// Ed25519 proofs are checked as Ed25519 tokens are (ed25519-dalek's strict rules): a good one is
 /// forwarded, the same proof with one bit of its signature changed is refused.
 #[test]
 fn an_ed25519_proof_verifies_and_a_changed_one_does_not() {

@@ -1,5 +1,5 @@
 //! Tessera verifies Ed25519 and RSA (RS* and PS*) signatures with arithmetic of its own choosing
-//! (ed25519-dalek; `core/src/rsa.rs`), and the header and claims of those tokens as jwt-simple
+//! (`core/src/ed25519/`; `core/src/rsa.rs`), and the header and claims of those tokens as jwt-simple
 //! checks them (`jws::verify_own`). Here the verdict on every token of a grid (well signed and
 //! tampered signatures, odd headers, odd claims, RSA representatives out of range) must be the
 //! one jwt-simple gives with the same key. The tokens are signed by jsonwebtoken over exactly the

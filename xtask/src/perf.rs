@@ -472,8 +472,9 @@ fn bench_section(
     }
     writeln!(
         s,
-        "\nWho verifies what: Ed25519 by ed25519-dalek, RSA (RS*, PS*) by `core/src/rsa.rs` (32-bit \
-         Montgomery arithmetic, per-key constants computed when the key loads), ES256 by \
+        "\nWho verifies what: Ed25519 by `core/src/ed25519/` (ed25519-dalek's strict checks; 32-bit \
+         limbs, the base point's table once per VM, each key's when it loads), RSA (RS*, PS*) by \
+         `core/src/rsa.rs` (32-bit Montgomery arithmetic, per-key constants computed when the key loads), ES256 by \
          `core/src/es256/` (32-bit limbs, fixed-base combs: the generator's table once per VM, \
          each key's when it loads), ES384 and HS256 by jwt-simple (RustCrypto's p384)."
     )?;

@@ -459,6 +459,8 @@ enum ProofKey {
     /// `es256/`, without a table: a proof's key verifies one signature.
     Es256(crate::es256::OneTimeKey),
     Es384(p384::ecdsa::VerifyingKey),
+    /// ed25519-dalek's `verify_strict`, the checks `ed25519/` is tested against: building that
+    /// module's tables for a key costs more than the one verification they would speed up.
     EdDsa(ed25519_dalek::VerifyingKey),
 }
 
