@@ -68,30 +68,39 @@ impl Placement {
 /// which a tool call may narrow, and `pop`, built with each request).
 const TOKEN_CONTEXT: [&str; 2] = ["token", "delegation"];
 
-/// Whether `expr` reads nothing that a request brings: no resource, no action (a condition
-/// serves several actions; nor an action entity, whose ancestors are in the store per action),
-/// no context but `context.token` / `context.delegation` (`.` or `has`), no slot or unknown.
-/// The principal and its entities come from the token.
-fn reads_only_the_token(expr: &Expr) -> bool {
-    let (mut contexts, mut of_the_token) = (0, 0);
+/// Whether every use of `context` in `expr` reads one of `attributes`: `context.a` or
+/// `context has a`. Any other use (`context` itself, `context.other`) counts against it.
+pub(super) fn reads_context_only(expr: &Expr, attributes: &[&str]) -> bool {
+    let (mut contexts, mut named) = (0, 0);
     for e in expr.subexpressions() {
         match e.expr_kind() {
             ExprKind::Var(Var::Context) => contexts += 1,
-            // Action entities and their hierarchy are in the store per action (`ActionIndex`).
-            ExprKind::Lit(Literal::EntityUID(e)) if e.is_action() => return false,
-            ExprKind::Var(Var::Resource | Var::Action)
-            | ExprKind::Slot(_)
-            | ExprKind::Unknown(_) => return false,
             ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
                 if matches!(expr.expr_kind(), ExprKind::Var(Var::Context))
-                    && TOKEN_CONTEXT.contains(&attr.as_str()) =>
+                    && attributes.contains(&attr.as_str()) =>
             {
-                of_the_token += 1
+                named += 1
             }
             _ => {}
         }
     }
-    contexts == of_the_token
+    contexts == named
+}
+
+/// Whether `expr` reads nothing that a request brings: no resource, no action (a condition
+/// serves several actions; nor an action entity, whose ancestors are in the store per action),
+/// no context but `context.token` / `context.delegation`, no slot or unknown. The principal and
+/// its entities come from the token.
+fn reads_only_the_token(expr: &Expr) -> bool {
+    let request_part = expr.subexpressions().any(|e| match e.expr_kind() {
+        // Action entities and their hierarchy are in the store per action (`ActionIndex`).
+        ExprKind::Lit(Literal::EntityUID(e)) => e.is_action(),
+        ExprKind::Var(Var::Resource | Var::Action) | ExprKind::Slot(_) | ExprKind::Unknown(_) => {
+            true
+        }
+        _ => false,
+    });
+    !request_part && reads_context_only(expr, &TOKEN_CONTEXT)
 }
 
 impl Condition {
@@ -126,9 +135,7 @@ impl Condition {
             slot,
         })
     }
-}
 
-impl Condition {
     /// The action entities the condition names (`Action::"write" in Action::"writes"`): the
     /// action index's entity store holds them and their ancestors, as Cedar's store of every
     /// action entity would.

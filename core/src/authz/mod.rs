@@ -19,7 +19,6 @@ use cedar_policy::{
     Request, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
-use serde_json::Value;
 
 mod conditions;
 mod declared;
@@ -136,7 +135,8 @@ impl ActionIndex {
             ) {
                 continue;
             }
-            if reads_per_request_context(policy) {
+            let ast: &cedar_policy_core::ast::Policy = policy.as_ref();
+            if !conditions::reads_context_only(&ast.condition(), &PER_TOKEN_CONTEXT) {
                 index.token_determined = false;
             }
             let target = match Placement::of(policy) {
@@ -170,35 +170,6 @@ impl ActionIndex {
 /// `mcp`, `approval`, …) may differ from one request to the next.
 /// (`pop` says how the token is bound; a bound token reaches Cedar only proven.)
 const PER_TOKEN_CONTEXT: [&str; 4] = ["token", "delegation", "task", "pop"];
-
-/// Whether `policy` may read a context attribute that varies per request. Conservative: a use of
-/// `context` other than `context.<attr>` / `context has <attr>`, or a policy that cannot be
-/// rendered, counts as reading everything.
-fn reads_per_request_context(policy: &cedar_policy::Policy) -> bool {
-    fn walk(v: &Value) -> bool {
-        match v {
-            Value::Object(m) => {
-                for op in [".", "has"] {
-                    if let Some(Value::Object(inner)) = m.get(op) {
-                        if inner.get("left") == Some(&serde_json::json!({"Var": "context"})) {
-                            return inner
-                                .get("attr")
-                                .and_then(Value::as_str)
-                                .is_none_or(|a| !PER_TOKEN_CONTEXT.contains(&a));
-                        }
-                    }
-                }
-                if m.get("Var").and_then(Value::as_str) == Some("context") {
-                    return true;
-                }
-                m.values().any(walk)
-            }
-            Value::Array(a) => a.iter().any(walk),
-            _ => false,
-        }
-    }
-    policy.to_json().map_or(true, |j| walk(&j))
-}
 
 /// The outcome of one Cedar evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -598,7 +569,7 @@ fn cedar_decides(
 mod tests {
     use super::*;
     use cedar_policy::{Context, RestrictedExpression};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// A token memo without a shape: nothing is shared with other tokens.
     fn memo(checked: &Checked) -> TokenMemo<'_> {
@@ -882,14 +853,20 @@ mod tests {
             type Ctx = { token: { level: Long }, now: Long };
             action "a" appliesTo { principal: [User], resource: [Doc], context: Ctx };
             action "b" appliesTo { principal: [User], resource: [Doc], context: Ctx };
+            action "c" appliesTo { principal: [User], resource: [Doc], context: Ctx };
+            action "d" appliesTo { principal: [User], resource: [Doc], context: Ctx };
         "#;
         let policies = r#"
             @id("a-level") permit (principal, action == Action::"a", resource) when { context.token.level > 1 };
             @id("b-clock") permit (principal, action == Action::"b", resource) when { context.now < 100 };
+            @id("c-has") permit (principal, action == Action::"c", resource) when { context has token && context["token"].level > 1 };
+            @id("d-both") permit (principal, action == Action::"d", resource) when { context.token.level > 1 } unless { context.now > 5 };
         "#;
         let p = Policies::compile(schema, &PolicySource::Text(policies.into())).unwrap();
         assert!(p.by_action["a"].token_determined);
         assert!(!p.by_action["b"].token_determined);
+        assert!(p.by_action["c"].token_determined);
+        assert!(!p.by_action["d"].token_determined);
         let checked = Checked::default();
         let ctx = |now: i64| {
             vec![
