@@ -100,8 +100,8 @@ impl PublicKey {
         let k = Scalar::from_bytes_mod_order_wide(&hash.finalize().into());
         // −k·A as the digits of k negated, not as the digits of ℓ − k: A may have a component
         // of small order (verify_strict allows it), which ℓ − k does not negate.
-        let s_digits = point::naf(&s.to_bytes());
-        let minus_k_digits = point::naf(&k.to_bytes()).map(|d| -d);
+        let s_digits = point::naf(&s);
+        let minus_k_digits = point::naf(&k).map(|d| -d);
         point::mul_sum(&[(&s_digits, base_table), (&minus_k_digits, &self.table)]).equals_affine(&r)
     }
 }

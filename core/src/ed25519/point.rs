@@ -13,14 +13,18 @@
 //! k·P is then 31 doublings, shared by every part of the scalar and by every scalar of a sum,
 //! and one mixed addition per nonzero digit: a 253-bit scalar has about 36 of them.
 
-// Indices are NAF positions (below 256) and digit magnitudes (odd, below 16): in range by
+// Indices are NAF positions (below 256) and halved digit magnitudes (below MULTIPLES): in range by
 // construction.
 #![allow(clippy::indexing_slicing)]
+
+use curve25519_dalek::Scalar;
 
 use super::field::Fe;
 
 /// Width of the non-adjacent form: odd digits of magnitude below 2^(WIDTH − 1).
 pub const WIDTH: usize = 6;
+// Digits and the window as `i8` (`naf`): at most 8 bits.
+const _: () = assert!(WIDTH >= 2 && WIDTH <= 8);
 /// Odd multiples kept per part: 1, 3, …, 2^(WIDTH − 1) − 1.
 const MULTIPLES: usize = 1 << (WIDTH - 2);
 /// A scalar's 256 digit positions in PARTS parts of SPAN.
@@ -271,13 +275,13 @@ pub fn mul_sum(terms: &[(&[i8; 256], &Table)]) -> Extended {
     acc
 }
 
-/// The width-[`WIDTH`] non-adjacent form of a scalar below 2²⁵³ (little-endian bytes; every
-/// scalar reduced modulo ℓ is): digits d[i], each 0 or odd with |d[i]| < 2^(WIDTH − 1),
-/// Σ d[i]·2^i the scalar, and any two nonzero digits at least WIDTH positions apart. (A digit
-/// that leaves a carry reads no bit above 252, so the carry lands below position 256.)
-pub fn naf(scalar: &[u8; 32]) -> [i8; 256] {
+/// The width-[`WIDTH`] non-adjacent form of a scalar (below ℓ < 2²⁵³, as every `Scalar` is):
+/// digits d[i], each 0 or odd with |d[i]| < 2^(WIDTH − 1), Σ d[i]·2^i the scalar, and any two
+/// nonzero digits at least WIDTH positions apart. (A digit that leaves a carry reads no bit
+/// above 252, so the carry lands below position 256.)
+pub fn naf(scalar: &Scalar) -> [i8; 256] {
     let mut words = [0u64; 5];
-    for (word, chunk) in words.iter_mut().zip(scalar.chunks_exact(8)) {
+    for (word, chunk) in words.iter_mut().zip(scalar.as_bytes().chunks_exact(8)) {
         let mut b = [0u8; 8];
         b.copy_from_slice(chunk);
         *word = u64::from_le_bytes(b);
@@ -302,7 +306,7 @@ pub fn naf(scalar: &[u8; 32]) -> [i8; 256] {
             digits[position] = value as i8;
         } else {
             carry = 1;
-            digits[position] = value as i8 - window as i8;
+            digits[position] = (value as i16 - window as i16) as i8;
         }
         position += WIDTH;
     }

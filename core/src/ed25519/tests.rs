@@ -161,7 +161,7 @@ fn naf_digits_sum_to_the_scalar_and_keep_their_shape() {
         } else {
             random_scalar("naf", i)
         };
-        let digits = naf(&k.to_bytes());
+        let digits = naf(&k);
         let mut sum = Scalar::ZERO;
         let mut power = Scalar::ONE;
         let mut last = None;
@@ -195,7 +195,7 @@ fn table_multiplication_agrees_with_curve25519_dalek() {
         let ours_p = curve.decompress(&p.compress().to_bytes()).unwrap();
         let ours_q = curve.decompress(&q.compress().to_bytes()).unwrap();
         let (tp, tq) = (Table::new(&ours_p, &curve), Table::new(&ours_q, &curve));
-        let (da, db) = (naf(&a.to_bytes()), naf(&b.to_bytes()));
+        let (da, db) = (naf(&a), naf(&b));
         let ours = mul_sum(&[(&da, &tp), (&db, &tq)]);
         let theirs: EdwardsPoint = p * a + q * b;
         assert_eq!(ours.compress(), theirs.compress().to_bytes(), "{i}");
