@@ -10,8 +10,8 @@
 //!   replaces for token keys, doubles 253 times per verification, builds a table of A each
 //!   time, and compresses the result (one inversion) to compare it.
 //! - The result is compared with R without an inversion: X = x(R)·Z and Y = y(R)·Z.
-//! - The operations modulo the group order ℓ (the reduction of the hash, the negation of k, the
-//!   range of s) stay curve25519-dalek's `Scalar`, already built for ed25519-dalek.
+//! - The operations modulo the group order ℓ (the reduction of the hash, the range of s) stay
+//!   curve25519-dalek's `Scalar`, already built for ed25519-dalek.
 //!
 //! The checks are `ed25519_dalek::VerifyingKey::verify_strict`'s, which this module is tested
 //! against: s below ℓ; R the canonical encoding of a point and not of small order; A not of
@@ -29,8 +29,7 @@ use sha2::Digest as _;
 
 use point::{Curve, Table};
 
-/// The curve's constants and the base point's table (15 KiB with the key tables' layout),
-/// built once per VM.
+/// The curve's constants and the base point's table (15 KiB, as a key's), built once per VM.
 static BASE: OnceLock<Option<(Curve, Table)>> = OnceLock::new();
 
 fn base() -> Option<&'static (Curve, Table)> {
