@@ -61,12 +61,7 @@ impl Fe {
     /// The element whose little-endian encoding is `bytes`, the top bit ignored. A value of p
     /// or above (a non-canonical encoding) is taken modulo p; [`is_canonical`] tells them apart.
     pub fn from_bytes(bytes: &[u8; 32]) -> Fe {
-        let mut words = [0u64; 5];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *word = u64::from_le_bytes(b);
-        }
+        let mut words = le_words(bytes);
         words[3] &= (1 << 63) - 1;
         let mut limbs = [0u32; 10];
         for (i, limb) in limbs.iter_mut().enumerate() {
@@ -322,6 +317,18 @@ impl Fe {
         let (t250_1, _) = self.pow22501();
         t250_1.pow2k(2).mul(self)
     }
+}
+
+/// 32 little-endian bytes as four 64-bit words, least significant first, and a fifth word of
+/// zeros, so that reading bits across a word boundary never runs off the end.
+pub fn le_words(bytes: &[u8; 32]) -> [u64; 5] {
+    let mut words = [0u64; 5];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *word = u64::from_le_bytes(b);
+    }
+    words
 }
 
 /// Whether `bytes` (the top bit ignored) encode a value below p.

@@ -19,7 +19,7 @@
 
 use curve25519_dalek::Scalar;
 
-use super::field::Fe;
+use super::field::{le_words, Fe};
 
 /// Width of the non-adjacent form: odd digits of magnitude below 2^(WIDTH − 1).
 pub const WIDTH: usize = 6;
@@ -280,12 +280,7 @@ pub fn mul_sum(terms: &[(&[i8; 256], &Table)]) -> Extended {
 /// nonzero digits at least WIDTH positions apart. (A digit that leaves a carry reads no bit
 /// above 252, so the carry lands below position 256.)
 pub fn naf(scalar: &Scalar) -> [i8; 256] {
-    let mut words = [0u64; 5];
-    for (word, chunk) in words.iter_mut().zip(scalar.as_bytes().chunks_exact(8)) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(chunk);
-        *word = u64::from_le_bytes(b);
-    }
+    let words = le_words(scalar.as_bytes());
     let window = 1u64 << WIDTH;
     let mut digits = [0i8; 256];
     let mut position = 0;
