@@ -415,15 +415,9 @@ mod tests {
     /// from tests/e2e/test_jwt_authn.py's gateway).
     const FROM_ENVOY: &str = "0ad8010a1c656e766f792e66696c746572732e687474702e6a77745f617574686e12b7010ab4010a1f68747470733a2f2f6167656e74732e64656d6f2e746573736572612e6465761290012a8d010a100a0373756212091a076167656e742d370a280a0369737312211a1f68747470733a2f2f6167656e74732e64656d6f2e746573736572612e6465760a130a03617564120c1a0a6f72646572732d6170690a160a0573636f7065120d1a0b6f72646572733a726561640a100a03657870120911000040b711c5da410a100a036961741209110000406c11c5da41";
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len() / 2)
-            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-            .collect()
-    }
-
     #[test]
     fn envoys_metadata_names_the_payload_jwt_authn_verified() {
-        let metadata = hex(FROM_ENVOY);
+        let metadata = crate::hex(FROM_ENVOY);
         let p = object(json!({
             "sub": "agent-7", "iss": "https://agents.demo.tessera.dev", "aud": "orders-api",
             "scope": "orders:read", "exp": 1_796_490_973u64, "iat": 1_796_490_673u64

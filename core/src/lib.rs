@@ -41,6 +41,16 @@ pub mod store;
 pub mod token;
 pub mod verdict;
 
+/// Bytes written in hex (test vectors: `jwt_authn`, `es256`, `ed25519`).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 pub use config::Mode;
 pub use engine::{Decision, Engine, HttpRequest, Pending, Verdict};
 pub use error::{ConfigError, RequestError, TokenError};

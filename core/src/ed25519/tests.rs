@@ -12,11 +12,7 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use ed25519_dalek::Verifier as _;
 
 fn hex<const N: usize>(s: &str) -> [u8; N] {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
+    crate::hex(s).try_into().unwrap()
 }
 
 /// Deterministic pseudo-random bytes: SHA-512 of a label and a counter.
@@ -279,10 +275,7 @@ fn rfc_8032_vectors_verify() {
         ),
     ];
     for (key, message, sig) in vectors {
-        let message: Vec<u8> = (0..message.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&message[i..i + 2], 16).unwrap())
-            .collect();
+        let message = crate::hex(message);
         let (key, sig) = (hex::<32>(key), hex::<64>(sig));
         assert!(both(&key, &message, &sig));
         let mut other = sig;

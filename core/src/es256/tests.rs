@@ -2,11 +2,7 @@ use super::*;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 
 fn hex32(s: &str) -> [u8; 32] {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
+    crate::hex(s).try_into().unwrap()
 }
 
 /// Big-endian bytes of at most 32 significant bytes, left-padded (Wycheproof writes
