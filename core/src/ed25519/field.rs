@@ -339,31 +339,16 @@ pub fn is_canonical(bytes: &[u8; 32]) -> bool {
 }
 
 /// Carries every limb into the next, the top's back into limb 0 times 19. Each input limb
-/// below 2⁶³; every output limb below 2²⁶. Written out, as `mul` and `square`, so that wasm32
-/// keeps the limbs in locals rather than in an array in linear memory.
-fn carry(h: [u64; 10]) -> Fe {
-    let [mut h0, mut h1, mut h2, mut h3, mut h4, mut h5, mut h6, mut h7, mut h8, mut h9] = h;
-    h1 += h0 >> 26;
-    h0 &= (1 << 26) - 1;
-    h2 += h1 >> 25;
-    h1 &= (1 << 25) - 1;
-    h3 += h2 >> 26;
-    h2 &= (1 << 26) - 1;
-    h4 += h3 >> 25;
-    h3 &= (1 << 25) - 1;
-    h5 += h4 >> 26;
-    h4 &= (1 << 26) - 1;
-    h6 += h5 >> 25;
-    h5 &= (1 << 25) - 1;
-    h7 += h6 >> 26;
-    h6 &= (1 << 26) - 1;
-    h8 += h7 >> 25;
-    h7 &= (1 << 25) - 1;
-    h9 += h8 >> 26;
-    h8 &= (1 << 26) - 1;
-    h0 += 19 * (h9 >> 25);
-    h9 &= (1 << 25) - 1;
-    h1 += h0 >> 26;
-    h0 &= (1 << 26) - 1;
-    Fe([h0, h1, h2, h3, h4, h5, h6, h7, h8, h9].map(|x| x as u32))
+/// below 2⁶³; every output limb below 2²⁶. (Written out like `mul`, it measured no faster in
+/// wasm32.)
+fn carry(mut h: [u64; 10]) -> Fe {
+    for i in 0..9 {
+        h[i + 1] += h[i] >> width(i);
+        h[i] &= (1 << width(i)) - 1;
+    }
+    h[0] += 19 * (h[9] >> 25);
+    h[9] &= (1 << 25) - 1;
+    h[1] += h[0] >> 26;
+    h[0] &= (1 << 26) - 1;
+    Fe(h.map(|x| x as u32))
 }
