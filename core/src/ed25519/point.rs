@@ -113,6 +113,14 @@ pub struct Niels {
     xy2d: Fe,
 }
 
+impl Niels {
+    const IDENTITY: Niels = Niels {
+        y_plus_x: Fe::ONE,
+        y_minus_x: Fe::ONE,
+        xy2d: Fe::ZERO,
+    };
+}
+
 impl Extended {
     pub const IDENTITY: Extended = Extended {
         x: Fe::ZERO,
@@ -229,27 +237,16 @@ impl Table {
             acc = acc.mul(&q.z);
         }
         let mut inverse = acc.invert();
-        let mut niels = vec![
-            Niels {
-                y_plus_x: Fe::ONE,
-                y_minus_x: Fe::ONE,
-                xy2d: Fe::ZERO,
-            };
-            flat.len()
-        ];
+        let mut rows = Box::new([[Niels::IDENTITY; MULTIPLES]; PARTS]);
         for (i, q) in flat.iter().enumerate().rev() {
             let zi = inverse.mul(&prefix[i]);
             inverse = inverse.mul(&q.z);
             let (x, y) = (q.x.mul(&zi), q.y.mul(&zi));
-            niels[i] = Niels {
+            rows[i / MULTIPLES][i % MULTIPLES] = Niels {
                 y_plus_x: y.add(&x),
                 y_minus_x: y.sub(&x),
                 xy2d: x.mul(&y).mul(&curve.d2),
             };
-        }
-        let mut rows = Box::new([[niels[0]; MULTIPLES]; PARTS]);
-        for (row, chunk) in rows.iter_mut().zip(niels.chunks_exact(MULTIPLES)) {
-            row.copy_from_slice(chunk);
         }
         Table(rows)
     }
